@@ -1,0 +1,216 @@
+"""Run configuration: plain data (YAML) validated by pydantic before anything heavy starts.
+
+Every section forbids unknown keys, so a misspelled key fails with its dotted path instead of
+being silently ignored. Adapter options are validated against the adapter's own schema.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModalitySpec(Strict):
+    adapter: str | None = Field(None, description="registered adapter name; defaults to the modality name")
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter options (the adapter's schema)")
+    head: Literal["linear", "mlp", "identity"] = "linear"
+
+    def adapter_name(self, modality: str) -> str:
+        return self.adapter or modality
+
+
+class ModelConfig(Strict):
+    embed_dim: int = Field(512, gt=0)
+    modalities: dict[str, ModalitySpec] = Field(min_length=1)
+    loss: Literal["clip", "siglip"] = "clip"
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
+    learn_logit_scale: bool = True
+
+
+class DatasetSpec(Strict):
+    """Which `datasets` source to load and which column feeds which modality."""
+
+    source: str = Field(description="imagefolder|audiofolder|csv|json|parquet|arrow, a builtin "
+                        "(sklearn-digits) or a hub dataset id")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    data_dir: str | None = None
+    split: str = "train"
+    columns: dict[str, str] = Field(min_length=1, description="modality -> column name")
+    label_column: str | None = None
+    max_samples: int | None = Field(None, gt=0)
+    load_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Strict):
+    train: DatasetSpec
+    val: DatasetSpec | None = None
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainConfig(Strict):
+    batch_size: int = Field(64, gt=0, description="per-process batch size")
+    steps: int = Field(1000, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: bool = False
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
+    keep_checkpoints: int | None = Field(None, gt=0)
+    log_every: int = Field(10, gt=0)
+    pairs: list[tuple[str, str]] | None = Field(None, description="modality pairs the loss aligns; "
+                                                "default: every pair")
+    local_loss: bool = True
+    progress: bool = True
+
+
+class ZeroShotSpec(Strict):
+    query: str = "image"
+    prompt_modality: str = "text"
+    classnames: list[str] = Field(min_length=2)
+    templates: list[str] = Field(min_length=1)
+
+
+class RetrievalSpec(Strict):
+    a: str = "image"
+    b: str = "text"
+    ks: list[int] = Field(default_factory=lambda: [1, 5])
+
+
+class EvalConfig(Strict):
+    data: DatasetSpec
+    zeroshot: ZeroShotSpec | None = None
+    retrieval: RetrievalSpec | None = None
+    batch_size: int = Field(256, gt=0)
+
+
+class Config(Strict):
+    output_dir: str = "runs/align"
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig | None = None
+
+    @model_validator(mode="after")
+    def _check_modalities(self) -> "Config":
+        known = set(self.model.modalities)
+        for name, spec in [("data.train", self.data.train), ("data.val", self.data.val)]:
+            if spec is None:
+                continue
+            for mod in spec.columns:
+                if mod not in known:
+                    raise ValueError(f"{name}.columns names modality '{mod}', not in model.modalities "
+                                     f"{sorted(known)}")
+        for i, pair in enumerate(self.train.pairs or []):
+            for mod in pair:
+                if mod not in known:
+                    raise ValueError(f"train.pairs[{i}] names modality '{mod}', not in model.modalities")
+                if mod not in self.data.train.columns:
+                    raise ValueError(f"train.pairs[{i}] names modality '{mod}' but data.train.columns "
+                                     "gives it no column")
+        return self
+
+    def loss_pairs(self) -> list[tuple[str, str]]:
+        if self.train.pairs:
+            return [tuple(p) for p in self.train.pairs]
+        mods = list(self.data.train.columns)
+        return [(a, b) for i, a in enumerate(mods) for b in mods[i + 1:]]
+
+
+def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<root>"
+        msg = "unknown key (misspelled?)" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"config key '{key}': {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Apply one ``a.b.c=value`` override in place (value already parsed)."""
+    keys = dotted.split(".")
+    node = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{'.'.join(keys[:i + 1])}' is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like dotted.key=value")
+        key, raw = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def config_from_dict(data: dict, validate_adapters: bool = True) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+    if validate_adapters:
+        validate_adapter_options(cfg)
+    return cfg
+
+
+def validate_adapter_options(cfg: Config) -> None:
+    """Check each modality's options against its adapter's schema (imports the adapter module)."""
+    from modalities import ADAPTERS
+
+    for mod, spec in cfg.model.modalities.items():
+        name = spec.adapter_name(mod)
+        try:
+            adapter_cls = ADAPTERS.get(name)
+        except KeyError as err:
+            raise ConfigError(f"config key 'model.modalities.{mod}.adapter': {err.args[0]}") from None
+        try:
+            spec.options = adapter_cls.Options.model_validate(spec.options).model_dump()
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"model.modalities.{mod}.options.")) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None, validate_adapters: bool = True) -> Config:
+    """Read YAML (or start from ``base``), apply ``dotted.key=value`` overrides, validate."""
+    data: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    for key, value in parse_overrides(overrides or []):
+        set_dotted(data, key, value)
+    return config_from_dict(data, validate_adapters=validate_adapters)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

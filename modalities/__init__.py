@@ -1,0 +1,17 @@
+"""Modality adapters: raw sample -> tensors -> encoder features, one file per modality.
+
+``ADAPTERS.get("image")`` imports ``modalities.image`` on first use, so adding a modality is one
+file that registers an adapter under its module name, plus a config that uses it.
+"""
+from align.registry import Registry
+
+ADAPTERS: Registry = Registry("modality adapter", lazy_package="modalities")
+
+
+def build_adapter(name: str, options: dict | None = None):
+    """Create a registered adapter from plain config data (validated against its Options)."""
+    cls = ADAPTERS.get(name)
+    return cls(cls.Options.model_validate(options or {}))
+
+
+__all__ = ["ADAPTERS", "build_adapter"]

@@ -1,0 +1,56 @@
+"""The one contract every modality adapter follows (ImageBind's split, minus the shared parts).
+
+    preprocess (Preprocessor, runs in DataLoader workers): raw sample -> tensors; collate -> batch
+    trunk      (ModalityAdapter.forward): batch -> features [B, feature_dim]
+    head + postprocess (shared projection and L2 norm) live in ``align.model``.
+
+The preprocessor is a separate light object so workers never pickle the encoder weights.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class SampleError(ValueError):
+    """A raw sample could not be turned into tensors; the message names the sample."""
+
+
+class AdapterOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Preprocessor:
+    """Turns raw samples into tensors. Subclasses implement ``__call__`` and maybe ``collate``."""
+
+    def __call__(self, raw: Any, *, train: bool) -> Any:
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        return torch.utils.data.default_collate(items)
+
+
+class ModalityAdapter(nn.Module):
+    """Base class: subclasses set ``Options``, ``feature_dim`` and implement ``preprocessor`` and
+    ``forward(batch) -> Tensor[B, feature_dim]``."""
+
+    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
+    feature_dim: int
+
+    def __init__(self, options: AdapterOptions) -> None:
+        super().__init__()
+        self.options = options
+
+    def preprocessor(self) -> Preprocessor:
+        raise NotImplementedError
+
+    def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def freeze_(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
