@@ -1,0 +1,158 @@
+"""Datasets: a config's ``DatasetSpec`` -> HF ``datasets`` table -> paired, preprocessed batches.
+
+Sources are ``datasets.load_dataset`` builders on local files (imagefolder, audiofolder, csv,
+json, parquet, arrow), hub dataset ids, or a builtin (``sklearn-digits``, which ships inside
+scikit-learn so the demo needs no download). Media columns are read undecoded and decoded by the
+modality's preprocessor, so a corrupt file fails with its path, row and column in the message.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from align.config import DatasetSpec
+from modalities.base import SampleError
+
+LOCAL_BUILDERS = {"imagefolder", "audiofolder", "videofolder", "csv", "json", "parquet", "arrow", "text"}
+
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_CAPTIONS = [
+    "a photo of the number {}.",
+    "a handwritten {}.",
+    "the digit {}.",
+    "a drawing of the number {}.",
+    "a scan of a handwritten {}.",
+    "the number {} written by hand.",
+    "a small image of the digit {}.",
+    "a blurry photo of the number {}.",
+]
+
+
+class DataError(ValueError):
+    """A dataset could not be loaded or does not fit the config; the message names the key."""
+
+
+def sklearn_digits(split: str):
+    """scikit-learn's 1,797 real 8x8 handwritten digits, fixed stratified 80/20 train/test split.
+
+    Each row has ``image`` (PIL), ``label`` (0-9) and ``caption``: every caption template filled
+    with the digit's name, rotated per row (training draws one at random each epoch).
+    """
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test"):
+        raise DataError(f"sklearn-digits has splits 'train' and 'test', not '{split}'")
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=digits.target, random_state=0)
+    rows = np.sort(train_idx if split == "train" else test_idx)
+    images, labels, captions = [], [], []
+    for r in rows:
+        pixels = (digits.images[r] * (255.0 / 16.0)).round().astype(np.uint8)
+        images.append(Image.fromarray(pixels, mode="L"))
+        label = int(digits.target[r])
+        labels.append(label)
+        k = int(r) % len(DIGIT_CAPTIONS)
+        rotated = DIGIT_CAPTIONS[k:] + DIGIT_CAPTIONS[:k]
+        captions.append([t.format(DIGIT_NAMES[label]) for t in rotated])
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=DIGIT_NAMES),
+        "caption": datasets.Sequence(datasets.Value("string")),
+    })
+    return datasets.Dataset.from_dict({"image": images, "label": labels, "caption": captions},
+                                      features=features)
+
+
+BUILTINS: dict[str, Callable[[str], Any]] = {"sklearn-digits": sklearn_digits}
+
+
+def load_table(spec: DatasetSpec, key: str = "data.train"):
+    """Load the table a spec names and check its columns; errors name the config key."""
+    import datasets
+
+    try:
+        if spec.source in BUILTINS:
+            ds = BUILTINS[spec.source](spec.split)
+        else:
+            ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
+                                       split=spec.split, **spec.load_kwargs)
+    except DataError as err:
+        raise DataError(f"config key '{key}.split': {err}") from None
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise DataError(f"config key '{key}.source': cannot load '{spec.source}' "
+                        f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
+    wanted = {f"{key}.columns.{m}": c for m, c in spec.columns.items()}
+    if spec.label_column:
+        wanted[f"{key}.label_column"] = spec.label_column
+    for k, col in wanted.items():
+        if col not in ds.column_names:
+            raise DataError(f"config key '{k}': column '{col}' is not in the dataset "
+                            f"(columns: {ds.column_names})")
+    if len(ds) == 0:
+        raise DataError(f"config key '{key}': dataset '{spec.source}' split '{spec.split}' is empty")
+    if spec.max_samples is not None and spec.max_samples < len(ds):
+        ds = ds.select(range(spec.max_samples))
+    for col in spec.columns.values():  # decode media ourselves, so errors can name the file
+        feat = ds.features[col]
+        if isinstance(feat, (datasets.Image, datasets.Audio)) and feat.decode:
+            ds = ds.cast_column(col, type(feat)(decode=False))
+    return ds
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Row i -> {modality: preprocessed sample, "label": int?, "index": i}."""
+
+    def __init__(self, table, columns: dict[str, str], preprocessors: dict[str, Any], train: bool,
+                 label_column: str | None = None, name: str = "dataset") -> None:
+        self.table = table
+        self.columns = columns
+        self.preprocessors = preprocessors
+        self.train = train
+        self.label_column = label_column
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        row = self.table[i]
+        item: dict[str, Any] = {"index": i}
+        for mod, col in self.columns.items():
+            try:
+                item[mod] = self.preprocessors[mod](row[col], train=self.train)
+            except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
+                raise SampleError(f"{self.name} row {i}, column '{col}' ({mod}): {err}") from err
+        if self.label_column is not None:
+            item["label"] = int(row[self.label_column])
+        return item
+
+
+class Collator:
+    """Batches a list of items with each modality's own collate (picklable for workers)."""
+
+    def __init__(self, preprocessors: dict[str, Any]) -> None:
+        self.preprocessors = preprocessors
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items])}
+        for mod, pre in self.preprocessors.items():
+            if mod in items[0]:
+                batch[mod] = pre.collate([it[mod] for it in items])
+        if "label" in items[0]:
+            batch["label"] = torch.tensor([it["label"] for it in items])
+        return batch
+
+
+def class_names(table, label_column: str) -> list[str] | None:
+    """Names of a ClassLabel column, if the table has them."""
+    feat = table.features.get(label_column)
+    return list(feat.names) if hasattr(feat, "names") else None

@@ -1,0 +1,104 @@
+"""AlignModel: modality adapters -> per-modality projection heads -> one L2-normalised space.
+
+Scores between embeddings come from one API, ``AlignModel.score``, so a number always says which
+of three things it is:
+
+* ``"cosine"``      raw cosine similarity in [-1, 1] (what retrieval ranks by);
+* ``"logits"``      ``exp(logit_scale) * cosine (+ logit_bias for SigLIP)``, what the loss saw;
+* ``"probability"`` CLIP: softmax of the logits over the candidates (each row sums to 1);
+                    SigLIP: sigmoid of the logits, an independent match probability per pair.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from align.config import ModelConfig
+
+CLIP_INIT_SCALE = math.log(1 / 0.07)
+SIGLIP_INIT_SCALE = math.log(10.0)
+SIGLIP_INIT_BIAS = -10.0
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
+    if kind == "identity":
+        if in_dim != out_dim:
+            raise ValueError(f"config key '{key}': identity head needs the adapter's feature dim "
+                             f"({in_dim}) to equal model.embed_dim ({out_dim})")
+        return nn.Identity()
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim, bias=False)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
+    raise ValueError(f"config key '{key}': unknown head '{kind}'")
+
+
+class AlignModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        from modalities import build_adapter
+
+        self.cfg = cfg
+        self.adapters = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for mod, spec in cfg.modalities.items():
+            adapter = build_adapter(spec.adapter_name(mod), spec.options)
+            self.adapters[mod] = adapter
+            self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim,
+                                         f"model.modalities.{mod}.head")
+        siglip = cfg.loss == "siglip"
+        scale = cfg.init_logit_scale
+        if scale is None:
+            scale = SIGLIP_INIT_SCALE if siglip else CLIP_INIT_SCALE
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=cfg.learn_logit_scale)
+        bias = cfg.init_logit_bias if cfg.init_logit_bias is not None else (SIGLIP_INIT_BIAS if siglip else None)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.adapters)
+
+    def preprocessors(self) -> dict[str, Any]:
+        return {mod: adapter.preprocessor() for mod, adapter in self.adapters.items()}
+
+    def encode(self, modality: str, batch: Any) -> torch.Tensor:
+        """Unit-norm embeddings [B, embed_dim] for a collated batch of one modality."""
+        if modality not in self.adapters:
+            raise KeyError(f"model has no modality '{modality}'; it has {self.modalities}")
+        return F.normalize(self.heads[modality](self.adapters[modality](batch)), dim=-1)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {mod: self.encode(mod, value) for mod, value in batch.items() if mod in self.adapters}
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Keep the temperature in [0, ln 100] (open_clip clamps after every optimizer step)."""
+        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def score(self, a: torch.Tensor, b: torch.Tensor,
+              kind: Literal["cosine", "logits", "probability"] = "cosine") -> torch.Tensor:
+        """Score every row of ``a`` against every row of ``b`` (both unit-norm embeddings)."""
+        cos = a @ b.T
+        if kind == "cosine":
+            return cos
+        logits = self.logit_scale.exp() * cos
+        if self.logit_bias is not None:
+            logits = logits + self.logit_bias
+        if kind == "logits":
+            return logits
+        if kind == "probability":
+            return torch.sigmoid(logits) if self.cfg.loss == "siglip" else logits.softmax(dim=-1)
+        raise ValueError(f"unknown score kind '{kind}' (cosine, logits, probability)")
+
+
+def contrastive_loss(model: AlignModel, embeddings: dict[str, torch.Tensor],
+                     pairs: list[tuple[str, str]], loss_fn: nn.Module) -> torch.Tensor:
+    """Mean of the pairwise loss over the configured modality pairs."""
+    scale = model.logit_scale.exp()
+    losses = [loss_fn(embeddings[a], embeddings[b], scale, model.logit_bias) for a, b in pairs]
+    return torch.stack(losses).mean()

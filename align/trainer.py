@@ -1,0 +1,205 @@
+"""Training on Accelerate: one process or many, CPU or GPU, same code.
+
+The step is: encode each modality -> gather features across processes with gradients -> loss
+over the configured modality pairs -> backward -> clip -> AdamW -> cosine schedule -> clamp the
+temperature. There is deliberately no plain gradient accumulation: for a contrastive loss it
+would silently shrink the set of negatives.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align.checkpoint import (load_training_state, load_weights, resolve_checkpoint, save_checkpoint,
+                              set_rng_state)
+from align.config import Config, dump_config
+from align.data import Collator, PairedDataset, load_table
+from align.losses import build_loss
+from align.model import AlignModel, contrastive_loss
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on bad numerics; the message names the step and the saved checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    model: AlignModel
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    output_dir: Path | None = None
+    final_checkpoint: Path | None = None
+    samples_per_s: float | None = None
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on biases, norms, embeddings-like 1-d params and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "logit_" in name or ".ln" in name or "norm" in name or name.endswith(".bias"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def build_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with="tensorboard",
+        project_dir=cfg.output_dir,
+        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, any world size
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def build_train_loader(cfg: Config, model: AlignModel) -> torch.utils.data.DataLoader:
+    spec = cfg.data.train
+    table = load_table(spec, "data.train")
+    pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
+    ds = PairedDataset(table, spec.columns, pre, train=True, name=f"data.train ({spec.source})")
+    if len(ds) < cfg.train.batch_size:
+        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
+                         f"training set ({len(ds)} rows)")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                                       num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
+                                       generator=gen, persistent_workers=cfg.data.num_workers > 0)
+
+
+def train_step(accelerator, model, core: AlignModel, batch: dict, optimizer, scheduler, loss_fn,
+               pairs: list[tuple[str, str]], modalities: list[str], grad_clip: float | None,
+               on_nonfinite=None) -> torch.Tensor:
+    """One optimizer step on one batch; returns the (local) loss. ``on_nonfinite(loss, batch)`` is
+    called, before any update, when the loss is NaN/inf on any process."""
+    with accelerator.autocast():
+        embeddings = model({m: batch[m] for m in modalities})
+        loss = contrastive_loss(core, embeddings, pairs, loss_fn)
+    if on_nonfinite is not None:
+        finite = accelerator.reduce(torch.isfinite(loss.detach()).float(), reduction="mean")
+        if finite.item() < 1.0:
+            on_nonfinite(loss, batch)
+    accelerator.backward(loss)
+    if grad_clip:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    core.clamp_logit_scale_()
+    return loss
+
+
+def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    """Run training as configured. ``stop_at`` ends the run early after that step (used to
+    simulate an interrupted run); ``resume`` continues from ``output_dir/checkpoints/latest``."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    tc = cfg.train
+    accelerator = build_accelerator(cfg)
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    model = AlignModel(cfg.model)
+    loader = build_train_loader(cfg, model)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
+    start = 0
+    if resume:
+        ckpt = resolve_checkpoint(out / "checkpoints")
+        state = load_training_state(ckpt)
+        load_weights(model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        accelerator.print(f"resumed from {ckpt} at step {start}")
+    if tc.compile:
+        model = torch.compile(model)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if resume:
+        set_rng_state(state["rng"])
+    core: AlignModel = accelerator.unwrap_model(model)
+    if hasattr(core, "_orig_mod"):
+        core = core._orig_mod
+    loss_fn = build_loss(cfg.model.loss, local_loss=tc.local_loss, rank=accelerator.process_index,
+                         world_size=accelerator.num_processes)
+    pairs = cfg.loss_pairs()
+    if accelerator.is_main_process:
+        dump_config(cfg, out / "config.yaml")
+    accelerator.init_trackers("tensorboard")
+    log_path = out / "train_log.jsonl"
+    if accelerator.is_main_process and not resume and log_path.exists():
+        log_path.unlink()
+
+    def training_state(step: int) -> dict[str, Any]:
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+
+    def checkpoint(step: int, name: str | None = None) -> Path | None:
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            path = save_checkpoint(out / "checkpoints", step, core, cfg, training_state(step),
+                                   keep=tc.keep_checkpoints, name=name)
+        accelerator.wait_for_everyone()
+        return path
+
+    result = TrainResult(model=core, output_dir=out)
+    steps_per_epoch = len(loader)
+    step = start
+    last_ckpt = None
+    end = min(tc.steps, stop_at) if stop_at else tc.steps
+    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    model.train()
+    t0, seen = time.perf_counter(), 0
+
+    def nonfinite(loss: torch.Tensor, batch: dict) -> None:
+        path = checkpoint(step, name=f"nan-step-{step + 1:06d}")
+        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1} "
+                            f"(sample rows {batch['index'][:8].tolist()}...); the state before "
+                            f"this step is saved in {path or out / 'checkpoints'}")
+
+    while step < end:
+        epoch, skip = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in epoch_loader:
+            loss = train_step(accelerator, model, core, batch, optimizer, scheduler, loss_fn, pairs,
+                              list(cfg.data.train.columns), tc.grad_clip, on_nonfinite=nonfinite)
+            step += 1
+            seen += tc.batch_size * accelerator.num_processes
+            loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+            result.losses.append((step, loss_value))
+            bar.update(1)
+            if step % tc.log_every == 0 or step == end:
+                logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
+                        "train/logit_scale": core.logit_scale.exp().item()}
+                accelerator.log(logs, step=step)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"step": step, **logs}) + "\n")
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                last_ckpt = checkpoint(step)
+            if step >= end:
+                break
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    result.samples_per_s = seen / elapsed if elapsed > 0 else math.nan
+    if step == tc.steps and not (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+        last_ckpt = checkpoint(step)
+    result.final_checkpoint = last_ckpt
+    accelerator.end_training()
+    return result

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (zero-shot accuracy, recall@k), runners and plots."""

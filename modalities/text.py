@@ -1,0 +1,147 @@
+"""Text adapter: an open_clip text tower + its tokenizer (by model name, optionally pretrained, or
+built from a ``CLIPTextCfg``), or any HF transformers encoder by hub id / local path with mean or
+CLS pooling.
+
+Raw samples are strings; a list of strings means "several captions for this item": training
+draws one at random each time the item is seen, evaluation uses the first.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from modalities import ADAPTERS
+from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
+from modalities.image import check_dataclass_keys
+
+
+class TextOptions(AdapterOptions):
+    model: str | None = Field(None, description="open_clip model name (its text tower and tokenizer)")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or local checkpoint file")
+    text_cfg: dict[str, Any] | None = Field(None, description="open_clip CLIPTextCfg fields for a "
+                                            "tower built from scratch (open_clip BPE tokenizer)")
+    output_dim: int = Field(512, gt=0, description="tower output width when built from text_cfg")
+    hf_model: str | None = Field(None, description="transformers encoder: hub id or local folder")
+    pooling: Literal["mean", "cls"] = "mean"
+    max_length: int = Field(77, gt=0, description="token limit for hf_model (open_clip towers use "
+                                                  "their context_length)")
+    freeze: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TextOptions":
+        given = [k for k in ("model", "text_cfg", "hf_model") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'model', 'text_cfg' or 'hf_model'")
+        if self.pretrained and self.model is None:
+            raise ValueError("'pretrained' needs 'model'")
+        if self.text_cfg is not None:
+            check_dataclass_keys("text_cfg", "CLIPTextCfg", self.text_cfg)
+        return self
+
+
+def pick_text(raw: Any, train: bool) -> str:
+    if isinstance(raw, (list, tuple)):
+        if not raw or not all(isinstance(t, str) for t in raw):
+            raise SampleError(f"text sample must be a string or a non-empty list of strings, got {raw!r:.80}")
+        return random.choice(raw) if train else raw[0]
+    if not isinstance(raw, str):
+        raise SampleError(f"text sample must be a string, got {type(raw).__name__}")
+    return raw
+
+
+class OpenClipTextPreprocessor(Preprocessor):
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, raw: Any, *, train: bool) -> str:
+        return pick_text(raw, train)
+
+    def collate(self, items: list[str]) -> torch.Tensor:
+        return self.tokenizer(items)
+
+
+class HFTextPreprocessor(Preprocessor):
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, raw: Any, *, train: bool) -> str:
+        return pick_text(raw, train)
+
+    def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return {k: enc[k] for k in ("input_ids", "attention_mask")}
+
+
+def open_clip_text_tower(name: str, pretrained: str | None):
+    """The text tower of a named open_clip model as one module, with its (pretrained) weights.
+
+    CustomTextCLIP models keep it as ``model.text``; classic CLIP models keep the text parts inline,
+    so we build a ``TextTransformer`` from the model config and copy those weights into it.
+    """
+    import open_clip
+    from open_clip.model import _build_text_tower
+
+    clip = open_clip.create_model(name, pretrained=pretrained)
+    if getattr(clip, "text", None) is not None:
+        return clip.text
+    cfg = open_clip.get_model_config(name)
+    tower = _build_text_tower(cfg["embed_dim"], cfg["text_cfg"], quick_gelu=cfg.get("quick_gelu", False))
+    src = clip.state_dict()
+    wanted = tower.state_dict()
+    missing = [k for k in wanted if k not in src]
+    if missing:
+        raise RuntimeError(f"open_clip model '{name}': text weights not found for {missing[:5]}")
+    tower.load_state_dict({k: src[k] for k in wanted})
+    return tower
+
+
+@ADAPTERS.register("text")
+class TextAdapter(ModalityAdapter):
+    """preprocess: pick caption, tokenize at collate -> trunk: text encoder -> pooled features."""
+
+    Options = TextOptions
+
+    def __init__(self, options: TextOptions) -> None:
+        super().__init__(options)
+        if options.hf_model is not None:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tower = AutoModel.from_pretrained(options.hf_model)
+            self.tokenizer = AutoTokenizer.from_pretrained(options.hf_model)
+            self.feature_dim = int(self.tower.config.hidden_size)
+            self.kind = "hf"
+        else:
+            import open_clip
+            from open_clip.model import CLIPTextCfg, _build_text_tower
+
+            if options.model is not None:
+                self.tower = open_clip_text_tower(options.model, options.pretrained)
+                self.tokenizer = open_clip.get_tokenizer(options.model)
+            else:
+                cfg = CLIPTextCfg(**options.text_cfg)
+                self.tower = _build_text_tower(options.output_dim, cfg)
+                self.tokenizer = open_clip.SimpleTokenizer(context_length=cfg.context_length)
+            self.feature_dim = int(self.tower.output_dim)
+            self.kind = "open_clip"
+        if options.freeze:
+            freeze_(self.tower)
+
+    def preprocessor(self) -> Preprocessor:
+        if self.kind == "hf":
+            return HFTextPreprocessor(self.tokenizer, self.options.max_length)
+        return OpenClipTextPreprocessor(self.tokenizer)
+
+    def forward(self, batch) -> torch.Tensor:
+        if self.kind == "open_clip":
+            return self.tower(batch)
+        out = self.tower(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = out.last_hidden_state
+        if self.options.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
