@@ -5,6 +5,7 @@ being silently ignored. Adapter options are validated against the adapter's own 
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -109,20 +110,36 @@ class Config(Strict):
     @model_validator(mode="after")
     def _check_modalities(self) -> "Config":
         known = set(self.model.modalities)
-        for name, spec in [("data.train", self.data.train), ("data.val", self.data.val)]:
+        specs = [("data.train", self.data.train), ("data.val", self.data.val),
+                 ("eval.data", self.eval.data if self.eval else None)]
+        for name, spec in specs:
             if spec is None:
                 continue
             for mod in spec.columns:
                 if mod not in known:
-                    raise ValueError(f"{name}.columns names modality '{mod}', not in model.modalities "
-                                     f"{sorted(known)}")
+                    raise ValueError(f"config key '{name}.columns.{mod}': modality '{mod}' is not in "
+                                     f"model.modalities {sorted(known)}")
         for i, pair in enumerate(self.train.pairs or []):
             for mod in pair:
                 if mod not in known:
-                    raise ValueError(f"train.pairs[{i}] names modality '{mod}', not in model.modalities")
+                    raise ValueError(f"config key 'train.pairs[{i}]': modality '{mod}' is not in "
+                                     f"model.modalities {sorted(known)}")
                 if mod not in self.data.train.columns:
-                    raise ValueError(f"train.pairs[{i}] names modality '{mod}' but data.train.columns "
-                                     "gives it no column")
+                    raise ValueError(f"config key 'train.pairs[{i}]': modality '{mod}' has no column in "
+                                     "data.train.columns")
+        if self.eval is not None:  # eval runs after training: catch its mistakes before that
+            cols = self.eval.data.columns
+            uses = []
+            if self.eval.zeroshot is not None:
+                uses.append(("eval.zeroshot.query", self.eval.zeroshot.query, cols))
+                uses.append(("eval.zeroshot.prompt_modality", self.eval.zeroshot.prompt_modality, known))
+            if self.eval.retrieval is not None:
+                uses += [("eval.retrieval.a", self.eval.retrieval.a, cols),
+                         ("eval.retrieval.b", self.eval.retrieval.b, cols)]
+            for key, mod, allowed in uses:
+                if mod not in allowed:
+                    where = "eval.data.columns" if allowed is cols else "model.modalities"
+                    raise ValueError(f"config key '{key}': modality '{mod}' is not in {where} {sorted(allowed)}")
         return self
 
     def loss_pairs(self) -> list[tuple[str, str]]:
@@ -136,6 +153,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        if not loc and not prefix and e["type"] == "value_error":  # cross-section checks name their key
+            lines.append(str(e["ctx"]["error"]))
+            continue
         key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<root>"
         msg = "unknown key (misspelled?)" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"config key '{key}': {msg}")
@@ -195,7 +215,7 @@ def validate_adapter_options(cfg: Config) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None, validate_adapters: bool = True) -> Config:
     """Read YAML (or start from ``base``), apply ``dotted.key=value`` overrides, validate."""
-    data: dict = dict(base or {})
+    data: dict = copy.deepcopy(base or {})  # overrides must not reach into the caller's dict
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -7,8 +7,11 @@ modality's preprocessor, so a corrupt file fails with its path, row and column i
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import random
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from align.config import DatasetSpec
@@ -107,17 +110,41 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     return ds
 
 
+@contextlib.contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed torch, numpy and Python's global RNGs inside the block, restoring them after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 class PairedDataset(torch.utils.data.Dataset):
-    """Row i -> {modality: preprocessed sample, "label": int?, "index": i}."""
+    """Row i -> {modality: preprocessed sample, "label": int?, "index": i}.
+
+    In training, each sample's random augmentation (crops, which caption) is drawn from RNGs seeded
+    by (seed, epoch, row), so it does not depend on worker count, prefetching or resumption.
+    """
 
     def __init__(self, table, columns: dict[str, str], preprocessors: dict[str, Any], train: bool,
-                 label_column: str | None = None, name: str = "dataset") -> None:
+                 label_column: str | None = None, name: str = "dataset", seed: int = 0) -> None:
         self.table = table
         self.columns = columns
         self.preprocessors = preprocessors
         self.train = train
         self.label_column = label_column
         self.name = name
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.table)
@@ -126,11 +153,14 @@ class PairedDataset(torch.utils.data.Dataset):
         i = int(i)
         row = self.table[i]
         item: dict[str, Any] = {"index": i}
-        for mod, col in self.columns.items():
-            try:
-                item[mod] = self.preprocessors[mod](row[col], train=self.train)
-            except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
-                raise SampleError(f"{self.name} row {i}, column '{col}' ({mod}): {err}") from err
+        rng = (seeded_rngs(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
+               if self.train else contextlib.nullcontext())
+        with rng:
+            for mod, col in self.columns.items():
+                try:
+                    item[mod] = self.preprocessors[mod](row[col], train=self.train)
+                except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
+                    raise SampleError(f"{self.name} row {i}, column '{col}' ({mod}): {err}") from err
         if self.label_column is not None:
             item["label"] = int(row[self.label_column])
         return item

@@ -68,14 +68,15 @@ def build_train_loader(cfg: Config, model: AlignModel) -> torch.utils.data.DataL
     spec = cfg.data.train
     table = load_table(spec, "data.train")
     pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
-    ds = PairedDataset(table, spec.columns, pre, train=True, name=f"data.train ({spec.source})")
+    ds = PairedDataset(table, spec.columns, pre, train=True, name=f"data.train ({spec.source})",
+                       seed=cfg.seed)
     if len(ds) < cfg.train.batch_size:
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
                          f"training set ({len(ds)} rows)")
     gen = torch.Generator().manual_seed(cfg.seed)
     return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
                                        num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
-                                       generator=gen, persistent_workers=cfg.data.num_workers > 0)
+                                       generator=gen)
 
 
 def train_step(accelerator, model, core: AlignModel, batch: dict, optimizer, scheduler, loss_fn,
@@ -128,6 +129,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     if tc.compile:
         model = torch.compile(model)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # Setup (datasets fingerprints, trackers) may consume global RNGs; fix them right before the
+    # first batch so a run, and a resumed run, draw the same augmentations and captions.
     if resume:
         set_rng_state(state["rng"])
     core: AlignModel = accelerator.unwrap_model(model)
@@ -163,6 +166,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     model.train()
+    if not resume:
+        set_seed(cfg.seed)
     t0, seen = time.perf_counter(), 0
 
     def nonfinite(loss: torch.Tensor, batch: dict) -> None:
@@ -173,7 +178,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
 
     while step < end:
         epoch, skip = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)
+        loader.set_epoch(epoch)  # the sampler's shuffle ...
+        loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
             loss = train_step(accelerator, model, core, batch, optimizer, scheduler, loss_fn, pairs,

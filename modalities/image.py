@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from modalities import ADAPTERS
 from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
@@ -32,14 +32,19 @@ class ImageOptions(AdapterOptions):
     augment: bool = Field(True, description="open_clip's training transform (random resized crop)")
     freeze: bool = False
 
+    @field_validator("vision_cfg")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:  # a field validator, so the error is located at 'vision_cfg'
+            check_dataclass_keys("vision_cfg", "CLIPVisionCfg", value)
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> "ImageOptions":
         if (self.model is None) == (self.vision_cfg is None):
             raise ValueError("give exactly one of 'model' (open_clip name) or 'vision_cfg'")
         if self.pretrained and self.model is None:
             raise ValueError("'pretrained' needs 'model'")
-        if self.vision_cfg is not None:
-            check_dataclass_keys("vision_cfg", "CLIPVisionCfg", self.vision_cfg)
         return self
 
 
@@ -52,7 +57,8 @@ def check_dataclass_keys(field: str, cls_name: str, data: dict) -> None:
     known = {f.name for f in dataclasses.fields(getattr(oc_model, cls_name))}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{field}: unknown {cls_name} key(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"unknown key(s) {[f'{field}.{k}' for k in unknown]} (not {cls_name} fields); "
+                         f"known: {sorted(known)}")
 
 
 def load_image(raw: Any):

@@ -11,7 +11,7 @@ import random
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from modalities import ADAPTERS
 from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
@@ -30,6 +30,13 @@ class TextOptions(AdapterOptions):
                                                   "their context_length)")
     freeze: bool = False
 
+    @field_validator("text_cfg")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:  # a field validator, so the error is located at 'text_cfg'
+            check_dataclass_keys("text_cfg", "CLIPTextCfg", value)
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> "TextOptions":
         given = [k for k in ("model", "text_cfg", "hf_model") if getattr(self, k) is not None]
@@ -37,8 +44,6 @@ class TextOptions(AdapterOptions):
             raise ValueError("give exactly one of 'model', 'text_cfg' or 'hf_model'")
         if self.pretrained and self.model is None:
             raise ValueError("'pretrained' needs 'model'")
-        if self.text_cfg is not None:
-            check_dataclass_keys("text_cfg", "CLIPTextCfg", self.text_cfg)
         return self
 
 

@@ -1,0 +1,64 @@
+"""Command line: ``align train``, ``align demo``. Heavy imports happen inside the commands."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from align.config import load_config
+    from align.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume)
+    if result.losses:
+        print(f"done: step {result.losses[-1][0]}, loss {result.losses[-1][1]:.4f}, "
+              f"checkpoint {result.final_checkpoint}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from align.demo import format_table, run_demo
+
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    metrics = run_demo(args.out, overrides)
+    print(format_table(metrics))
+    print(f"wrote {args.out}/metrics.json, loss.png, confusion.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description="Train and evaluate multi-modal "
+                                     "encoders in one shared embedding space.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train from a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides (values parsed as YAML)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
+    p.set_defaults(func=_train)
+    d = sub.add_parser("demo", help="train + evaluate image<->text on scikit-learn's digits")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
+    d.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config")
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from align.config import ConfigError
+    from align.data import DataError
+    from align.trainer import TrainingError
+    from modalities.base import SampleError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, SampleError, TrainingError) as err:
+        print(f"align: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""PNG plots a person would rather look at than read (matplotlib, headless Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path, title: str = "training loss") -> Path:
+    plt = _plt()
+    steps = np.array([s for s, _ in losses])
+    values = np.array([v for _, v in losses])
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, values, lw=0.8, alpha=0.4, label="per step")
+    if len(values) >= 10:
+        w = max(5, len(values) // 30)
+        smooth = np.convolve(values, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1:], smooth, lw=1.6, label=f"mean of {w}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str | Path,
+                          title: str = "zero-shot confusion matrix") -> Path:
+    plt = _plt()
+    cm = np.asarray(cm)
+    n = len(classnames)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * n, 0.8 + 0.5 * n), dpi=120)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), classnames, rotation=45, ha="right")
+    ax.set_yticks(range(n), classnames)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    thresh = cm.max() / 2 if cm.size else 0
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > thresh else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
