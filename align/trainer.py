@@ -56,6 +56,7 @@ def build_accelerator(cfg: Config):
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     return Accelerator(
+        cpu=not torch.cuda.is_available(),  # else CPU-only multi-process runs silently don't shard
         mixed_precision=cfg.train.mixed_precision,
         log_with="tensorboard",
         project_dir=cfg.output_dir,

@@ -67,6 +67,15 @@ def test_checkpoint_is_safetensors_and_reloads_without_code(tmp_path):
     for (name, p), q in zip(res.model.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
     assert cfg.model.embed_dim == 32
+    assert list(tmp_path.rglob("events.out.tfevents*")), "no TensorBoard scalars written"
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+
+
+def test_bf16_autocast_flag_runs(tmp_path):
+    res = train(config_from_dict(tiny_config(tmp_path, steps=2, mixed_precision="bf16")))
+    assert all(torch.isfinite(torch.tensor(v)) for _, v in res.losses)
+    assert res.model.logit_scale.dtype == torch.float32  # master weights stay fp32
 
 
 def test_nan_loss_stops_with_step_and_saves_state(tmp_path):

@@ -1,0 +1,215 @@
+"""align.losses against open_clip's reference losses (float64), plus the model's temperature,
+bias and score API, and the loss registry."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip import loss as oc_loss
+
+from align import losses
+from align.model import AlignModel, contrastive_loss
+
+RTOL = 1e-6
+ATOL = 1e-12  # float64: only matters where both sides are (numerically) zero
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny; on a shared 2-core box OpenMP's spinning threads make each op ~100x
+    slower than running single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
+
+
+def _inputs(batch: int, dim: int, seed: int, bias: bool):
+    """Leaf tensors: unit-norm features, a log temperature in [0, ln 100] and maybe a bias."""
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    b = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+    log_scale = (torch.rand((), generator=g, dtype=torch.float64) * math.log(100.0)).requires_grad_()
+    logit_bias = None
+    if bias:
+        logit_bias = (torch.randn((), generator=g, dtype=torch.float64) * 5).requires_grad_()
+    return a, b, log_scale, logit_bias
+
+
+def _value_and_grads(loss_fn, a, b, log_scale, logit_bias):
+    leaves = [a, b, log_scale] + ([logit_bias] if logit_bias is not None else [])
+    value = loss_fn(a, b, log_scale.exp(), logit_bias)
+    grads = torch.autograd.grad(value, leaves)
+    return value.detach(), grads
+
+
+def _check_parity(ours, reference, batch, dim, seed, bias):
+    a, b, log_scale, logit_bias = _inputs(batch, dim, seed, bias)
+    v_ours, g_ours = _value_and_grads(ours, a, b, log_scale, logit_bias)
+    v_ref, g_ref = _value_and_grads(reference, a, b, log_scale, logit_bias)
+    assert v_ours.dtype == torch.float64
+    assert torch.isfinite(v_ref)
+    _close(v_ours, v_ref, "loss value")
+    names = ["d/d a", "d/d b", "d/d log(logit_scale)", "d/d logit_bias"]
+    for name, go, gr in zip(names, g_ours, g_ref):
+        _close(go, gr, name)
+    return v_ref, g_ref
+
+
+SHAPES = [(1, 16), (7, 16), (7, 64), (32, 16), (32, 64)]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("batch,dim", SHAPES)
+def test_clip_loss_matches_open_clip(batch, dim, bias):
+    seed = 1000 * batch + dim + int(bias)
+    ref = oc_loss.ClipLoss(local_loss=False, gather_with_grad=True, rank=0, world_size=1)
+    for local in (True, False):  # local_loss must not matter on one process
+        v_ref, g_ref = _check_parity(losses.ClipLoss(local_loss=local, rank=0, world_size=1), ref,
+                                     batch, dim, seed, bias)
+    if batch > 1:  # with one sample InfoNCE is identically 0; otherwise the check must have teeth
+        assert v_ref > 0
+        assert all(g.abs().max() > 0 for g in g_ref)
+
+
+@pytest.mark.parametrize("batch,dim", SHAPES)
+def test_siglip_loss_matches_open_clip(batch, dim):
+    seed = 7 + 1000 * batch + dim
+    v_ref, g_ref = _check_parity(losses.SigLipLoss(rank=0, world_size=1),
+                                 oc_loss.SigLipLoss(rank=0, world_size=1), batch, dim, seed, bias=True)
+    assert v_ref > 0
+    assert all(g.abs().max() > 0 for g in g_ref)
+
+
+def test_losses_default_to_single_process_without_dist():
+    """With no rank/world given and no process group, the losses behave as world_size 1."""
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    a, b, log_scale, bias = _inputs(9, 16, seed=3, bias=True)
+    scale = log_scale.exp()
+    _close(losses.ClipLoss()(a, b, scale), oc_loss.ClipLoss()(a, b, scale), "clip value")
+    _close(losses.SigLipLoss()(a, b, scale, bias), oc_loss.SigLipLoss()(a, b, scale, bias), "siglip value")
+
+
+# --- the model: temperature / bias init, clamping, score kinds ------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_model(tiny_model_config):
+    torch.manual_seed(0)
+    return AlignModel(tiny_model_config("clip"))
+
+
+@pytest.fixture(scope="module")
+def siglip_model(tiny_model_config):
+    torch.manual_seed(0)
+    return AlignModel(tiny_model_config("siglip"))
+
+
+def test_logit_scale_and_bias_init(clip_model, siglip_model):
+    assert clip_model.logit_scale.item() == pytest.approx(math.log(1 / 0.07), rel=1e-6)
+    assert clip_model.logit_scale.requires_grad
+    assert clip_model.logit_bias is None
+    assert siglip_model.logit_scale.item() == pytest.approx(math.log(10.0), rel=1e-6)
+    assert siglip_model.logit_bias is not None and siglip_model.logit_bias.requires_grad
+    assert siglip_model.logit_bias.item() == pytest.approx(-10.0, rel=1e-6)
+    names = {n for n, _ in siglip_model.named_parameters()}
+    assert {"logit_scale", "logit_bias"} <= names
+    assert "logit_bias" not in {n for n, _ in clip_model.named_parameters()}
+
+
+def test_logit_scale_overrides(tiny_model_config):
+    torch.manual_seed(0)
+    m = AlignModel(tiny_model_config("clip", init_logit_scale=1.25, init_logit_bias=-2.5,
+                                     learn_logit_scale=False))
+    assert m.logit_scale.item() == pytest.approx(1.25)
+    assert not m.logit_scale.requires_grad
+    assert m.logit_bias.item() == pytest.approx(-2.5)
+
+
+def test_clamp_logit_scale(tiny_model_config):
+    torch.manual_seed(0)
+    m = AlignModel(tiny_model_config("siglip"))
+    bias_before = m.logit_bias.item()
+    for value, expected in [(10.0, math.log(100.0)), (-3.0, 0.0), (1.5, 1.5),
+                            (math.log(100.0) + 1e-3, math.log(100.0)), (0.0, 0.0)]:
+        with torch.no_grad():
+            m.logit_scale.fill_(value)
+        m.clamp_logit_scale_()
+        assert m.logit_scale.item() == pytest.approx(expected, abs=1e-6), value
+        assert m.logit_scale.requires_grad  # clamped in place, still the same learnable parameter
+    assert m.logit_bias.item() == bias_before
+
+
+def _unit(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_score_kinds(loss, clip_model, siglip_model):
+    model = clip_model if loss == "clip" else siglip_model
+    a, b = _unit(5, 16, seed=1), _unit(9, 16, seed=2)
+    with torch.no_grad():
+        model.logit_scale.fill_(1.7)  # a non-default temperature, so exp() is really exercised
+        cos = model.score(a, b, "cosine")
+        assert cos.shape == (5, 9)
+        torch.testing.assert_close(cos, a @ b.T)
+        torch.testing.assert_close(model.score(a, b), cos)  # cosine is the default
+        assert cos.abs().max() <= 1 + 1e-6
+        expected = math.exp(1.7) * cos
+        if loss == "siglip":
+            expected = expected + model.logit_bias.item()
+        logits = model.score(a, b, "logits")
+        torch.testing.assert_close(logits, expected)
+        prob = model.score(a, b, "probability")
+    assert prob.shape == (5, 9)
+    if loss == "clip":
+        torch.testing.assert_close(prob.sum(dim=1), torch.ones(5))
+        torch.testing.assert_close(prob, torch.softmax(expected, dim=1))
+    else:
+        assert ((prob > 0) & (prob < 1)).all()
+        torch.testing.assert_close(prob, torch.sigmoid(expected))
+        assert not torch.allclose(prob.sum(dim=1), torch.ones(5))  # independent pairs, not a softmax
+    with pytest.raises(ValueError, match="unknown score kind"):
+        model.score(a, b, "similarity")
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_contrastive_loss_uses_model_temperature(loss, clip_model, siglip_model):
+    """contrastive_loss hands exp(logit_scale) and the bias to the loss, like open_clip's training."""
+    model = clip_model if loss == "clip" else siglip_model
+    emb = {"image": _unit(6, 16, seed=4), "text": _unit(6, 16, seed=5)}
+    with torch.no_grad():
+        model.logit_scale.fill_(2.1)
+        got = contrastive_loss(model, emb, [("image", "text")], losses.build_loss(loss))
+    ref_fn = oc_loss.ClipLoss() if loss == "clip" else oc_loss.SigLipLoss()
+    ref = ref_fn(emb["image"], emb["text"], torch.tensor(math.exp(2.1)),
+                 None if model.logit_bias is None else model.logit_bias.detach())
+    torch.testing.assert_close(got, ref)
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def test_build_loss_registry():
+    known = losses.LOSSES.names()
+    assert {"clip", "siglip"} <= set(known)
+    clip = losses.build_loss("clip", local_loss=False, rank=1, world_size=4)
+    assert isinstance(clip, losses.ClipLoss) and clip.local_loss is False
+    assert clip.dist() == (1, 4)
+    # the trainer passes local_loss to every loss; SigLIP has no such option and must accept it
+    sig = losses.build_loss("siglip", local_loss=True, rank=2, world_size=4)
+    assert isinstance(sig, losses.SigLipLoss)
+    assert sig.dist() == (2, 4)
+    with pytest.raises(KeyError) as err:
+        losses.build_loss("infonce-typo", local_loss=True)
+    msg = str(err.value)
+    assert "infonce-typo" in msg
+    for name in known:
+        assert name in msg
