@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -89,7 +89,7 @@ class ZeroShotSpec(Strict):
 class RetrievalSpec(Strict):
     a: str = "image"
     b: str = "text"
-    ks: list[int] = Field(default_factory=lambda: [1, 5])
+    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 5], min_length=1)
 
 
 class EvalConfig(Strict):

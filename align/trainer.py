@@ -52,9 +52,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_accelerator(cfg: Config):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    # Accelerate keeps one process-wide state; a second run in the same process (a notebook, the
+    # tests) with another mixed-precision setting must start from a clean one. The distributed
+    # part (PartialState, the process group) is kept.
+    AcceleratorState._reset_state()
     return Accelerator(
         cpu=not torch.cuda.is_available(),  # else CPU-only multi-process runs silently don't shard
         mixed_precision=cfg.train.mixed_precision,
