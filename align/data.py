@@ -112,17 +112,19 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
 
 @contextlib.contextmanager
 def seeded_rngs(seed: int) -> Iterator[None]:
-    """Seed torch, numpy and Python's global RNGs inside the block, restoring them after."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    """Seed torch's CPU generator, numpy's and Python's global RNGs inside the block, restoring
+    them after (cheaper than ``torch.random.fork_rng``, which this runs once per sample)."""
+    gen = torch.random.default_generator
+    torch_state, py_state, np_state = gen.get_state(), random.getstate(), np.random.get_state()
+    gen.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        gen.set_state(torch_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class PairedDataset(torch.utils.data.Dataset):

@@ -130,7 +130,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     out = Path(cfg.output_dir)
     model = AlignModel(cfg.model)
     loader = build_train_loader(cfg, model)
-    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
+    optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps,
+                                  fused=True)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
     start = 0
     if resume:
