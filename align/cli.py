@@ -11,7 +11,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg, resume=args.resume)
-    if result.losses:
+    if result.losses and result.is_main_process:
         print(f"done: step {result.losses[-1][0]}, loss {result.losses[-1][1]:.4f}, "
               f"checkpoint {result.final_checkpoint}")
     return 0

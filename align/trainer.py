@@ -35,6 +35,7 @@ class TrainResult:
     output_dir: Path | None = None
     final_checkpoint: Path | None = None
     samples_per_s: float | None = None
+    is_main_process: bool = True
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -174,7 +175,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
         accelerator.wait_for_everyone()
         return path
 
-    result = TrainResult(model=core, output_dir=out)
+    result = TrainResult(model=core, output_dir=out, is_main_process=accelerator.is_main_process)
     steps_per_epoch = len(loader)
     step = start
     last_ckpt = None
