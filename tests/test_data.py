@@ -22,7 +22,8 @@ from align.data import DIGIT_NAMES, Collator, DataError, PairedDataset, load_tab
 from modalities import build_adapter
 from modalities.base import SampleError
 
-MNIST5K = Path("/work/shared/data/image/mnist5k/mnist_5k.csv.gz")
+# ../shared/data beside the checkout (CI has it too)
+MNIST5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "image" / "mnist5k" / "mnist_5k.csv.gz"
 TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}
 TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 
