@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--scheduler", choices=["none", "cosine"], default="none",
                    help="none: no LR scheduler on either side; cosine: open_clip_train's cosine_lr vs "
                         "align's transformers cosine schedule (prepared by accelerate)")
+    g.add_argument("--plain-adamw", action="store_true",
+                   help="give align open_clip's unfused AdamW instead of the trainer's fused one, to see "
+                        "the toolkit's own overhead alone")
     g.add_argument("--json", type=Path, default=None, help="also write the results here")
     g.add_argument("--profile", action="store_true",
                    help=f"also time '{ALIGN_PLAIN}' (align's model and loss stepped without accelerate's "
@@ -193,7 +196,8 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     from align.config import ModelConfig
     from align.losses import build_loss
     from align.model import AlignModel
-    from align.trainer import TrainingError, param_groups
+    from align.config import TrainConfig
+    from align.trainer import TrainingError, build_optimizer
 
     cfg = ModelConfig(embed_dim=a.embed_dim, loss="clip", modalities={
         "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
@@ -207,7 +211,14 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     if torch.get_num_threads() != threads:
         raise RuntimeError(f"accelerate changed torch threads {threads} -> {torch.get_num_threads()}; "
                            "the comparison would not be fair")
-    optimizer = torch.optim.AdamW(param_groups(model, a.weight_decay), lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
+    # the trainer's own optimizer (AdamW, open_clip's decay split, fused kernel)
+    tc = TrainConfig(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.98), eps=1e-6)
+    if a.plain_adamw:
+        from align.trainer import param_groups
+
+        optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
+    else:
+        optimizer = build_optimizer(model, tc)
     if a.scheduler == "cosine":
         from transformers import get_cosine_schedule_with_warmup
 
