@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, SampleError, TrainingError) as err:
+    except (ConfigError, DataError, SampleError, TrainingError, FileNotFoundError) as err:
         print(f"align: error: {err}", file=sys.stderr)
         return 2
 

@@ -73,6 +73,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="0 = only at the end")
     keep_checkpoints: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
+    val_every: int = Field(0, ge=0, description="validation loss on data.val every N steps; 0 = at the end")
     pairs: list[tuple[str, str]] | None = Field(None, description="modality pairs the loss aligns; "
                                                 "default: every pair")
     local_loss: bool = True
@@ -119,6 +120,9 @@ class Config(Strict):
                 if mod not in known:
                     raise ValueError(f"config key '{name}.columns.{mod}': modality '{mod}' is not in "
                                      f"model.modalities {sorted(known)}")
+        if self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
+            raise ValueError("config key 'data.val.columns': must feed the same modalities as "
+                             f"data.train.columns {sorted(self.data.train.columns)}")
         for i, pair in enumerate(self.train.pairs or []):
             for mod in pair:
                 if mod not in known:

@@ -32,6 +32,7 @@ class TrainingError(RuntimeError):
 class TrainResult:
     model: AlignModel
     losses: list[tuple[int, float]] = field(default_factory=list)
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
     output_dir: Path | None = None
     final_checkpoint: Path | None = None
     samples_per_s: float | None = None
@@ -77,19 +78,31 @@ def build_accelerator(cfg: Config):
     )
 
 
-def build_train_loader(cfg: Config, model: AlignModel) -> torch.utils.data.DataLoader:
-    spec = cfg.data.train
-    table = load_table(spec, "data.train")
+def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool) -> torch.utils.data.DataLoader:
+    """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
+    Both drop the last partial batch: a contrastive batch must be full on every process."""
+    table = load_table(spec, key)
     pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
-    ds = PairedDataset(table, spec.columns, pre, train=True, name=f"data.train ({spec.source})",
-                       seed=cfg.seed)
+    ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed)
     if len(ds) < cfg.train.batch_size:
-        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than the "
-                         f"training set ({len(ds)} rows)")
+        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
+                         f"({len(ds)} rows)")
     gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=True,
                                        num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
                                        generator=gen)
+
+
+@torch.no_grad()
+def validation_loss(accelerator, model, core: AlignModel, loader, loss_fn, pairs, modalities) -> float:
+    """Mean contrastive loss over the validation set (every process takes its shard)."""
+    model.eval()
+    total = torch.zeros((), device=accelerator.device)
+    for n, batch in enumerate(loader, start=1):
+        with accelerator.autocast():
+            total += contrastive_loss(core, model({m: batch[m] for m in modalities}), pairs, loss_fn).float()
+    model.train()
+    return accelerator.reduce(total / max(n, 1), reduction="mean").item()
 
 
 def train_step(accelerator, model, core: AlignModel, batch: dict, optimizer, scheduler, loss_fn,
@@ -136,7 +149,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     model = AlignModel(cfg.model)
-    loader = build_train_loader(cfg, model)
+    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True)
+    val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
     optimizer = build_optimizer(model, tc)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
     start = 0
@@ -151,6 +165,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     if tc.compile:
         model = torch.compile(model)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
     # Setup (datasets fingerprints, trackers) may consume global RNGs; fix them right before the
     # first batch so a run, and a resumed run, draw the same augmentations and captions.
     if resume:
@@ -218,6 +234,14 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
                 if accelerator.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps({"step": step, **logs}) + "\n")
+            if val_loader is not None and ((tc.val_every and step % tc.val_every == 0) or step == tc.steps):
+                val = validation_loss(accelerator, model, core, val_loader, loss_fn, pairs,
+                                      list(cfg.data.val.columns))
+                result.val_losses.append((step, val))
+                accelerator.log({"val/loss": val}, step=step)
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"step": step, "val/loss": val}) + "\n")
             if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 last_ckpt = checkpoint(step)
             if step >= end:

@@ -212,8 +212,8 @@ def test_overrides_apply_to_loaded_config():
     assert cfg.loss_pairs() == [("text", "image")]
     # a new section can be created by an override
     cfg = load_config(DEMO, ["data.val.source=sklearn-digits", "data.val.split=test",
-                             "data.val.columns={image: image}"])
-    assert cfg.data.val.split == "test" and cfg.data.val.columns == {"image": "image"}
+                             "data.val.columns={image: image, text: caption}"])
+    assert cfg.data.val.split == "test" and cfg.data.val.columns == {"image": "image", "text": "caption"}
 
 
 @pytest.mark.parametrize("override, words", [
@@ -249,3 +249,8 @@ def test_dump_and_reload_round_trip(tmp_path):
     again = load_config(out)
     assert again.model_dump() == cfg.model_dump()
     assert again.train.steps == 9
+
+
+def test_val_split_must_feed_the_training_modalities():
+    msg = config_error(overrides=["data.val={source: sklearn-digits, split: test, columns: {image: image}}"])
+    assert "data.val.columns" in msg

@@ -91,12 +91,16 @@ def test_short_run_learns_on_real_digits(tmp_path):
     """The demo config, cut to 150 steps: the loss falls and zero-shot beats chance (0.10) widely."""
     from eval.runner import evaluate
 
+    val = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, max_samples: 128}"
     cfg = load_config(demo_config_path(), [f"output_dir={tmp_path}", "train.steps=150",
-                                           "train.warmup_steps=10", "train.progress=false"])
+                                           "train.warmup_steps=10", "train.progress=false",
+                                           f"data.val={val}", "train.val_every=50"])
     res = train(cfg)
     first = sum(v for _, v in res.losses[:10]) / 10
     last = sum(v for _, v in res.losses[-10:]) / 10
     assert last < 0.7 * first, (first, last)
+    assert [s for s, _ in res.val_losses] == [50, 100, 150]
+    assert res.val_losses[-1][1] < res.val_losses[0][1], res.val_losses  # held-out loss falls too
     metrics = evaluate(res.model, cfg.eval)
     assert metrics["zeroshot"]["top1"] >= 0.5, metrics["zeroshot"]["top1"]
     assert metrics["retrieval"]["a_to_b"]["R@1"] >= 0.5
