@@ -49,8 +49,22 @@ class DatasetSpec(Strict):
     split: str = "train"
     columns: dict[str, str] = Field(min_length=1, description="modality -> column name")
     label_column: str | None = None
+    caption_templates: list[str] | None = Field(None, description="fill these '{}' templates with each "
+                                                "row's class name (from label_column) into a column "
+                                                "'label_captions', e.g. to train an imagefolder")
     max_samples: int | None = Field(None, gt=0)
     load_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+    @model_validator(mode="after")
+    def _templates_need_labels(self) -> "DatasetSpec":
+        if self.caption_templates is not None:
+            if not self.label_column:
+                raise ValueError("caption_templates needs label_column (the class of each row)")
+            bad = [t for t in self.caption_templates if "{}" not in t]
+            if bad:
+                raise ValueError(f"caption_templates must each contain '{{}}' for the class name: {bad}")
+        return self
 
 
 class DataConfig(Strict):

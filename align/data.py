@@ -92,9 +92,12 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
                         f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
+    if spec.label_column and spec.label_column not in ds.column_names:
+        raise DataError(f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
+                        f"dataset (columns: {ds.column_names})")
+    if spec.caption_templates:
+        ds = add_label_captions(ds, spec.label_column, spec.caption_templates)
     wanted = {f"{key}.columns.{m}": c for m, c in spec.columns.items()}
-    if spec.label_column:
-        wanted[f"{key}.label_column"] = spec.label_column
     for k, col in wanted.items():
         if col not in ds.column_names:
             raise DataError(f"config key '{k}': column '{col}' is not in the dataset "
@@ -125,6 +128,18 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         gen.set_state(torch_state)
         random.setstate(py_state)
         np.random.set_state(np_state)
+
+
+def add_label_captions(table, label_column: str, templates: list[str]):
+    """Add ``label_captions``: every template filled with the row's class name, rotated per row
+    (training draws one per visit; evaluation uses the first)."""
+    names = class_names(table, label_column)
+    captions = []
+    for i, label in enumerate(table[label_column]):
+        name = names[label] if names is not None else str(label)
+        k = i % len(templates)
+        captions.append([t.format(name) for t in templates[k:] + templates[:k]])
+    return table.add_column("label_captions", captions)
 
 
 class PairedDataset(torch.utils.data.Dataset):

@@ -329,3 +329,31 @@ def test_collator_on_sklearn_digits_table(preprocessors):
     assert batch["label"].tolist() == table["label"]
     for i in range(6):  # the drawn caption is one of the row's own captions
         assert ds[i]["text"] in table[i]["caption"]
+
+
+def test_imagefolder_captions_from_label_names(digit_files, tmp_path):
+    """An imagefolder has images and folder labels only; caption_templates turns the class names
+    into a text column so it can be trained image<->text."""
+    spec = _spec(tmp_path, source="imagefolder", data_dir=str(digit_files["root"] / "folder"),
+                 columns={"image": "image", "text": "label_captions"}, label_column="label",
+                 caption_templates=["a photo of the number {}.", "a handwritten {}."])
+    ds = load_table(spec)
+    names = ds.features["label"].names
+    for row in ds:
+        name = names[row["label"]]
+        assert sorted(row["label_captions"]) == sorted([f"a photo of the number {name}.", f"a handwritten {name}."])
+    text = build_adapter("text", {"text_cfg": TINY_TEXT, "output_dim": 32})
+    image = build_adapter("image", {"vision_cfg": TINY_VISION, "output_dim": 32})
+    pre = {"image": image.preprocessor(), "text": text.preprocessor()}
+    item = PairedDataset(ds, spec.columns, pre, train=False)[0]
+    assert item["text"] == ds[0]["label_captions"][0]
+
+
+def test_caption_templates_need_a_label_column():
+    from align.config import ConfigError, config_from_dict
+
+    data = {"model": {"modalities": {"text": {"options": {"text_cfg": TINY_TEXT}}}},
+            "data": {"train": {"source": "imagefolder", "columns": {"text": "label_captions"},
+                               "caption_templates": ["a {}"]}}}
+    with pytest.raises(ConfigError, match="data.train"):
+        config_from_dict(data)
