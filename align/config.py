@@ -98,13 +98,17 @@ class ZeroShotSpec(Strict):
     query: str = "image"
     prompt_modality: str = "text"
     classnames: list[str] = Field(min_length=2)
-    templates: list[str] = Field(min_length=1)
+    templates: list[str] | dict[str, list[str]] = Field(
+        min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)")
 
 
 class RetrievalSpec(Strict):
     a: str = "image"
     b: str = "text"
-    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 5], min_length=1)
+    ks: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
+    positives: Literal["row", "label"] = Field(
+        "row", description="row: a b item matches its own row (CLIP_benchmark); label: any row of the "
+                           "same class (for templated captions)")
 
 
 class EvalConfig(Strict):

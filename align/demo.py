@@ -21,15 +21,15 @@ def format_table(metrics: dict[str, Any]) -> str:
     rows = []
     zs = metrics.get("zeroshot")
     if zs:
-        rows.append(("zero-shot top-1 (held-out images)", zs["top1"]))
+        rows.append(("zero-shot top-1 (held-out)", zs["top1"]))
         if zs.get("top5") is not None:
             rows.append(("zero-shot top-5", zs["top5"]))
-        rows.append(("zero-shot balanced accuracy", zs["balanced_accuracy"]))
+        rows.append(("zero-shot mean per-class recall", zs["mean_per_class_recall"]))
     r = metrics.get("retrieval")
     if r:
-        for direction, label in (("a_to_b", f"{r['a']}->{r['b']}"), ("b_to_a", f"{r['b']}->{r['a']}")):
-            for k, v in r[direction].items():
-                rows.append((f"{label} {k} ({r['positives']})", v))
+        for key, value in r.items():
+            if "/R@" in key:
+                rows.append((f"{key.replace('_to_', '->')} ({r['positives']} positives)", value))
     t = metrics.get("timing", {})
     width = max(len(n) for n, _ in rows) if rows else 10
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]

@@ -119,10 +119,16 @@ class EmbeddingIndex:
     def _needs_training(self) -> bool:
         import faiss
 
-        fresh = faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT)
-        return not fresh.is_trained
+        return not faiss.index_factory(self.dim, self.spec, faiss.METRIC_INNER_PRODUCT).is_trained
 
     def _train(self, x: np.ndarray) -> None:
+        import faiss
+
+        # Polysemous training (faiss's default for PQ codes) only helps polysemous search, which
+        # this class never turns on (polysemous_ht stays 0), and takes minutes for PQ64: skip it.
+        for part in (self.inner, faiss.try_extract_index_ivf(self.inner)):
+            if part is not None and hasattr(part, "do_polysemous_training"):
+                part.do_polysemous_training = False
         try:
             self.index.train(x)
         except RuntimeError as e:
@@ -230,7 +236,8 @@ class EmbeddingIndex:
         k = min(int(k), len(self))
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), k), np.float32), np.full((len(q), k), -1, np.int64)
-        return self._search_index().search(q, k)
+        # GPU indexes take k <= 2048 (nprobe too); larger searches use the CPU index
+        return (self._search_index() if k <= 2048 else self.index).search(q, k)
 
     def search_with_metadata(self, queries, k: int) -> list[list[tuple[float, int, dict]]]:
         """Per query, a list of (score, id, metadata) best first (missing hits left out)."""

@@ -1,36 +1,14 @@
-"""Zero-shot classification, CLIP / CLIP_benchmark protocol.
+"""Zero-shot classification with a trained model, CLIP / CLIP_benchmark protocol.
 
-Each class's prompt embedding is the mean of its templates' normalised embeddings, renormalised;
-a query is assigned the class whose prompt embedding has the highest cosine similarity.
+Each class's prompt embedding is the mean of its prompts' normalised embeddings, renormalised
+(``eval.zeroshot_metrics.build_class_embeddings``); a query gets the class with the highest cosine.
+Works for any query modality against any prompt modality the model has.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
-
-
-@torch.no_grad()
-def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] | dict[str, list[str]],
-                     modality: str = "text", batch_size: int = 256) -> torch.Tensor:
-    """[C, D] unit-norm class embeddings. ``templates`` is a list of ``{}`` templates shared by all
-    classes, or a dict class -> its own prompts (CuPL style)."""
-    if len(set(classnames)) != len(classnames):
-        dupes = sorted({c for c in classnames if list(classnames).count(c) > 1})
-        raise ValueError(f"class names must be unique; duplicated: {dupes}")
-    pre = model.adapters[modality].preprocessor()
-    device = next(model.parameters()).device
-    weights = []
-    for name in classnames:
-        prompts = templates[name] if isinstance(templates, dict) else [t.format(name) for t in templates]
-        embs = []
-        for i in range(0, len(prompts), batch_size):
-            batch = pre.collate([pre(p, train=False) for p in prompts[i:i + batch_size]])
-            embs.append(model.encode(modality, to_device(batch, device)))
-        emb = torch.cat(embs).mean(0)
-        weights.append(F.normalize(emb, dim=-1))
-    return torch.stack(weights)
 
 
 def to_device(batch: Any, device) -> Any:
@@ -39,6 +17,28 @@ def to_device(batch: Any, device) -> Any:
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
+    """``f(raw samples) -> unit-norm embeddings [n, D]`` with eval preprocessing, on the model's device."""
+    pre = model.adapters[modality].preprocessor()
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def encode(raws: list) -> torch.Tensor:
+        batch = pre.collate([pre(r, train=False) for r in raws])
+        return model.encode(modality, to_device(batch, device)).float().cpu()
+
+    return encode
+
+
+def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] | dict[str, list[str]],
+                     modality: str = "text", batch_size: int = 256) -> torch.Tensor:
+    """[C, D] unit-norm class embeddings. ``templates``: shared ``{}`` / ``{c}`` templates, or a
+    dict class -> its own prompts (CuPL style)."""
+    from eval.zeroshot_metrics import build_class_embeddings
+
+    return build_class_embeddings(classnames, templates, raw_encoder(model, modality), batch_size)
 
 
 def classify(query_embeddings: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:

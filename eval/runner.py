@@ -9,8 +9,9 @@ import torch
 
 from align.config import EvalConfig
 from align.data import Collator, PairedDataset, load_table
-from align.zeroshot import build_classifier, classify, to_device
-from eval.metrics import balanced_accuracy, confusion_matrix, recall_at_k, topk_accuracy
+from align.zeroshot import build_classifier, classify, raw_encoder, to_device
+from eval.retrieval import retrieval_metrics
+from eval.zeroshot_metrics import zeroshot_classification_metrics
 
 
 @torch.no_grad()
@@ -32,35 +33,15 @@ def encode_table(model, table, columns: dict[str, str], label_column: str | None
     return {m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels).numpy() if labels else None)
 
 
-def zeroshot_metrics(model, query_emb: torch.Tensor, labels: np.ndarray, classnames, templates,
-                     prompt_modality: str) -> dict[str, Any]:
-    classifier = build_classifier(model, classnames, templates, prompt_modality)
-    scores = classify(query_emb, classifier.float().cpu()).numpy()
-    pred = scores.argmax(1)
-    cm = confusion_matrix(pred, labels, len(classnames))
-    return {"top1": topk_accuracy(scores, labels, 1), "top5": topk_accuracy(scores, labels, 5),
-            "balanced_accuracy": balanced_accuracy(cm), "n": int(len(labels)),
-            "confusion_matrix": cm.tolist(), "classnames": list(classnames)}
-
-
-def retrieval_metrics(a: torch.Tensor, b: torch.Tensor, labels: np.ndarray | None, ks) -> dict[str, Any]:
-    """Both directions through an exact FAISS index. With labels, a gallery item is a positive when
-    it has the query's label (class-level recall); without, row i matches row i only."""
-    from align.index import EmbeddingIndex
-
-    def one_way(q: torch.Tensor, g: torch.Tensor) -> dict[int, float]:
-        index = EmbeddingIndex(g.shape[1])
-        index.add(g)
-        _, ids = index.search(q, max(ks))
-        if labels is not None:
-            positives = labels[:, None] == labels[None, :]
-        else:
-            positives = np.eye(len(q), dtype=bool)
-        return recall_at_k(ids, positives, ks)
-
-    ab, ba = one_way(a, b), one_way(b, a)
-    return {"positives": "same label" if labels is not None else "same row",
-            "a_to_b": {f"R@{k}": v for k, v in ab.items()}, "b_to_a": {f"R@{k}": v for k, v in ba.items()}}
+def expand_rows(table, column: str) -> tuple[list[Any], np.ndarray]:
+    """Every item of a list-valued column becomes its own row (CLIP_benchmark: every caption is a
+    query); returns the items and each item's source row."""
+    items, source = [], []
+    for i, value in enumerate(table[column]):
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            items.append(v)
+            source.append(i)
+    return items, np.asarray(source, dtype=np.int64)
 
 
 def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
@@ -74,10 +55,23 @@ def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
         zs = ecfg.zeroshot
         if labels is None:
             raise ValueError("config key 'eval.data.label_column': zero-shot evaluation needs labels")
-        metrics["zeroshot"] = zeroshot_metrics(model, embs[zs.query], labels, zs.classnames, zs.templates,
-                                               zs.prompt_modality)
+        classifier = build_classifier(model, zs.classnames, zs.templates, zs.prompt_modality)
+        scores = classify(embs[zs.query], classifier)
+        metrics["zeroshot"] = zeroshot_classification_metrics(scores, labels, classnames=zs.classnames)
     if ecfg.retrieval is not None:
         r = ecfg.retrieval
-        metrics["retrieval"] = {"a": r.a, "b": r.b, **retrieval_metrics(embs[r.a], embs[r.b], labels, r.ks)}
+        if r.positives == "label" and labels is None:
+            raise ValueError("config key 'eval.retrieval.positives': 'label' needs eval.data.label_column")
+        # b may hold several items per row (e.g. 5 captions per image): each is its own row
+        items, source = expand_rows(table, spec.columns[r.b])
+        encode = raw_encoder(model, r.b)
+        b_emb = torch.cat([encode(items[i:i + ecfg.batch_size]) for i in range(0, len(items), ecfg.batch_size)])
+        if r.positives == "label":
+            positives = labels[:, None] == labels[source][None, :]
+        else:
+            positives = source  # each b row's a index
+        metrics["retrieval"] = {"a": r.a, "b": r.b, "positives": r.positives, "n_a": len(embs[r.a]),
+                                "n_b": len(b_emb),
+                                **retrieval_metrics(embs[r.a], b_emb, positives, ks=r.ks, names=(r.a, r.b))}
     metrics["seconds"] = time.perf_counter() - t0
     return metrics
