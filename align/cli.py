@@ -43,19 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     d.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config")
     d.set_defaults(func=_demo)
+    from eval.commands import add_parser as add_eval
+
+    add_eval(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted.key=value overrides may also come after options (argparse stops collecting them there)
+    bad = [a for a in extra if a.startswith("-") or "=" not in a]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     from align.config import ConfigError
     from align.data import DataError
     from align.trainer import TrainingError
+    from eval.commands import EvalError
     from modalities.base import SampleError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, SampleError, TrainingError, FileNotFoundError) as err:
+    except (ConfigError, DataError, SampleError, TrainingError, EvalError, FileNotFoundError) as err:
         print(f"align: error: {err}", file=sys.stderr)
         return 2
 

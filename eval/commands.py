@@ -1,0 +1,105 @@
+"""``align eval zeroshot|retrieval``: evaluate a checkpoint and write a report + plots."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+class EvalError(ValueError):
+    """The evaluation asked for something the checkpoint or data cannot give; names what."""
+
+
+def eval_config(args: argparse.Namespace, ckpt_cfg):
+    """The eval section: from --config if given, else the checkpoint's own; then overrides."""
+    import yaml
+
+    from align.config import ConfigError, EvalConfig, _format_validation_error, parse_overrides, set_dotted
+
+    if args.config:
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        section = data.get("eval") if isinstance(data, dict) else None
+        if section is None:
+            raise ConfigError(f"config key 'eval': {args.config} has no eval section")
+    elif ckpt_cfg.eval is not None:
+        section = ckpt_cfg.eval.model_dump(mode="json")
+    else:
+        raise ConfigError("config key 'eval': the checkpoint's config has none; pass --config FILE")
+    root = {"eval": section}
+    for key, value in parse_overrides(args.overrides):
+        set_dotted(root, key if key.startswith("eval.") else f"eval.{key}", value)
+    from pydantic import ValidationError
+
+    try:
+        ecfg = EvalConfig.model_validate(root["eval"])
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "eval.")) from None
+    if args.templates:
+        from eval.zeroshot_metrics import load_templates
+
+        if ecfg.zeroshot is None:
+            raise ConfigError("config key 'eval.zeroshot': --templates needs a zeroshot section")
+        ecfg.zeroshot.templates = load_templates(args.templates)
+    if args.task == "zeroshot" and ecfg.zeroshot is None:
+        raise ConfigError("config key 'eval.zeroshot': missing (classnames, templates)")
+    if args.task == "retrieval" and ecfg.retrieval is None:
+        raise ConfigError("config key 'eval.retrieval': missing (a, b modalities)")
+    if args.task == "zeroshot":
+        ecfg.retrieval = None
+    else:
+        ecfg.zeroshot = None
+    return ecfg
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from align.checkpoint import load_model, load_training_state, resolve_checkpoint
+    from eval.report import build_report, write_report
+    from eval.runner import evaluate
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    model, cfg = load_model(ckpt)
+    ecfg = eval_config(args, cfg)
+    for mod in ([ecfg.zeroshot.query, ecfg.zeroshot.prompt_modality] if ecfg.zeroshot else
+                [ecfg.retrieval.a, ecfg.retrieval.b]):
+        if mod not in model.adapters:
+            raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
+    metrics = evaluate(model, ecfg)
+    info = {"checkpoint": str(ckpt), "step": int(load_training_state(ckpt).get("step", -1)),
+            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
+    report = build_report(args.task, metrics, info)
+    out = Path(args.out or ckpt / "eval")
+    path = write_report(report, out / f"{args.task}.json")
+    if args.task == "zeroshot":
+        from eval.plots import plot_confusion_matrix
+
+        zs = report["metrics"]
+        plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
+                              f"zero-shot top-1 {zs['top1']:.3f}")
+    report["path"] = str(path)
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification or retrieval")
+    p.add_argument("task", choices=["zeroshot", "retrieval"])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
+    p.add_argument("--config", help="YAML whose eval section to use (default: the checkpoint's)")
+    p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
+    p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
+    p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    report = run_eval(args)
+    m = report["metrics"]
+    if args.task == "zeroshot":
+        top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
+        print(f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
+              f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
+    else:
+        for key, value in m.items():
+            if "/R@" in key or key.endswith(("/mAP", "/median_rank")):
+                print(f"{key:<28} {value:.4f}" if isinstance(value, float) else f"{key:<28} {value}")
+    print(f"report: {report['path']}")
+    return 0
