@@ -109,6 +109,8 @@ class RetrievalSpec(Strict):
     positives: Literal["row", "label"] = Field(
         "row", description="row: a b item matches its own row (CLIP_benchmark); label: any row of the "
                            "same class (for templated captions)")
+    index: str = Field("Flat", description="FAISS index_factory string for the index-based recall "
+                                           "(Flat = exact; e.g. HNSW32 or IVF256,Flat shows the ANN cost)")
 
 
 class EvalConfig(Strict):

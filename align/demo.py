@@ -27,9 +27,10 @@ def format_table(metrics: dict[str, Any]) -> str:
         rows.append(("zero-shot mean per-class recall", zs["mean_per_class_recall"]))
     r = metrics.get("retrieval")
     if r:
-        for key, value in r.items():
+        for key, value in r["faiss"].items():
             if "/R@" in key:
-                rows.append((f"{key.replace('_to_', '->')} ({r['positives']} positives)", value))
+                rows.append((f"{key.replace('_to_', '->')} (FAISS {r['faiss']['spec']}, "
+                             f"{r['positives']} positives)", value))
     t = metrics.get("timing", {})
     width = max(len(n) for n, _ in rows) if rows else 10
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]

@@ -10,7 +10,7 @@ import torch
 from align.config import EvalConfig
 from align.data import Collator, PairedDataset, load_table
 from align.zeroshot import build_classifier, classify, raw_encoder, to_device
-from eval.retrieval import retrieval_metrics
+from eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from eval.zeroshot_metrics import zeroshot_classification_metrics
 
 
@@ -44,6 +44,25 @@ def expand_rows(table, column: str) -> tuple[list[Any], np.ndarray]:
     return items, np.asarray(source, dtype=np.int64)
 
 
+def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray],
+                    ks, names: tuple[str, str], spec: str = "Flat") -> dict[str, Any]:
+    """R@k in both directions through a FAISS index of each gallery (``spec``: Flat = exact; an
+    ANN spec shows what approximate search costs in recall)."""
+    from align.index import EmbeddingIndex
+
+    a_idx, b_idx = pairs
+    out: dict[str, Any] = {"spec": spec}
+    for q, g, qi, gi, prefix in ((a_emb, b_emb, a_idx, b_idx, f"{names[0]}_to_{names[1]}"),
+                                 (b_emb, a_emb, b_idx, a_idx, f"{names[1]}_to_{names[0]}")):
+        index = EmbeddingIndex(g.shape[1], spec)
+        index.add(g)
+        _, ids = index.search(q, max(ks))
+        got, _ = ranked_retrieval_metrics(ids, np.stack([qi, gi], 1), len(g), ks=ks, prefix=prefix,
+                                          n_queries=len(q))
+        out.update({k: v for k, v in got.items() if "/R@" in k})
+    return out
+
+
 def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = ecfg.data
@@ -67,11 +86,13 @@ def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
         encode = raw_encoder(model, r.b)
         b_emb = torch.cat([encode(items[i:i + ecfg.batch_size]) for i in range(0, len(items), ecfg.batch_size)])
         if r.positives == "label":
-            positives = labels[:, None] == labels[source][None, :]
-        else:
-            positives = source  # each b row's a index
+            pairs = np.nonzero(labels[:, None] == labels[source][None, :])
+        else:  # each b row's own a row
+            pairs = (source, np.arange(len(source)))
         metrics["retrieval"] = {"a": r.a, "b": r.b, "positives": r.positives, "n_a": len(embs[r.a]),
                                 "n_b": len(b_emb),
-                                **retrieval_metrics(embs[r.a], b_emb, positives, ks=r.ks, names=(r.a, r.b))}
+                                **retrieval_metrics(embs[r.a], b_emb, np.stack(pairs, 1), ks=r.ks,
+                                                    names=(r.a, r.b)),
+                                "faiss": index_retrieval(embs[r.a], b_emb, pairs, r.ks, (r.a, r.b), r.index)}
     metrics["seconds"] = time.perf_counter() - t0
     return metrics

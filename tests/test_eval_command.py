@@ -51,3 +51,14 @@ def test_templates_file_and_bad_requests(demo_run, tmp_path, capsys):
     assert main(["eval", "zeroshot", "--checkpoint", str(out), "eval.zeroshot.clasnames=[a, b]"]) == 2
     assert "eval.zeroshot.clasnames" in capsys.readouterr().err
     assert main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "nothing")]) == 2
+
+
+def test_faiss_recall_equals_exact_recall(demo_run):
+    """The demo's retrieval goes through a FAISS Flat index; it must give the exact metrics' R@k."""
+    _, metrics = demo_run
+    r = metrics["retrieval"]
+    assert r["faiss"]["spec"] == "Flat"
+    keys = [k for k in r["faiss"] if "/R@" in k]
+    assert len(keys) == 4
+    for k in keys:
+        assert r["faiss"][k] == pytest.approx(r[k], abs=1e-12), k
