@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     d.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config")
     d.set_defaults(func=_demo)
+    from align.indexing import add_parsers as add_index
     from eval.commands import add_parser as add_eval
 
     add_eval(sub)
+    add_index(sub)
     return parser
 
 
@@ -61,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     from align.config import ConfigError
     from align.data import DataError
     from align.trainer import TrainingError
+    from align.index import IndexFormatError
+    from align.indexing import IndexBuildError
     from eval.commands import EvalError
     from modalities.base import SampleError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, SampleError, TrainingError, EvalError, FileNotFoundError) as err:
+    except (ConfigError, DataError, SampleError, TrainingError, EvalError, IndexBuildError, IndexFormatError,
+            FileNotFoundError, FileExistsError) as err:
         print(f"align: error: {err}", file=sys.stderr)
         return 2
 

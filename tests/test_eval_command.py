@@ -62,3 +62,39 @@ def test_faiss_recall_equals_exact_recall(demo_run):
     assert len(keys) == 4
     for k in keys:
         assert r["faiss"][k] == pytest.approx(r[k], abs=1e-12), k
+
+
+def test_index_build_and_query(demo_run, tmp_path, capsys):
+    out, _ = demo_run
+    data = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
+    folder = tmp_path / "idx"
+    assert main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image",
+                 "--out", str(folder)]) == 0
+    assert "indexed 360 image items" in capsys.readouterr().out
+    # never overwrites an existing index unless asked
+    assert main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image",
+                 "--out", str(folder)]) == 2
+    assert "exist" in capsys.readouterr().err
+    from align.indexing import query_index
+
+    hits = query_index(folder, "text", "a photo of the number seven.", k=10)
+    assert len(hits) == 10 and all(-1.0 <= s <= 1.0 for s, _, _ in hits)
+    assert [s for s, _, _ in hits] == sorted((s for s, _, _ in hits), reverse=True)
+    meta = hits[0][2]
+    assert set(meta) >= {"row", "label", "caption"} and meta["caption"].startswith(("a ", "the "))
+    assert main(["query", "--index", str(folder), "--text", "the digit three.", "-k", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "label=" in lines[0]
+    # an index from another model is refused
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(out / "checkpoints", other)
+    from safetensors.torch import load_file, save_file
+
+    ckpt = next(p for p in other.iterdir() if p.name.startswith("step-"))
+    weights = load_file(ckpt / "model.safetensors")
+    weights["logit_scale"] = weights["logit_scale"] + 1
+    save_file(weights, str(ckpt / "model.safetensors"))
+    assert main(["query", "--index", str(folder), "--checkpoint", str(ckpt), "--text", "seven"]) == 2
+    assert "different model" in capsys.readouterr().err
