@@ -61,7 +61,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cfg: Config,
                     training_state: dict[str, Any] | None = None, keep: int | None = None,
-                    name: str | None = None) -> Path:
+                    name: str | None = None, update_latest: bool = True) -> Path:
     """Write one checkpoint folder atomically and point ``latest`` at it."""
     from safetensors.torch import save_file
 
@@ -82,7 +82,8 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cf
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _atomic_write_text(root / "latest", name + "\n")
+    if update_latest:
+        _atomic_write_text(root / "latest", name + "\n")
     if keep:
         steps = sorted(p for p in root.glob("step-*") if p.is_dir())
         for old in steps[:-keep]:

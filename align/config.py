@@ -88,6 +88,10 @@ class TrainConfig(Strict):
     keep_checkpoints: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
     val_every: int = Field(0, ge=0, description="validation loss on data.val every N steps; 0 = at the end")
+    eval_every: int = Field(0, ge=0, description="run the eval section every N steps (0 = never during "
+                                                 "training)")
+    best_metric: str | None = Field(None, description="keep checkpoints/best by this eval metric, e.g. "
+                                    "'zeroshot/top1' or 'retrieval/image_to_text/R@1' (higher is better)")
     pairs: list[tuple[str, str]] | None = Field(None, description="modality pairs the loss aligns; "
                                                 "default: every pair")
     local_loss: bool = True
@@ -140,6 +144,10 @@ class Config(Strict):
                 if mod not in known:
                     raise ValueError(f"config key '{name}.columns.{mod}': modality '{mod}' is not in "
                                      f"model.modalities {sorted(known)}")
+        if (self.train.eval_every or self.train.best_metric) and self.eval is None:
+            raise ValueError("config key 'train.eval_every': evaluating during training needs an eval section")
+        if self.train.best_metric and not self.train.eval_every:
+            raise ValueError("config key 'train.best_metric': needs train.eval_every > 0")
         if self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
             raise ValueError("config key 'data.val.columns': must feed the same modalities as "
                              f"data.train.columns {sorted(self.data.train.columns)}")

@@ -22,6 +22,7 @@ from align.config import Config, dump_config
 from align.data import Collator, PairedDataset, load_table
 from align.losses import build_loss
 from align.model import AlignModel, contrastive_loss
+from eval.runner import evaluate
 
 
 class TrainingError(RuntimeError):
@@ -33,10 +34,24 @@ class TrainResult:
     model: AlignModel
     losses: list[tuple[int, float]] = field(default_factory=list)
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    best: tuple[int, float] | None = None
     output_dir: Path | None = None
     final_checkpoint: Path | None = None
     samples_per_s: float | None = None
     is_main_process: bool = True
+
+
+def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Scalar eval metrics as 'zeroshot/top1', 'retrieval/image_to_text/R@1', ... (for logs and
+    ``train.best_metric``)."""
+    out = {}
+    for section in ("zeroshot", "retrieval"):
+        for key, value in (metrics.get(section) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    (key in ("top1", "top5", "mean_per_class_recall") or "/" in key):
+                out[f"{section}/{key}"] = float(value)
+    return out
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -187,12 +202,12 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     def training_state(step: int) -> dict[str, Any]:
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
 
-    def checkpoint(step: int, name: str | None = None) -> Path | None:
+    def checkpoint(step: int, name: str | None = None, update_latest: bool = True) -> Path | None:
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
             path = save_checkpoint(out / "checkpoints", step, core, cfg, training_state(step),
-                                   keep=tc.keep_checkpoints, name=name)
+                                   keep=tc.keep_checkpoints, name=name, update_latest=update_latest)
         accelerator.wait_for_everyone()
         return path
 
@@ -242,6 +257,21 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
                 if accelerator.is_main_process:
                     with log_path.open("a") as f:
                         f.write(json.dumps({"step": step, "val/loss": val}) + "\n")
+            if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
+                scores = flat_eval_metrics(evaluate(core, cfg.eval, accelerator))
+                model.train()
+                result.eval_history.append((step, scores))
+                accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=step)
+                if accelerator.is_main_process:
+                    with log_path.open("a") as f:
+                        f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in scores.items()}}) + "\n")
+                if tc.best_metric:
+                    if tc.best_metric not in scores:
+                        raise ValueError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
+                                         f"metric; have {sorted(scores)}")
+                    if result.best is None or scores[tc.best_metric] > result.best[1]:
+                        result.best = (step, scores[tc.best_metric])
+                        checkpoint(step, name="best", update_latest=False)
             if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 last_ckpt = checkpoint(step)
             if step >= end:

@@ -16,21 +16,52 @@ from eval.zeroshot_metrics import zeroshot_classification_metrics
 
 @torch.no_grad()
 def encode_table(model, table, columns: dict[str, str], label_column: str | None, batch_size: int,
-                 name: str = "data.eval") -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
-    """Embeddings for every modality column of a table (eval preprocessing), plus labels."""
+                 name: str = "data.eval", accelerator=None) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
+    """Embeddings for every modality column of a table (eval preprocessing), plus labels. With an
+    ``accelerator``, each process encodes its contiguous share of rows and all get the whole."""
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
     ds = PairedDataset(table, columns, pre, train=False, label_column=label_column, name=name)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=Collator(pre))
     device = next(model.parameters()).device
-    out: dict[str, list[torch.Tensor]] = {m: [] for m in columns}
-    labels = []
     model.eval()
-    for batch in loader:
-        for m in columns:
-            out[m].append(model.encode(m, to_device(batch[m], device)).float().cpu())
-        if "label" in batch:
-            labels.append(batch["label"])
-    return {m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels).numpy() if labels else None)
+
+    def encode_rows(rows: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, rows), batch_size=batch_size,
+                                             shuffle=False, collate_fn=Collator(pre))
+        out: dict[str, list[torch.Tensor]] = {m: [torch.empty(0)] for m in columns}
+        labels = [torch.empty(0, dtype=torch.long)]
+        for batch in loader:
+            for m in columns:
+                out[m].append(model.encode(m, to_device(batch[m], device)).float().cpu())
+            if "label" in batch:
+                labels.append(batch["label"])
+        return {m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels) if label_column else None)
+
+    parts = sharded(list(range(len(ds))), encode_rows, accelerator)
+    embs = {m: torch.cat([p[0][m] for p in parts]) for m in columns}
+    labels = torch.cat([p[1] for p in parts]).numpy() if label_column else None
+    return embs, labels
+
+
+def sharded(items: list, fn, accelerator=None) -> list:
+    """``[fn(items)]`` in one process; with several, each runs ``fn`` on its contiguous share and
+    every process receives all results in order (so metrics agree everywhere)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [fn(items)]
+    from accelerate.utils import gather_object
+
+    with accelerator.split_between_processes(items) as mine:
+        part = fn(list(mine))
+    return gather_object([part])
+
+
+def encode_items(model, modality: str, items: list, batch_size: int, accelerator=None) -> torch.Tensor:
+    encode = raw_encoder(model, modality)
+
+    def run(chunk: list) -> torch.Tensor:
+        outs = [encode(chunk[i:i + batch_size]) for i in range(0, len(chunk), batch_size)]
+        return torch.cat(outs) if outs else torch.empty(0)
+
+    return torch.cat([p for p in sharded(items, run, accelerator) if p.numel()])
 
 
 def expand_rows(table, column: str) -> tuple[list[Any], np.ndarray]:
@@ -63,12 +94,14 @@ def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.nd
     return out
 
 
-def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
+def evaluate(model, ecfg: EvalConfig, accelerator=None) -> dict[str, Any]:
+    """Run the configured evaluations. Under Accelerate pass the accelerator: every process must
+    call this; encoding is shared and every process returns the same metrics."""
     t0 = time.perf_counter()
     spec = ecfg.data
     table = load_table(spec, "eval.data")
     embs, labels = encode_table(model, table, spec.columns, spec.label_column, ecfg.batch_size,
-                                name=f"eval.data ({spec.source})")
+                                name=f"eval.data ({spec.source})", accelerator=accelerator)
     metrics: dict[str, Any] = {"dataset": {"source": spec.source, "split": spec.split, "rows": len(table)}}
     if ecfg.zeroshot is not None:
         zs = ecfg.zeroshot
@@ -83,8 +116,7 @@ def evaluate(model, ecfg: EvalConfig) -> dict[str, Any]:
             raise ValueError("config key 'eval.retrieval.positives': 'label' needs eval.data.label_column")
         # b may hold several items per row (e.g. 5 captions per image): each is its own row
         items, source = expand_rows(table, spec.columns[r.b])
-        encode = raw_encoder(model, r.b)
-        b_emb = torch.cat([encode(items[i:i + ecfg.batch_size]) for i in range(0, len(items), ecfg.batch_size)])
+        b_emb = encode_items(model, r.b, items, ecfg.batch_size, accelerator)
         if r.positives == "label":
             pairs = np.nonzero(labels[:, None] == labels[source][None, :])
         else:  # each b row's own a row

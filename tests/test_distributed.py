@@ -134,3 +134,31 @@ def test_build_accelerator_sees_all_processes_on_cpu(runs):
     if torch.cuda.is_available():
         pytest.skip("about machines without a GPU")
     assert runs[2]["probe_num_processes_without_cpu_flag"] == 2
+
+
+def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
+    """`align train` under 2 processes with in-training evaluation: no rank-0-only crash, and the
+    sharded encoding gives exactly the metrics a 1-process evaluation of the final checkpoint gives."""
+    import json
+
+    from align.checkpoint import load_model
+    from align.trainer import flat_eval_metrics
+    from eval.runner import evaluate
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ACCELERATE_")
+           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "align", "train",
+           str(REPO / "configs" / "demo-digits.yaml"), f"output_dir={out}", "train.steps=4",
+           "train.batch_size=16", "train.eval_every=4", "train.progress=false", "eval.data.max_samples=61"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, _tail(proc.stderr)
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    in_training = next(r for r in logged if "eval/zeroshot/top1" in r)
+    model, cfg = load_model(out)
+    again = flat_eval_metrics(evaluate(model, cfg.eval))
+    for key, value in again.items():
+        assert in_training[f"eval/{key}"] == pytest.approx(value, abs=1e-6), key

@@ -128,3 +128,19 @@ def test_cli_reports_config_errors_by_key(tmp_path, capsys):
     code = main(["train", str(demo_config_path()), f"output_dir={tmp_path}", "train.batch_szie=4"])
     assert code == 2
     assert "train.batch_szie" in capsys.readouterr().err
+
+
+def test_eval_during_training_keeps_the_best_checkpoint(tmp_path):
+    cfg = load_config(demo_config_path(), [f"output_dir={tmp_path}", "train.steps=30", "train.warmup_steps=5",
+                                           "train.progress=false", "train.eval_every=10",
+                                           "train.best_metric=zeroshot/top1", "train.batch_size=32",
+                                           "eval.data.max_samples=100"])
+    res = train(cfg)
+    assert [s for s, _ in res.eval_history] == [10, 20, 30]
+    tops = [m["zeroshot/top1"] for _, m in res.eval_history]
+    assert res.best == (res.eval_history[tops.index(max(tops))][0], max(tops))
+    best = tmp_path / "checkpoints" / "best"
+    assert load_training_state(best)["step"] == res.best[0]
+    assert resolve_checkpoint(tmp_path).name == "step-000030"  # 'latest' is not moved by 'best'
+    logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert sum("eval/zeroshot/top1" in r for r in logged) == 3
