@@ -106,6 +106,14 @@ class ZeroShotSpec(Strict):
         min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)")
 
 
+    @model_validator(mode="after")
+    def _unique_classes(self) -> "ZeroShotSpec":
+        dupes = sorted({c for c in self.classnames if self.classnames.count(c) > 1})
+        if dupes:
+            raise ValueError(f"classnames must be unique; duplicated: {dupes}")
+        return self
+
+
 class RetrievalSpec(Strict):
     a: str = "image"
     b: str = "text"

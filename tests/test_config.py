@@ -254,3 +254,8 @@ def test_dump_and_reload_round_trip(tmp_path):
 def test_val_split_must_feed_the_training_modalities():
     msg = config_error(overrides=["data.val={source: sklearn-digits, split: test, columns: {image: image}}"])
     assert "data.val.columns" in msg
+
+
+def test_duplicate_class_names_are_refused():
+    msg = config_error(overrides=["eval.zeroshot.classnames=[zero, one, one]"])
+    assert "eval.zeroshot" in msg and "one" in msg
