@@ -24,6 +24,11 @@ What it measures
     memory = peak RSS during the call minus RSS just before it (Linux: ``VmHWM`` after resetting
     it through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss`` delta of the first repeat).
 
+    ``--clustered``: a Gaussian mixture (``--centers``, default n_items/10, so ~10 images per
+    centre; images = centre + ``--spread`` noise; captions = their image + ``--caption-noise``
+    noise), so each caption's own image competes with its centre's other images and R@1 is ~0.3-0.5
+    rather than chance (~1e-4 with the default pure-noise embeddings).
+
     The script asserts that both give the same number of hits for every k and direction. Ties
     (exactly equal scores) are handled differently (ours: lower index first, ``ties="index"``;
     CLIP_benchmark: ``torch.topk``), and the two sides compute the score matrix in different
@@ -34,7 +39,7 @@ What it measures
 Cost: CLIP_benchmark's ``recall_at_k`` builds a one-hot int64 tensor [batch, k, n_gallery] per batch,
 so its work is ~ n_captions x n_items x (1+5+10) x 2 directions int64 elements written, multiplied and
 summed -- about 9 minutes per evaluation at 10k x 50k on 2 CPU cores. It therefore runs
-``--cb-repeats`` times (default 1) while ours runs ``--repeats`` (3). A default run takes ~11 min on
+``--cb-repeats`` times (default 1) while ours runs ``--repeats`` (3). A default run takes ~10-15 min on
 2 cores; for a quick check use ``--n-items 2000`` (work scales with n_items^2, ~30 s).
 
     python benchmarks/eval_speed.py                          # 10k items x 50k captions, random (noise) embeddings
@@ -216,3 +221,131 @@ def worker(args) -> None:
            "source": source, "metrics": metrics,
            "hits": {d: {str(k): v for k, v in h.items()} for d, h in hits.items()}}
     Path(args.worker_out).write_text(json.dumps(out))
+
+
+# ------------------------------------------------------------------------------------------------
+def spawn(kind: str, argv: list[str], tmp: Path) -> dict:
+    out = tmp / f"{kind}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", kind, "--worker-out", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+def fmt_bytes(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def recall_cells(hits: dict, n_items: int, n_caps: int) -> tuple[str, str]:
+    n = {"text_to_image": n_caps, "image_to_text": n_items}
+    return tuple(" / ".join(f"{hits[d][str(k)] / n[d]:.4f}" for k in KS) for d in DIRS)
+
+
+def versions() -> str:
+    def v(p):
+        try:
+            return md.version(p)
+        except md.PackageNotFoundError:
+            return "not installed"
+    import numpy as np
+    import torch
+    return (f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"numpy {np.__version__}, clip_benchmark {v('clip_benchmark')}, {platform.machine()} "
+            f"{platform.system()}, {os.cpu_count()} CPUs")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n-items", type=int, default=10_000, help="images (default 10000)")
+    ap.add_argument("--captions-per-item", type=int, default=5, help="captions per image (default 5)")
+    ap.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512)")
+    ap.add_argument("--clustered", action="store_true",
+                    help="Gaussian-mixture embeddings with captions near their image, so R@k is well above chance")
+    ap.add_argument("--centers", type=int, default=None, help="--clustered: mixture components (default n_items/10)")
+    ap.add_argument("--spread", type=float, default=0.5, help="--clustered: image noise around its centre (default 0.5)")
+    ap.add_argument("--caption-noise", type=float, default=6.0,
+                    help="--clustered: caption noise around its image (default 6.0: R@1 ~0.3-0.5)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls of ours (median reported; default 3)")
+    ap.add_argument("--cb-repeats", type=int, default=1,
+                    help="timed calls of the CLIP_benchmark-style evaluation (~9 min each at the default size; default 1)")
+    ap.add_argument("--cb-batch-size", type=int, default=64, help="CLIP_benchmark batch_size (its CLI default 64)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    ap.add_argument("--worker", choices=("ours", "ours-topk", "cb"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.centers is None:
+        args.centers = max(1, args.n_items // 10)
+    if args.worker:
+        return worker(args)
+
+    raw = sys.argv[1:] if argv is None else argv
+    n_items, n_caps = args.n_items, args.n_items * args.captions_per_item
+    dense = n_items * n_caps * 5  # float32 scores + bool positives
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    print(f"{n_items} items x {n_caps} captions, dim {args.dim}, "
+          f"{'clustered' if args.clustered else 'random'} embeddings, seed {args.seed}; "
+          f"CLIP_benchmark-style needs ~{fmt_bytes(dense)} for scores + positives"
+          + (f" ({fmt_bytes(avail)} free)" if avail else ""), file=sys.stderr, flush=True)
+    if avail and dense * 1.3 > avail:
+        print("warning: the dense evaluation may not fit in free memory", file=sys.stderr)
+    passthrough = [a for a in raw if not a.startswith("--json")]
+    if "--json" in raw:  # drop the path following a bare --json
+        i = raw.index("--json")
+        passthrough = raw[:i] + raw[i + 2:]
+    passthrough = [a for a in passthrough if not a.startswith("--json=")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = {}
+        for kind in ("ours", "cb"):
+            print(f"running {kind} ...", file=sys.stderr, flush=True)
+            res[kind] = spawn(kind, passthrough, Path(tmp))
+        same_index = res["ours"]["hits"] == res["cb"]["hits"]
+        same_topk = None
+        if not same_index:
+            print("hit counts differ with ties='index'; rerunning ours with ties='topk' ...", file=sys.stderr)
+            res["ours-topk"] = spawn("ours-topk", passthrough, Path(tmp))
+            same_topk = res["ours-topk"]["hits"] == res["cb"]["hits"]
+
+    med = {k: statistics.median(r["times"]) for k, r in res.items()}
+    ratio = med["cb"] / med["ours"]
+    lines = ["| implementation | median seconds | peak extra memory | text→image R@1/5/10 | image→text R@1/5/10 | ratio (CLIP_benchmark-style / ours) |",
+             "|---|---:|---:|---|---|---:|"]
+    rows = [("ours", LABEL["ours"] + f" (×{len(res['ours']['times'])})"), ("cb", LABEL["cb"] + f" (×{len(res['cb']['times'])})")]
+    if "ours-topk" in res:
+        rows.insert(1, ("ours-topk", "align (ours), `ties=\"topk\"` (×1)"))
+    for kind, label in rows:
+        t2i, i2t = recall_cells(res[kind]["hits"], n_items, n_caps)
+        r = f"{med['cb'] / med[kind]:.1f}×" if kind != "cb" else "1.0×"
+        lines.append(f"| {label} | {med[kind]:.2f} | {fmt_bytes(res[kind]['peak_bytes'])} | {t2i} | {i2t} | {r} |")
+    table = "\n".join(lines)
+    hits_line = "hits " + ", ".join(f"{d} R@{k}: {res['ours']['hits'][d][str(k)]} vs {res['cb']['hits'][d][str(k)]}"
+                                   for d in DIRS for k in KS)
+    cmd = "python benchmarks/eval_speed.py" + ("" if not raw else " " + shlex.join(raw))
+    print(table)
+    print()
+    print(f"Identical hit counts (ours ties='index' vs CLIP_benchmark topk): {same_index}"
+          + ("" if same_topk is None else f"; with ours ties='topk': {same_topk}"))
+    print(hits_line)
+    m = res["ours"]["metrics"]
+    print("ours also computed: " + ", ".join(f"{d}/{x}={m[f'{d}/{x}']:.4g}" for d in DIRS
+                                              for x in ("mAP", "median_rank", "mean_rank")))
+    print(f"CLIP_benchmark functions: {res['cb']['source']}; batch_size {args.cb_batch_size}")
+    print(f"times: ours {[round(t, 2) for t in res['ours']['times']]} s, "
+          f"CLIP_benchmark-style {[round(t, 2) for t in res['cb']['times']]} s; "
+          f"memory: {res['ours']['peak_method']}")
+    print(f"{n_items} items x {n_caps} captions x {args.dim}-d float32, "
+          f"{'clustered' if args.clustered else 'random'}, seed {args.seed}")
+    print(f"versions: {versions()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"rerun: {cmd}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                         "results": res, "ratio": ratio, "identical_hits": same_index,
+                                         "identical_hits_topk": same_topk, "versions": versions()}, indent=1))
+    if not (same_index or same_topk):
+        sys.exit("R@k hit counts differ between ours and CLIP_benchmark-style")
+
+
+if __name__ == "__main__":
+    main()
