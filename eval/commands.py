@@ -63,7 +63,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
                 [ecfg.retrieval.a, ecfg.retrieval.b]):
         if mod not in model.adapters:
             raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
-    metrics = evaluate(model, ecfg)
+    keep: dict = {}
+    metrics = evaluate(model, ecfg, keep=keep)
     info = {"checkpoint": str(ckpt), "step": int(load_training_state(ckpt).get("step", -1)),
             "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
     report = build_report(args.task, metrics, info)
@@ -75,8 +76,47 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         zs = report["metrics"]
         plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
                               f"zero-shot top-1 {zs['top1']:.3f}")
+    else:
+        from eval.plots import plot_recall_curve
+
+        plot_recall_curve(report["metrics"], out / "recall_at_k.png")
+        if "image" in (ecfg.retrieval.a, ecfg.retrieval.b):
+            query_grid(keep, ecfg, out / "queries.png")
     report["path"] = str(path)
     return report
+
+
+def query_grid(keep: dict, ecfg, path: Path, n_queries: int = 6, k: int = 5) -> None:
+    """Top-k images for the first few queries of the other modality (text captions as queries)."""
+    import numpy as np
+
+    from align.index import EmbeddingIndex
+    from eval.plots import plot_query_grid
+    from modalities.image import load_image
+
+    r = ecfg.retrieval
+    image_side, query_side = (r.a, r.b) if r.a == "image" else (r.b, r.a)
+    images = keep["embeddings"]["image"]
+    if query_side == r.b:
+        q_emb, q_items, q_rows = keep["b_embeddings"], keep["b_items"], keep["b_source"]
+    else:
+        q_emb, q_items, q_rows = keep["embeddings"][query_side], None, np.arange(len(images))
+    picks = np.linspace(0, len(q_emb) - 1, num=min(n_queries, len(q_emb))).astype(int)
+    index = EmbeddingIndex(images.shape[1])
+    index.add(images)
+    scores, ids = index.search(q_emb[picks], k)
+    labels = keep["labels"]
+    column = ecfg.data.columns["image"]
+    results = []
+    for row, (s_row, id_row) in enumerate(zip(scores, ids)):
+        src = q_rows[picks[row]]
+        hits = []
+        for score, i in zip(s_row, id_row):
+            positive = (labels[i] == labels[src]) if r.positives == "label" else (i == src)
+            hits.append((load_image(keep["table"][int(i)][column]), float(score), bool(positive)))
+        results.append(hits)
+    queries = [str(q_items[i]) if q_items is not None else f"row {q_rows[i]}" for i in picks]
+    plot_query_grid(queries, results, path, f"{query_side} -> image: top {k} (green = positive)")
 
 
 def add_parser(sub) -> None:

@@ -59,3 +59,59 @@ def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str |
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_recall_curve(metrics: dict, path: str | Path, title: str = "retrieval recall@k") -> Path:
+    """R@k against k for each direction found in ``metrics`` (keys like 'image_to_text/R@5')."""
+    plt = _plt()
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for key, value in metrics.items():
+        if "/R@" in key and value is not None:
+            direction, k = key.split("/R@")
+            curves.setdefault(direction, []).append((int(k), float(value)))
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for direction, points in sorted(curves.items()):
+        ks, vs = zip(*sorted(points))
+        ax.plot(ks, vs, marker="o", label=direction.replace("_to_", " -> "))
+    ax.set_xscale("log")
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], path: str | Path,
+                    title: str = "text -> image: top results") -> Path:
+    """One row per text query: the query, then its top images as ``(PIL image, score, is_positive)``;
+    positives get a green frame, misses a red one."""
+    plt = _plt()
+    k = max(len(r) for r in results)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(queries)), dpi=110,
+                             squeeze=False)
+    for row, (query, hits) in enumerate(zip(queries, results)):
+        axes[row, 0].text(0.0, 0.5, query, wrap=True, fontsize=8, va="center")
+        axes[row, 0].axis("off")
+        for col in range(k):
+            ax = axes[row, col + 1]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(hits):
+                ax.axis("off")
+                continue
+            image, score, positive = hits[col]
+            ax.imshow(np.asarray(image), cmap="gray")
+            ax.set_title(f"{score:.3f}", fontsize=7)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("green" if positive else "red")
+                spine.set_linewidth(2.5)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -14,6 +14,9 @@
                          #   directions), positives ("row" | "label"), n_a, n_b
       "timing": {"seconds": float}
     }
+
+Beside it ``align eval`` writes ``confusion.png`` (zero-shot) or ``recall_at_k.png`` and, when one
+side is images, ``queries.png`` (top-k images for a few queries; green frame = positive).
 """
 from __future__ import annotations
 

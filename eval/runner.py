@@ -94,9 +94,10 @@ def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.nd
     return out
 
 
-def evaluate(model, ecfg: EvalConfig, accelerator=None) -> dict[str, Any]:
+def evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None) -> dict[str, Any]:
     """Run the configured evaluations. Under Accelerate pass the accelerator: every process must
-    call this; encoding is shared and every process returns the same metrics."""
+    call this; encoding is shared and every process returns the same metrics. A ``keep`` dict
+    receives the table, embeddings and caption rows (for plots of query results)."""
     t0 = time.perf_counter()
     spec = ecfg.data
     table = load_table(spec, "eval.data")
@@ -126,5 +127,9 @@ def evaluate(model, ecfg: EvalConfig, accelerator=None) -> dict[str, Any]:
                                 **retrieval_metrics(embs[r.a], b_emb, np.stack(pairs, 1), ks=r.ks,
                                                     names=(r.a, r.b)),
                                 "faiss": index_retrieval(embs[r.a], b_emb, pairs, r.ks, (r.a, r.b), r.index)}
+    if keep is not None:
+        keep.update(table=table, embeddings=embs, labels=labels)
+        if ecfg.retrieval is not None:
+            keep.update(b_items=items, b_embeddings=b_emb, b_source=source)
     metrics["seconds"] = time.perf_counter() - t0
     return metrics

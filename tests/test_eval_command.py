@@ -39,6 +39,8 @@ def test_retrieval_report_and_overrides(demo_run, tmp_path):
                                                "text_to_image/R@1", "text_to_image/R@10"}
     assert m["image_to_text/R@1"] == metrics["retrieval"]["image_to_text/R@1"]
     assert m["n_b"] == 360 * 8 and m["positives"] == "label"
+    for name in ("recall_at_k.png", "queries.png"):  # plots beside the report
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_templates_file_and_bad_requests(demo_run, tmp_path, capsys):
