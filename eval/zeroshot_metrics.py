@@ -149,10 +149,20 @@ def build_class_embeddings(classnames: Sequence[str], templates: Templates,
     return torch.stack(out)
 
 
+def shipped_templates() -> dict[str, Path]:
+    """Template sets shipped in ``configs/templates`` (installed as ``align.configs``), by name."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("align.configs").joinpath("templates")))
+    return {p.stem: p for p in sorted(folder.glob("*.txt"))}
+
+
 def load_templates(path: str | Path) -> list[str] | dict[str, list[str]]:
     """Templates from a file: ``.json`` holding a list of templates or a dict class -> prompts
     (CuPL files), otherwise text with one template per line (blank lines skipped, ends stripped)."""
     path = Path(path)
+    if not path.exists() and str(path) in shipped_templates():  # a shipped set by name, e.g. "digits"
+        path = shipped_templates()[str(path)]
     if path.suffix.lower() == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, list) and all(isinstance(t, str) for t in data):

@@ -48,6 +48,12 @@ def test_templates_file_and_bad_requests(demo_run, tmp_path, capsys):
     tpl = tmp_path / "t.txt"
     tpl.write_text("a photo of the number {}.\n\nthe digit {c}.\n")
     assert main(["eval", "zeroshot", "--checkpoint", str(out), "--out", str(tmp_path), "--templates", str(tpl)]) == 0
+    assert main(["eval", "zeroshot", "--checkpoint", str(out), "--out", str(tmp_path), "--templates", "digits"]) == 0
+    from eval.zeroshot_metrics import load_templates, shipped_templates
+
+    assert {"digits", "spoken_digits", "imagenet_clip_short"} <= set(shipped_templates())
+    for name in shipped_templates():
+        assert all("{}" in t for t in load_templates(name)), name
     assert main(["eval", "retrieval", "--checkpoint", str(out), "eval.retrieval.b=audio"]) == 2
     assert "audio" in capsys.readouterr().err
     assert main(["eval", "zeroshot", "--checkpoint", str(out), "eval.zeroshot.clasnames=[a, b]"]) == 2
