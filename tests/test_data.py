@@ -357,3 +357,10 @@ def test_caption_templates_need_a_label_column():
                                "caption_templates": ["a {}"]}}}
     with pytest.raises(ConfigError, match="data.train"):
         config_from_dict(data)
+
+
+def test_empty_table_is_a_clear_error(tmp_path):
+    csv = tmp_path / "empty.csv"
+    csv.write_text("image,caption\n")
+    with pytest.raises(DataError, match="empty"):
+        load_table(_spec(tmp_path, source="csv", data_files=str(csv), columns={"image": "image"}))
