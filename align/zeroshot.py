@@ -6,17 +6,10 @@ Works for any query modality against any prompt modality the model has.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
-
-
-def to_device(batch: Any, device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
+from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
 
 def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
