@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -17,62 +17,9 @@ import torch
 from align.config import DatasetSpec
 from modalities.base import SampleError
 
+from align.builtin_data import BUILTINS, DIGIT_NAMES, DataError, sklearn_digits  # noqa: F401
+
 LOCAL_BUILDERS = {"imagefolder", "audiofolder", "videofolder", "csv", "json", "parquet", "arrow", "text"}
-
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DIGIT_CAPTIONS = [
-    "a photo of the number {}.",
-    "a handwritten {}.",
-    "the digit {}.",
-    "a drawing of the number {}.",
-    "a scan of a handwritten {}.",
-    "the number {} written by hand.",
-    "a small image of the digit {}.",
-    "a blurry photo of the number {}.",
-]
-
-
-class DataError(ValueError):
-    """A dataset could not be loaded or does not fit the config; the message names the key."""
-
-
-def sklearn_digits(split: str):
-    """scikit-learn's 1,797 real 8x8 handwritten digits, fixed stratified 80/20 train/test split.
-
-    Each row has ``image`` (PIL), ``label`` (0-9) and ``caption``: every caption template filled
-    with the digit's name, rotated per row (training draws one at random each epoch).
-    """
-    import datasets
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    if split not in ("train", "test"):
-        raise DataError(f"sklearn-digits has splits 'train' and 'test', not '{split}'")
-    digits = load_digits()
-    idx = np.arange(len(digits.target))
-    train_idx, test_idx = train_test_split(idx, test_size=0.2, stratify=digits.target, random_state=0)
-    rows = np.sort(train_idx if split == "train" else test_idx)
-    images, labels, captions = [], [], []
-    for r in rows:
-        pixels = (digits.images[r] * (255.0 / 16.0)).round().astype(np.uint8)
-        images.append(Image.fromarray(pixels, mode="L"))
-        label = int(digits.target[r])
-        labels.append(label)
-        k = int(r) % len(DIGIT_CAPTIONS)
-        rotated = DIGIT_CAPTIONS[k:] + DIGIT_CAPTIONS[:k]
-        captions.append([t.format(DIGIT_NAMES[label]) for t in rotated])
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=DIGIT_NAMES),
-        "caption": datasets.Sequence(datasets.Value("string")),
-    })
-    return datasets.Dataset.from_dict({"image": images, "label": labels, "caption": captions},
-                                      features=features)
-
-
-BUILTINS: dict[str, Callable[[str], Any]] = {"sklearn-digits": sklearn_digits}
 
 
 def load_table(spec: DatasetSpec, key: str = "data.train"):
@@ -81,7 +28,7 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
 
     try:
         if spec.source in BUILTINS:
-            ds = BUILTINS[spec.source](spec.split)
+            ds = BUILTINS[spec.source](spec)
         else:
             ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
                                        split=spec.split, **spec.load_kwargs)
