@@ -39,6 +39,36 @@ class ModelConfig(Strict):
     learn_logit_scale: bool = True
 
 
+class Condition(Strict):
+    """A row filter on one column (all given tests must hold)."""
+
+    eq: Any = None
+    ne: Any = None
+    in_: list[Any] | None = Field(None, alias="in")
+    not_in: list[Any] | None = None
+    lt: float | None = None
+    le: float | None = None
+    gt: float | None = None
+    ge: float | None = None
+
+    @model_validator(mode="after")
+    def _some_test(self) -> "Condition":
+        if not self.model_fields_set:
+            raise ValueError("give at least one of eq, ne, in, not_in, lt, le, gt, ge")
+        return self
+
+
+class JoinSpec(Strict):
+    """Attach columns of another table by a shared label: each row gets a row of the other table
+    with the same label (a fixed, seeded pairing: rows of a class take that class's other rows in a
+    shuffled order, cycling when there are fewer), e.g. spoken digits paired with MNIST images."""
+
+    data: "DatasetSpec" = Field(description="the other table; its 'columns' name the columns to attach "
+                                "(column name here -> column there)")
+    on: str = Field(description="label column present in both tables")
+    seed: int = 0
+
+
 class DatasetSpec(Strict):
     """Which `datasets` source to load and which column feeds which modality."""
 
@@ -53,8 +83,16 @@ class DatasetSpec(Strict):
                                                 "row's class name (from label_column) into a column "
                                                 "'label_captions', e.g. to train an imagefolder")
     max_samples: int | None = Field(None, gt=0)
-    load_kwargs: dict[str, Any] = Field(default_factory=dict)
-
+    load_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra load_dataset arguments, "
+                                        "or a builtin source's options")
+    where: dict[str, Condition] | None = Field(None, description="keep rows whose columns pass these "
+                                               "tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}")
+    label_names: list[str] | None = Field(None, description="class names for an integer label_column "
+                                          "(label i is label_names[i])")
+    join: JoinSpec | None = None
+    on_error: Literal["raise", "skip"] = Field(
+        "raise", description="a sample that cannot be decoded: raise (naming file and row) or skip and "
+                             "count it (training draws another row; evaluation leaves the row out)")
 
     @model_validator(mode="after")
     def _templates_need_labels(self) -> "DatasetSpec":
@@ -64,7 +102,12 @@ class DatasetSpec(Strict):
             bad = [t for t in self.caption_templates if "{}" not in t]
             if bad:
                 raise ValueError(f"caption_templates must each contain '{{}}' for the class name: {bad}")
+        if self.label_names is not None and not self.label_column:
+            raise ValueError("label_names needs label_column")
         return self
+
+
+JoinSpec.model_rebuild()
 
 
 class DataConfig(Strict):

@@ -8,6 +8,7 @@ modality's preprocessor, so a corrupt file fails with its path, row and column i
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from typing import Any, Iterator
 
@@ -18,6 +19,8 @@ from align.config import DatasetSpec
 from modalities.base import SampleError
 
 from align.builtin_data import BUILTINS, DIGIT_NAMES, DataError, sklearn_digits  # noqa: F401
+
+log = logging.getLogger("align.data")
 
 LOCAL_BUILDERS = {"imagefolder", "audiofolder", "videofolder", "csv", "json", "parquet", "arrow", "text"}
 
@@ -39,6 +42,12 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
                         f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
+    if spec.where:
+        ds = filter_rows(ds, spec.where, key)
+    if spec.label_names is not None:
+        ds = name_labels(ds, spec.label_column, spec.label_names, key)
+    if spec.join is not None:
+        ds = join_by_label(ds, spec.join, f"{key}.join")
     if spec.label_column and spec.label_column not in ds.column_names:
         raise DataError(f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
                         f"dataset (columns: {ds.column_names})")
@@ -55,9 +64,74 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
         ds = ds.select(range(spec.max_samples))
     for col in spec.columns.values():  # decode media ourselves, so errors can name the file
         feat = ds.features[col]
-        if isinstance(feat, (datasets.Image, datasets.Audio)) and feat.decode:
+        media = tuple(getattr(datasets, n) for n in ("Image", "Audio", "Video") if hasattr(datasets, n))
+        if isinstance(feat, media) and getattr(feat, "decode", False):
             ds = ds.cast_column(col, type(feat)(decode=False))
     return ds
+
+
+def filter_rows(table, where: dict, key: str):
+    """Keep the rows whose columns pass every ``Condition`` (vectorised over whole columns)."""
+    keep = np.ones(len(table), dtype=bool)
+    for col, cond in where.items():
+        if col not in table.column_names:
+            raise DataError(f"config key '{key}.where.{col}': column '{col}' is not in the dataset "
+                            f"(columns: {table.column_names})")
+        values = np.asarray(table[col], dtype=object)
+        tests = {"eq": lambda v, x: v == x, "ne": lambda v, x: v != x,
+                 "in_": lambda v, x: np.isin(v, np.asarray(x, dtype=object)),
+                 "not_in": lambda v, x: ~np.isin(v, np.asarray(x, dtype=object)),
+                 "lt": lambda v, x: v < x, "le": lambda v, x: v <= x,
+                 "gt": lambda v, x: v > x, "ge": lambda v, x: v >= x}
+        for name in cond.model_fields_set:
+            try:
+                keep &= np.asarray(tests[name](values, getattr(cond, name)), dtype=bool)
+            except TypeError as err:
+                raise DataError(f"config key '{key}.where.{col}': cannot compare column '{col}' "
+                                f"({name}): {err}") from None
+    if not keep.any():
+        raise DataError(f"config key '{key}.where': no rows pass the filter")
+    return table.select(np.nonzero(keep)[0])
+
+
+def name_labels(table, label_column: str, names: list[str], key: str):
+    """Turn an integer label column into a ClassLabel with these names."""
+    import datasets
+
+    labels = np.asarray(table[label_column])
+    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(names):
+        raise DataError(f"config key '{key}.label_names': column '{label_column}' must hold integers "
+                        f"0..{len(names) - 1}, got {labels[:5].tolist()}...")
+    return table.cast_column(label_column, datasets.ClassLabel(names=names))
+
+
+def join_by_label(table, join, key: str):
+    """Attach ``join.data.columns`` of another table, pairing each row with a row of the same label:
+    the k-th row of class c takes the (k mod n_c)-th of class c's other rows in a seeded shuffle."""
+    import datasets
+
+    other = load_table(join.data, f"{key}.data")
+    for name, t in ((key.rsplit(".", 1)[0], table), (f"{key}.data", other)):
+        if join.on not in t.column_names:
+            raise DataError(f"config key '{key}.on': column '{join.on}' is not in {name} "
+                            f"(columns: {t.column_names})")
+    clash = sorted(set(join.data.columns) & set(table.column_names))
+    if clash:
+        raise DataError(f"config key '{key}.data.columns': {clash} already exist in the table")
+    rng = np.random.default_rng(join.seed)
+    pools: dict[Any, np.ndarray] = {}
+    for lab in np.unique(np.asarray(other[join.on])):
+        pools[lab] = rng.permutation(np.nonzero(np.asarray(other[join.on]) == lab)[0])
+    picks, seen = [], {}
+    for i, lab in enumerate(table[join.on]):
+        if lab not in pools:
+            raise DataError(f"config key '{key}': row {i} has {join.on}={lab!r}, which the joined table lacks")
+        k = seen.get(lab, 0)
+        seen[lab] = k + 1
+        picks.append(int(pools[lab][k % len(pools[lab])]))
+    attached = other.select(picks).select_columns(list(join.data.columns.values()))
+    attached = attached.rename_columns({v: k for k, v in join.data.columns.items() if k != v})
+    return datasets.concatenate_datasets([table, attached], axis=1)
 
 
 @contextlib.contextmanager
@@ -97,7 +171,10 @@ class PairedDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, table, columns: dict[str, str], preprocessors: dict[str, Any], train: bool,
-                 label_column: str | None = None, name: str = "dataset", seed: int = 0) -> None:
+                 label_column: str | None = None, name: str = "dataset", seed: int = 0,
+                 on_error: str = "raise", refill: bool | None = None) -> None:
+        self.on_error = on_error
+        self.refill = train if refill is None else refill
         self.table = table
         self.columns = columns
         self.preprocessors = preprocessors
@@ -115,6 +192,29 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
+        if self.on_error == "raise":
+            return self.load(i)
+        skipped: list[int] = []
+        row = i
+        for attempt in range(len(self)):
+            try:
+                item = self.load(row)
+                break
+            except SampleError as err:
+                log.warning("skipped: %s", err)
+                skipped.append(row)
+                if not self.refill:  # evaluation leaves the row out
+                    return {"index": i, "skipped": skipped}
+                # training keeps batches full: draw another row (seeded, so resumption agrees)
+                row = int(np.random.default_rng((self.seed, self.epoch, i, attempt)).integers(len(self)))
+        else:
+            raise SampleError(f"{self.name}: every row failed to load")
+        if skipped:
+            item["skipped"] = skipped
+        return item
+
+    def load(self, i: int) -> dict[str, Any]:
+        """Preprocess row i; a failure raises ``SampleError`` naming the row, column and file."""
         row = self.table[i]
         item: dict[str, Any] = {"index": i}
         rng = (seeded_rngs(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
@@ -137,7 +237,14 @@ class Collator:
         self.preprocessors = preprocessors
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items])}
+        """``skipped`` counts rows that failed to load (``on_error: skip``); items that carry no
+        sample (left-out evaluation rows) are dropped from the batch."""
+        skipped = sum(len(it.get("skipped", ())) for it in items)
+        items = [it for it in items if len(it) > 1 + ("skipped" in it)]
+        batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+                                 "skipped": torch.tensor(skipped)}
+        if not items:
+            return batch
         for mod, pre in self.preprocessors.items():
             if mod in items[0]:
                 batch[mod] = pre.collate([it[mod] for it in items])

@@ -78,11 +78,16 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
     table = load_table(spec, "data")
     names = class_names(table, spec.label_column) if spec.label_column else None
     pre = {modality: model.adapters[modality].preprocessor()}
-    ds = PairedDataset(table, {modality: spec.columns[modality]}, pre, train=False, name=f"data ({spec.source})")
+    ds = PairedDataset(table, {modality: spec.columns[modality]}, pre, train=False, name=f"data ({spec.source})",
+                       on_error=spec.on_error)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
     index = EmbeddingIndex(cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
     device = next(model.parameters()).device
+    index.skipped = 0  # rows left out because they failed to load (on_error=skip)
     for batch in tqdm(loader, desc=f"encode {modality}", disable=not progress):
+        index.skipped += int(batch["skipped"])
+        if not len(batch["index"]):
+            continue
         with torch.no_grad():
             emb = model.encode(modality, to_device(batch[modality], device)).float().cpu()
         rows = batch["index"].tolist()
@@ -94,7 +99,8 @@ def _build_cli(args: argparse.Namespace) -> int:
     spec = parse_data_spec(args.data)
     index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size)
     folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
-    print(f"indexed {len(index)} {args.modality} items ({args.spec}) into {folder}")
+    skipped = f"; skipped {index.skipped} rows that failed to load" if index.skipped else ""
+    print(f"indexed {len(index)} {args.modality} items ({args.spec}) into {folder}{skipped}")
     return 0
 
 

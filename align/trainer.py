@@ -40,6 +40,7 @@ class TrainResult:
     final_checkpoint: Path | None = None
     samples_per_s: float | None = None
     is_main_process: bool = True
+    skipped: int = 0  # training samples that failed to load and were replaced (data.train.on_error: skip)
 
 
 def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -98,7 +99,8 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool) ->
     Both drop the last partial batch: a contrastive batch must be full on every process."""
     table = load_table(spec, key)
     pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
-    ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed)
+    ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
+                       on_error=spec.on_error, refill=True)
     if len(ds) < cfg.train.batch_size:
         raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
                          f"({len(ds)} rows)")
@@ -222,6 +224,7 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     if not resume:
         set_seed(cfg.seed)
     t0, seen = time.perf_counter(), 0
+    skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
 
     def nonfinite(loss: torch.Tensor, batch: dict) -> None:
         path = checkpoint(step, name=f"nan-step-{step + 1:06d}")
@@ -239,11 +242,15 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
                                     list(cfg.data.train.columns), tc.grad_clip, on_nonfinite=nonfinite).item()
             step += 1
             seen += tc.batch_size * accelerator.num_processes
+            skipped += batch["skipped"]
             result.losses.append((step, loss_value))
             bar.update(1)
             if step % tc.log_every == 0 or step == end:
                 logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
                         "train/logit_scale": core.logit_scale.exp().item()}
+                if cfg.data.train.on_error == "skip":  # samples that failed to load, all processes
+                    result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
+                    logs["data/skipped"] = result.skipped
                 accelerator.log(logs, step=step)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if accelerator.is_main_process:

@@ -16,30 +16,38 @@ from eval.zeroshot_metrics import zeroshot_classification_metrics
 
 @torch.no_grad()
 def encode_table(model, table, columns: dict[str, str], label_column: str | None, batch_size: int,
-                 name: str = "data.eval", accelerator=None) -> tuple[dict[str, torch.Tensor], np.ndarray | None]:
-    """Embeddings for every modality column of a table (eval preprocessing), plus labels. With an
+                 name: str = "data.eval", accelerator=None,
+                 on_error: str = "raise") -> tuple[dict[str, torch.Tensor], np.ndarray | None, np.ndarray]:
+    """Embeddings for every modality column of a table (eval preprocessing), labels, and the rows
+    they belong to (rows that failed to load are left out when ``on_error="skip"``). With an
     ``accelerator``, each process encodes its contiguous share of rows and all get the whole."""
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
-    ds = PairedDataset(table, columns, pre, train=False, label_column=label_column, name=name)
+    ds = PairedDataset(table, columns, pre, train=False, label_column=label_column, name=name,
+                       on_error=on_error)
     device = next(model.parameters()).device
     model.eval()
 
-    def encode_rows(rows: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def encode_rows(rows: list[int]):
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, rows), batch_size=batch_size,
                                              shuffle=False, collate_fn=Collator(pre))
         out: dict[str, list[torch.Tensor]] = {m: [torch.empty(0)] for m in columns}
         labels = [torch.empty(0, dtype=torch.long)]
+        kept = [torch.empty(0, dtype=torch.long)]
         for batch in loader:
+            kept.append(batch["index"])
+            if not len(batch["index"]):
+                continue
             for m in columns:
                 out[m].append(model.encode(m, to_device(batch[m], device)).float().cpu())
             if "label" in batch:
                 labels.append(batch["label"])
-        return {m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels) if label_column else None)
+        return ({m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels) if label_column else None),
+                torch.cat(kept))
 
     parts = sharded(list(range(len(ds))), encode_rows, accelerator)
     embs = {m: torch.cat([p[0][m] for p in parts]) for m in columns}
     labels = torch.cat([p[1] for p in parts]).numpy() if label_column else None
-    return embs, labels
+    return embs, labels, torch.cat([p[2] for p in parts]).numpy()
 
 
 def sharded(items: list, fn, accelerator=None) -> list:
@@ -101,9 +109,14 @@ def evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None
     t0 = time.perf_counter()
     spec = ecfg.data
     table = load_table(spec, "eval.data")
-    embs, labels = encode_table(model, table, spec.columns, spec.label_column, ecfg.batch_size,
-                                name=f"eval.data ({spec.source})", accelerator=accelerator)
+    embs, labels, kept = encode_table(model, table, spec.columns, spec.label_column, ecfg.batch_size,
+                                      name=f"eval.data ({spec.source})", accelerator=accelerator,
+                                      on_error=spec.on_error)
     metrics: dict[str, Any] = {"dataset": {"source": spec.source, "split": spec.split, "rows": len(table)}}
+    if len(kept) < len(table):  # on_error: skip left rows out: say how many, evaluate the rest
+        metrics["dataset"].update(skipped=len(table) - len(kept), evaluated=len(kept),
+                                  skipped_rows=sorted(set(range(len(table))) - set(kept.tolist()))[:100])
+        table = table.select(kept)
     if ecfg.zeroshot is not None:
         zs = ecfg.zeroshot
         if labels is None:

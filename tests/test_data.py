@@ -302,7 +302,7 @@ def test_collator_batches_image_and_text(digit_files, tmp_path, preprocessors):
     batches = list(loader)
     assert [b["image"].shape[0] for b in batches] == [4, 4, 2]
     b = batches[0]
-    assert set(b) == {"index", "image", "text", "label"}
+    assert set(b) == {"index", "image", "text", "label", "skipped"} and b["skipped"] == 0
     assert b["image"].shape == (4, 3, 32, 32) and b["image"].dtype == torch.float32
     assert b["text"].shape == (4, TINY_TEXT["context_length"]) and b["text"].dtype == torch.long
     assert b["index"].tolist() == [0, 1, 2, 3]

@@ -1,0 +1,327 @@
+"""Audio adapter: a small AST (Audio Spectrogram Transformer) over log-mel patches, trainable from
+scratch on CPU, or any HF transformers audio encoder by hub id / local folder.
+
+Raw samples are decoded by ``modalities.audio_io.load_audio`` (paths, bytes, HF ``Audio`` dicts,
+``(array, sample_rate)``), mixed to mono and resampled; clips longer than ``clip_seconds`` are
+cropped (random in training, centre in evaluation).
+
+encoder "ast": the clip is zero-padded to exactly ``clip_seconds`` and turned into a log-mel
+  spectrogram with ``transformers.audio_utils`` (HTK mel scale, 20 Hz .. Nyquist, Hann window,
+  power 2, natural log, floor 1e-10). It is then normalised: per utterance to mean 0 / std 1 by
+  default (no dataset statistics needed), or with fixed ``norm_stats=(mean, std)``
+  like AST's dataset statistics. SpecAugment (``freq_mask`` / ``time_mask``, ``num_masks`` of each,
+  masked to 0 = the normalised mean) runs in the preprocessor, in training only, drawing from
+  ``np.random`` (seeded per sample by the data pipeline). Each sample is a [n_mels, frames] tensor.
+encoder "hf": the (cropped, not padded) waveform at the feature extractor's own ``sampling_rate``
+  goes through ``AutoFeatureExtractor`` (which pads to its fixed size where it has one, e.g.
+  Whisper's 30 s); collate pads any remaining length differences with zeros (mask 0). Features
+  are pooled from ``last_hidden_state`` (``mean`` over valid frames where an attention mask is
+  given, ``cls`` = first token; a CLAP-style [B, C, H, W] grid is averaged) or taken from
+  ``pooler_output``. Encoder-decoder models (Whisper) use their encoder; dual models with an
+  ``audio_model`` (CLAP) use that.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from modalities import ADAPTERS
+from modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
+from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, freeze_
+
+MEL_FMIN = 20.0
+AST_ONLY = ("n_mels", "n_fft", "win_length", "hop_length", "norm_stats", "patch_size", "patch_stride",
+            "width", "layers", "heads", "mlp_ratio", "dropout", "freq_mask", "time_mask", "num_masks")
+
+
+class AudioOptions(AdapterOptions):
+    encoder: Literal["ast", "hf"] = "ast"
+    sample_rate: int = Field(16000, gt=0, description="'ast' only; 'hf' uses its feature extractor's rate")
+    clip_seconds: float = Field(1.0, gt=0, description="crop (and for 'ast' pad) every clip to this")
+    pad: Literal["end", "center"] = Field("end", description="where 'ast' puts the zero padding")
+    silence_threshold: float | None = Field(DEFAULT_SILENCE_THRESHOLD, ge=0,
+                                            description="peak |x| below this is an error; None disables")
+    # log-mel front end ("ast")
+    n_mels: int = Field(64, gt=0)
+    n_fft: int | None = Field(None, gt=0, description="default: next power of two >= win_length")
+    win_length: int | None = Field(None, gt=0, description="default: 25 ms")
+    hop_length: int | None = Field(None, gt=0, description="default: 10 ms")
+    norm_stats: tuple[float, float] | None = Field(None, description="fixed (mean, std) for the "
+                                                   "log-mel; None = per-utterance normalisation")
+    freq_mask: int = Field(0, ge=0, description="SpecAugment: max mel bins per mask (0 = off)")
+    time_mask: int = Field(0, ge=0, description="SpecAugment: max frames per mask (0 = off)")
+    num_masks: int = Field(2, ge=0, description="SpecAugment: masks of each kind")
+    # AST trunk
+    patch_size: int = Field(16, gt=0)
+    patch_stride: int = Field(10, gt=0, description="< patch_size gives AST's overlapping patches")
+    width: int = Field(192, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # both / "hf"
+    hf_model: str | None = Field(None, description="transformers audio model: hub id or local folder")
+    pooling: Literal["mean", "cls", "pooler"] = Field("mean", description="'pooler' is 'hf' only")
+    freeze: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AudioOptions":
+        if self.encoder == "hf":
+            if self.hf_model is None:
+                raise ValueError("encoder 'hf' needs 'hf_model'")
+            wrong = sorted(set(AST_ONLY) & self.model_fields_set)
+            if wrong:
+                raise ValueError(f"option(s) {wrong} only apply to encoder 'ast'")
+            return self
+        if self.hf_model is not None:
+            raise ValueError("'hf_model' needs encoder: hf")
+        if self.pooling == "pooler":
+            raise ValueError("pooling 'pooler' is only for encoder 'hf'; use 'cls' or 'mean'")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.stft()["win_length"] > self.stft()["n_fft"]:
+            raise ValueError(f"win_length {self.stft()['win_length']} > n_fft {self.stft()['n_fft']}")
+        if min(self.n_mels, self.frames()) < self.patch_size:
+            raise ValueError(f"log-mel [{self.n_mels} x {self.frames()}] is smaller than patch_size "
+                             f"{self.patch_size}; raise n_mels / clip_seconds or lower patch_size")
+        return self
+
+    def clip_samples(self, sample_rate: int | None = None) -> int:
+        return max(1, round(self.clip_seconds * (sample_rate or self.sample_rate)))
+
+    def stft(self) -> dict[str, int]:
+        """Window/hop/FFT sizes in samples, defaulting to 25 ms / 10 ms like AST and Whisper."""
+        win = self.win_length or round(0.025 * self.sample_rate)
+        hop = self.hop_length or round(0.010 * self.sample_rate)
+        n_fft = self.n_fft or 1 << (win - 1).bit_length()
+        return {"win_length": win, "hop_length": hop, "n_fft": n_fft}
+
+    def frames(self) -> int:
+        """Frames of a centred (reflect-padded by win//2) spectrogram of one clip."""
+        s = self.stft()
+        return 1 + (self.clip_samples() + 2 * (s["win_length"] // 2) - s["win_length"]) // s["hop_length"]
+
+
+# ------------------------------------------------------------------------------------------------
+# preprocessing (DataLoader workers)
+# ------------------------------------------------------------------------------------------------
+
+class LogMel:
+    """Normalised log-mel spectrogram of one waveform via ``transformers.audio_utils``."""
+
+    def __init__(self, o: AudioOptions) -> None:
+        from transformers.audio_utils import mel_filter_bank, window_function
+
+        self.stft = o.stft()
+        self.window = window_function(self.stft["win_length"], "hann")
+        self.mel_filters = mel_filter_bank(self.stft["n_fft"] // 2 + 1, o.n_mels, MEL_FMIN,
+                                           o.sample_rate / 2, o.sample_rate, norm=None, mel_scale="htk")
+        self.norm_stats = o.norm_stats
+
+    def log_mel(self, wave: np.ndarray) -> np.ndarray:
+        """Un-normalised natural-log mel power, [n_mels, frames]."""
+        from transformers.audio_utils import spectrogram
+
+        return spectrogram(wave, self.window, frame_length=self.stft["win_length"],
+                           hop_length=self.stft["hop_length"], fft_length=self.stft["n_fft"], power=2.0,
+                           mel_filters=self.mel_filters, mel_floor=1e-10, log_mel="log")
+
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        spec = self.log_mel(wave)
+        mean, std = self.norm_stats or (spec.mean(), spec.std())
+        return ((spec - mean) / (std + 1e-5)).astype(np.float32)
+
+
+def spec_augment(spec: np.ndarray, freq_mask: int, time_mask: int, num_masks: int) -> np.ndarray:
+    """SpecAugment (Park et al. 2019) without time warping: ``num_masks`` frequency bands of width
+    0..freq_mask and time spans of width 0..time_mask set to 0; a copy, drawn from ``np.random``."""
+    spec = spec.copy()
+    for axis, max_width in ((0, freq_mask), (1, time_mask)):
+        size = spec.shape[axis]
+        for _ in range(num_masks if max_width else 0):
+            width = np.random.randint(0, min(max_width, size) + 1)
+            start = np.random.randint(0, size - width + 1)
+            index = [slice(None), slice(None)]
+            index[axis] = slice(start, start + width)
+            spec[tuple(index)] = 0.0
+    return spec
+
+
+class LogMelPreprocessor(Preprocessor):
+    """raw -> waveform -> crop/pad to clip -> normalised log-mel (+ SpecAugment in training)."""
+
+    def __init__(self, o: AudioOptions) -> None:
+        self.o = o
+        self.logmel = LogMel(o)
+
+    def waveform(self, raw: Any, train: bool) -> np.ndarray:
+        wave = load_audio(raw, self.o.sample_rate, silence_threshold=self.o.silence_threshold)
+        return crop_or_pad(wave, self.o.clip_samples(), train, pad=self.o.pad)
+
+    def __call__(self, raw: Any, *, train: bool) -> torch.Tensor:
+        spec = self.logmel(self.waveform(raw, train))
+        if train and (self.o.freq_mask or self.o.time_mask):
+            spec = spec_augment(spec, self.o.freq_mask, self.o.time_mask, self.o.num_masks)
+        return torch.from_numpy(spec)
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(items)
+
+
+class HFAudioPreprocessor(Preprocessor):
+    """raw -> waveform at the extractor's rate -> crop to clip -> the extractor's tensors."""
+
+    def __init__(self, feature_extractor, o: AudioOptions) -> None:
+        self.fe = feature_extractor
+        self.o = o
+        self.sample_rate = int(feature_extractor.sampling_rate)
+        params = inspect.signature(feature_extractor.__call__).parameters
+        self.extra = {"return_attention_mask": True} if "return_attention_mask" in params else {}
+
+    def __call__(self, raw: Any, *, train: bool) -> dict[str, torch.Tensor]:
+        wave = load_audio(raw, self.sample_rate, silence_threshold=self.o.silence_threshold)
+        n = self.o.clip_samples(self.sample_rate)
+        if len(wave) > n:
+            wave = crop_or_pad(wave, n, train)
+        enc = self.fe(wave, sampling_rate=self.sample_rate, return_tensors="pt", **self.extra)
+        return {k: v[0] for k, v in enc.items() if isinstance(v, torch.Tensor)}
+
+    def collate(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: pad_stack([it[k] for it in items]) for k in items[0]}
+
+
+def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack, zero-padding every axis to the largest size (variable-length extractor outputs)."""
+    shape = tuple(max(sizes) for sizes in zip(*(t.shape for t in tensors)))
+    if all(t.shape == shape for t in tensors):
+        return torch.stack(tensors)
+    out = tensors[0].new_zeros((len(tensors), *shape))
+    for i, t in enumerate(tensors):
+        out[(i, *(slice(0, n) for n in t.shape))] = t
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# encoders
+# ------------------------------------------------------------------------------------------------
+
+class ASTEncoder(nn.Module):
+    """AST (Gong et al. 2021) from scratch: conv patches over the log-mel image, CLS token,
+    learned positions, pre-norm transformer, final LayerNorm, CLS or mean pooling."""
+
+    def __init__(self, o: AudioOptions) -> None:
+        super().__init__()
+        self.input_shape = (o.n_mels, o.frames())
+        grid = [(n - o.patch_size) // o.patch_stride + 1 for n in self.input_shape]
+        self.patch = nn.Conv2d(1, o.width, o.patch_size, o.patch_stride)
+        self.cls = nn.Parameter(torch.zeros(1, 1, o.width))
+        self.pos = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], o.width))
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.drop = nn.Dropout(o.dropout)
+        layer = nn.TransformerEncoderLayer(o.width, o.heads, round(o.width * o.mlp_ratio), o.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, o.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(o.width)
+        self.pooling = o.pooling
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        if spec.ndim != 3 or tuple(spec.shape[1:]) != self.input_shape:
+            raise ValueError(f"audio batch must be [B, n_mels, frames] = [B, {self.input_shape[0]}, "
+                             f"{self.input_shape[1]}], got {tuple(spec.shape)}")
+        x = self.patch(spec.unsqueeze(1)).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
+        x = self.norm(self.blocks(self.drop(x)))
+        return x[:, 0] if self.pooling == "cls" else x[:, 1:].mean(1)
+
+
+def load_hf_audio_tower(name: str) -> nn.Module:
+    """The audio-encoding part of a transformers model: CLAP-like ``audio_model``, the encoder of
+    an encoder-decoder (Whisper), else the model itself. Other parts are dropped."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(name)
+    if isinstance(getattr(model, "audio_model", None), nn.Module):
+        return model.audio_model
+    if getattr(model.config, "is_encoder_decoder", False):
+        return model.get_encoder()
+    return model
+
+
+def hf_feature_dim(tower: nn.Module) -> int:
+    cfg = tower.config
+    cfg = getattr(cfg, "audio_config", None) or cfg
+    dim = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
+    if dim is None:
+        raise ValueError(f"cannot tell the feature width of {type(tower).__name__}: its config has "
+                         "neither 'hidden_size' nor 'd_model'")
+    return int(dim)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+@ADAPTERS.register("audio")
+class AudioAdapter(ModalityAdapter):
+    """preprocess: decode, resample, crop (+ log-mel, SpecAugment) -> trunk: AST or HF encoder."""
+
+    Options = AudioOptions
+
+    def __init__(self, options: AudioOptions) -> None:
+        super().__init__(options)
+        if options.encoder == "hf":
+            from transformers import AutoFeatureExtractor
+
+            self.tower = load_hf_audio_tower(options.hf_model)
+            self.feature_extractor = AutoFeatureExtractor.from_pretrained(options.hf_model)
+            fe_rate = int(self.feature_extractor.sampling_rate)
+            if "sample_rate" in options.model_fields_set and options.sample_rate != fe_rate:
+                raise ValueError(f"sample_rate {options.sample_rate} differs from {options.hf_model}'s "
+                                 f"feature extractor ({fe_rate} Hz); leave it out for encoder 'hf'")
+            self.feature_dim = hf_feature_dim(self.tower)
+            self._inputs = set(inspect.signature(self.tower.forward).parameters)
+        else:
+            self.tower = ASTEncoder(options)
+            self.feature_dim = options.width
+        if options.freeze:
+            freeze_(self.tower)
+
+    def preprocessor(self) -> Preprocessor:
+        if self.options.encoder == "hf":
+            return HFAudioPreprocessor(self.feature_extractor, self.options)
+        return LogMelPreprocessor(self.options)
+
+    def forward(self, batch) -> torch.Tensor:
+        if self.options.encoder == "ast":
+            return self.tower(batch)
+        out = self.tower(**{k: v for k, v in batch.items() if k in self._inputs})
+        if self.options.pooling == "pooler":
+            return out.pooler_output
+        hidden = out.last_hidden_state
+        if hidden.ndim == 4:  # channels-first grid (CLAP's HTSAT): no CLS token, average the grid
+            if self.options.pooling == "cls":
+                raise ValueError(f"{type(self.tower).__name__} has no CLS token; use pooling mean or pooler")
+            return hidden.flatten(2).mean(-1)
+        if self.options.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch.get("attention_mask")
+        return hidden.mean(1) if mask is None else masked_mean(hidden, self.hidden_mask(mask, hidden.shape[1]))
+
+    def hidden_mask(self, mask: torch.Tensor, length: int) -> torch.Tensor:
+        """An input-level mask (samples or spectrogram frames) -> a mask over encoder positions,
+        via the model's own output-length rule where it has one, else proportionally."""
+        if mask.shape[1] == length:
+            return mask
+        valid = mask.sum(-1)
+        if hasattr(self.tower, "_get_feat_extract_output_lengths"):
+            valid = self.tower._get_feat_extract_output_lengths(valid)
+        else:
+            valid = torch.ceil(valid * length / mask.shape[1])
+        return torch.arange(length, device=mask.device)[None, :] < valid[:, None]
