@@ -18,7 +18,7 @@ import torch
 from align.config import DatasetSpec
 from modalities.base import SampleError
 
-from align.builtin_data import BUILTINS, DIGIT_NAMES, DataError, sklearn_digits  # noqa: F401
+from align.builtin_data import BUILTINS, DataError
 
 log = logging.getLogger("align.data")
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from align.config import DatasetSpec
-from align.data import DIGIT_NAMES, Collator, DataError, PairedDataset, load_table, sklearn_digits
+from align.builtin_data import DIGIT_NAMES, sklearn_digits
+from align.data import Collator, DataError, PairedDataset, load_table
 from modalities import build_adapter
 from modalities.base import SampleError
 
