@@ -113,7 +113,8 @@ def moving_digits_table(spec):
     """Builtin source ``moving-digits``: ``data_files`` is a pixel CSV of 28x28 digits (MNIST 5k),
     split train | test | all (the same stratified split as ``pixel-csv``). ``load_kwargs``: frames
     (8), size (32), digit_size (size // 2), clips_per_image (1, each its own direction and path),
-    seed (0), test_fraction (0.2), label ('last' | 'first').
+    seed (0), test_fraction (0.2), label ('last' | 'first'), digits (all; or a list, e.g. [0, 1], to
+    keep only those digits: a smaller task where motion matters more).
 
     Columns: ``video`` (uint8 [frames, size, size]), ``label`` (digit), ``direction``, ``class``
     (digit * 4 + direction, named '<digit> moving <direction>') and ``caption`` (every template,
@@ -125,18 +126,23 @@ def moving_digits_table(spec):
                                     stratified_split)
 
     opts = _options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1, "seed": 0,
-                           "test_fraction": 0.2, "label": "last"})
+                           "test_fraction": 0.2, "label": "last", "digits": None})
     frames, size, per = int(opts["frames"]), int(opts["size"]), int(opts["clips_per_image"])
     if per < 1:
         raise DataError("moving-digits: load_kwargs.clips_per_image must be >= 1")
     images, labels = read_pixel_csv(_single_file(spec), (28, 28), opts["label"])
+    if labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"moving-digits: labels must be digits 0-9, got {labels.min()}..{labels.max()}")
     rows = stratified_split(labels, spec.split, float(opts["test_fraction"]), int(opts["seed"]))
+    if opts["digits"] is not None:
+        rows = rows[np.isin(labels[rows], np.asarray(opts["digits"], dtype=np.int64))]
+        if len(rows) == 0:
+            raise DataError(f"moving-digits: no rows with load_kwargs.digits {opts['digits']}")
     rows = np.repeat(rows, per)
     split_code = {"train": 0, "test": 1}.get(spec.split, 2)  # the splits draw different paths
+    seed = int(np.random.SeedSequence([int(opts["seed"]), split_code]).generate_state(1)[0])
     try:
-        clips, directions = moving_digit_clips(images[rows], labels[rows], frames, size,
-                                               seed=int(np.random.SeedSequence([int(opts["seed"]), split_code])
-                                                        .generate_state(1)[0]),
+        clips, directions = moving_digit_clips(images[rows], labels[rows], frames, size, seed=seed,
                                                digit_size=opts["digit_size"])
     except ValueError as err:
         raise DataError(f"moving-digits: {err}") from None

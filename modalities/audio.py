@@ -7,11 +7,12 @@ cropped (random in training, centre in evaluation).
 
 encoder "ast": the clip is zero-padded to exactly ``clip_seconds`` and turned into a log-mel
   spectrogram with ``transformers.audio_utils`` (HTK mel scale, 20 Hz .. Nyquist, Hann window,
-  power 2, natural log, floor 1e-10). It is then normalised: per utterance to mean 0 / std 1 by
-  default (no dataset statistics needed), or with fixed ``norm_stats=(mean, std)``
-  like AST's dataset statistics. SpecAugment (``freq_mask`` / ``time_mask``, ``num_masks`` of each,
-  masked to 0 = the normalised mean) runs in the preprocessor, in training only, drawing from
-  ``np.random`` (seeded per sample by the data pipeline). Each sample is a [n_mels, frames] tensor.
+  power in dB, clamped to ``top_db`` below the clip's peak so the zero padding does not dominate).
+  It is then normalised: per utterance to mean 0 / std 1 by default (no dataset statistics
+  needed), or with fixed ``norm_stats=(mean, std)`` in dB, like AST's dataset statistics.
+  SpecAugment (``freq_mask`` / ``time_mask``, ``num_masks`` of each, masked to 0 = the normalised
+  mean) runs in the preprocessor, in training only, drawing from ``np.random`` (seeded per sample
+  by the data pipeline). Each sample is a [n_mels, frames] tensor.
 encoder "hf": the (cropped, not padded) waveform at the feature extractor's own ``sampling_rate``
   goes through ``AutoFeatureExtractor`` (which pads to its fixed size where it has one, e.g.
   Whisper's 30 s); collate pads any remaining length differences with zeros (mask 0). Features
@@ -35,8 +36,9 @@ from modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_aud
 from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, freeze_
 
 MEL_FMIN = 20.0
-AST_ONLY = ("n_mels", "n_fft", "win_length", "hop_length", "norm_stats", "patch_size", "patch_stride",
-            "width", "layers", "heads", "mlp_ratio", "dropout", "freq_mask", "time_mask", "num_masks")
+AST_ONLY = ("pad", "n_mels", "n_fft", "win_length", "hop_length", "top_db", "norm_stats", "patch_size",
+            "patch_stride", "width", "layers", "heads", "mlp_ratio", "dropout", "freq_mask", "time_mask",
+            "num_masks")
 
 
 class AudioOptions(AdapterOptions):
@@ -51,8 +53,9 @@ class AudioOptions(AdapterOptions):
     n_fft: int | None = Field(None, gt=0, description="default: next power of two >= win_length")
     win_length: int | None = Field(None, gt=0, description="default: 25 ms")
     hop_length: int | None = Field(None, gt=0, description="default: 10 ms")
-    norm_stats: tuple[float, float] | None = Field(None, description="fixed (mean, std) for the "
-                                                   "log-mel; None = per-utterance normalisation")
+    top_db: float | None = Field(80.0, gt=0, description="log-mel dynamic range below the clip's peak")
+    norm_stats: tuple[float, float] | None = Field(None, description="fixed (mean, std) of the log-mel "
+                                                   "in dB; None = per-utterance normalisation")
     freq_mask: int = Field(0, ge=0, description="SpecAugment: max mel bins per mask (0 = off)")
     time_mask: int = Field(0, ge=0, description="SpecAugment: max frames per mask (0 = off)")
     num_masks: int = Field(2, ge=0, description="SpecAugment: masks of each kind")
@@ -82,6 +85,8 @@ class AudioOptions(AdapterOptions):
             raise ValueError("'hf_model' needs encoder: hf")
         if self.pooling == "pooler":
             raise ValueError("pooling 'pooler' is only for encoder 'hf'; use 'cls' or 'mean'")
+        if self.norm_stats is not None and self.norm_stats[1] <= 0:
+            raise ValueError(f"norm_stats std must be > 0, got {self.norm_stats[1]}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.stft()["win_length"] > self.stft()["n_fft"]:
@@ -122,14 +127,16 @@ class LogMel:
         self.mel_filters = mel_filter_bank(self.stft["n_fft"] // 2 + 1, o.n_mels, MEL_FMIN,
                                            o.sample_rate / 2, o.sample_rate, norm=None, mel_scale="htk")
         self.norm_stats = o.norm_stats
+        self.top_db = o.top_db
 
     def log_mel(self, wave: np.ndarray) -> np.ndarray:
-        """Un-normalised natural-log mel power, [n_mels, frames]."""
+        """Un-normalised mel power in dB, at most ``top_db`` below the clip's peak, [n_mels, frames]."""
         from transformers.audio_utils import spectrogram
 
         return spectrogram(wave, self.window, frame_length=self.stft["win_length"],
                            hop_length=self.stft["hop_length"], fft_length=self.stft["n_fft"], power=2.0,
-                           mel_filters=self.mel_filters, mel_floor=1e-10, log_mel="log")
+                           mel_filters=self.mel_filters, mel_floor=1e-10, log_mel="dB",
+                           min_value=1e-10, db_range=self.top_db)
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         spec = self.log_mel(wave)
@@ -304,15 +311,18 @@ class AudioAdapter(ModalityAdapter):
         out = self.tower(**{k: v for k, v in batch.items() if k in self._inputs})
         if self.options.pooling == "pooler":
             return out.pooler_output
-        hidden = out.last_hidden_state
+        return self.pool(out.last_hidden_state, batch.get("attention_mask"))
+
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if hidden.ndim == 4:  # channels-first grid (CLAP's HTSAT): no CLS token, average the grid
             if self.options.pooling == "cls":
                 raise ValueError(f"{type(self.tower).__name__} has no CLS token; use pooling mean or pooler")
             return hidden.flatten(2).mean(-1)
         if self.options.pooling == "cls":
             return hidden[:, 0]
-        mask = batch.get("attention_mask")
-        return hidden.mean(1) if mask is None else masked_mean(hidden, self.hidden_mask(mask, hidden.shape[1]))
+        if mask is None:
+            return hidden.mean(1)
+        return masked_mean(hidden, self.hidden_mask(mask, hidden.shape[1]))
 
     def hidden_mask(self, mask: torch.Tensor, length: int) -> torch.Tensor:
         """An input-level mask (samples or spectrogram frames) -> a mask over encoder positions,

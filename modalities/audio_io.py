@@ -1,8 +1,9 @@
 """Audio decoding shared by audio adapters: any raw sample -> float32 mono waveform at one rate.
 
 Raw samples may be
-  * a file path (str / Path): WAV, FLAC, OGG, ... via ``soundfile`` (libsndfile); anything it
-    cannot read (MP3, M4A/AAC, ...) via PyAV (FFmpeg);
+  * a file path (str / Path): WAV, FLAC, OGG (Vorbis/Opus), MP3 (libsndfile >= 1.1), ... via
+    ``soundfile``; anything libsndfile cannot read (M4A/AAC, older MP3, video containers, ...)
+    via PyAV (FFmpeg);
   * raw encoded bytes (same decoders);
   * a HF datasets ``Audio`` dict: undecoded ``{"bytes": ..., "path": ...}`` or decoded
     ``{"array": ..., "sampling_rate": ...}``;
@@ -143,6 +144,8 @@ def pcm_to_float(data: np.ndarray, where: str) -> np.ndarray:
 def decode_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
         raise SampleError(f"audio file {path}: no such file")
+    if path.stat().st_size == 0:
+        raise SampleError(f"audio file {path}: zero-length audio (empty file)")
     return _decode(str(path), lambda: str(path), f"audio file {path}")
 
 

@@ -21,18 +21,20 @@ How: frames are decoded in order and only the wanted ones are converted to RGB; 
 after the last wanted frame. There is no timestamp seeking: timestamps cannot be trusted to give
 frame indices (AVI with packed MPEG-4 B-frames returns out-of-order pts) and for short clips the
 GOP is often most of the clip anyway. The frame count comes from the container header, or from
-counting packets (no decoding) where the header has none (webm, mkv); if the stream then ends
-early, indices are drawn again over the frames that really decode.
+counting packets (no decoding) where the header has none (webm, mkv). If the stream ends a little
+early (up to 2 frames or 5%), indices are drawn again over the frames that really decode; further
+short is a truncated file (an error). Frames past the header's count are never sampled.
 
 Errors are ``SampleError`` naming the file: unreadable/corrupt/truncated container, no video
 stream (e.g. audio only), no decoder for the codec, no decodable frames (zero-length video).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -94,17 +96,9 @@ def read_video(raw: Any, sampler: FrameSampler, *, train: bool = False) -> np.nd
     if isinstance(raw, (np.ndarray, torch.Tensor, list, tuple)):
         frames = as_frame_array(raw)
         return frames[sampler.indices(len(frames), None, train=train)]
-    import av
-
     source, where = _open_target(raw)
-    try:
-        with _open(source, where) as container:
-            stream = _video_stream(container, where)
-            n_frames, fps = int(stream.frames or 0), _rate(stream)
-        if n_frames <= 0:
-            n_frames = _count_packets(source, where)
-        if n_frames <= 0:
-            raise SampleError(f"{where}: video has no frames")
+    with _decode_errors(where):
+        n_frames, fps = _frame_count(source, where)
         wanted = sampler.indices(n_frames, fps, train=train)
         got, n_decoded = _decode_at(source, where, wanted)
         if len(got) < len(set(wanted.tolist())):  # the stream ended before the header said
@@ -112,10 +106,44 @@ def read_video(raw: Any, sampler: FrameSampler, *, train: bool = False) -> np.nd
             wanted = sampler.indices(n_decoded, fps, train=train)
             got, _ = _decode_at(source, where, wanted)
         return np.stack([got[int(i)] for i in wanted])
+
+
+def decode_all(raw: Any) -> np.ndarray:
+    """Every frame of a video file/bytes as uint8 ``[N, H, W, 3]`` (a reference decode; slow)."""
+    source, where = _open_target(raw)
+    with _decode_errors(where), _open(source, where) as container:
+        stream = _video_stream(container, where)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    if not frames:
+        raise SampleError(f"{where}: no decodable frames (zero-length or corrupt video)")
+    return np.stack(frames)
+
+
+@contextlib.contextmanager
+def _decode_errors(where: str) -> Iterator[None]:
+    """FFmpeg/PyAV failures while demuxing or decoding become a ``SampleError`` naming the file."""
+    import av
+
+    try:
+        yield
     except SampleError:
         raise
     except (av.FFmpegError, OSError, EOFError, ValueError, IndexError, RuntimeError) as err:
         raise SampleError(f"{where}: cannot decode video, corrupt or truncated? ({err})") from None
+
+
+def _frame_count(source: Any, where: str) -> tuple[int, float | None]:
+    """(frames, fps) from the header; without a count there (webm, mkv), by counting packets
+    (demuxing only, no decoding). A header that counts fewer frames than the stream holds wins:
+    frames past its count are never sampled."""
+    with _open(source, where) as container:
+        stream = _video_stream(container, where)
+        n_frames = int(stream.frames or 0)
+        if n_frames <= 0:
+            n_frames = sum(1 for p in container.demux(stream) if p.size > 0)
+        if n_frames <= 0:
+            raise SampleError(f"{where}: video has no frames (zero-length video)")
+        return n_frames, _rate(stream)
 
 
 def _check_shortfall(where: str, expected: int, decoded: int) -> None:
@@ -126,17 +154,6 @@ def _check_shortfall(where: str, expected: int, decoded: int) -> None:
     if expected - decoded > max(MAX_MISSING_FRAMES, MAX_MISSING_FRACTION * expected):
         raise SampleError(f"{where}: truncated or corrupt video: the header announces {expected} "
                           f"frames but only {decoded} decode")
-
-
-def decode_all(raw: Any) -> np.ndarray:
-    """Every frame of a video file/bytes as uint8 ``[N, H, W, 3]`` (a reference decode; slow)."""
-    source, where = _open_target(raw)
-    with _open(source, where) as container:
-        stream = _video_stream(container, where)
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    if not frames:
-        raise SampleError(f"{where}: no decodable frames (zero-length or corrupt video)")
-    return np.stack(frames)
 
 
 def video_info(raw: Any) -> dict[str, Any]:
@@ -215,13 +232,6 @@ def _video_stream(container, where: str):
 def _rate(stream) -> float | None:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return float(rate) if rate else None
-
-
-def _count_packets(source: Any, where: str) -> int:
-    """Frames of a stream whose header has no count, by demuxing (no decoding)."""
-    with _open(source, where) as container:
-        stream = _video_stream(container, where)
-        return sum(1 for p in container.demux(stream) if p.size > 0)
 
 
 def _decode_at(source: Any, where: str, wanted: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
