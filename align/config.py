@@ -53,9 +53,13 @@ class Condition(Strict):
 
     @model_validator(mode="after")
     def _some_test(self) -> "Condition":
-        if not self.model_fields_set:
+        if not self.tests():
             raise ValueError("give at least one of eq, ne, in, not_in, lt, le, gt, ge")
         return self
+
+    def tests(self) -> dict[str, Any]:
+        """The given tests (None = not given, so a dumped config reloads the same)."""
+        return {k: v for k, v in self if v is not None}
 
 
 class JoinSpec(Strict):
@@ -65,7 +69,7 @@ class JoinSpec(Strict):
 
     data: "DatasetSpec" = Field(description="the other table; its 'columns' name the columns to attach "
                                 "(column name here -> column there)")
-    on: str = Field(description="label column present in both tables")
+    by: str = Field(description="label column present in both tables (not `on`: YAML reads that as true)")
     seed: int = 0
 
 
@@ -290,7 +294,7 @@ def validate_adapter_options(cfg: Config) -> None:
         except KeyError as err:
             raise ConfigError(f"config key 'model.modalities.{mod}.adapter': {err.args[0]}") from None
         try:
-            spec.options = adapter_cls.Options.model_validate(spec.options).model_dump()
+            spec.options = adapter_cls.Options.model_validate(spec.options).model_dump(by_alias=True)
         except ValidationError as err:
             raise ConfigError(_format_validation_error(err, f"model.modalities.{mod}.options.")) from None
 
@@ -316,4 +320,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))

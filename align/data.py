@@ -83,9 +83,9 @@ def filter_rows(table, where: dict, key: str):
                  "not_in": lambda v, x: ~np.isin(v, np.asarray(x, dtype=object)),
                  "lt": lambda v, x: v < x, "le": lambda v, x: v <= x,
                  "gt": lambda v, x: v > x, "ge": lambda v, x: v >= x}
-        for name in cond.model_fields_set:
+        for name, arg in cond.tests().items():
             try:
-                keep &= np.asarray(tests[name](values, getattr(cond, name)), dtype=bool)
+                keep &= np.asarray(tests[name](values, arg), dtype=bool)
             except TypeError as err:
                 raise DataError(f"config key '{key}.where.{col}': cannot compare column '{col}' "
                                 f"({name}): {err}") from None
@@ -112,20 +112,20 @@ def join_by_label(table, join, key: str):
 
     other = load_table(join.data, f"{key}.data")
     for name, t in ((key.rsplit(".", 1)[0], table), (f"{key}.data", other)):
-        if join.on not in t.column_names:
-            raise DataError(f"config key '{key}.on': column '{join.on}' is not in {name} "
+        if join.by not in t.column_names:
+            raise DataError(f"config key '{key}.by': column '{join.by}' is not in {name} "
                             f"(columns: {t.column_names})")
     clash = sorted(set(join.data.columns) & set(table.column_names))
     if clash:
         raise DataError(f"config key '{key}.data.columns': {clash} already exist in the table")
     rng = np.random.default_rng(join.seed)
     pools: dict[Any, np.ndarray] = {}
-    for lab in np.unique(np.asarray(other[join.on])):
-        pools[lab] = rng.permutation(np.nonzero(np.asarray(other[join.on]) == lab)[0])
+    for lab in np.unique(np.asarray(other[join.by])):
+        pools[lab] = rng.permutation(np.nonzero(np.asarray(other[join.by]) == lab)[0])
     picks, seen = [], {}
-    for i, lab in enumerate(table[join.on]):
+    for i, lab in enumerate(table[join.by]):
         if lab not in pools:
-            raise DataError(f"config key '{key}': row {i} has {join.on}={lab!r}, which the joined table lacks")
+            raise DataError(f"config key '{key}': row {i} has {join.by}={lab!r}, which the joined table lacks")
         k = seen.get(lab, 0)
         seen[lab] = k + 1
         picks.append(int(pools[lab][k % len(pools[lab])]))

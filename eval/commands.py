@@ -22,7 +22,7 @@ def eval_config(args: argparse.Namespace, ckpt_cfg):
         if section is None:
             raise ConfigError(f"config key 'eval': {args.config} has no eval section")
     elif ckpt_cfg.eval is not None:
-        section = ckpt_cfg.eval.model_dump(mode="json")
+        section = ckpt_cfg.eval.model_dump(mode="json", by_alias=True)
     else:
         raise ConfigError("config key 'eval': the checkpoint's config has none; pass --config FILE")
     root = {"eval": section}

@@ -94,7 +94,7 @@ def test_join_pairs_each_recording_with_an_mnist_digit_of_its_class():
     mnist = {"source": "pixel-csv", "data_files": str(MNIST), "split": "test", "label_column": "label",
              "columns": {"image": "image"}}
     spec = fsdd_spec(where={"take": {"lt": 5}}, columns={"audio": "path", "image": "image"},
-                     join={"data": mnist, "on": "label"})
+                     join={"data": mnist, "by": "label"})
     table = load_table(spec)
     assert len(table) == 300 and "image" in table.column_names
     images = load_table(DatasetSpec.model_validate(mnist))
@@ -105,14 +105,14 @@ def test_join_pairs_each_recording_with_an_mnist_digit_of_its_class():
     assert len({img["bytes"] for img in table["image"]}) == 300
     assert load_table(spec)["image"] == table["image"]  # fixed pairing
     other = load_table(fsdd_spec(where={"take": {"lt": 5}}, columns={"audio": "path", "image": "image"},
-                                 join={"data": mnist, "on": "label", "seed": 1}))
+                                 join={"data": mnist, "by": "label", "seed": 1}))
     assert other["image"] != table["image"]
-    with pytest.raises(DataError, match=r"data.train.join.on.*'digit'"):
+    with pytest.raises(DataError, match=r"data.train.join.by.*'digit'"):
         load_table(fsdd_spec(columns={"audio": "path", "image": "image"},
-                             join={"data": mnist, "on": "digit"}))
+                             join={"data": mnist, "by": "digit"}))
     with pytest.raises(DataError, match=r"already exist"):
         load_table(fsdd_spec(columns={"audio": "path"}, join={"data": {**mnist, "columns": {"path": "image"}},
-                                                               "on": "label"}))
+                                                               "by": "label"}))
 
 
 TINY = {
@@ -181,3 +181,17 @@ def test_skip_and_count_in_training_and_evaluation(images_with_a_corrupt_one, tm
     assert metrics["dataset"]["skipped_rows"] == [5]
     assert np.asarray(metrics["zeroshot"]["confusion_matrix"]).sum() == 24
     assert metrics["retrieval"]["n_a"] == 24 and metrics["retrieval"]["n_b"] == 24
+
+
+def test_saved_config_reloads_filters_and_joins(tmp_path):
+    """A run's saved config.yaml must reload to the same filters (``in`` is an alias)."""
+    from align.config import dump_config, load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "fsdd-mnist-audio-image.yaml",
+                      ["data.train.where={speaker: {in: [theo, lucas]}, take: {ge: 5}}"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again.data.train.where == cfg.data.train.where
+    assert again.data.train.where["speaker"].tests() == {"in_": ["theo", "lucas"]}
+    assert again.data.train.join == cfg.data.train.join and again.eval == cfg.eval
