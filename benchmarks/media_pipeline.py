@@ -48,10 +48,11 @@ def video_setup():
 
 def samples_per_s(table, columns, pre, batch_size: int, workers: int, max_batches: int) -> float:
     from align.data import Collator, PairedDataset
+    from align.trainer import one_thread_per_worker
 
     ds = PairedDataset(table, columns, pre, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=Collator(pre), persistent_workers=False)
+                                         collate_fn=Collator(pre), worker_init_fn=one_thread_per_worker)
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t0, n = time.perf_counter(), 0
