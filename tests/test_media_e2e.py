@@ -85,3 +85,31 @@ def test_fsdd_audio_text_learns_and_indexes(tmp_path, capsys):
                  "-k", "1"]) == 0
     out = capsys.readouterr().out
     assert "7_george_0.wav" in out.split("--audio")[-1] or out.rstrip().splitlines()[-1].find("7_george_0.wav") >= 0
+
+
+def test_bad_recordings_are_skipped_and_counted(tmp_path, caplog):
+    """on_error: skip with real FSDD files plus a truncated, a silent and an empty one: evaluation
+    leaves exactly those rows out and counts them; the log names each file."""
+    import datasets
+    import numpy as np
+    import soundfile as sf
+
+    from modalities import build_adapter
+
+    good = sorted(FSDD.glob("*_lucas_1.wav"))[:5]
+    (tmp_path / "truncated.wav").write_bytes(good[0].read_bytes()[:100])
+    sf.write(tmp_path / "silent.wav", np.zeros(4000, dtype=np.float32), 8000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    paths = [str(p) for p in good[:2]] + [str(tmp_path / n) for n in ("truncated.wav", "silent.wav", "empty.wav")]
+    paths += [str(p) for p in good[2:]]
+    table = datasets.Dataset.from_dict({"path": paths})
+    pre = {"audio": build_adapter("audio", TINY_AST).preprocessor()}
+    ds = PairedDataset(table, {"audio": "path"}, pre, train=False, on_error="skip", name="eval.data")
+    with caplog.at_level("WARNING", logger="align.data"):
+        batch = Collator(pre)([ds[i] for i in range(len(ds))])
+    assert batch["skipped"] == 3 and batch["index"].tolist() == [0, 1, 5, 6, 7]
+    assert batch["audio"].shape[0] == 5
+    for name in ("truncated.wav", "silent.wav", "empty.wav"):
+        assert name in caplog.text
+    with pytest.raises(Exception, match=r"row 2, column 'path' \(audio\).*truncated\.wav"):
+        PairedDataset(table, {"audio": "path"}, pre, train=False, name="eval.data")[2]
