@@ -37,18 +37,23 @@ class DataError(ValueError):
     """A dataset could not be loaded or does not fit the config; the message names the key."""
 
 
-def _options(spec, allowed: dict[str, Any]) -> dict[str, Any]:
+def builtin_options(spec, allowed: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(spec.load_kwargs) - set(allowed))
     if unknown:
         raise DataError(f"unknown load_kwargs {unknown} for source '{spec.source}'; known: {sorted(allowed)}")
     return {**allowed, **spec.load_kwargs}
 
 
-def rotated_captions(label: int, k: int, templates: list[str] = DIGIT_CAPTIONS) -> list[str]:
-    """Every template filled with the digit's name, starting at template ``k`` (training draws one
-    per visit; evaluation uses the first)."""
+def rotated_captions(templates: list[str], name: str, k: int) -> list[str]:
+    """Every template filled with a class name, starting at template ``k``, so rows spread over
+    the templates (training draws one per visit; evaluation uses the first)."""
     k %= len(templates)
-    return [t.format(DIGIT_NAMES[label]) for t in templates[k:] + templates[:k]]
+    return [t.format(name) for t in templates[k:] + templates[:k]]
+
+
+def check_digit_labels(labels: np.ndarray, source: str) -> None:
+    if labels.min() < 0 or labels.max() > 9:
+        raise DataError(f"{source}: labels must be digits 0-9, got {labels.min()}..{labels.max()}")
 
 
 def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed: int) -> np.ndarray:
@@ -72,7 +77,7 @@ def _digit_table(images: list, labels: list[int], rows: np.ndarray):
         "label": datasets.ClassLabel(names=DIGIT_NAMES),
         "caption": datasets.Sequence(datasets.Value("string")),
     })
-    captions = [rotated_captions(lab, int(r)) for lab, r in zip(labels, rows)]
+    captions = [rotated_captions(DIGIT_CAPTIONS, DIGIT_NAMES[lab], int(r)) for lab, r in zip(labels, rows)]
     return datasets.Dataset.from_dict({"image": images, "label": labels, "caption": captions},
                                       features=features)
 
@@ -114,7 +119,7 @@ def read_pixel_csv(path: str | Path, shape: tuple[int, ...] = (28, 28),
     return pixels.reshape(-1, *shape).astype(np.uint8), labels.astype(np.int64)
 
 
-def _single_file(spec) -> str:
+def single_file(spec) -> str:
     files = spec.data_files
     if isinstance(files, list) and len(files) == 1:
         files = files[0]
@@ -128,10 +133,9 @@ def pixel_csv(spec):
     ``label`` ('last' | 'first'), ``test_fraction`` (0.2), ``seed`` (0); split train | test | all."""
     from PIL import Image
 
-    opts = _options(spec, {"shape": [28, 28], "label": "last", "test_fraction": 0.2, "seed": 0})
-    images, labels = read_pixel_csv(_single_file(spec), tuple(opts["shape"]), opts["label"])
-    if labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"pixel-csv labels must be digits 0-9, got {labels.min()}..{labels.max()}")
+    opts = builtin_options(spec, {"shape": [28, 28], "label": "last", "test_fraction": 0.2, "seed": 0})
+    images, labels = read_pixel_csv(single_file(spec), tuple(opts["shape"]), opts["label"])
+    check_digit_labels(labels, "pixel-csv")
     rows = stratified_split(labels, spec.split, float(opts["test_fraction"]), int(opts["seed"]))
     return _digit_table([Image.fromarray(images[r], mode="L") for r in rows],
                         [int(labels[r]) for r in rows], rows)
@@ -143,7 +147,7 @@ def files(spec):
     Files the pattern does not match are an error unless ``load_kwargs.skip_unmatched``."""
     import datasets
 
-    opts = _options(spec, {"pattern": None, "skip_unmatched": False})
+    opts = builtin_options(spec, {"pattern": None, "skip_unmatched": False})
     patterns = spec.data_files if isinstance(spec.data_files, list) else [spec.data_files]
     if not patterns or not all(isinstance(p, str) for p in patterns):
         raise DataError("source 'files' needs data_files: a glob or a list of globs")

@@ -18,7 +18,7 @@ import torch
 from align.config import DatasetSpec
 from modalities.base import SampleError
 
-from align.builtin_data import BUILTINS, DataError
+from align.builtin_data import BUILTINS, DataError, rotated_captions
 
 log = logging.getLogger("align.data")
 
@@ -119,9 +119,8 @@ def join_by_label(table, join, key: str):
     if clash:
         raise DataError(f"config key '{key}.data.columns': {clash} already exist in the table")
     rng = np.random.default_rng(join.seed)
-    pools: dict[Any, np.ndarray] = {}
-    for lab in np.unique(np.asarray(other[join.by])):
-        pools[lab] = rng.permutation(np.nonzero(np.asarray(other[join.by]) == lab)[0])
+    other_labels = np.asarray(other[join.by])
+    pools = {lab: rng.permutation(np.nonzero(other_labels == lab)[0]) for lab in np.unique(other_labels)}
     picks, seen = [], {}
     for i, lab in enumerate(table[join.by]):
         if lab not in pools:
@@ -155,11 +154,8 @@ def add_label_captions(table, label_column: str, templates: list[str]):
     """Add ``label_captions``: every template filled with the row's class name, rotated per row
     (training draws one per visit; evaluation uses the first)."""
     names = class_names(table, label_column)
-    captions = []
-    for i, label in enumerate(table[label_column]):
-        name = names[label] if names is not None else str(label)
-        k = i % len(templates)
-        captions.append([t.format(name) for t in templates[k:] + templates[:k]])
+    captions = [rotated_captions(templates, names[label] if names is not None else str(label), i)
+                for i, label in enumerate(table[label_column])]
     return table.add_column("label_captions", captions)
 
 
@@ -240,7 +236,7 @@ class Collator:
         """``skipped`` counts rows that failed to load (``on_error: skip``); items that carry no
         sample (left-out evaluation rows) are dropped from the batch."""
         skipped = sum(len(it.get("skipped", ())) for it in items)
-        items = [it for it in items if len(it) > 1 + ("skipped" in it)]
+        items = [it for it in items if any(m in it for m in self.preprocessors)]
         batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
                                  "skipped": torch.tensor(skipped)}
         if not items:

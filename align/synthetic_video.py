@@ -103,12 +103,6 @@ def moving_digit_clips(images: np.ndarray, labels: np.ndarray, frames: int = 8, 
     return clips, directions
 
 
-def rotated_video_captions(name: str, k: int) -> list[str]:
-    """Every caption template filled with a class name, starting at template ``k``."""
-    k %= len(VIDEO_CAPTIONS)
-    return [t.format(name) for t in VIDEO_CAPTIONS[k:] + VIDEO_CAPTIONS[:k]]
-
-
 def moving_digits_table(spec):
     """Builtin source ``moving-digits``: ``data_files`` is a pixel CSV of 28x28 digits (MNIST 5k),
     split train | test | all (the same stratified split as ``pixel-csv``). ``load_kwargs``: frames
@@ -122,17 +116,16 @@ def moving_digits_table(spec):
     """
     import datasets
 
-    from align.builtin_data import (DIGIT_NAMES, DataError, _options, _single_file, read_pixel_csv,
-                                    stratified_split)
+    from align.builtin_data import (DIGIT_NAMES, DataError, builtin_options, check_digit_labels,
+                                    read_pixel_csv, rotated_captions, single_file, stratified_split)
 
-    opts = _options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1, "seed": 0,
-                           "test_fraction": 0.2, "label": "last", "digits": None})
+    opts = builtin_options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1,
+                                  "seed": 0, "test_fraction": 0.2, "label": "last", "digits": None})
     frames, size, per = int(opts["frames"]), int(opts["size"]), int(opts["clips_per_image"])
     if per < 1:
         raise DataError("moving-digits: load_kwargs.clips_per_image must be >= 1")
-    images, labels = read_pixel_csv(_single_file(spec), (28, 28), opts["label"])
-    if labels.min() < 0 or labels.max() > 9:
-        raise DataError(f"moving-digits: labels must be digits 0-9, got {labels.min()}..{labels.max()}")
+    images, labels = read_pixel_csv(single_file(spec), (28, 28), opts["label"])
+    check_digit_labels(labels, "moving-digits")
     rows = stratified_split(labels, spec.split, float(opts["test_fraction"]), int(opts["seed"]))
     if opts["digits"] is not None:
         rows = rows[np.isin(labels[rows], np.asarray(opts["digits"], dtype=np.int64))]
@@ -155,6 +148,6 @@ def moving_digits_table(spec):
         "class": datasets.ClassLabel(names=names),
         "caption": datasets.Sequence(datasets.Value("string")),
     })
-    captions = [rotated_video_captions(names[c], k) for k, c in enumerate(classes)]
+    captions = [rotated_captions(VIDEO_CAPTIONS, names[c], k) for k, c in enumerate(classes)]
     return datasets.Dataset.from_dict({"video": clips, "label": labels[rows], "direction": directions,
                                        "class": classes, "caption": captions}, features=features)
