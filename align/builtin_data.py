@@ -180,9 +180,23 @@ def moving_digits(spec):
     return moving_digits_table(spec)
 
 
+def packed_npz(spec):
+    from align.builtin_arrays import packed_npz as load
+
+    return load(spec)
+
+
+def tu_dataset(spec):
+    from align.builtin_graphs import tu_dataset as load
+
+    return load(spec)
+
+
 BUILTINS: dict[str, Callable[[Any], Any]] = {
     "sklearn-digits": sklearn_digits,
     "pixel-csv": pixel_csv,
     "files": files,
     "moving-digits": moving_digits,
+    "packed-npz": packed_npz,
+    "tu-dataset": tu_dataset,
 }

@@ -1,4 +1,5 @@
-"""Command line: ``align train``, ``align demo``. Heavy imports happen inside the commands."""
+"""Command line: ``align train | demo | eval | crossval | index | query``. Heavy imports happen
+inside the commands."""
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     from align.indexing import add_parsers as add_index
     from eval.commands import add_parser as add_eval
+    from eval.crossval import add_parser as add_crossval
 
     add_eval(sub)
+    add_crossval(sub)
     add_index(sub)
     return parser
 

@@ -94,6 +94,10 @@ class DatasetSpec(Strict):
     label_names: list[str] | None = Field(None, description="class names for an integer label_column "
                                           "(label i is label_names[i])")
     join: JoinSpec | None = None
+    pack_columns: dict[str, list[str]] | None = Field(
+        None, description="new column -> the columns it packs: each row gets a dict {column: value}, "
+                          "e.g. {graph: [edge_index, node_feat, edge_attr, num_nodes]} for a graph "
+                          "stored as edge list + feature columns, or {cloud: [points, colors]}")
     on_error: Literal["raise", "skip"] = Field(
         "raise", description="a sample that cannot be decoded: raise (naming file and row) or skip and "
                              "count it (training draws another row; evaluation leaves the row out)")

@@ -53,6 +53,8 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
                         f"dataset (columns: {ds.column_names})")
     if spec.caption_templates:
         ds = add_label_captions(ds, spec.label_column, spec.caption_templates)
+    if spec.pack_columns:
+        ds = pack_columns(ds, spec.pack_columns, key)
     wanted = {f"{key}.columns.{m}": c for m, c in spec.columns.items()}
     for k, col in wanted.items():
         if col not in ds.column_names:
@@ -131,6 +133,21 @@ def join_by_label(table, join, key: str):
     attached = other.select(picks).select_columns(list(join.data.columns.values()))
     attached = attached.rename_columns({v: k for k, v in join.data.columns.items() if k != v})
     return datasets.concatenate_datasets([table, attached], axis=1)
+
+
+def pack_columns(table, packs: dict[str, list[str]], key: str):
+    """Add each new column as a dict of existing columns per row (a graph's edge list + features,
+    a cloud's points + colours), so one modality sample can come from several columns."""
+    for new, cols in packs.items():
+        missing = [c for c in cols if c not in table.column_names]
+        if missing:
+            raise DataError(f"config key '{key}.pack_columns.{new}': columns {missing} are not in the "
+                            f"dataset (columns: {table.column_names})")
+        if new in table.column_names:
+            raise DataError(f"config key '{key}.pack_columns.{new}': column '{new}' already exists")
+        table = table.map(lambda b, cols=cols: {new: [dict(zip(cols, v)) for v in zip(*(b[c] for c in cols))]},
+                          batched=True, desc=f"packing {new}")
+    return table
 
 
 @contextlib.contextmanager

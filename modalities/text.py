@@ -14,7 +14,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
+from modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_,
+                             resolve_model_path)
 from modalities.image import check_dataclass_keys
 
 
@@ -24,7 +25,8 @@ class TextOptions(AdapterOptions):
     text_cfg: dict[str, Any] | None = Field(None, description="open_clip CLIPTextCfg fields for a "
                                             "tower built from scratch (open_clip BPE tokenizer)")
     output_dim: int = Field(512, gt=0, description="tower output width when built from text_cfg")
-    hf_model: str | None = Field(None, description="transformers encoder: hub id or local folder")
+    hf_model: str | None = Field(None, description="transformers encoder: hub id, local folder, or "
+                                 "package:<module>/<folder> inside an installed package")
     pooling: Literal["mean", "cls"] = "mean"
     max_length: int = Field(77, gt=0, description="token limit for hf_model (open_clip towers use "
                                                   "their context_length)")
@@ -116,8 +118,9 @@ class TextAdapter(ModalityAdapter):
         if options.hf_model is not None:
             from transformers import AutoModel, AutoTokenizer
 
-            self.tower = AutoModel.from_pretrained(options.hf_model)
-            self.tokenizer = AutoTokenizer.from_pretrained(options.hf_model)
+            path = resolve_model_path(options.hf_model)
+            self.tower = AutoModel.from_pretrained(path)
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.feature_dim = int(self.tower.config.hidden_size)
             self.kind = "hf"
         else:

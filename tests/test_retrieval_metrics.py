@@ -78,7 +78,7 @@ def reference(scores: list[list[float]], positives: list[set[int]], ks, k_rule: 
             else:
                 hits[k].append(above + tied <= k)
     out = {f"R@{k}": sum(hits[k]) / len(firsts) for k in ks}
-    out.update({"mAP": sum(aps) / len(aps), "median_rank": float(statistics.median(firsts)),
+    out.update({"mAP": sum(aps) / len(aps), "MRR": sum(1 / r for r in firsts) / len(firsts), "median_rank": float(statistics.median(firsts)),
                 "mean_rank": sum(firsts) / len(firsts), "n_queries": len(firsts)})
     return out
 
@@ -99,7 +99,7 @@ def check_equal(ours: dict, ref: dict, recall_only: bool = False) -> None:
             if recall_only and not name.startswith("R@"):
                 continue
             got = ours[f"{direction}/{name}"]
-            if name == "mAP":  # same operations; only the order of the final mean's sum differs
+            if name in ("mAP", "MRR"):  # same operations; only the order of the final mean's sum differs
                 assert got == pytest.approx(v, rel=1e-12, abs=0), (direction, name)
             else:
                 assert got == v, (direction, name, got, v)
@@ -152,7 +152,7 @@ def test_ranked_ids_equal_dense(kind):
             assert med is None or med == dense[f"{prefix}/median_rank"]
         got, why = ranked_retrieval_metrics(order, pos, len(g), ks=KS, prefix=prefix)  # K = all
         assert not why
-        for m in ("mAP", "median_rank", "mean_rank"):
+        for m in ("mAP", "MRR", "median_rank", "mean_rank"):
             assert got[f"{prefix}/{m}"] == pytest.approx(dense[f"{prefix}/{m}"], rel=1e-12)
     got, why = ranked_retrieval_metrics(order[:, :3], img_of_txt, len(txt), ks=(1, 5))
     assert got["image_to_text/R@5"] is None and "K=3" in why["image_to_text/R@5"]
