@@ -78,7 +78,9 @@ class AudioOptions(AdapterOptions):
         if self.encoder == "hf":
             if self.hf_model is None:
                 raise ValueError("encoder 'hf' needs 'hf_model'")
-            wrong = sorted(set(AST_ONLY) & self.model_fields_set)
+            # compare with the defaults, not model_fields_set: a validated config is dumped whole
+            # (every option set) and validated again when the model is built or reloaded
+            wrong = sorted(k for k in AST_ONLY if getattr(self, k) != type(self).model_fields[k].default)
             if wrong:
                 raise ValueError(f"option(s) {wrong} only apply to encoder 'ast'")
             return self

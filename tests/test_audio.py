@@ -322,3 +322,16 @@ def test_options_are_validated():
     for options, match in cases:
         with pytest.raises(ValidationError, match=match):
             build_adapter("audio", options)
+
+
+def test_hf_options_survive_the_config_round_trip():
+    """align/config.py stores every option of a validated adapter (defaults included) and validates
+    them again when the model is built or reloaded: an 'hf' config must pass twice."""
+    from align.config import config_from_dict
+    from modalities.audio import AudioOptions
+
+    cfg = config_from_dict({"model": {"modalities": {"audio": {"options": {"encoder": "hf", "hf_model": "x"}},
+                                                     "text": {"options": {"hf_model": "y"}}}},
+                            "data": {"train": {"source": "csv", "columns": {"audio": "a", "text": "t"}}}})
+    stored = cfg.model.modalities["audio"].options
+    assert "n_mels" in stored and AudioOptions.model_validate(stored).encoder == "hf"
