@@ -292,7 +292,8 @@ class AudioAdapter(ModalityAdapter):
             self.tower = load_hf_audio_tower(options.hf_model)
             self.feature_extractor = AutoFeatureExtractor.from_pretrained(resolve_model_path(options.hf_model))
             fe_rate = int(self.feature_extractor.sampling_rate)
-            if "sample_rate" in options.model_fields_set and options.sample_rate != fe_rate:
+            default_rate = type(options).model_fields["sample_rate"].default  # not model_fields_set: see above
+            if options.sample_rate not in (default_rate, fe_rate):
                 raise ValueError(f"sample_rate {options.sample_rate} differs from {options.hf_model}'s "
                                  f"feature extractor ({fe_rate} Hz); leave it out for encoder 'hf'")
             self.feature_dim = hf_feature_dim(self.tower)
