@@ -245,7 +245,7 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
     capsys.readouterr()
     assert main(["query", "--index", str(tmp_path / "index"), "--graph", rows[7]["SMILES"], "-k", "1"]) == 0
     top = capsys.readouterr().out.strip().splitlines()[-1]
-    assert f"CID={rows[7]['CID']}" in top, top
+    assert " id 7 " in top and rows[7]["SMILES"] in top and "score 1.0000" in top, top
 
 
 def test_pack_columns_and_package_model_paths_name_what_is_wrong():
