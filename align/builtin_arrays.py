@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from align.builtin_data import DataError, builtin_options, single_file, stratified_split
+from align.builtin_data import DataError, builtin_options, fold_rows, single_file, stratified_split
 
 DEFAULTS: dict[str, Any] = {"points": "points", "offsets": "offsets",
                             "columns": {"label": "labels", "id": "ids"}, "per_point": {},
@@ -61,18 +61,7 @@ def object_bounds(offsets: np.ndarray, n_points: int, n_objects: int | None, pat
 def split_rows(labels: np.ndarray, split: str, opts: dict[str, Any]) -> np.ndarray:
     if opts["folds"] is None:
         return stratified_split(labels, split, float(opts["test_fraction"]), int(opts["seed"]))
-    from sklearn.model_selection import StratifiedKFold
-
-    folds, fold = int(opts["folds"]), int(opts["fold"])
-    if split == "all":
-        return np.arange(len(labels))
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train', 'test' or 'all', not '{split}'")
-    if not 0 <= fold < folds:
-        raise DataError(f"load_kwargs.fold must be in 0..{folds - 1}, got {fold}")
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=int(opts["seed"]))
-    train_idx, test_idx = list(skf.split(np.zeros(len(labels)), labels))[fold]
-    return np.sort(train_idx if split == "train" else test_idx)
+    return fold_rows(labels, split, int(opts["folds"]), int(opts["fold"]), int(opts["seed"]))
 
 
 def ragged_column(values: np.ndarray, bounds: np.ndarray, rows: np.ndarray, flat: bool = False):

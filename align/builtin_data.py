@@ -69,6 +69,21 @@ def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed:
     return np.sort(train_idx if split == "train" else test_idx)
 
 
+def fold_rows(labels: np.ndarray, split: str, folds: int, fold: int, seed: int) -> np.ndarray:
+    """Sorted row indices of one stratified k-fold split ('all' = every row)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if split == "all":
+        return np.arange(len(labels))
+    if split not in ("train", "test"):
+        raise DataError(f"split must be 'train', 'test' or 'all', not '{split}'")
+    if not 0 <= fold < folds:
+        raise DataError(f"load_kwargs.fold must be in 0..{folds - 1}, got {fold}")
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, test_idx = list(skf.split(np.zeros(len(labels)), labels))[fold]
+    return np.sort(train_idx if split == "train" else test_idx)
+
+
 def _digit_table(images: list, labels: list[int], rows: np.ndarray):
     import datasets
 

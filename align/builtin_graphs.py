@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from align.builtin_data import DataError, builtin_options
+from align.builtin_data import DataError, builtin_options, fold_rows
 
 
 def _cache_root(source: Path, cache_dir: str | None, name: str, use_node_attr: bool) -> Path:
@@ -36,21 +36,6 @@ def _cache_root(source: Path, cache_dir: str | None, name: str, use_node_attr: b
             except OSError:
                 link.write_bytes(f.read_bytes())
     return root
-
-
-def fold_rows(labels: np.ndarray, split: str, folds: int, fold: int, seed: int) -> np.ndarray:
-    """Sorted row indices of one stratified k-fold split ('all' = every row)."""
-    from sklearn.model_selection import StratifiedKFold
-
-    if split == "all":
-        return np.arange(len(labels))
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train', 'test' or 'all', not '{split}'")
-    if not 0 <= fold < folds:
-        raise DataError(f"load_kwargs.fold must be in 0..{folds - 1}, got {fold}")
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_idx, test_idx = list(skf.split(np.zeros(len(labels)), labels))[fold]
-    return np.sort(train_idx if split == "train" else test_idx)
 
 
 def tu_dataset(spec):

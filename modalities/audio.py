@@ -33,7 +33,8 @@ from torch import nn
 
 from modalities import ADAPTERS
 from modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, freeze_, resolve_model_path
+from modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, freeze_, prenorm_transformer,
+                             resolve_model_path)
 
 MEL_FMIN = 20.0
 AST_ONLY = ("pad", "n_mels", "n_fft", "win_length", "hop_length", "top_db", "norm_stats", "patch_size",
@@ -234,9 +235,7 @@ class ASTEncoder(nn.Module):
         nn.init.trunc_normal_(self.cls, std=0.02)
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.drop = nn.Dropout(o.dropout)
-        layer = nn.TransformerEncoderLayer(o.width, o.heads, round(o.width * o.mlp_ratio), o.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, o.layers, enable_nested_tensor=False)
+        self.blocks = prenorm_transformer(o.width, o.heads, o.mlp_ratio, o.dropout, o.layers)
         self.norm = nn.LayerNorm(o.width)
         self.pooling = o.pooling
 

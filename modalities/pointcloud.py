@@ -39,7 +39,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, prenorm_transformer
 from modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)
 
@@ -262,9 +262,7 @@ class PatchTransformer(nn.Module):
         nn.init.trunc_normal_(self.cls, std=0.02)
         nn.init.trunc_normal_(self.cls_pos, std=0.02)
         self.drop = nn.Dropout(o.dropout)
-        layer = nn.TransformerEncoderLayer(o.width, o.heads, round(o.width * o.mlp_ratio), o.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, o.layers, enable_nested_tensor=False)
+        self.blocks = prenorm_transformer(o.width, o.heads, o.mlp_ratio, o.dropout, o.layers)
         self.norm = nn.LayerNorm(o.width)
         self.out_dim = o.width
 
