@@ -58,30 +58,21 @@ def check_digit_labels(labels: np.ndarray, source: str) -> None:
 
 def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed: int) -> np.ndarray:
     """Sorted row indices of a fixed stratified train/test split ('all' = every row)."""
-    from sklearn.model_selection import train_test_split
-
-    if split == "all":
-        return np.arange(len(labels))
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train', 'test' or 'all', not '{split}'")
-    idx = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-    return np.sort(train_idx if split == "train" else test_idx)
+    return _split(len(labels), split, labels=labels, test_fraction=test_fraction, seed=seed)
 
 
 def fold_rows(labels: np.ndarray, split: str, folds: int, fold: int, seed: int) -> np.ndarray:
     """Sorted row indices of one stratified k-fold split ('all' = every row)."""
-    from sklearn.model_selection import StratifiedKFold
+    return _split(len(labels), split, labels=labels, folds=folds, fold=fold, seed=seed)
 
-    if split == "all":
-        return np.arange(len(labels))
-    if split not in ("train", "test"):
-        raise DataError(f"split must be 'train', 'test' or 'all', not '{split}'")
-    if not 0 <= fold < folds:
-        raise DataError(f"load_kwargs.fold must be in 0..{folds - 1}, got {fold}")
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    train_idx, test_idx = list(skf.split(np.zeros(len(labels)), labels))[fold]
-    return np.sort(train_idx if split == "train" else test_idx)
+
+def _split(n: int, split: str, **kwargs) -> np.ndarray:
+    from align.splits import SplitError, split_rows
+
+    try:
+        return split_rows(n, split, **kwargs)
+    except SplitError as err:
+        raise DataError(str(err).replace("fold must", "load_kwargs.fold must")) from None
 
 
 def _digit_table(images: list, labels: list[int], rows: np.ndarray):
@@ -158,11 +149,15 @@ def pixel_csv(spec):
 
 def files(spec):
     """One row per file matched by the glob(s) in ``data_files``: ``path`` and the named groups of
-    ``load_kwargs.pattern`` (a regex searched in the file name; all-digit values become ints).
-    Files the pattern does not match are an error unless ``load_kwargs.skip_unmatched``."""
+    ``load_kwargs.pattern`` (a regex searched in the file name, or with ``match: path`` in the whole
+    path with '/' separators, so ``<class>/<id>.wav`` layouts give the class from the folder:
+    ``pattern: '(?P<label>[^/]+)/[^/]+$'``; all-digit values become ints). Files the pattern does
+    not match are an error unless ``load_kwargs.skip_unmatched``."""
     import datasets
 
-    opts = builtin_options(spec, {"pattern": None, "skip_unmatched": False})
+    opts = builtin_options(spec, {"pattern": None, "skip_unmatched": False, "match": "name"})
+    if opts["match"] not in ("name", "path"):
+        raise DataError(f"load_kwargs.match must be 'name' or 'path', not {opts['match']!r}")
     patterns = spec.data_files if isinstance(spec.data_files, list) else [spec.data_files]
     if not patterns or not all(isinstance(p, str) for p in patterns):
         raise DataError("source 'files' needs data_files: a glob or a list of globs")
@@ -175,11 +170,12 @@ def files(spec):
         rows.update({g: [] for g in regex.groupindex})
     for path in paths:
         if regex is not None:
-            m = regex.search(Path(path).name)
+            m = regex.search(Path(path).name if opts["match"] == "name" else Path(path).as_posix())
             if m is None:
                 if opts["skip_unmatched"]:
                     continue
-                raise DataError(f"file {path} does not match load_kwargs.pattern {opts['pattern']!r}")
+                raise DataError(f"file {path} does not match load_kwargs.pattern {opts['pattern']!r} "
+                                f"(searched in its {opts['match']})")
             for g, v in m.groupdict().items():
                 rows[g].append(v)
         rows["path"].append(path)
@@ -207,6 +203,15 @@ def tu_dataset(spec):
     return load(spec)
 
 
+def graph_nodes(spec):
+    from align.builtin_nodes import graph_nodes as load
+
+    return load(spec)
+
+
+# builtins that split themselves by load_kwargs.folds / fold (align crossval sets those)
+FOLD_SOURCES = {"tu-dataset", "packed-npz"}
+
 BUILTINS: dict[str, Callable[[Any], Any]] = {
     "sklearn-digits": sklearn_digits,
     "pixel-csv": pixel_csv,
@@ -214,4 +219,5 @@ BUILTINS: dict[str, Callable[[Any], Any]] = {
     "moving-digits": moving_digits,
     "packed-npz": packed_npz,
     "tu-dataset": tu_dataset,
+    "graph-nodes": graph_nodes,
 }

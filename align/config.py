@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,28 @@ class JoinSpec(Strict):
     seed: int = 0
 
 
+class HoldoutSpec(Strict):
+    """A seeded train/test split (or one fold of a k-fold split) of any source's rows, made right
+    after loading, before ``where`` filters, so specs with different filters never share rows
+    across the split. Stratified by ``label_column`` when the spec has one; with ``group`` no value
+    of that column (a speaker, a patient, a molecule scaffold) lands on both sides."""
+
+    take: Literal["train", "test"] = Field(description="which side of the split this spec keeps")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of rows (of groups, with group) "
+                                 "held out; ignored with folds")
+    folds: int | None = Field(None, ge=2, description="k-fold: test is fold `fold` of k, train the rest")
+    fold: int = Field(0, ge=0)
+    seed: int = 0
+    stratify: bool = Field(True, description="keep class proportions of label_column (when the spec has one)")
+    group: str | None = Field(None, description="column whose values never straddle the split")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "HoldoutSpec":
+        if self.folds is not None and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
+        return self
+
+
 class DatasetSpec(Strict):
     """Which `datasets` source to load and which column feeds which modality."""
 
@@ -87,12 +109,15 @@ class DatasetSpec(Strict):
                                                 "row's class name (from label_column) into a column "
                                                 "'label_captions', e.g. to train an imagefolder")
     max_samples: int | None = Field(None, gt=0)
+    holdout: HoldoutSpec | None = Field(None, description="seeded (stratified, group-aware) train/test "
+                                        "or k-fold split of the loaded rows, for any source")
     load_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra load_dataset arguments, "
                                         "or a builtin source's options")
     where: dict[str, Condition] | None = Field(None, description="keep rows whose columns pass these "
                                                "tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}")
-    label_names: list[str] | None = Field(None, description="class names for an integer label_column "
-                                          "(label i is label_names[i])")
+    label_names: list[str] | None = Field(None, description="class names for label_column: an integer "
+                                          "label i is label_names[i]; a string label is looked up by "
+                                          "name (default: sorted distinct strings)")
     join: JoinSpec | None = None
     pack_columns: dict[str, list[str]] | None = Field(
         None, description="new column -> the columns it packs: each row gets a dict {column: value}, "
@@ -112,6 +137,8 @@ class DatasetSpec(Strict):
                 raise ValueError(f"caption_templates must each contain '{{}}' for the class name: {bad}")
         if self.label_names is not None and not self.label_column:
             raise ValueError("label_names needs label_column")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"label_names must be unique: {self.label_names}")
         return self
 
 
@@ -141,6 +168,8 @@ class TrainConfig(Strict):
     val_every: int = Field(0, ge=0, description="validation loss on data.val every N steps; 0 = at the end")
     eval_every: int = Field(0, ge=0, description="run the eval section every N steps (0 = never during "
                                                  "training)")
+    eval_at_end: bool = Field(True, description="run the eval section after the last step and write its "
+                              "reports to output_dir/eval/")
     best_metric: str | None = Field(None, description="keep checkpoints/best by this eval metric, e.g. "
                                     "'zeroshot/top1' or 'retrieval/image_to_text/R@1' (higher is better)")
     pairs: list[tuple[str, str]] | None = Field(None, description="modality pairs the loss aligns; "
@@ -150,19 +179,29 @@ class TrainConfig(Strict):
 
 
 class ZeroShotSpec(Strict):
-    query: str = "image"
+    query: str | None = Field(None, description="modality to classify; default: the eval data's one "
+                              "modality besides prompt_modality")
     prompt_modality: str = "text"
-    classnames: list[str] = Field(min_length=2)
+    classnames: list[str] | dict[str, str] | None = Field(
+        None, description="default: the data's class names (ClassLabel / label_names). A list is checked "
+                          "against them by name (label i is classnames[i] only when the data has no "
+                          "names); a dict maps the data's names to the names put in prompts")
     templates: list[str] | dict[str, list[str]] = Field(
         min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)")
 
 
-    @model_validator(mode="after")
-    def _unique_classes(self) -> "ZeroShotSpec":
-        dupes = sorted({c for c in self.classnames if self.classnames.count(c) > 1})
+    @field_validator("classnames")
+    @classmethod
+    def _unique_classes(cls, value):
+        names = list(value.values()) if isinstance(value, dict) else value
+        if names is None:
+            return value
+        if len(names) < 2:
+            raise ValueError("give at least 2 classes (or leave classnames out to take the data's)")
+        dupes = sorted({c for c in names if names.count(c) > 1})
         if dupes:
             raise ValueError(f"classnames must be unique; duplicated: {dupes}")
-        return self
+        return value
 
 
 class RetrievalSpec(Strict):
@@ -174,6 +213,9 @@ class RetrievalSpec(Strict):
                            "same class (for templated captions)")
     index: str = Field("Flat", description="FAISS index_factory string for the index-based recall "
                                            "(Flat = exact; e.g. HNSW32 or IVF256,Flat shows the ANN cost)")
+    dedupe: bool = Field(True, description="identical b items (templated captions) become one gallery "
+                         "item whose positives are the union of their rows'; without it, R@k over k "
+                         "copies of one caption is degenerate")
 
 
 class EvalConfig(Strict):
@@ -181,6 +223,17 @@ class EvalConfig(Strict):
     zeroshot: ZeroShotSpec | None = None
     retrieval: RetrievalSpec | None = None
     batch_size: int = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _default_query(self) -> "EvalConfig":
+        zs = self.zeroshot
+        if zs is not None and zs.query is None:
+            others = [m for m in self.data.columns if m != zs.prompt_modality]
+            if len(others) != 1:
+                raise ValueError(f"config key 'eval.zeroshot.query': give the modality to classify, one of "
+                                 f"{others or list(self.data.columns)}")
+            zs.query = others[0]
+        return self
 
 
 class Config(Strict):

@@ -37,20 +37,25 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
                                        split=spec.split, **spec.load_kwargs)
     except DataError as err:
         raise DataError(f"config key '{key}.split': {err}") from None
+    except TypeError as err:  # a builder that does not take one of load_kwargs
+        raise DataError(f"config key '{key}.load_kwargs': source '{spec.source}' does not take "
+                        f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')") from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         raise DataError(f"config key '{key}.source': cannot load '{spec.source}' "
                         f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err}") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
+    if spec.holdout is not None:
+        ds = holdout_rows(ds, spec, key)
     if spec.where:
         ds = filter_rows(ds, spec.where, key)
-    if spec.label_names is not None:
-        ds = name_labels(ds, spec.label_column, spec.label_names, key)
     if spec.join is not None:
         ds = join_by_label(ds, spec.join, f"{key}.join")
     if spec.label_column and spec.label_column not in ds.column_names:
         raise DataError(f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
                         f"dataset (columns: {ds.column_names})")
+    if spec.label_column:
+        ds = encode_labels(ds, spec.label_column, spec.label_names, key)
     if spec.caption_templates:
         ds = add_label_captions(ds, spec.label_column, spec.caption_templates)
     if spec.pack_columns:
@@ -96,15 +101,71 @@ def filter_rows(table, where: dict, key: str):
     return table.select(np.nonzero(keep)[0])
 
 
-def name_labels(table, label_column: str, names: list[str], key: str):
-    """Turn an integer label column into a ClassLabel with these names."""
+def holdout_rows(table, spec: DatasetSpec, key: str):
+    """Keep ``spec.holdout.take``'s side of a seeded split of the loaded rows (see ``align.splits``)."""
+    from align.splits import SplitError, split_rows
+
+    h = spec.holdout
+    for name, col in (("label_column", spec.label_column if h.stratify else None), ("holdout.group", h.group)):
+        if col is not None and col not in table.column_names:
+            raise DataError(f"config key '{key}.{name}': column '{col}' is not in the dataset "
+                            f"(columns: {table.column_names})")
+    labels = table[spec.label_column] if h.stratify and spec.label_column else None
+    groups = table[h.group] if h.group else None
+    try:
+        rows = split_rows(len(table), h.take, labels=labels, groups=groups, test_fraction=h.test_fraction,
+                          folds=h.folds, fold=h.fold, seed=h.seed)
+    except SplitError as err:
+        raise DataError(f"config key '{key}.holdout': cannot split {len(table)} rows: {err}") from None
+    return table.select(rows)
+
+
+def encode_labels(table, column: str, names: list[str] | None, key: str):
+    """Make ``column`` integer class ids 0..C-1, named where names are known (a ``ClassLabel``).
+
+    * a ClassLabel (imagefolder, audiofolder, builtins) keeps its names, or is renamed by ``names``;
+    * strings become ids by name: ``names`` gives the order, else the sorted distinct strings
+      (imagefolder's rule), so a CSV of 'cat' / 'dog' labels works as it is;
+    * integers stay, named by ``names`` when given (label i is names[i]); whole floats become ints.
+    """
     import datasets
 
-    labels = np.asarray(table[label_column])
-    if labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() >= len(names):
-        raise DataError(f"config key '{key}.label_names': column '{label_column}' must hold integers "
+    feat = table.features[column]
+    where = f"config key '{key}.label_column': column '{column}'"
+    if isinstance(feat, datasets.ClassLabel):
+        if names is None:
+            return table
+        if len(names) != feat.num_classes:
+            raise DataError(f"config key '{key}.label_names': {len(names)} names for the {feat.num_classes} "
+                            f"classes of column '{column}' {feat.names}")
+        return table.cast_column(column, datasets.ClassLabel(names=names))
+    values = table[column]
+    missing = next((i for i, v in enumerate(values) if v is None), None)
+    if missing is not None:
+        raise DataError(f"{where} has no label in row {missing}")
+    dtype = getattr(feat, "dtype", None)
+    if dtype == "string" or dtype == "large_string":
+        unknown = sorted(set(values) - set(names)) if names is not None else []
+        if unknown:
+            row = next(i for i, v in enumerate(values) if v == unknown[0])
+            raise DataError(f"config key '{key}.label_names': column '{column}' holds {unknown[:10]} "
+                            f"(first in row {row}), which are not in label_names {names}")
+        return table.cast_column(column, datasets.ClassLabel(names=names or sorted(set(values))))
+    labels = np.asarray(values)
+    if labels.dtype.kind == "f":
+        if not np.array_equal(labels, labels.round()):
+            row = int(np.nonzero(labels != labels.round())[0][0])
+            raise DataError(f"{where} must hold class ids or names; row {row} has {labels[row]}")
+        table = table.cast_column(column, datasets.Value("int64"))
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iub":
+        raise DataError(f"{where} must hold class ids (integers) or names (strings), got {dtype or feat}")
+    if names is None:
+        return table
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise DataError(f"config key '{key}.label_names': column '{column}' must hold integers "
                         f"0..{len(names) - 1}, got {labels[:5].tolist()}...")
-    return table.cast_column(label_column, datasets.ClassLabel(names=names))
+    return table.cast_column(column, datasets.ClassLabel(names=names))
 
 
 def join_by_label(table, join, key: str):
@@ -239,7 +300,11 @@ class PairedDataset(torch.utils.data.Dataset):
                 except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
                     raise SampleError(f"{self.name} row {i}, column '{col}' ({mod}): {err}") from err
         if self.label_column is not None:
-            item["label"] = int(row[self.label_column])
+            label = row[self.label_column]
+            if not isinstance(label, (int, np.integer)):
+                raise SampleError(f"{self.name} row {i}, column '{self.label_column}': label {label!r} is "
+                                  "not a class id (tables from align.data.load_table map names to ids)")
+            item["label"] = int(label)
         return item
 
 
@@ -270,3 +335,42 @@ def class_names(table, label_column: str) -> list[str] | None:
     """Names of a ClassLabel column, if the table has them."""
     feat = table.features.get(label_column)
     return list(feat.names) if hasattr(feat, "names") else None
+
+
+def describe_spec(spec: DatasetSpec, table=None) -> dict[str, Any]:
+    """What a table is, for reports: the source, split, filters and fold, not just a split name
+    (rows chosen by ``where`` from a 'train' split must not read as a train-set evaluation)."""
+    d: dict[str, Any] = {"source": spec.source, "split": spec.split}
+    for name in ("data_files", "data_dir", "max_samples"):
+        if getattr(spec, name) is not None:
+            d[name] = getattr(spec, name)
+    if spec.where:
+        d["where"] = {col: cond.tests() for col, cond in spec.where.items()}
+    if spec.holdout is not None:
+        d["holdout"] = spec.holdout.model_dump()
+        if spec.holdout.folds is not None:
+            d["fold"] = spec.holdout.fold
+    elif "fold" in spec.load_kwargs or "folds" in spec.load_kwargs:
+        d["fold"] = spec.load_kwargs.get("fold", 0)
+    if spec.load_kwargs:
+        d["load_kwargs"] = dict(spec.load_kwargs)
+    if table is not None:
+        d["rows"] = len(table)
+        if spec.label_column:
+            names = class_names(table, spec.label_column)
+            if names is not None:
+                d["classes"] = names  # class id i is classes[i]
+    return d
+
+
+@contextlib.contextmanager
+def hf_progress(enabled: bool) -> Iterator[None]:
+    """HF datasets' progress bars ("Generating train split", "Map") on or off inside the block."""
+    from datasets.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

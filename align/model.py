@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.config import ModelConfig
+from align.config import ConfigError, ModelConfig
 
 CLIP_INIT_SCALE = math.log(1 / 0.07)
 SIGLIP_INIT_SCALE = math.log(10.0)
@@ -28,14 +28,14 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
     if kind == "identity":
         if in_dim != out_dim:
-            raise ValueError(f"config key '{key}': identity head needs the adapter's feature dim "
+            raise ConfigError(f"config key '{key}': identity head needs the adapter's feature dim "
                              f"({in_dim}) to equal model.embed_dim ({out_dim})")
         return nn.Identity()
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
-    raise ValueError(f"config key '{key}': unknown head '{kind}'")
+    raise ConfigError(f"config key '{key}': unknown head '{kind}'")
 
 
 class AlignModel(nn.Module):

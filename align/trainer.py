@@ -19,8 +19,8 @@ import torch
 
 from align.checkpoint import (load_training_state, load_weights, resolve_checkpoint, save_checkpoint,
                               set_rng_state)
-from align.config import Config, dump_config
-from align.data import Collator, PairedDataset, load_table
+from align.config import Config, ConfigError, dump_config
+from align.data import Collator, PairedDataset, hf_progress, load_table
 from align.losses import build_loss
 from align.model import AlignModel, contrastive_loss
 from eval.runner import evaluate
@@ -42,6 +42,8 @@ class TrainResult:
     samples_per_s: float | None = None
     is_main_process: bool = True
     skipped: int = 0  # training samples that failed to load and were replaced (data.train.on_error: skip)
+    eval_metrics: dict[str, Any] | None = None  # the eval section on the final model (train.eval_at_end)
+    eval_reports: list[Path] = field(default_factory=list)
 
 
 def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -124,8 +126,8 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool) ->
     ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
                        on_error=spec.on_error, refill=True)
     if len(ds) < cfg.train.batch_size:
-        raise ValueError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
-                         f"({len(ds)} rows)")
+        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
+                          f"({len(ds)} rows); batches must be full")
     gen = torch.Generator().manual_seed(cfg.seed)
     return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=True,
                                        num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
@@ -181,7 +183,8 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     simulate an interrupted run); ``resume`` continues from ``output_dir/checkpoints/latest``."""
     previous = leave_cores_for_workers(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     try:
-        return _train(cfg, resume, stop_at)
+        with hf_progress(cfg.train.progress):
+            return _train(cfg, resume, stop_at)
     finally:
         if previous is not None:
             torch.set_num_threads(previous)
@@ -199,6 +202,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
     model = AlignModel(cfg.model)
     loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True)
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
+    look_at_data(cfg, accelerator, loader, val_loader)
     optimizer = build_optimizer(model, tc)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
     start = 0
@@ -255,6 +259,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
     if not resume:
         set_seed(cfg.seed)
     t0, seen = time.perf_counter(), 0
+    t_log, seen_at_log = t0, 0
     skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
 
     def nonfinite(loss: torch.Tensor, batch: dict) -> None:
@@ -277,8 +282,11 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
             result.losses.append((step, loss_value))
             bar.update(1)
             if step % tc.log_every == 0 or step == end:
+                now = time.perf_counter()
                 logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                        "train/logit_scale": core.logit_scale.exp().item()}
+                        "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
+                        "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
+                t_log, seen_at_log = now, seen
                 if cfg.data.train.on_error == "skip":  # samples that failed to load, all processes
                     result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
                     logs["data/skipped"] = result.skipped
@@ -296,7 +304,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
                     with log_path.open("a") as f:
                         f.write(json.dumps({"step": step, "val/loss": val}) + "\n")
             if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
-                scores = flat_eval_metrics(evaluate(core, cfg.eval, accelerator))
+                result.eval_metrics = evaluate(core, cfg.eval, accelerator)
+                scores = flat_eval_metrics(result.eval_metrics)
                 model.train()
                 result.eval_history.append((step, scores))
                 accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=step)
@@ -305,7 +314,7 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
                         f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in scores.items()}}) + "\n")
                 if tc.best_metric:
                     if tc.best_metric not in scores:
-                        raise ValueError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
+                        raise ConfigError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
                                          f"metric; have {sorted(scores)}")
                     if result.best is None or scores[tc.best_metric] > result.best[1]:
                         result.best = (step, scores[tc.best_metric])
@@ -320,5 +329,46 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
     if step == tc.steps and not (tc.checkpoint_every and step % tc.checkpoint_every == 0):
         last_ckpt = checkpoint(step)
     result.final_checkpoint = last_ckpt
+    if cfg.eval is not None and tc.eval_at_end and step == tc.steps:
+        final_evaluation(cfg, core, accelerator, result, step)
     accelerator.end_training()
     return result
+
+
+def look_at_data(cfg: Config, accelerator, loader, val_loader) -> None:
+    """Print what the run will train on (rows, classes in id order, samples, loss pairs) and write
+    it to ``output_dir/data.json``; load the eval data too, so a wrong eval column or class list
+    fails now rather than after training."""
+    from align.data_summary import format_summary, summarize_config
+
+    tables = {"data.train": loader.dataset.table}
+    if val_loader is not None:
+        tables["data.val"] = val_loader.dataset.table
+    if cfg.eval is not None:
+        tables["eval.data"] = load_table(cfg.eval.data, "eval.data")
+    summary = summarize_config(cfg, tables)
+    if accelerator.is_main_process:
+        accelerator.print(format_summary(summary))
+        (Path(cfg.output_dir) / "data.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
+    """The eval section on the final model; reports (``align.eval/v1``) go to ``output_dir/eval/``."""
+    from eval.report import build_report, write_report
+
+    if result.eval_history and result.eval_history[-1][0] == step:  # train.eval_every just ran it
+        metrics = result.eval_metrics
+    else:
+        metrics = result.eval_metrics = evaluate(core, cfg.eval, accelerator)
+    if not accelerator.is_main_process:
+        return
+    info = {"checkpoint": str(result.final_checkpoint), "step": step, "embed_dim": cfg.model.embed_dim,
+            "loss": cfg.model.loss, "modalities": core.modalities}
+    for task in ("zeroshot", "retrieval"):
+        if metrics.get(task) is not None:
+            others = {k: v for k, v in metrics.items() if k not in ("zeroshot", "retrieval") or k == task}
+            path = write_report(build_report(task, others, info), Path(cfg.output_dir) / "eval" / f"{task}.json")
+            result.eval_reports.append(path)
+    line = "  ".join(f"{k} {v:.4f}" for k, v in flat_eval_metrics(metrics).items() if k.count("/") <= 2)
+    accelerator.print(f"eval ({metrics['dataset']['source']} split '{metrics['dataset']['split']}', "
+                      f"{metrics['dataset']['rows']} rows): {line}")

@@ -2,9 +2,11 @@
 
 Graph-classification results (MUTAG, PROTEINS, ENZYMES) are reported as the mean and standard
 deviation over the test folds of a stratified k-fold split, because one 10% fold of 188 graphs is
-too small to rank methods. For each fold k this sets ``load_kwargs.fold = k`` in ``data.train``,
-``data.val`` and ``eval.data`` (their source must take a ``fold`` option, e.g. ``tu-dataset``),
-trains into ``<output_dir>/fold<k>`` and runs the config's eval section on the fold's test split.
+too small to rank methods. For each fold k this sets the fold in ``data.train``, ``data.val`` and
+``eval.data`` -- ``holdout.fold`` for any source with a ``holdout`` section (csv, parquet,
+imagefolder, ...), or ``load_kwargs.fold`` for builtins with their own folds (``tu-dataset``,
+``packed-npz``) -- trains into ``<output_dir>/fold<k>`` and runs the config's eval section on the
+fold's test side.
 """
 from __future__ import annotations
 
@@ -27,20 +29,26 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     base = load_config(config, overrides)
     if base.eval is None:
         raise ConfigError("config key 'eval': cross-validation needs an eval section")
-    folds = folds or int(base.data.train.load_kwargs.get("folds", 10))
-    specs = ["data.train", "eval.data"] + (["data.val"] if base.data.val is not None else [])
+    train_spec = base.data.train
+    folds = folds or (train_spec.holdout.folds if train_spec.holdout is not None else None) or \
+        int(train_spec.load_kwargs.get("folds", 10))
+    specs = {"data.train": train_spec, "eval.data": base.eval.data}
+    if base.data.val is not None:
+        specs["data.val"] = base.data.val
+    set_fold = fold_setters(specs)
     out_root = Path(base.output_dir)
     per_fold: list[dict[str, Any]] = []
     for k in only if only is not None else range(folds):
         if not 0 <= k < folds:
             raise ConfigError(f"fold {k} is outside 0..{folds - 1}")
         fold_overrides = overrides + [f"output_dir={out_root / f'fold{k}'}"]
-        fold_overrides += [f"{s}.load_kwargs.{n}={v}" for s in specs for n, v in (("fold", k), ("folds", folds))]
+        fold_overrides += [f"{section}.{n}={v}" for section in set_fold.values()
+                           for n, v in (("fold", k), ("folds", folds))]
         cfg = load_config(config, fold_overrides)
         result = train(cfg)
         if not result.is_main_process:
             continue
-        metrics = evaluate(result.model, cfg.eval)
+        metrics = result.eval_metrics or evaluate(result.model, cfg.eval)
         per_fold.append({"fold": k, "train_samples_per_s": result.samples_per_s,
                          "n_test": metrics["dataset"]["rows"], **flat_eval_metrics(metrics)})
         print(f"fold {k}: " + "  ".join(f"{m} {v:.4f}" for m, v in per_fold[-1].items()
@@ -61,9 +69,32 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     return report
 
 
+def fold_setters(specs: dict) -> dict[str, str]:
+    """Config key -> the section whose ``fold`` / ``folds`` select a fold of that dataset."""
+    from align.builtin_data import FOLD_SOURCES
+    from align.config import ConfigError
+
+    out = {}
+    for key, spec in specs.items():
+        side = "train" if key == "data.train" else "test"
+        if spec.holdout is not None:
+            if key != "data.val" and spec.holdout.take != side:
+                raise ConfigError(f"config key '{key}.holdout.take': cross-validation trains on the "
+                                  f"'train' side and evaluates on the 'test' side; {key} takes "
+                                  f"'{spec.holdout.take}'")
+            out[key] = f"{key}.holdout"
+        elif spec.source in FOLD_SOURCES:
+            out[key] = f"{key}.load_kwargs"
+        else:
+            raise ConfigError(f"config key '{key}.holdout': cross-validation on source '{spec.source}' "
+                              f"needs a holdout section, e.g. holdout: {{take: {side}, folds: 5}}")
+    return out
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("crossval", help="k-fold cross-validation: train + eval once per fold")
-    p.add_argument("config", help="YAML config whose data source takes load_kwargs.fold (e.g. tu-dataset)")
+    p.add_argument("config", help="YAML config whose datasets have a holdout section (any source) or a "
+                   "builtin fold option (tu-dataset, packed-npz)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     p.add_argument("--folds", type=int, default=None, help="number of folds (default: the config's, else 10)")
     p.add_argument("--only", type=int, nargs="+", default=None, help="run just these folds")

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from align.config import EvalConfig
-from align.data import Collator, PairedDataset, load_table
-from align.zeroshot import build_classifier, classify, raw_encoder, to_device
+from align.config import ConfigError, EvalConfig
+from align.data import Collator, PairedDataset, class_names, describe_spec, load_table
+from align.zeroshot import build_classifier, classify, to_device
 from eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from eval.zeroshot_metrics import zeroshot_classification_metrics
 
@@ -63,13 +63,52 @@ def sharded(items: list, fn, accelerator=None) -> list:
 
 
 def encode_items(model, modality: str, items: list, batch_size: int, accelerator=None) -> torch.Tensor:
-    encode = raw_encoder(model, modality)
+    from align import encode
 
-    def run(chunk: list) -> torch.Tensor:
-        outs = [encode(chunk[i:i + batch_size]) for i in range(0, len(chunk), batch_size)]
-        return torch.cat(outs) if outs else torch.empty(0)
+    parts = sharded(items, lambda chunk: encode(model, modality, chunk, batch_size), accelerator)
+    return torch.cat([p for p in parts if p.numel()])
 
-    return torch.cat([p for p in sharded(items, run, accelerator) if p.numel()])
+
+def zeroshot_classes(given: list[str] | dict[str, str] | None, data_names: list[str] | None,
+                     labels: np.ndarray, key: str = "eval.zeroshot.classnames") -> list[str]:
+    """The names put in prompts, in class-id order. Class ids come from the data, so names are
+    matched to them by name whenever the data has names: a list in another order (imagefolder sorts
+    its folders) would otherwise silently score every swapped class as wrong."""
+    if given is None:
+        if data_names is None:
+            raise ConfigError(f"config key '{key}': the label column holds bare class ids, so there are no "
+                              "class names to build prompts from; give classnames (class i is "
+                              "classnames[i]) or eval.data.label_names")
+        return list(data_names)
+    if data_names is None:
+        if isinstance(given, dict):
+            raise ConfigError(f"config key '{key}': a mapping needs class names in the data; the label "
+                              "column holds bare ids, so give a list (class i is classnames[i])")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(given)):
+            raise ConfigError(f"config key '{key}': {len(given)} class names, but the eval data's labels "
+                              f"run {labels.min()}..{labels.max()} (class i is classnames[i])")
+        return list(given)
+    names = list(given) if isinstance(given, list) else list(given.keys())
+    if set(names) != set(data_names):
+        missing, extra = [n for n in data_names if n not in names], [n for n in names if n not in data_names]
+        raise ConfigError(f"config key '{key}': {names} do not match the data's class names {data_names} "
+                          f"(class id order); missing {missing}, not in the data {extra}")
+    return [given[n] for n in data_names] if isinstance(given, dict) else list(data_names)
+
+
+def dedupe_items(items: list, pairs: tuple[np.ndarray, np.ndarray]) -> tuple[list, np.ndarray, tuple]:
+    """Identical items (the same templated caption on many rows) become one gallery item whose
+    positives are the union of their rows' positives. Returns the distinct items, the index of each
+    original item's distinct item, and the pairs re-pointed and de-duplicated."""
+    first: dict = {}
+    try:
+        inverse = np.asarray([first.setdefault(it, len(first)) for it in items], dtype=np.int64)
+    except TypeError:  # unhashable items (arrays, dicts): nothing to merge
+        return items, np.arange(len(items)), pairs
+    unique = list(first)
+    a, b = pairs
+    merged = np.unique(np.stack([a, inverse[b]], 1), axis=0) if len(a) else np.zeros((0, 2), np.int64)
+    return unique, inverse, (merged[:, 0], merged[:, 1])
 
 
 def expand_rows(table, column: str) -> tuple[list[Any], np.ndarray]:
@@ -109,34 +148,45 @@ def evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None
     t0 = time.perf_counter()
     spec = ecfg.data
     table = load_table(spec, "eval.data")
+    prompt_names = None
+    if ecfg.zeroshot is not None:  # check the classes before encoding everything
+        if not spec.label_column:
+            raise ConfigError("config key 'eval.data.label_column': zero-shot evaluation needs labels")
+        prompt_names = zeroshot_classes(ecfg.zeroshot.classnames, class_names(table, spec.label_column),
+                                        np.asarray(table[spec.label_column]))
     embs, labels, kept = encode_table(model, table, spec.columns, spec.label_column, ecfg.batch_size,
                                       name=f"eval.data ({spec.source})", accelerator=accelerator,
                                       on_error=spec.on_error)
-    metrics: dict[str, Any] = {"dataset": {"source": spec.source, "split": spec.split, "rows": len(table)}}
+    metrics: dict[str, Any] = {"dataset": describe_spec(spec, table)}
     if len(kept) < len(table):  # on_error: skip left rows out: say how many, evaluate the rest
         metrics["dataset"].update(skipped=len(table) - len(kept), evaluated=len(kept),
                                   skipped_rows=sorted(set(range(len(table))) - set(kept.tolist()))[:100])
         table = table.select(kept)
     if ecfg.zeroshot is not None:
         zs = ecfg.zeroshot
-        if labels is None:
-            raise ValueError("config key 'eval.data.label_column': zero-shot evaluation needs labels")
-        classifier = build_classifier(model, zs.classnames, zs.templates, zs.prompt_modality)
+        templates = zs.templates
+        if isinstance(templates, dict) and isinstance(zs.classnames, dict):  # CuPL prompts keyed by data name
+            templates = {zs.classnames.get(c, c): t for c, t in templates.items()}
+        classifier = build_classifier(model, prompt_names, templates, zs.prompt_modality)
         scores = classify(embs[zs.query], classifier)
-        metrics["zeroshot"] = zeroshot_classification_metrics(scores, labels, classnames=zs.classnames)
+        metrics["zeroshot"] = zeroshot_classification_metrics(scores, labels, classnames=prompt_names)
     if ecfg.retrieval is not None:
         r = ecfg.retrieval
         if r.positives == "label" and labels is None:
-            raise ValueError("config key 'eval.retrieval.positives': 'label' needs eval.data.label_column")
+            raise ConfigError("config key 'eval.retrieval.positives': 'label' needs eval.data.label_column")
         # b may hold several items per row (e.g. 5 captions per image): each is its own row
         items, source = expand_rows(table, spec.columns[r.b])
-        b_emb = encode_items(model, r.b, items, ecfg.batch_size, accelerator)
         if r.positives == "label":
             pairs = np.nonzero(labels[:, None] == labels[source][None, :])
         else:  # each b row's own a row
             pairs = (source, np.arange(len(source)))
+        n_items = len(items)
+        if r.dedupe:
+            items, inverse, pairs = dedupe_items(items, pairs)
+            source = source[np.unique(inverse, return_index=True)[1]]  # each distinct item's first row
+        b_emb = encode_items(model, r.b, items, ecfg.batch_size, accelerator)
         metrics["retrieval"] = {"a": r.a, "b": r.b, "positives": r.positives, "n_a": len(embs[r.a]),
-                                "n_b": len(b_emb),
+                                "n_b": len(b_emb), "n_b_items": n_items, "deduplicated": bool(r.dedupe),
                                 **retrieval_metrics(embs[r.a], b_emb, np.stack(pairs, 1), ks=r.ks,
                                                     names=(r.a, r.b)),
                                 "faiss": index_retrieval(embs[r.a], b_emb, pairs, r.ks, (r.a, r.b), r.index)}

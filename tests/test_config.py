@@ -103,7 +103,7 @@ def test_wrong_type_or_value(override, key, words):
     (("data", "train"), "data.train"),
     (("model", "modalities"), "model.modalities"),
     (("model",), "model"),
-    (("eval", "zeroshot", "classnames"), "eval.zeroshot.classnames"),
+    (("eval", "zeroshot", "templates"), "eval.zeroshot.templates"),
 ])
 def test_missing_required(delete, key):
     data = demo_dict()

@@ -180,7 +180,7 @@ def test_skip_and_count_in_training_and_evaluation(images_with_a_corrupt_one, tm
     assert metrics["dataset"]["skipped"] == 1 and metrics["dataset"]["evaluated"] == 24
     assert metrics["dataset"]["skipped_rows"] == [5]
     assert np.asarray(metrics["zeroshot"]["confusion_matrix"]).sum() == 24
-    assert metrics["retrieval"]["n_a"] == 24 and metrics["retrieval"]["n_b"] == 24
+    assert metrics["retrieval"]["n_a"] == 24 and metrics["retrieval"]["n_b_items"] == 24
 
 
 def test_saved_config_reloads_filters_and_joins(tmp_path):

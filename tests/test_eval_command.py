@@ -22,7 +22,9 @@ def test_zeroshot_report_matches_in_memory_eval(demo_run, capsys):
     report = json.loads((out / "ev" / "zeroshot.json").read_text())
     assert report["schema"] == "align.eval/v1" and report["task"] == "zeroshot"
     assert report["model"]["step"] == 40 and report["model"]["modalities"] == ["image", "text"]
-    assert report["dataset"] == {"source": "sklearn-digits", "split": "test", "rows": 360}
+    assert {k: report["dataset"][k] for k in ("source", "split", "rows")} == \
+        {"source": "sklearn-digits", "split": "test", "rows": 360}
+    assert report["dataset"]["classes"] == report["metrics"]["classnames"]  # class id i is classes[i]
     # reloaded from safetensors, the model gives exactly the in-memory numbers
     assert report["metrics"]["top1"] == metrics["zeroshot"]["top1"]
     assert report["metrics"]["confusion_matrix"] == metrics["zeroshot"]["confusion_matrix"]
@@ -38,7 +40,8 @@ def test_retrieval_report_and_overrides(demo_run, tmp_path):
     assert set(k for k in m if "/R@" in k) == {"image_to_text/R@1", "image_to_text/R@10",
                                                "text_to_image/R@1", "text_to_image/R@10"}
     assert m["image_to_text/R@1"] == metrics["retrieval"]["image_to_text/R@1"]
-    assert m["n_b"] == 360 * 8 and m["positives"] == "label"
+    assert m["n_b_items"] == 360 * 8 and m["positives"] == "label"
+    assert m["n_b"] == 80  # 10 classes x 8 templates: each distinct caption is one gallery item
     for name in ("recall_at_k.png", "queries.png"):  # plots beside the report
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 

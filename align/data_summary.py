@@ -1,0 +1,117 @@
+"""Look before training: what each dataset of a config holds, and what the loss will pair.
+
+``align data CONFIG`` (and ``align train --dry-run``) print this without training; ``align train``
+prints it at the start and writes it to ``output_dir/data.json``. It shows rows per dataset,
+classes with their id order and counts (the order zero-shot prompts are matched in), three sample
+rows as the modalities will see them, and the modality pairs of the loss, so a wrong column, a
+class order or an empty filter is visible before an hour of training.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from align.config import Config, DatasetSpec
+from align.data import class_names, describe_spec
+
+
+def show_value(value: Any, width: int = 90) -> str:
+    """A short readable form of one cell: text as is, media by path, arrays by shape."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        more = f"  (+{len(value) - 1} more)" if len(value) > 1 else ""
+        return show_value(value[0], width) + more
+    if isinstance(value, str):
+        return repr(value if len(value) <= width else value[:width] + "...")
+    if isinstance(value, dict):
+        if value.get("path"):
+            return f"file {value['path']}"
+        if "bytes" in value:
+            return f"<{len(value['bytes'] or b'')} bytes>"
+        return "{" + ", ".join(f"{k}: {show_value(v, 30)}" for k, v in list(value.items())[:5]) + "}"
+    if hasattr(value, "size") and hasattr(value, "mode"):  # PIL image
+        return f"<image {value.size[0]}x{value.size[1]} {value.mode}>"
+    shape = getattr(value, "shape", None)
+    if shape is None and isinstance(value, (list, tuple)):
+        try:
+            shape = np.asarray(value).shape
+        except ValueError:
+            return f"<list of {len(value)}>"
+    if shape is not None:
+        return f"<array {list(shape)}>"
+    return repr(value)[:width]
+
+
+def summarize_table(spec: DatasetSpec, table, key: str, n_samples: int = 3) -> dict[str, Any]:
+    """Rows, classes (id, name, count, in id order) and a few sample rows of one loaded table."""
+    out = describe_spec(spec, table)
+    out["key"] = key
+    out["columns"] = dict(spec.columns)
+    if spec.label_column:
+        counts = Counter(np.asarray(table[spec.label_column]).tolist())
+        names = class_names(table, spec.label_column)
+        ids = range(len(names)) if names is not None else sorted(counts)
+        out["classes"] = [{"id": int(i), "name": names[i] if names is not None else None,
+                           "count": counts.get(i, 0)} for i in ids]
+    picks = np.linspace(0, len(table) - 1, num=min(n_samples, len(table))).round().astype(int)
+    samples = []
+    for i in dict.fromkeys(picks.tolist()):
+        row = table[int(i)]
+        s = {"row": int(i), **{m: show_value(row[c]) for m, c in spec.columns.items()}}
+        if spec.label_column:
+            lab = row[spec.label_column]
+            names = class_names(table, spec.label_column)
+            s["label"] = f"{lab} ({names[lab]})" if names is not None else str(lab)
+        samples.append(s)
+    out["samples"] = samples
+    return out
+
+
+def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
+    """The whole look: each loaded table (``tables``: config key -> table), the loss pairs and,
+    when there is a zero-shot eval, the class names prompts will use in id order."""
+    specs = {"data.train": cfg.data.train, "data.val": cfg.data.val,
+             "eval.data": cfg.eval.data if cfg.eval else None}
+    out: dict[str, Any] = {"datasets": [summarize_table(specs[k], t, k) for k, t in tables.items()]}
+    cols = cfg.data.train.columns
+    out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
+    if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
+        from eval.runner import zeroshot_classes
+
+        spec, table = cfg.eval.data, tables["eval.data"]
+        out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,
+                                                   class_names(table, spec.label_column),
+                                                   np.asarray(table[spec.label_column]))
+    return out
+
+
+def load_and_summarize(cfg: Config) -> dict[str, Any]:
+    """Load every dataset the config names (no model, no training) and summarise them."""
+    from align.data import hf_progress, load_table
+
+    specs = {"data.train": cfg.data.train, "data.val": cfg.data.val,
+             "eval.data": cfg.eval.data if cfg.eval else None}
+    with hf_progress(cfg.train.progress):
+        tables = {k: load_table(s, k) for k, s in specs.items() if s is not None}
+    return summarize_config(cfg, tables)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    for d in summary["datasets"]:
+        where = f", where {d['where']}" if d.get("where") else ""
+        hold = d.get("holdout")
+        hold = (f", holdout {hold['take']} (" + (f"fold {hold['fold']} of {hold['folds']}" if hold["folds"]
+                else f"test_fraction {hold['test_fraction']}") + f", seed {hold['seed']})") if hold else ""
+        lines.append(f"{d['key']}: {d['rows']} rows from {d['source']} split '{d['split']}'{where}{hold}")
+        lines.append("  columns: " + ", ".join(f"{m} <- '{c}'" for m, c in d["columns"].items()))
+        if d.get("classes"):
+            lines.append("  classes (id: name count): " + ", ".join(
+                f"{c['id']}: {c['name'] if c['name'] is not None else '?'} {c['count']}" for c in d["classes"]))
+        for s in d["samples"]:
+            lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
+    lines.append("loss pairs: " + "; ".join(summary["pairs"]))
+    if summary.get("zeroshot_classes"):
+        lines.append("zero-shot prompts name the classes, in id order: " + ", ".join(summary["zeroshot_classes"]))
+    return "\n".join(lines)
