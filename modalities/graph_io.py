@@ -10,7 +10,12 @@ Accepted raw samples:
   * a dict of arrays, e.g. one row of an HF table or of ``pack_columns``: ``edge_index`` ([2, E]
     or [E, 2]), node features under ``x`` / ``node_feat`` / ``node_features``, edge features under
     ``edge_attr`` / ``edge_feat`` / ``edge_features``, optional ``num_nodes``; for node-level use
-    also ``center`` (the node whose embedding is wanted).
+    also ``center`` (the node whose embedding is wanted),
+  * a stored-graph reference ``{"store": folder, "center": node}`` (rows of the ``graph-nodes``
+    source, ``align.builtin_nodes``): the folder's ``.npy`` arrays are opened once per process
+    (memory-mapped, read-only, ``allow_pickle=False``) and every sample shares them; the graph
+    preprocessor then cuts the centre's k-hop neighbourhood (it refuses a store without
+    ``ego_hops``, which would put the whole graph in every sample).
 
 Undirected graphs keep both directions of every edge, as PyG does. A graph with no nodes is an
 error; a graph with nodes but no edges (a single ion, an isolated atom) is legal data for message
@@ -125,6 +130,60 @@ def read_graph_file(path: Path):
         raise SampleError(f"{path}: cannot read graph: {err}") from None
 
 
+_STORES: dict[str, Any] = {}  # store folder -> its whole graph, opened once per process
+
+
+def is_store_ref(raw: Any) -> bool:
+    """A ``{"store": folder, "center": node}`` row of the ``graph-nodes`` source."""
+    return isinstance(raw, dict) and raw.get("store") is not None
+
+
+def load_store(path: str | Path):
+    """The whole graph of a store folder as a ``Data`` whose tensors view the memory-mapped
+    ``.npy`` files (no copy: forked DataLoader workers share the pages). Checked once here
+    (edge range, feature rows, NaN), so per-sample work is only the neighbourhood cut. The tensors
+    are read-only: never write into them."""
+    from torch_geometric.data import Data
+
+    key = str(path)
+    if key in _STORES:
+        return _STORES[key]
+    folder = Path(path)
+    try:
+        ei = np.load(folder / "edge_index.npy", mmap_mode="r", allow_pickle=False)
+        n = int(np.load(folder / "num_nodes.npy", allow_pickle=False))
+        x = np.load(folder / "x.npy", mmap_mode="r", allow_pickle=False) if (folder / "x.npy").is_file() else None
+    except (OSError, ValueError) as err:
+        raise SampleError(f"graph store {folder}: cannot read it ({err}); was the cache folder removed? "
+                          f"Loading the table again rebuilds it") from None
+    if ei.ndim != 2 or ei.shape[0] != 2 or ei.dtype != np.int64:
+        raise SampleError(f"graph store {folder}: edge_index is {ei.dtype} {list(ei.shape)}, expected int64 [2, E]")
+    with warnings.catch_warnings():  # read-only mmap -> torch warns that the tensor is not writable
+        warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
+        data = Data(edge_index=torch.from_numpy(ei), num_nodes=n)
+        if x is not None:
+            data.x = torch.from_numpy(x)
+    try:
+        check_graph(data)
+    except SampleError as err:
+        raise SampleError(f"graph store {folder}: {err}") from None
+    _STORES[key] = data
+    return data
+
+
+def graph_from_store(raw: dict):
+    """A store reference -> a ``Data`` sharing the stored tensors (not cloned) with ``center`` set."""
+    from torch_geometric.data import Data
+
+    if raw.get("center") is None:
+        raise SampleError(f"graph store reference needs 'center' (keys: {sorted(raw)})")
+    whole = load_store(raw["store"])
+    out = Data(edge_index=whole.edge_index, num_nodes=whole.num_nodes, center=torch.tensor([int(raw["center"])]))
+    if getattr(whole, "x", None) is not None:
+        out.x = whole.x
+    return out
+
+
 def to_graph(raw: Any, *, node_attrs: Sequence[str] | None = None, edge_attrs: Sequence[str] | None = None):
     """Any accepted raw sample -> ``Data`` (not yet checked; see :func:`check_graph`)."""
     from torch_geometric.data import Data
@@ -135,6 +194,8 @@ def to_graph(raw: Any, *, node_attrs: Sequence[str] | None = None, edge_attrs: S
         return graph_from_networkx(read_graph_file(Path(raw)), node_attrs, edge_attrs)
     if isinstance(raw, str):
         return graph_from_smiles(raw)
+    if is_store_ref(raw):
+        return graph_from_store(raw)
     if isinstance(raw, dict):
         return graph_from_dict(raw)
     if hasattr(raw, "nodes") and hasattr(raw, "edges") and hasattr(raw, "is_directed"):
