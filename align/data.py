@@ -57,7 +57,7 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     if spec.label_column:
         ds = encode_labels(ds, spec.label_column, spec.label_names, key)
     if spec.caption_templates:
-        ds = add_label_captions(ds, spec.label_column, spec.caption_templates)
+        ds = add_label_captions(ds, spec.label_column, spec.caption_templates, key)
     if spec.pack_columns:
         ds = pack_columns(ds, spec.pack_columns, key)
     wanted = {f"{key}.columns.{m}": c for m, c in spec.columns.items()}
@@ -228,12 +228,18 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-def add_label_captions(table, label_column: str, templates: list[str]):
+def add_label_captions(table, label_column: str, templates: list[str], key: str = "data"):
     """Add ``label_captions``: every template filled with the row's class name, rotated per row
     (training draws one per visit; evaluation uses the first)."""
     names = class_names(table, label_column)
+    labels = list(table[label_column])
+    unlabelled = next((i for i, label in enumerate(labels) if label < 0), None)
+    if unlabelled is not None:  # HF's -1 = "no label": names[-1] would caption it as the last class
+        raise DataError(f"config key '{key}.caption_templates': column '{label_column}' row {unlabelled} has no "
+                        f"label (-1), so caption_templates "
+                        f"cannot name its class; drop such rows with where: {{{label_column}: {{ge: 0}}}}")
     captions = [rotated_captions(templates, names[label] if names is not None else str(label), i)
-                for i, label in enumerate(table[label_column])]
+                for i, label in enumerate(labels)]
     return table.add_column("label_captions", captions)
 
 

@@ -74,6 +74,11 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     specs = {"data.train": cfg.data.train, "data.val": cfg.data.val,
              "eval.data": cfg.eval.data if cfg.eval else None}
     out: dict[str, Any] = {"datasets": [summarize_table(specs[k], t, k) for k, t in tables.items()]}
+    named = {k: class_names(t, specs[k].label_column) for k, t in tables.items() if specs[k].label_column}
+    out["warnings"] = [f"{k} has classes {v}, but data.train has {named['data.train']}: class ids differ "
+                       f"between them (give label_names on both to fix one class list)"
+                       for k, v in named.items() if k != "data.train" and named.get("data.train") is not None
+                       and v is not None and v != named["data.train"]]
     cols = cfg.data.train.columns
     out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
@@ -112,6 +117,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
     lines.append("loss pairs: " + "; ".join(summary["pairs"]))
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if summary.get("zeroshot_classes"):
         lines.append("zero-shot prompts name the classes, in id order: " + ", ".join(summary["zeroshot_classes"]))
     return "\n".join(lines)

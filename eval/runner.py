@@ -74,6 +74,10 @@ def zeroshot_classes(given: list[str] | dict[str, str] | None, data_names: list[
     """The names put in prompts, in class-id order. Class ids come from the data, so names are
     matched to them by name whenever the data has names: a list in another order (imagefolder sorts
     its folders) would otherwise silently score every swapped class as wrong."""
+    if len(labels) and labels.min() < 0:
+        row = int(np.argmax(labels < 0))
+        raise ConfigError(f"config key 'eval.data.label_column': row {row} has no label ({labels[row]}); "
+                          "zero-shot needs a class for every row (drop them with where: {label: {ge: 0}})")
     if given is None:
         if data_names is None:
             raise ConfigError(f"config key '{key}': the label column holds bare class ids, so there are no "

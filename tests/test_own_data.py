@@ -179,3 +179,22 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     (tmp_path / "cv.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=r"eval.data.holdout': cross-validation on source 'csv' needs"):
         run_crossval(tmp_path / "cv.yaml")
+
+
+def test_the_look_warns_when_eval_classes_differ_from_training(digit_files, tmp_path, capsys):
+    import yaml
+
+    from align.cli import main
+
+    spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
+            "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",
+            "caption_templates": TEMPLATES}
+    cfg = digits_config(tmp_path / "run")
+    cfg["data"]["train"] = {**spec, "holdout": {"take": "train"}}
+    cfg["eval"] = {"data": {**spec, "holdout": {"take": "test"}, "where": {"digit": {"ne": "eight"}}},
+                   "zeroshot": {"templates": TEMPLATES}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["data", str(tmp_path / "c.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: eval.data has classes ['five', 'four', 'nine'" in out and "class ids differ" in out
+    assert "zero-shot prompts name the classes, in id order: five, four, nine, one, seven, six, three, two, zero" in out

@@ -60,6 +60,27 @@ def build_parquet_captions(my: Path) -> None:
     pd.DataFrame(rows[5:]).to_parquet(my / "test.parquet")
 
 
+FIELDS = ["agents", "artificial intelligence", "databases", "information retrieval", "machine learning",
+          "human-computer interaction"]
+
+
+def build_big_graph(my: Path) -> None:
+    """CiteSeer as a user would have it: a node table with string ids and text labels, an edge list."""
+    import pandas as pd
+
+    import modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
+    from torch_geometric.io import read_planetoid_data
+
+    g = read_planetoid_data(str(DATA / "graph/citeseer/raw"), "citeseer")
+    split = np.where(g.train_mask, "train", np.where(g.val_mask, "val", np.where(g.test_mask, "test", "other")))
+    ids = [f"paper-{i}" for i in range(g.num_nodes)]
+    pd.DataFrame({"node": ids, "words": list(g.x.numpy()), "field": [FIELDS[int(y)] for y in g.y],
+                  "split": split}).to_parquet(my / "papers.parquet")
+    src, dst = g.edge_index.numpy()
+    pd.DataFrame({"source": [ids[i] for i in src], "target": [ids[i] for i in dst]}).to_csv(
+        my / "citations.csv", index=False)
+
+
 def build_tu_folder(my: Path) -> None:
     (my / "tu").symlink_to(DATA / "graph/tu")
 
@@ -78,6 +99,7 @@ def build_folder_of_meshes(my: Path) -> None:
 
 BUILDERS = {"folder-per-class": build_folder_per_class, "csv-of-paths": build_csv_of_paths,
             "parquet-captions": build_parquet_captions, "tu-folder": build_tu_folder,
+            "big-graph": build_big_graph,
             "folder-of-meshes": build_folder_of_meshes}
 BATCH = {"parquet-captions": 4}
 
