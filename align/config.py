@@ -46,10 +46,10 @@ class Condition(Strict):
     ne: Any = None
     in_: list[Any] | None = Field(None, alias="in")
     not_in: list[Any] | None = None
-    lt: float | None = None
-    le: float | None = None
-    gt: float | None = None
-    ge: float | None = None
+    lt: int | float | None = None
+    le: int | float | None = None
+    gt: int | float | None = None
+    ge: int | float | None = None
 
     @model_validator(mode="after")
     def _some_test(self) -> "Condition":

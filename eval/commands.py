@@ -64,7 +64,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         if mod not in model.adapters:
             raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
     keep: dict = {}
-    metrics = evaluate(model, ecfg, keep=keep)
+    from align.data import hf_progress
+
+    with hf_progress(cfg.train.progress):  # the run's own setting
+        metrics = evaluate(model, ecfg, keep=keep)
     info = {"checkpoint": str(ckpt), "step": int(load_training_state(ckpt).get("step", -1)),
             "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
     report = build_report(args.task, metrics, info)
