@@ -97,6 +97,8 @@ def load_image(raw: Any):
         return img.convert("RGB")
     except SampleError:
         raise
+    except Image.DecompressionBombError as err:  # not an OSError: on_error: skip must still catch it
+        raise SampleError(f"{where}: refused, too many pixels to decode safely ({err})") from None
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise SampleError(f"{where}: cannot decode image ({err})") from None
 

@@ -53,9 +53,14 @@ def pick_text(raw: Any, train: bool) -> str:
     if isinstance(raw, (list, tuple)):
         if not raw or not all(isinstance(t, str) for t in raw):
             raise SampleError(f"text sample must be a string or a non-empty list of strings, got {raw!r:.80}")
+        blank = next((i for i, t in enumerate(raw) if not t.strip()), None)
+        if blank is not None:  # an empty caption would be embedded as the tokenizer's bare start/end
+            raise SampleError(f"caption {blank} of {len(raw)} is empty or whitespace only")
         return random.choice(raw) if train else raw[0]
     if not isinstance(raw, str):
         raise SampleError(f"text sample must be a string, got {type(raw).__name__}")
+    if not raw.strip():
+        raise SampleError(f"text is empty or whitespace only ({raw!r})")
     return raw
 
 

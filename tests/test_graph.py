@@ -132,8 +132,7 @@ def test_tu_folders_and_hf_edge_list_columns_give_the_same_graphs(tmp_path):
 
     spec = lambda split, fold=0: DatasetSpec(source="tu-dataset", data_dir=str(TU), split=split, columns={"graph": "graph"},
                                              label_column="label",
-                                             load_kwargs={"name": "MUTAG", "folds": 5, "fold": fold,
-                                                          "cache_dir": str(tmp_path / "cache")})
+                                             load_kwargs={"name": "MUTAG", "folds": 5, "fold": fold})
     folds = [set(load_table(spec("test", k))["graph_id"]) for k in range(5)]
     assert sorted(set().union(*folds)) == list(range(188)) and sum(map(len, folds)) == 188
     assert set(load_table(spec("train", 2))["graph_id"]).isdisjoint(folds[2])
@@ -192,8 +191,6 @@ def test_mutag_crossval_fold_learns_zero_shot(tmp_path, capsys):
     cfg["output_dir"] = str(tmp_path / "cv")
     cfg["model"]["modalities"]["text"]["options"] = TINY_TEXT
     cfg["model"]["embed_dim"] = 32
-    for spec in (cfg["data"]["train"], cfg["eval"]["data"]):
-        spec["load_kwargs"]["cache_dir"] = str(tmp_path / "cache")
     cfg["data"]["train"]["data_dir"] = cfg["eval"]["data"]["data_dir"] = str(TU)
     cfg["train"].update(steps=150, progress=False)
     (tmp_path / "mutag.yaml").write_text(yaml.safe_dump(cfg))
