@@ -4,8 +4,12 @@
 ("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ64", ...) in an ``IndexIDMap2`` so items keep
 stable int64 ids, and keeps per-item metadata (JSON-able dicts) beside the vectors. A saved index is
 a folder: ``index.faiss``, ``metadata.jsonl`` (one ``{"id": ..., "metadata": {...}}`` per item, in id
-order) and ``manifest.json`` (dim, count, spec, model identity, modality, sha256 of index.faiss, ...),
-written atomically and cross-checked on load.
+order) and ``manifest.json`` (dim, count, spec, model identity, modality, and the size and sha256 of
+every other file in the folder), written atomically and cross-checked on load: an edited, truncated or
+swapped file is refused naming it, never served.
+Saves to one folder hold ``<folder>.lock`` (``filelock``, in its parent) around check, write and rename:
+without it two ``overwrite=False`` saves could both see no folder, the later silently replacing the
+earlier. The lock file stays (deleting one that others wait on lets two holders in at once).
 
 GPU: with faiss-gpu and ``faiss.get_num_gpus() > 0`` searches run on a GPU copy
 (``index_cpu_to_all_gpus``); the CPU index stays the one that is added to and saved. Index types
@@ -23,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+# 2: the manifest's "files" holds the size and sha256 of every file beside it (1 had index.faiss's only).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _FILES = ("index.faiss", "metadata.jsonl", "manifest.json")
+SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
 
 
 class IndexFormatError(ValueError):
@@ -37,6 +44,23 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_save_target(folder: str | Path, overwrite: bool, hint: str = "pass overwrite=True to replace it") -> None:
+    """Raise ``FileExistsError`` if saving to ``folder`` is not allowed: a file is there, or a non-empty
+    folder without ``overwrite``, or (even with ``overwrite``) a non-empty folder that is not an index,
+    so a mistyped path never deletes someone's data. ``hint`` says how to allow it: the CLI passes its
+    ``--overwrite`` flag, since it calls this before encoding anything."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; {hint}")
+    if not (folder / "manifest.json").is_file():
+        raise FileExistsError(f"{folder} is not empty and is not an index folder (no manifest.json): refusing to "
+                              f"replace it even when asked to overwrite; remove it yourself or choose another folder")
 
 
 class EmbeddingIndex:
@@ -248,48 +272,55 @@ class EmbeddingIndex:
     # ---------------------------------------------------------- save and load
     def save(self, folder, *, model: str | None = None, modality: str | None = None,
              overwrite: bool = False) -> Path:
-        """Write the index folder atomically (temp folder + rename). An existing non-empty folder is
-        only replaced with ``overwrite=True``."""
+        """Write the index folder atomically (temp folder + rename) under the folder's lock file, so that
+        of two concurrent saves with ``overwrite=False`` exactly one succeeds, and with ``overwrite=True``
+        the folder ends up holding one complete index. An existing non-empty folder is only replaced with
+        ``overwrite=True``, and only if it is an index folder (see ``check_save_target``)."""
         import faiss
+        from filelock import FileLock
 
         folder = Path(folder)
         model = model if model is not None else self.model
         modality = modality if modality is not None else self.modality
-        if folder.exists() and not folder.is_dir():
-            raise FileExistsError(f"{folder} exists and is not a folder")
-        if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-            raise FileExistsError(f"{folder} exists and is not empty; pass overwrite=True to replace it")
+        check_save_target(folder, overwrite)  # fail fast, before waiting for the lock
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            ids = np.sort(self.ids)
-            with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
-                for i in ids.tolist():
-                    f.write(json.dumps({"id": i, "metadata": self._meta.get(i, {})}, ensure_ascii=False) + "\n")
-            manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self), "spec": self.spec,
-                        "metric": "inner_product", "normalize": self.normalize, "model": model,
-                        "modality": modality, "nprobe": self.nprobe, "efSearch": self.efSearch,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "faiss_version": faiss.__version__, "index_sha256": _sha256(tmp / "index.faiss")}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            old = None
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
-                os.rename(folder, old)
-            os.rename(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # in the resolved parent, so every spelling of the path shares one lock; a timeout raises
+        # filelock's Timeout (a TimeoutError) naming <folder>.lock
+        with FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S):
+            check_save_target(folder, overwrite)  # the check that counts: nobody can save between it and rename
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+            try:
+                faiss.write_index(self.index, str(tmp / "index.faiss"))
+                ids = np.sort(self.ids)
+                with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
+                    for i in ids.tolist():
+                        f.write(json.dumps({"id": i, "metadata": self._meta.get(i, {})}, ensure_ascii=False) + "\n")
+                files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+                manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "count": len(self), "spec": self.spec,
+                            "metric": "inner_product", "normalize": self.normalize, "model": model,
+                            "modality": modality, "nprobe": self.nprobe, "efSearch": self.efSearch,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "faiss_version": faiss.__version__, "index_sha256": files["index.faiss"]["sha256"],
+                            "files": files}
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+                old = None
+                if folder.exists():
+                    old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
+                    os.rename(folder, old)
+                os.rename(tmp, folder)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         self.model, self.modality = model, modality
         return folder
 
     @classmethod
     def load(cls, folder, *, expect_dim: int | None = None, expect_model: str | None = None,
              expect_modality: str | None = None, use_gpu: bool = True) -> EmbeddingIndex:
-        """Load a folder written by ``save``, checking manifest, index.faiss and metadata.jsonl agree."""
+        """Load a folder written by ``save``, checking that manifest, index.faiss and metadata.jsonl agree
+        and that every file the manifest lists has its recorded size and sha256."""
         import faiss
 
         folder = Path(folder)
@@ -297,6 +328,11 @@ class EmbeddingIndex:
         def fail(msg: str) -> IndexFormatError:
             return IndexFormatError(f"index folder {folder}: {msg}")
 
+        if not folder.is_dir():
+            raise fail("does not exist" if not folder.exists() else "is not a folder")
+        if not (folder / "manifest.json").is_file():
+            raise fail("has no manifest.json, so it is not an index written by `align index build` / "
+                       "EmbeddingIndex.save (or it is an incomplete copy of one)")
         missing = [f for f in _FILES if not (folder / f).is_file()]
         if missing:
             raise fail(f"missing {', '.join(missing)}")
@@ -305,12 +341,36 @@ class EmbeddingIndex:
             dim, count, spec = int(m["dim"]), int(m["count"]), str(m["spec"])
         except (ValueError, KeyError, TypeError) as e:
             raise fail(f"manifest.json is unreadable or lacks dim/count/spec: {e!r}") from e
-        if m.get("format_version") != FORMAT_VERSION:
-            raise fail(f"format_version {m.get('format_version')!r}, this code reads {FORMAT_VERSION}")
-        digest = _sha256(folder / "index.faiss")
-        if digest != m.get("index_sha256"):
-            raise fail(f"index.faiss sha256 {digest[:16]}... does not match manifest "
-                       f"{str(m.get('index_sha256'))[:16]}... (file corrupted or replaced)")
+        if m.get("format_version") not in READABLE_VERSIONS:
+            raise fail(f"format_version {m.get('format_version')!r}, this code reads {READABLE_VERSIONS}")
+        if m["format_version"] == 1:  # checksummed index.faiss only
+            import warnings
+
+            files = {"index.faiss": {"sha256": m.get("index_sha256")}}
+            warnings.warn(f"index folder {folder}: saved by an older align, its manifest has no checksum of "
+                          f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
+                          stacklevel=2)
+        else:
+            files = m.get("files")
+            if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files) or any(
+                    not isinstance(e, dict) or n != Path(n).name or n in ("..", "manifest.json")
+                    for n, e in files.items()):  # plain names of files beside manifest.json
+                raise fail("manifest.json's \"files\" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}")
+
+        def verify(name: str) -> None:
+            path, entry = folder / name, files[name]
+            if not path.is_file():
+                raise fail(f"missing {name} (listed in manifest.json)")
+            size = path.stat().st_size
+            if "bytes" in entry and size != entry["bytes"]:
+                raise fail(f"{name} is {size} bytes but manifest.json says {entry['bytes']} "
+                           f"(file truncated, edited or replaced)")
+            digest = _sha256(path)
+            if digest != entry.get("sha256"):
+                raise fail(f"{name} sha256 {digest[:16]}... does not match manifest.json's "
+                           f"{str(entry.get('sha256'))[:16]}... (file edited, corrupted or replaced)")
+
+        verify("index.faiss")  # before faiss parses it
         try:
             index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as e:
@@ -337,6 +397,11 @@ class EmbeddingIndex:
             raise fail(f"metadata.jsonl has {len(meta_ids)} records but manifest/index count is {count}")
         if not np.array_equal(np.asarray(meta_ids, dtype=np.int64), np.sort(out.ids)):
             raise fail("ids in metadata.jsonl do not match the ids stored in index.faiss")
+        # after the record checks above, which say more precisely what is wrong; this catches the rest
+        # (an edited label, path or caption keeps the record count and ids)
+        for name in files:
+            if name != "index.faiss":
+                verify(name)
         out._meta = meta
         if (expect_dim is not None and expect_dim != dim) or (expect_model is not None and expect_model != out.model):
             raise fail(f"index built with a different embedding dim or model: it has dim {dim}, model "

@@ -96,9 +96,22 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
 
 
 def _build_cli(args: argparse.Namespace) -> int:
+    from align.index import check_save_target
+
+    def check_out() -> None:
+        try:
+            check_save_target(Path(args.out), args.overwrite, hint="pass --overwrite to replace it")
+        except FileExistsError as e:
+            raise IndexBuildError(f"--out: {e}") from None
+
+    check_out()  # before the model loads or anything is encoded: a refused --out should cost nothing
     spec = parse_data_spec(args.data)
     index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size)
-    folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+    try:
+        folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+    except FileExistsError:
+        check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
+        raise
     skipped = f"; skipped {index.skipped} rows that failed to load" if index.skipped else ""
     print(f"indexed {len(index)} {args.modality} items ({args.spec}) into {folder}{skipped}")
     return 0
@@ -110,18 +123,18 @@ QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml
 
 def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, checkpoint: str | None = None):
     """Top-k ``(score, id, metadata)`` for one raw query (a string, a file path, ...)."""
-    import json
-
     from align.checkpoint import load_model, resolve_checkpoint
     from align.index import EmbeddingIndex
     from align.zeroshot import raw_encoder
 
-    manifest = json.loads((Path(index_dir) / "manifest.json").read_text()) \
-        if (Path(index_dir) / "manifest.json").is_file() else {}
-    built_with = manifest.get("model") or ""
+    # the index first: a folder that is no index (no manifest.json, an edited file) is reported as that,
+    # not as a missing checkpoint at the model path an absent manifest could not give
+    index = EmbeddingIndex.load(index_dir)
+    built_with = index.model or ""
+    if not checkpoint and not built_with:
+        raise IndexBuildError(f"index {index_dir} does not record the model that built it; pass --checkpoint")
     ckpt = resolve_checkpoint(checkpoint or built_with.split(" ", 1)[-1])
     identity = model_identity(ckpt)
-    index = EmbeddingIndex.load(index_dir)
     if built_with and built_with.split(" ")[0] != identity.split(" ")[0]:
         raise IndexBuildError(f"index {index_dir} was built with a different model ({built_with}); "
                               f"this checkpoint is {identity}")
@@ -155,7 +168,8 @@ def add_parsers(sub) -> None:
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
     b.add_argument("--spec", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat, ...")
     b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--overwrite", action="store_true", help="replace the index folder at --out (checked before "
+                   "anything is encoded; a folder that is not an index is never replaced)")
     b.set_defaults(func=_build_cli)
     q = sub.add_parser("query", help="search an index with a text / image / ... query")
     q.add_argument("--index", required=True)
