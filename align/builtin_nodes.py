@@ -174,10 +174,13 @@ def _planetoid(spec, opts: dict[str, Any]):
 
 def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
     import modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
-    from torch_geometric.io import read_planetoid_data
+    import torch_geometric.io.planetoid as planetoid_io
+
+    from align.safe_pickle import restricted_pickle
 
     try:
-        data = read_planetoid_data(str(raw), name)
+        with restricted_pickle(planetoid_io):  # the raw files are pickles: let them hold data only
+            data = planetoid_io.read_planetoid_data(str(raw), name)
     except Exception as err:  # PyG's reader raises plain errors on malformed pickles; name the folder
         raise DataError(f"cannot read planetoid '{name}' from {raw}: {err!r}") from None
     y = data.y.numpy().astype(np.int64)

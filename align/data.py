@@ -35,8 +35,8 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
         else:
             ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
                                        split=spec.split, **spec.load_kwargs)
-    except DataError as err:
-        raise DataError(f"config key '{key}.split': {err}") from None
+    except DataError as err:  # a builtin's own check: its message says which option or file
+        raise DataError(f"config key '{key}' (source '{spec.source}'): {err}") from None
     except TypeError as err:  # a builder that does not take one of load_kwargs
         raise DataError(f"config key '{key}.load_kwargs': source '{spec.source}' does not take "
                         f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')") from None

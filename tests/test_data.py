@@ -93,7 +93,7 @@ def test_sklearn_digits_bad_split():
     with pytest.raises(DataError, match="validation"):
         sklearn_digits("validation")
     spec = DatasetSpec(source="sklearn-digits", split="validation", columns={"image": "image"})
-    with pytest.raises(DataError, match=r"data\.val\.split"):
+    with pytest.raises(DataError, match=r"data\.val' \(source 'sklearn-digits'\): .* not 'validation'"):
         load_table(spec, "data.val")
 
 
