@@ -6,17 +6,28 @@ Layout of ``<output_dir>/checkpoints/step-000100/``::
     training_state.pt    optimizer, scheduler, step, RNG states (tensors and plain data only;
                          loaded with ``torch.load(weights_only=True)``)
     config.yaml          the run's validated config, so a checkpoint rebuilds its own model
+    manifest.json        size and sha256 of each file above, and the step
 
 Everything is written into a temporary sibling folder first and renamed into place, then the
 ``latest`` pointer file is replaced atomically, so a crash never leaves a half checkpoint named
-as a real one.
+as a real one. Atomic writes do not protect against what happens to the files afterwards (a disk
+error, a partial copy, an editor, a NaN that got saved): the manifest is written before the rename
+and checked on every load, and loaded tensors must be finite, so a damaged checkpoint is refused
+with its file (and tensor) named instead of silently training on from garbage. Checkpoints from
+before manifests existed still load, with a warning.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
 import shutil
 import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,15 @@ import numpy as np
 import torch
 
 from align.config import Config, dump_config, load_config
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "align.checkpoint/v1"
+_STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged or holds non-finite numbers; the message names the file
+    (and the tensor) and what is wrong, so the user knows which checkpoint to drop."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,7 +82,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cfg: Config,
                     training_state: dict[str, Any] | None = None, keep: int | None = None,
                     name: str | None = None, update_latest: bool = True) -> Path:
-    """Write one checkpoint folder atomically and point ``latest`` at it."""
+    """Write one checkpoint folder atomically (files, then their manifest, then one rename) and
+    point ``latest`` at it."""
     from safetensors.torch import save_file
 
     root = Path(ckpt_root)
@@ -76,19 +97,126 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cf
         state = {"step": step, "rng": rng_state(), **(training_state or {})}
         torch.save(state, tmp / "training_state.pt")
         dump_config(cfg, tmp / "config.yaml")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_manifest(tmp, step)
+        if final.exists():  # e.g. 'best': move the old one aside so the name is never empty for long
+            old = root / f".{name}.tmp-old-{os.getpid()}-{time.time_ns()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if update_latest:
         _atomic_write_text(root / "latest", name + "\n")
-    if keep:
-        steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-        for old in steps[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    if keep:  # never the one just written, even if an earlier run left higher steps here
+        for _, old_step in step_folders(root)[keep:]:
+            if old_step != final:
+                shutil.rmtree(old_step, ignore_errors=True)
     return final
+
+
+def step_folders(root: str | Path) -> list[tuple[int, Path]]:
+    """``step-N`` checkpoint folders under ``root`` as (N, path), newest first (by number, so
+    step-1000000 sorts after step-999999)."""
+    found = []
+    for p in Path(root).glob("step-*"):
+        m = _STEP_FOLDER.fullmatch(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    """Record size and sha256 of every file in ``folder`` (fsynced first, so what the manifest
+    describes is what is on disk when the folder is renamed into place)."""
+    files = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST):
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    text = json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1)
+    with (folder / MANIFEST).open("w") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(ckpt: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's manifest, or None for a checkpoint written before manifests existed."""
+    path = Path(ckpt) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
+                for e in files.values()):
+            raise ValueError("'files' is not a map of {size, sha256}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({type(err).__name__}: {err})") from None
+    return manifest
+
+
+def verify_files(ckpt: str | Path, names: Iterable[str]) -> None:
+    """Check ``names`` in ``ckpt`` against its manifest (present, size, sha256). A checkpoint with
+    no manifest (older code) passes with a warning: it cannot be checked, but refusing it would
+    strand every run made before manifests."""
+    ckpt = Path(ckpt)
+    manifest = read_manifest(ckpt)
+    if manifest is None:
+        warnings.warn(f"checkpoint {ckpt} has no {MANIFEST} (written by an older version of align): its "
+                      "files cannot be checked for damage", UserWarning, stacklevel=3)
+        return
+    for name in names:
+        path, entry = ckpt / name, manifest["files"].get(name)
+        if entry is None:
+            raise CheckpointError(f"{path}: not listed in {ckpt / MANIFEST}, so it cannot be verified")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {MANIFEST} with {entry['size']} bytes)")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{path}: {size} bytes where {MANIFEST} says {entry['size']} "
+                                  f"({'empty' if size == 0 else 'truncated' if size < entry['size'] else 'grown'})")
+        digest = _sha256(path)
+        if digest != entry["sha256"]:
+            raise CheckpointError(f"{path}: content is damaged (sha256 {digest[:16]}... where {MANIFEST} "
+                                  f"says {entry['sha256'][:16]}...)")
+
+
+def _tensors(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(dotted name, value) for every tensor and float in nested dicts/lists/tuples."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}.{i}" if prefix else str(i))
+    elif isinstance(obj, (torch.Tensor, float)):
+        yield prefix, obj
+
+
+def check_finite(named: Iterable[tuple[str, Any]], path: Path) -> None:
+    """Refuse NaN/inf in weights or optimizer state: resuming from them would carry them into every
+    later checkpoint (and a non-finite loss check only fires once they reach the loss)."""
+    for name, value in named:
+        if isinstance(value, float):
+            if not np.isfinite(value):
+                raise CheckpointError(f"{path}: '{name}' is {value}; refusing a checkpoint with non-finite values")
+        elif (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: tensor '{name}' holds {bad} non-finite value(s) (NaN/inf) of "
+                                  f"{value.numel()}; refusing a checkpoint with non-finite values")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -106,17 +234,59 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_training_state(ckpt: str | Path) -> dict[str, Any]:
-    return torch.load(Path(ckpt) / "training_state.pt", map_location="cpu", weights_only=True)
+    """Optimizer, scheduler, step, RNG and run records; verified against the manifest, read with
+    ``weights_only=True`` (no code runs), and refused if the optimizer state is not finite."""
+    path = Path(ckpt) / "training_state.pt"
+    verify_files(ckpt, ["training_state.pt"])
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # EOFError, zip RuntimeError, UnpicklingError ... all mean the same here
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{path}: not a training state (no 'step')")
+    check_finite(_tensors({k: v for k, v in state.items() if k != "rng"}, ""), path)
+    return state
 
 
 def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
+    """Verified, finite weights into ``model``; the model is untouched when the checkpoint is refused."""
     from safetensors.torch import load_file
 
-    state = load_file(str(Path(ckpt) / "model.safetensors"))
+    path = Path(ckpt) / "model.safetensors"
+    verify_files(ckpt, ["model.safetensors"])
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # SafetensorError, OSError: a truncated or overwritten file
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({type(err).__name__}: {err})") from err
+    check_finite(state.items(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {ckpt} does not fit the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+
+
+def checkpoint_step(ckpt: str | Path) -> int | None:
+    """The step a checkpoint was written at, without ``training_state.pt`` (which an exported
+    checkpoint may leave out): the weights' safetensors metadata, else the manifest."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(Path(ckpt) / "model.safetensors"), framework="pt") as f:
+            step = (f.metadata() or {}).get("step")
+        if step is not None:
+            return int(step)
+    except Exception:  # noqa: BLE001 -- unreadable weights are reported by load_weights, not here
+        pass
+    try:
+        manifest = read_manifest(ckpt)
+    except CheckpointError:
+        return None
+    step = (manifest or {}).get("step")
+    return int(step) if isinstance(step, int) else None
 
 
 def load_model(path: str | Path):
@@ -124,6 +294,7 @@ def load_model(path: str | Path):
     from align.model import AlignModel
 
     ckpt = resolve_checkpoint(path)
+    verify_files(ckpt, ["config.yaml"])
     cfg = load_config(ckpt / "config.yaml")
     for spec in cfg.model.modalities.values():  # weights come from the checkpoint, not a download
         if spec.options.get("pretrained"):

@@ -108,16 +108,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(err: Exception) -> bool:
     """Errors whose message already names the config key, file or row: printed as one line."""
+    from align.checkpoint import CheckpointError
     from align.config import ConfigError
     from align.data import DataError
     from align.index import IndexFormatError
     from align.indexing import IndexBuildError
+    from align.runlock import RunLockedError
     from align.trainer import TrainingError
     from eval.commands import EvalError
     from modalities.base import SampleError
 
     return isinstance(err, (ConfigError, DataError, SampleError, TrainingError, EvalError, IndexBuildError,
-                            IndexFormatError, FileNotFoundError, FileExistsError))
+                            IndexFormatError, CheckpointError, RunLockedError, FileNotFoundError,
+                            FileExistsError))
 
 
 if __name__ == "__main__":

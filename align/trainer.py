@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from align.checkpoint import (load_training_state, load_weights, resolve_checkpoint, save_checkpoint,
-                              set_rng_state)
+from align.checkpoint import save_checkpoint, set_rng_state
 from align.config import Config, ConfigError, dump_config
 from align.data import Collator, PairedDataset, hf_progress, load_table
 from align.losses import build_loss
 from align.model import AlignModel, contrastive_loss
+from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
+from align.runlock import lock_run
 from eval.runner import evaluate
 
 
@@ -191,12 +192,26 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
 
 
 def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
+    """Hold ``output_dir``'s run lock (align/runlock.py) from before the data loads until the run
+    ends, however it ends: one writer per run folder."""
+    accelerator = build_accelerator(cfg)
+    lock = lock_run(accelerator, cfg.output_dir)
+    try:
+        if accelerator.is_main_process:
+            for path in clean_leftovers(cfg.output_dir):
+                accelerator.print(f"removed {path}, left by an interrupted run")
+        return _run(cfg, accelerator, resume, stop_at)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None) -> TrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     tc = cfg.train
-    accelerator = build_accelerator(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     model = AlignModel(cfg.model)
@@ -205,14 +220,12 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
     look_at_data(cfg, accelerator, loader, val_loader)
     optimizer = build_optimizer(model, tc)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
-    start = 0
-    if resume:
-        ckpt = resolve_checkpoint(out / "checkpoints")
-        state = load_training_state(ckpt)
-        load_weights(model, ckpt)
+    start, skipped_before, log_path = 0, 0, out / "train_log.jsonl"
+    if resume:  # the newest checkpoint that verifies; damaged newer ones are skipped, named
+        ckpt, state = restore_newest_good(out / "checkpoints", model, accelerator.print)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        start, skipped_before = int(state["step"]), int(state.get("skipped", 0))
         accelerator.print(f"resumed from {ckpt} at step {start}")
     if tc.compile:
         model = torch.compile(model)
@@ -231,24 +244,33 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
     pairs = cfg.loss_pairs()
     if accelerator.is_main_process:
         dump_config(cfg, out / "config.yaml")
-    accelerator.init_trackers("tensorboard")
-    log_path = out / "train_log.jsonl"
+    # on resume, TensorBoard drops the killed run's events past the checkpoint, as the log does
+    accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start + 1}} if resume else {})
     if accelerator.is_main_process and not resume and log_path.exists():
         log_path.unlink()
+    elif accelerator.is_main_process and resume:  # the killed run's lines past the checkpoint
+        trim_log(log_path, start)
 
     def training_state(step: int) -> dict[str, Any]:
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step}
+        """Besides optimizer and schedule, the run's records, so a resumed run continues them."""
+        best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
+                                                  "metric": tc.best_metric}
+        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "skipped": int(accelerator.reduce(skipped.clone(), reduction="sum").item()), "best": best}
 
     def checkpoint(step: int, name: str | None = None, update_latest: bool = True) -> Path | None:
         accelerator.wait_for_everyone()
-        path = None
+        path, state = None, training_state(step)  # every process joins the skipped-count reduce
         if accelerator.is_main_process:
-            path = save_checkpoint(out / "checkpoints", step, core, cfg, training_state(step),
+            path = save_checkpoint(out / "checkpoints", step, core, cfg, state,
                                    keep=tc.keep_checkpoints, name=name, update_latest=update_latest)
         accelerator.wait_for_everyone()
         return path
 
-    result = TrainResult(model=core, output_dir=out, is_main_process=accelerator.is_main_process)
+    result = TrainResult(model=core, output_dir=out, is_main_process=accelerator.is_main_process,
+                         skipped=skipped_before)
+    if resume:
+        result.best = restored_best(state, out / "checkpoints", log_path, tc.best_metric, start)
     steps_per_epoch = len(loader)
     step = start
     last_ckpt = None
@@ -260,7 +282,8 @@ def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
         set_seed(cfg.seed)
     t0, seen = time.perf_counter(), 0
     t_log, seen_at_log = t0, 0
-    skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    # counted per process and summed when logged: the resumed count goes to the main process only
+    skipped = torch.tensor(skipped_before if accelerator.is_main_process else 0, device=accelerator.device)
 
     def nonfinite(loss: torch.Tensor, batch: dict) -> None:
         path = checkpoint(step, name=f"nan-step-{step + 1:06d}")

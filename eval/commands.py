@@ -52,7 +52,7 @@ def eval_config(args: argparse.Namespace, ckpt_cfg):
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    from align.checkpoint import load_model, load_training_state, resolve_checkpoint
+    from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
     from eval.report import build_report, write_report
     from eval.runner import evaluate
 
@@ -68,7 +68,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     with hf_progress(cfg.train.progress):  # the run's own setting
         metrics = evaluate(model, ecfg, keep=keep)
-    info = {"checkpoint": str(ckpt), "step": int(load_training_state(ckpt).get("step", -1)),
+    step = checkpoint_step(ckpt)  # from the weights' metadata: training_state.pt is not needed to evaluate
+    info = {"checkpoint": str(ckpt), "step": -1 if step is None else step,
             "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
     report = build_report(args.task, metrics, info)
     out = Path(args.out or ckpt / "eval")
