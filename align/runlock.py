@@ -23,9 +23,39 @@ from typing import Any
 
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock.json"
-# A dead holder's lock can outlive it for a few seconds: forked DataLoader workers share the
-# locked file description and only notice their parent is gone on their next status check.
+# A forked child shares the locked file description, so with filelock versions that leave it open
+# in children, a worker orphaned by a SIGKILL holds the lock until it exits (seconds; one stuck
+# worker was seen to live on for good). _drop_inherited_locks prevents that on Linux; elsewhere a
+# dead holder's lock is waited for this long before giving up.
 DEAD_HOLDER_WAIT_S = 15.0
+_HELD: set[str] = set()  # real paths of the lock files this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (DataLoader workers): point inherited descriptors of our held locks at
+    /dev/null. The child then neither keeps the parent's lock alive after the parent dies nor can
+    unlock it (a child's LOCK_UN or close on the shared description would drop the parent's lock)."""
+    if not _HELD:
+        return
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc (macOS ...): DEAD_HOLDER_WAIT_S covers it
+        return
+    devnull = None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") not in _HELD:
+                continue
+            devnull = os.open(os.devnull, os.O_RDONLY) if devnull is None else devnull
+            os.dup2(devnull, int(fd), inheritable=False)
+        except OSError:
+            continue
+    if devnull is not None:
+        os.close(devnull)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class RunLockedError(RuntimeError):
@@ -92,6 +122,7 @@ class RunLock:
             lock.release()
             raise
         self._lock = lock
+        _HELD.add(os.path.realpath(self.lock_path))
         return self
 
     def _current_holder(self) -> dict[str, Any] | None:
@@ -129,6 +160,7 @@ class RunLock:
             if (read_holder(self.dir) or {}).get("pid") == os.getpid():
                 self.holder_path.unlink(missing_ok=True)
         finally:
+            _HELD.discard(os.path.realpath(self.lock_path))
             self._lock.release()
             self._lock = None
 

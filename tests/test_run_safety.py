@@ -3,7 +3,6 @@ resume), and a resumed run's records (log, skipped count, best checkpoint) equal
 uninterrupted run's. Tiny open_clip towers on scikit-learn's digits; a few steps each."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -26,8 +25,8 @@ from align.config import config_from_dict
 from align.runlock import RunLock
 from align.trainer import train
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
+from run_processes import FORK, REPO, align_train, children, holder_pid, kill_if_still, output, proc_stat, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_TRAIN = {"source": "sklearn-digits", "split": "train", "max_samples": 64,
                 "columns": {"image": "image", "text": "caption"}, "label_column": "label"}
@@ -60,65 +59,6 @@ def flip(path: Path, offset: int, n: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset:offset + n] = bytes(b ^ 0xFF for b in data[offset:offset + n])
     path.write_bytes(bytes(data))
-
-
-def align_train(cfg_file: Path) -> subprocess.Popen:
-    """``align train CFG`` in a subprocess; its output goes to CFG.out (a file, not a pipe: a pipe
-    stays open while any child it started lives on)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(cfg_file.with_suffix(".out"), "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "align", "train", str(cfg_file)], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    proc.log = cfg_file.with_suffix(".out")
-    return proc
-
-
-def output(proc: subprocess.Popen) -> str:
-    return proc.log.read_text()[-4000:]
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...), or None if it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of the processes whose parent is ``pid`` (a run's DataLoader workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        fields = _stat(int(entry.name)) if entry.name.isdigit() else None
-        if fields and fields[1] == str(pid):
-            found.append((int(entry.name), fields[19]))
-    return found
-
-
-def kill_if_still(processes: list[tuple[int, str]]) -> None:
-    """SIGKILL these processes if they still run, by pid and start time (a reused pid is not ours)."""
-    for pid, started in processes:
-        fields = _stat(pid)
-        if fields and fields[19] == started:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"`align train` exited ({proc.returncode}) before {what}:\n{output(proc)}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def holder_pid(out: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return json.loads((out / ".lock.json").read_text())["pid"]
-    return None
 
 
 # ---------------------------------------------------------------- one writer per run folder
@@ -176,6 +116,20 @@ def test_a_killed_run_does_not_block_its_resume(tmp_path):
         assert not (out / ".lock.json").exists()
     finally:
         kill_if_still(workers)  # orphaned workers exit on their own within seconds; don't leave any behind
+
+
+def test_a_forked_child_neither_releases_nor_keeps_the_lock(tmp_path):
+    """Whatever the filelock version does with descriptors in forked children."""
+    proc = subprocess.run([sys.executable, "-c", FORK, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    refused, orphan = (proc.stdout.split() + ["", ""])[:2]
+    orphan = [(int(orphan), proc_stat(int(orphan))[19])] if orphan.isdigit() and proc_stat(int(orphan)) else []
+    try:
+        assert refused == "1", f"a child's exit released the parent's lock: {proc.stdout} {proc.stderr}"
+        t0 = time.perf_counter()
+        with RunLock(tmp_path):  # the parent was killed; its sleeping child must not hold the lock
+            assert time.perf_counter() - t0 < 2
+    finally:
+        kill_if_still(orphan)
 
 
 # ---------------------------------------------------------------- damaged checkpoints
