@@ -14,7 +14,7 @@ import yaml
 
 import align
 from align.cli import main
-from tests.conftest import TINY_MODALITIES
+from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 TEMPLATES = ["a photo of the number {}.", "a handwritten {}.", "the digit {}."]
 DIGITS = {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}, "label_column": "label"}

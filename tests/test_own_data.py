@@ -20,7 +20,7 @@ import pytest
 from align.builtin_data import DIGIT_NAMES, sklearn_digits
 from align.config import ConfigError, DatasetSpec, EvalConfig, config_from_dict
 from align.data import DataError, load_table
-from tests.conftest import TINY_MODALITIES
+from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
