@@ -33,8 +33,7 @@ DIGIT_CAPTIONS = [
 ]
 
 
-class DataError(ValueError):
-    """A dataset could not be loaded or does not fit the config; the message names the key."""
+from align.errors import DataError  # noqa: E402  (re-exported)
 
 
 def builtin_options(spec, allowed: dict[str, Any]) -> dict[str, Any]:
@@ -209,6 +208,23 @@ def graph_nodes(spec):
     return load(spec)
 
 
+def sklearn_table(spec):
+    from align.builtin_tables import sklearn_table as load
+
+    return load(spec)
+
+
+def _sources():
+    """The data-source registry: these builtins plus sources other packages declare under the
+    ``align.sources`` entry-point group (a function ``spec -> datasets.Dataset``)."""
+    from align.registry import Registry
+
+    registry: Registry = Registry("data source", entry_point_group="align.sources")
+    for name, fn in BUILTINS.items():
+        registry.register(name)(fn)
+    return registry
+
+
 # builtins that split themselves by load_kwargs.folds / fold (align crossval sets those)
 FOLD_SOURCES = {"tu-dataset", "packed-npz"}
 
@@ -220,4 +236,7 @@ BUILTINS: dict[str, Callable[[Any], Any]] = {
     "packed-npz": packed_npz,
     "tu-dataset": tu_dataset,
     "graph-nodes": graph_nodes,
+    "sklearn-table": sklearn_table,
 }
+
+SOURCES = _sources()

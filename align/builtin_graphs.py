@@ -28,7 +28,7 @@ from align.builtin_data import DataError, builtin_options, fold_rows
 def read_tu_graphs(source: Path, name: str, use_node_attr: bool):
     """PyG's ``read_tu_data`` on ``<source>/<name>/raw`` (no processed cache), with the same column
     choices ``TUDataset(use_node_attr, use_edge_attr=False)`` makes; returns a dataset of graphs."""
-    import modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
+    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
     from torch_geometric.data import InMemoryDataset
     from torch_geometric.io import read_tu_data
 

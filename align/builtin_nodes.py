@@ -6,7 +6,7 @@ whole graph (10 GB of rows for CiteSeer's 3,327 nodes x 3,703 features). Here th
 ONCE to a cache folder of plain ``.npy`` files and each row holds only a reference,
 ``graph = {"store": "<cache folder>", "center": node}``; the graph adapter opens the store once per
 process (memory-mapped, so DataLoader workers share its pages) and cuts each sample's k-hop
-neighbourhood on the fly (``modalities.graph_io.load_store``, ``GraphPreprocessor``).
+neighbourhood on the fly (``align.modalities.graph_io.load_store``, ``GraphPreprocessor``).
 
 ``load_kwargs``:
   * ``format: planetoid`` (default): ``name`` citeseer | cora | pubmed; ``spec.data_dir`` is the
@@ -173,7 +173,7 @@ def _planetoid(spec, opts: dict[str, Any]):
 
 
 def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
-    import modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
+    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
     import torch_geometric.io.planetoid as planetoid_io
 
     from align.safe_pickle import restricted_pickle

@@ -18,6 +18,8 @@ before manifests existed still load, with a warning.
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import hashlib
 import json
 import os
@@ -41,7 +43,7 @@ MANIFEST_FORMAT = "align.checkpoint/v1"
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AlignError, ValueError):
     """A checkpoint file is missing, damaged or holds non-finite numbers; the message names the file
     (and the tensor) and what is wrong, so the user knows which checkpoint to drop."""
 

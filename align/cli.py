@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config")
     d.set_defaults(func=_demo)
     from align.indexing import add_parsers as add_index
-    from eval.commands import add_parser as add_eval
-    from eval.crossval import add_parser as add_crossval
+    from align.eval.commands import add_parser as add_eval
+    from align.eval.crossval import add_parser as add_crossval
 
     add_eval(sub)
     add_crossval(sub)
@@ -107,21 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(err: Exception) -> bool:
-    """Errors whose message already names the config key, file or row: printed as one line."""
-    from align.checkpoint import CheckpointError
-    from align.config import ConfigError
-    from align.data import DataError
-    from align.index import IndexFormatError
-    from align.indexing import IndexBuildError
-    from align.runlock import RunLockedError
-    from align.trainer import TrainingError
-    from eval.commands import EvalError
-    from modalities.base import SampleError
+    """Errors whose message already names the config key, file or row: printed as one line.
+    (``FileNotFoundError`` / ``FileExistsError`` carry the path in their message too.)"""
+    from align.errors import AlignError
 
-    return isinstance(err, (ConfigError, DataError, SampleError, TrainingError, EvalError, IndexBuildError,
-                            IndexFormatError, CheckpointError, RunLockedError, FileNotFoundError,
-                            FileExistsError))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return isinstance(err, (AlignError, FileNotFoundError, FileExistsError))

@@ -13,8 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
+from align.errors import ConfigError  # noqa: E402  (re-exported: the config layer's error)
 
 
 class Strict(BaseModel):
@@ -342,7 +341,7 @@ def config_from_dict(data: dict, validate_adapters: bool = True) -> Config:
 
 def validate_adapter_options(cfg: Config) -> None:
     """Check each modality's options against its adapter's schema (imports the adapter module)."""
-    from modalities import ADAPTERS
+    from align.modalities import ADAPTERS
 
     for mod, spec in cfg.model.modalities.items():
         name = spec.adapter_name(mod)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from align.config import DatasetSpec
-from modalities.base import SampleError
+from align.modalities.base import SampleError
 
-from align.builtin_data import BUILTINS, DataError, rotated_captions
+from align.builtin_data import SOURCES, DataError, rotated_captions
 
 log = logging.getLogger("align.data")
 
@@ -30,8 +30,8 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     import datasets
 
     try:
-        if spec.source in BUILTINS:
-            ds = BUILTINS[spec.source](spec)
+        if spec.source in SOURCES.names():
+            ds = SOURCES.get(spec.source)(spec)
         else:
             ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
                                        split=spec.split, **spec.load_kwargs)
@@ -42,7 +42,9 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
                         f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')") from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         raise DataError(f"config key '{key}.source': cannot load '{spec.source}' "
-                        f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err}") from None
+                        f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err} (sources: a "
+                        f"datasets builder such as csv, json, parquet, imagefolder, audiofolder; a hub id; "
+                        f"or one of {SOURCES.names()})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
     if spec.holdout is not None:

@@ -82,7 +82,7 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     cols = cfg.data.train.columns
     out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
-        from eval.runner import zeroshot_classes
+        from align.eval.runner import zeroshot_classes
 
         spec, table = cfg.eval.data, tables["eval.data"]
         out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,
@@ -117,7 +117,30 @@ def format_summary(summary: dict[str, Any]) -> str:
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
     lines.append("loss pairs: " + "; ".join(summary["pairs"]))
+    lines += [f"fitted on data.train: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if summary.get("zeroshot_classes"):
         lines.append("zero-shot prompts name the classes, in id order: " + ", ".join(summary["zeroshot_classes"]))
     return "\n".join(lines)
+
+
+def look_at_data(cfg: Config, accelerator, loader, val_loader, fitted: dict[str, list[str]] | None = None) -> None:
+    """At the start of ``align train``: print what the run will train on (rows, classes in id
+    order, samples, loss pairs, options the adapters fitted on the training data) and write it to
+    ``output_dir/data.json``; the eval data is loaded too, so a wrong eval column or class list
+    fails now rather than after training."""
+    import json
+    from pathlib import Path
+
+    from align.data import load_table
+
+    tables = {"data.train": loader.dataset.table}
+    if val_loader is not None:
+        tables["data.val"] = val_loader.dataset.table
+    if cfg.eval is not None:
+        tables["eval.data"] = load_table(cfg.eval.data, "eval.data")
+    summary = summarize_config(cfg, tables)
+    summary["fitted"] = {f"model.modalities.{m}.options": names for m, names in (fitted or {}).items()}
+    if accelerator.is_main_process:
+        accelerator.print(format_summary(summary))
+        (Path(cfg.output_dir) / "data.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -43,8 +43,8 @@ def format_table(metrics: dict[str, Any]) -> str:
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None) -> dict[str, Any]:
     from align.config import load_config
     from align.trainer import train
-    from eval.plots import plot_confusion_matrix, plot_loss_curve
-    from eval.runner import evaluate
+    from align.eval.plots import plot_confusion_matrix, plot_loss_curve
+    from align.eval.runner import evaluate
 
     out = Path(out)
     # the demo evaluates (and times) the final model itself, into metrics.json

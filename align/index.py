@@ -17,6 +17,8 @@ FAISS cannot clone to GPU (e.g. HNSW) stay on CPU. This path is untested (CPU-on
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import hashlib
 import json
 import os
@@ -34,7 +36,7 @@ _FILES = ("index.faiss", "metadata.jsonl", "manifest.json")
 SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(AlignError, ValueError):
     """A saved index folder is incomplete, inconsistent, or not what the caller expected."""
 
 

@@ -6,13 +6,15 @@ and path), so querying it with another model's embeddings fails instead of retur
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import argparse
 import hashlib
 from pathlib import Path
 from typing import Any
 
 
-class IndexBuildError(ValueError):
+class IndexBuildError(AlignError, ValueError):
     """The index cannot be built or queried as asked; the message says why."""
 
 
@@ -117,8 +119,15 @@ def _build_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-QUERY_FLAGS = ("text", "image", "audio", "video", "graph", "pointcloud")
 QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml / .gexf file"}
+
+
+def query_flags() -> list[str]:
+    """One ``--<modality>`` flag per modality the registry knows (installed packages' included),
+    read from entry points without importing any adapter."""
+    from align.modalities import ADAPTERS
+
+    return ADAPTERS.names()
 
 
 def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, checkpoint: str | None = None):
@@ -147,9 +156,15 @@ def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, chec
 
 
 def _query_cli(args: argparse.Namespace) -> int:
-    given = [(m, getattr(args, m)) for m in QUERY_FLAGS if getattr(args, m) is not None]
+    flags = query_flags()
+    given = [(m, getattr(args, m, None)) for m in flags if getattr(args, m, None) is not None]
+    if args.modality is not None or args.query is not None:
+        if args.modality is None or args.query is None:
+            raise IndexBuildError("--modality and --query go together, e.g. --modality text --query 'a seven'")
+        given.append((args.modality, args.query))
     if len(given) != 1:
-        raise IndexBuildError("give exactly one query: " + ", ".join(f"--{m}" for m in QUERY_FLAGS))
+        raise IndexBuildError("give exactly one query: --modality M --query Q, or one of "
+                              + ", ".join(f"--{m}" for m in flags))
     modality, raw = given[0]
     for rank, (score, id_, meta) in enumerate(query_index(args.index, modality, raw, args.k, args.checkpoint), 1):
         extras = "  ".join(f"{k}={v}" for k, v in meta.items() if k != "row")
@@ -175,6 +190,8 @@ def add_parsers(sub) -> None:
     q.add_argument("--index", required=True)
     q.add_argument("--checkpoint", help="default: the checkpoint that built the index")
     q.add_argument("-k", type=int, default=5)
-    for m in QUERY_FLAGS:
+    q.add_argument("--modality", help="the query's modality (any the checkpoint has), with --query")
+    q.add_argument("--query", help="the raw query: a string, a file path, a SMILES ...")
+    for m in query_flags():
         q.add_argument(f"--{m}", help=f"{m} query ({QUERY_HELP.get(m, 'a file path')})")
     q.set_defaults(func=_query_cli)

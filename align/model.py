@@ -41,7 +41,7 @@ def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
 class AlignModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        from modalities import build_adapter
+        from align.modalities import build_adapter
 
         self.cfg = cfg
         self.adapters = nn.ModuleDict()
@@ -94,6 +94,27 @@ class AlignModel(nn.Module):
         if kind == "probability":
             return torch.sigmoid(logits) if self.cfg.loss == "siglip" else logits.softmax(dim=-1)
         raise ValueError(f"unknown score kind '{kind}' (cosine, logits, probability)")
+
+
+def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, list[str]]:
+    """Let each adapter learn what it needs from the training table before the model is built
+    (``ModalityAdapter.fit``: normalisation statistics, vocabularies, input widths) and write it
+    into ``cfg``'s options, so the run's config.yaml and every checkpoint carry it. Options the
+    user set are kept. Returns modality -> the option names that were fitted."""
+    from align.modalities import ADAPTERS
+    from align.modalities.base import ModalityAdapter
+
+    fitted = {}
+    for mod, spec in cfg.modalities.items():
+        cls = ADAPTERS.get(spec.adapter_name(mod))
+        if mod not in columns or cls.fit.__func__ is ModalityAdapter.fit.__func__:
+            continue  # nothing to learn: do not read the column
+        learned = cls.fit(cls.Options.model_validate(spec.options), list(table[columns[mod]]))
+        learned = {k: v for k, v in learned.items() if spec.options.get(k) is None}
+        if learned:
+            spec.options = cls.Options.model_validate({**spec.options, **learned}).model_dump(by_alias=True)
+            fitted[mod] = sorted(learned)
+    return fitted
 
 
 def contrastive_loss(model: AlignModel, embeddings: dict[str, torch.Tensor],

@@ -10,6 +10,8 @@ lock itself cannot say who holds it, and "in use" without a name sends the user 
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import json
 import os
 import shlex
@@ -58,7 +60,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(AlignError, RuntimeError):
     """Another process holds the run folder; the message names it (pid, host, start, command)."""
 
 

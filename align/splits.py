@@ -19,12 +19,14 @@ the groups (0.2 -> exactly 1/5; 0.3 -> 1/3).
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 from typing import Sequence
 
 import numpy as np
 
 
-class SplitError(ValueError):
+class SplitError(AlignError, ValueError):
     """The rows cannot be split as asked (too few members of a class or group, ...)."""
 
 

@@ -7,6 +7,8 @@ would silently shrink the set of negatives.
 """
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import json
 import math
 import os
@@ -20,14 +22,15 @@ import torch
 from align.checkpoint import save_checkpoint, set_rng_state
 from align.config import Config, ConfigError, dump_config
 from align.data import Collator, PairedDataset, hf_progress, load_table
+from align.data_summary import look_at_data
 from align.losses import build_loss
-from align.model import AlignModel, contrastive_loss
+from align.model import AlignModel, contrastive_loss, fit_adapters
 from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
 from align.runlock import lock_run
-from eval.runner import evaluate
+from align.eval.runner import evaluate
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AlignError, RuntimeError):
     """Training stopped on bad numerics; the message names the step and the saved checkpoint."""
 
 
@@ -119,10 +122,11 @@ def one_thread_per_worker(_worker_id: int) -> None:
     threadpool_limits(1)
 
 
-def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool) -> torch.utils.data.DataLoader:
+def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
+                 table=None) -> torch.utils.data.DataLoader:
     """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
     Both drop the last partial batch: a contrastive batch must be full on every process."""
-    table = load_table(spec, key)
+    table = load_table(spec, key) if table is None else table
     pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
     ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
                        on_error=spec.on_error, refill=True)
@@ -214,10 +218,12 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None) -> TrainRe
     tc = cfg.train
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    train_table = load_table(cfg.data.train, "data.train")
+    fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
     model = AlignModel(cfg.model)
-    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True)
+    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table)
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
-    look_at_data(cfg, accelerator, loader, val_loader)
+    look_at_data(cfg, accelerator, loader, val_loader, fitted)
     optimizer = build_optimizer(model, tc)
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
     start, skipped_before, log_path = 0, 0, out / "train_log.jsonl"
@@ -358,26 +364,9 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None) -> TrainRe
     return result
 
 
-def look_at_data(cfg: Config, accelerator, loader, val_loader) -> None:
-    """Print what the run will train on (rows, classes in id order, samples, loss pairs) and write
-    it to ``output_dir/data.json``; load the eval data too, so a wrong eval column or class list
-    fails now rather than after training."""
-    from align.data_summary import format_summary, summarize_config
-
-    tables = {"data.train": loader.dataset.table}
-    if val_loader is not None:
-        tables["data.val"] = val_loader.dataset.table
-    if cfg.eval is not None:
-        tables["eval.data"] = load_table(cfg.eval.data, "eval.data")
-    summary = summarize_config(cfg, tables)
-    if accelerator.is_main_process:
-        accelerator.print(format_summary(summary))
-        (Path(cfg.output_dir) / "data.json").write_text(json.dumps(summary, indent=2, default=str))
-
-
 def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
     """The eval section on the final model; reports (``align.eval/v1``) go to ``output_dir/eval/``."""
-    from eval.report import build_report, write_report
+    from align.eval.report import build_report, write_report
 
     if result.eval_history and result.eval_history[-1][0] == step:  # train.eval_every just ran it
         metrics = result.eval_metrics

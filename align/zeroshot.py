@@ -1,7 +1,7 @@
 """Zero-shot classification with a trained model, CLIP / CLIP_benchmark protocol.
 
 Each class's prompt embedding is the mean of its prompts' normalised embeddings, renormalised
-(``eval.zeroshot_metrics.build_class_embeddings``); a query gets the class with the highest cosine.
+(``align.eval.zeroshot_metrics.build_class_embeddings``); a query gets the class with the highest cosine.
 Works for any query modality against any prompt modality the model has.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from accelerate.utils import send_to_device as to_device  # tensors, dicts, Batc
 def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
     """``f(raw samples) -> unit-norm embeddings [n, D]`` with eval preprocessing, on the model's device.
     A sample that cannot be read raises ``SampleError`` naming its position in the list."""
-    from modalities.base import SampleError
+    from align.modalities.base import SampleError
 
     if modality not in model.adapters:
         raise KeyError(f"model has no modality '{modality}'; it has {list(model.adapters)}")
@@ -40,7 +40,7 @@ def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] 
                      modality: str = "text", batch_size: int = 256) -> torch.Tensor:
     """[C, D] unit-norm class embeddings. ``templates``: shared ``{}`` / ``{c}`` templates, or a
     dict class -> its own prompts (CuPL style)."""
-    from eval.zeroshot_metrics import build_class_embeddings
+    from align.eval.zeroshot_metrics import build_class_embeddings
 
     return build_class_embeddings(classnames, templates, raw_encoder(model, modality), batch_size)
 

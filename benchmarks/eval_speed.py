@@ -1,11 +1,11 @@
-"""Retrieval-evaluation speed: ``eval.retrieval.retrieval_metrics`` vs CLIP_benchmark's dense evaluation.
+"""Retrieval-evaluation speed: ``align.eval.retrieval.retrieval_metrics`` vs CLIP_benchmark's dense evaluation.
 
 What it measures
     N items (``--n-items``, default 10k) with ``--captions-per-item`` (5) captions each, i.e. 50k
     captions, as ``--dim`` (512) float32 unit embeddings drawn from a seeded generator, and two ways
     of turning them into recall@1/5/10 in both directions:
 
-    * ``align (ours)``: ``eval.retrieval.retrieval_metrics(img, txt, img_index_per_caption,
+    * ``align (ours)``: ``align.eval.retrieval.retrieval_metrics(img, txt, img_index_per_caption,
       ks=(1, 5, 10))`` -- its chunked path (``chunk_size`` 1024 query rows of cosine scores at a
       time, never the whole matrix). It also computes mAP, median rank and mean rank, which
       CLIP_benchmark does not, so it does more work; its API has no recall-only mode.
@@ -136,7 +136,7 @@ def make_data(n_items: int, cpi: int, dim: int, clustered: bool, seed: int, cent
 
 
 def run_ours(img, txt, idx, ties="index"):
-    from eval.retrieval import retrieval_metrics
+    from align.eval.retrieval import retrieval_metrics
     m = retrieval_metrics(img, txt, idx.numpy(), ks=KS, ties=ties)
     n_q = {"text_to_image": len(txt), "image_to_text": len(img)}
     hits = {d: {k: round(m[f"{d}/R@{k}"] * m[f"{d}/n_queries"]) for k in KS} for d in DIRS}

@@ -36,7 +36,7 @@ def options(encoder: str, width: int, layers: int) -> dict:
 
 
 def preprocess_rate(mols: list[str], batch_size: int) -> float:
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()
     t0 = time.perf_counter()
@@ -46,7 +46,7 @@ def preprocess_rate(mols: list[str], batch_size: int) -> float:
 
 
 def train_rate(encoder: str, batches: list, width: int, layers: int, steps: int, repeats: int) -> list[float]:
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     torch.manual_seed(0)
     adapter = build_adapter("graph", options(encoder, width, layers))
@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     mols = smiles(2048)
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()

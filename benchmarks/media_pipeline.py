@@ -25,7 +25,7 @@ FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 def audio_setup(rate: int):
     from align.config import DatasetSpec
     from align.data import load_table
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     spec = DatasetSpec(source="files", data_files=str(DATA / "audio/fsdd/recordings/*.wav"),
                        load_kwargs={"pattern": FSDD_PATTERN}, where={"take": {"ge": 5}}, columns={"audio": "path"})
@@ -37,7 +37,7 @@ def audio_setup(rate: int):
 def video_setup():
     import datasets
 
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     clips = [str(DATA / "video/mmaction2_clips" / n) for n in ("demo.mp4", "test.mp4", "test.avi")]
     table = datasets.Dataset.from_dict({"video": clips * 16})

@@ -61,7 +61,7 @@ def encoder_variants(num_points: int, with_configs: bool) -> list[tuple[str, dic
 
 def time_train_step(options: dict, batch_size: int, steps: int, warmup: int) -> tuple[float, int]:
     """Median seconds per optimizer step and the parameter count."""
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     torch.manual_seed(0)
     adapter = build_adapter("pointcloud", options)
@@ -87,7 +87,7 @@ def time_train_step(options: dict, batch_size: int, steps: int, warmup: int) -> 
 def time_preprocess(num_points: int) -> list[tuple[str, float]]:
     import numpy as np
 
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     z = np.load(NPZ)
     off = z["offsets"]

@@ -7,9 +7,9 @@ the stored feature matrix), fitted on one spec's rows and scored on another's. I
 sees the same 120 labelled nodes the aligned model trains on, but with their labels as targets
 rather than as captions.
 
-    python -m eval.baselines configs/citeseer-node-text.yaml [dotted.key=value ...]
+    python -m align.eval.baselines configs/citeseer-node-text.yaml [dotted.key=value ...]
 
-prints the accuracy of a model fitted on ``data.train`` and scored on ``eval.data``.
+prints the accuracy of a model fitted on ``data.train`` and scored on ``align.eval.data``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 
 def node_features(table, column: str) -> np.ndarray:
     """float32 [rows, F]: the stored features of each row's centre node."""
-    from modalities.graph_io import is_store_ref, load_store
+    from align.modalities.graph_io import is_store_ref, load_store
 
     refs = table[column]
     if not len(refs) or not all(is_store_ref(r) for r in refs):
@@ -77,7 +77,7 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
 def main(argv: list[str] | None = None) -> int:
     from align.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m eval.baselines",
+    parser = argparse.ArgumentParser(prog="python -m align.eval.baselines",
                                      description="Logistic regression on raw node features: data.train -> eval.data")
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")

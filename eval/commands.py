@@ -1,12 +1,14 @@
 """``align eval zeroshot|retrieval``: evaluate a checkpoint and write a report + plots."""
 from __future__ import annotations
 
+from align.errors import AlignError
+
 import argparse
 from pathlib import Path
 from typing import Any
 
 
-class EvalError(ValueError):
+class EvalError(AlignError, ValueError):
     """The evaluation asked for something the checkpoint or data cannot give; names what."""
 
 
@@ -35,7 +37,7 @@ def eval_config(args: argparse.Namespace, ckpt_cfg):
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "eval.")) from None
     if args.templates:
-        from eval.zeroshot_metrics import load_templates
+        from align.eval.zeroshot_metrics import load_templates
 
         if ecfg.zeroshot is None:
             raise ConfigError("config key 'eval.zeroshot': --templates needs a zeroshot section")
@@ -53,8 +55,8 @@ def eval_config(args: argparse.Namespace, ckpt_cfg):
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
-    from eval.report import build_report, write_report
-    from eval.runner import evaluate
+    from align.eval.report import build_report, write_report
+    from align.eval.runner import evaluate
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model, cfg = load_model(ckpt)
@@ -75,13 +77,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out or ckpt / "eval")
     path = write_report(report, out / f"{args.task}.json")
     if args.task == "zeroshot":
-        from eval.plots import plot_confusion_matrix
+        from align.eval.plots import plot_confusion_matrix
 
         zs = report["metrics"]
         plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
                               f"zero-shot top-1 {zs['top1']:.3f}")
     else:
-        from eval.plots import plot_recall_curve
+        from align.eval.plots import plot_recall_curve
 
         plot_recall_curve(report["metrics"], out / "recall_at_k.png")
         if "image" in (ecfg.retrieval.a, ecfg.retrieval.b):
@@ -95,8 +97,8 @@ def query_grid(keep: dict, ecfg, path: Path, n_queries: int = 6, k: int = 5) -> 
     import numpy as np
 
     from align.index import EmbeddingIndex
-    from eval.plots import plot_query_grid
-    from modalities.image import load_image
+    from align.eval.plots import plot_query_grid
+    from align.modalities.image import load_image
 
     r = ecfg.retrieval
     image_side, query_side = (r.a, r.b) if r.a == "image" else (r.b, r.a)

@@ -3,7 +3,7 @@
 Graph-classification results (MUTAG, PROTEINS, ENZYMES) are reported as the mean and standard
 deviation over the test folds of a stratified k-fold split, because one 10% fold of 188 graphs is
 too small to rank methods. For each fold k this sets the fold in ``data.train``, ``data.val`` and
-``eval.data`` -- ``holdout.fold`` for any source with a ``holdout`` section (csv, parquet,
+``align.eval.data`` -- ``holdout.fold`` for any source with a ``holdout`` section (csv, parquet,
 imagefolder, ...), or ``load_kwargs.fold`` for builtins with their own folds (``tu-dataset``,
 ``packed-npz``) -- trains into ``<output_dir>/fold<k>`` and runs the config's eval section on the
 fold's test side.
@@ -23,7 +23,7 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     metrics and writes them to ``<output_dir>/crossval.json``."""
     from align.config import ConfigError, load_config
     from align.trainer import flat_eval_metrics, train
-    from eval.runner import evaluate
+    from align.eval.runner import evaluate
 
     overrides = list(overrides or [])
     base = load_config(config, overrides)

@@ -10,8 +10,8 @@ import torch
 from align.config import ConfigError, EvalConfig
 from align.data import Collator, PairedDataset, class_names, describe_spec, load_table
 from align.zeroshot import build_classifier, classify, to_device
-from eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
-from eval.zeroshot_metrics import zeroshot_classification_metrics
+from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
+from align.eval.zeroshot_metrics import zeroshot_classification_metrics
 
 
 @torch.no_grad()

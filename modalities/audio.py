@@ -1,7 +1,7 @@
 """Audio adapter: a small AST (Audio Spectrogram Transformer) over log-mel patches, trainable from
 scratch on CPU, or any HF transformers audio encoder by hub id / local folder.
 
-Raw samples are decoded by ``modalities.audio_io.load_audio`` (paths, bytes, HF ``Audio`` dicts,
+Raw samples are decoded by ``align.modalities.audio_io.load_audio`` (paths, bytes, HF ``Audio`` dicts,
 ``(array, sample_rate)``), mixed to mono and resampled; clips longer than ``clip_seconds`` are
 cropped (random in training, centre in evaluation).
 
@@ -31,9 +31,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from modalities import ADAPTERS
-from modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, freeze_, prenorm_transformer,
+from align.modalities import ADAPTERS
+from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
+from align.modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, freeze_, prenorm_transformer,
                              resolve_model_path)
 
 MEL_FMIN = 20.0

@@ -14,9 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-
-class SampleError(ValueError):
-    """A raw sample could not be turned into tensors; the message names the sample."""
+from align.errors import SampleError  # noqa: E402  (re-exported: the modality layer's error)
 
 
 class AdapterOptions(BaseModel):
@@ -43,6 +41,15 @@ class ModalityAdapter(nn.Module):
     def __init__(self, options: AdapterOptions) -> None:
         super().__init__()
         self.options = options
+
+    @classmethod
+    def fit(cls, options: AdapterOptions, values: list[Any]) -> dict[str, Any]:
+        """What this adapter learns from the training data before training: normalisation
+        statistics, vocabularies, input widths. ``values`` are the training column's raw samples;
+        the returned option values (plain data) are merged into the run's config before the model
+        is built, so they are saved with every checkpoint and a reloaded model preprocesses exactly
+        as the trained one did. Options the user set are not refitted. Default: nothing to learn."""
+        return {}
 
     def preprocessor(self) -> Preprocessor:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """Graph adapter: a torch_geometric GNN (GIN by default, GCN, GAT or GATv2) with global pooling.
 
 preprocess: raw sample (SMILES, PyG ``Data``, networkx graph, edge-list dict; see
-  ``modalities.graph_io``) -> a checked ``Data`` holding only what the encoder reads; collate is
+  ``align.modalities.graph_io``) -> a checked ``Data`` holding only what the encoder reads; collate is
   PyG's ``Batch.from_data_list`` (one disjoint union graph per batch, no padding).
 trunk: node features -> ``width`` (a linear layer for float features, a sum of per-column
   embeddings for integer ones such as ``from_smiles``' atom features, a learned constant when a
@@ -36,9 +36,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
-from modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
+from align.modalities import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
 
 Vocab = list[int] | Literal["smiles"] | None
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
+from align.modalities import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

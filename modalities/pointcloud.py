@@ -1,7 +1,7 @@
 """Point-cloud adapter: PointNet or a Point-BERT / Point-MAE style patch transformer, from scratch.
 
 preprocess (``PointCloudPreprocessor``, numpy in the DataLoader workers): read the raw sample
-  (``modalities.pointcloud_io``: mesh / text / npy / npz / ascii pcd files, arrays, dicts), check
+  (``align.modalities.pointcloud_io``: mesh / text / npy / npz / ascii pcd files, arrays, dicts), check
   it (NaN / inf coordinates or features: error, or dropped with ``drop_nonfinite``; fewer than
   ``min_points`` points: error), then
   * sample exactly ``num_points``: ``fps`` = farthest-point sampling (training starts from a random
@@ -38,9 +38,9 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, prenorm_transformer
-from modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
+from align.modalities import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, prenorm_transformer
+from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)
 
 Feature = Literal["rgb", "normal", "intensity"]

@@ -13,10 +13,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from modalities import ADAPTERS
-from modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_,
+from align.modalities import ADAPTERS
+from align.modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_,
                              resolve_model_path)
-from modalities.image import check_dataclass_keys
+from align.modalities.image import check_dataclass_keys
 
 
 class TextOptions(AdapterOptions):

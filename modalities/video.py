@@ -1,6 +1,6 @@
 """Video adapter: T sampled frames -> the image adapter's tower on every frame -> temporal pooling.
 
-preprocess: decode T frames (``modalities.video_io``: uniform or TSN segment sampling, stride/fps,
+preprocess: decode T frames (``align.modalities.video_io``: uniform or TSN segment sampling, stride/fps,
             short clips stretched) -> one random crop for the whole clip in training (resize +
             centre crop in evaluation) -> normalise with the frame tower's mean/std -> [T, 3, H, W];
             collate -> [B, T, 3, H, W].
@@ -22,10 +22,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from modalities import ADAPTERS
-from modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
-from modalities.image import ImageAdapter, ImageOptions
-from modalities.video_io import FrameSampler, read_video
+from align.modalities import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.image import ImageAdapter, ImageOptions
+from align.modalities.video_io import FrameSampler, read_video
 
 
 class VideoOptions(AdapterOptions):

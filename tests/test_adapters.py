@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from modalities import ADAPTERS, build_adapter
-from modalities.base import SampleError
+from align.modalities import ADAPTERS, build_adapter
+from align.modalities.base import SampleError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -274,11 +274,11 @@ def test_unknown_adapter_lists_known_names():
 def test_registry_imports_adapters_lazily():
     code = (
         "import sys\n"
-        "import modalities\n"
-        "assert 'modalities.image' not in sys.modules, 'imported eagerly'\n"
+        "import align.modalities as modalities\n"
+        "assert 'align.modalities.image' not in sys.modules, 'imported eagerly'\n"
         "assert 'image' not in modalities.ADAPTERS\n"
         "cls = modalities.ADAPTERS.get('image')\n"
-        "assert 'modalities.image' in sys.modules and cls.__name__ == 'ImageAdapter'\n"
+        "assert 'align.modalities.image' in sys.modules and cls.__name__ == 'ImageAdapter'\n"
         "assert 'image' in modalities.ADAPTERS\n"
         "assert modalities.ADAPTERS.get('text').__name__ == 'TextAdapter'\n"
         "print('ok')\n"

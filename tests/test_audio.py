@@ -15,9 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from modalities import ADAPTERS, build_adapter
-from modalities.audio_io import crop_or_pad, decode_audio, load_audio
-from modalities.base import SampleError
+from align.modalities import ADAPTERS, build_adapter
+from align.modalities.audio_io import crop_or_pad, decode_audio, load_audio
+from align.modalities.base import SampleError
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio" / "fsdd" / "recordings"
 WAVS = sorted(FSDD.glob("*.wav"))
@@ -328,7 +328,7 @@ def test_hf_options_survive_the_config_round_trip():
     """align/config.py stores every option of a validated adapter (defaults included) and validates
     them again when the model is built or reloaded: an 'hf' config must pass twice."""
     from align.config import config_from_dict
-    from modalities.audio import AudioOptions
+    from align.modalities.audio import AudioOptions
 
     cfg = config_from_dict({"model": {"modalities": {"audio": {"options": {"encoder": "hf", "hf_model": "x"}},
                                                      "text": {"options": {"hf_model": "y"}}}},

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from modalities import build_adapter
-from modalities.audio_io import load_audio
+from align.modalities import build_adapter
+from align.modalities.audio_io import load_audio
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "audio" / "fsdd" / "recordings"
 WAVS = sorted(FSDD.glob("*.wav"))

@@ -20,8 +20,8 @@ import torch
 from align.config import DatasetSpec
 from align.builtin_data import DIGIT_NAMES, sklearn_digits
 from align.data import Collator, DataError, PairedDataset, load_table
-from modalities import build_adapter
-from modalities.base import SampleError
+from align.modalities import build_adapter
+from align.modalities.base import SampleError
 
 # ../shared/data beside the checkout (CI has it too)
 MNIST5K = Path(__file__).resolve().parents[2] / "shared" / "data" / "image" / "mnist5k" / "mnist_5k.csv.gz"
@@ -164,7 +164,7 @@ def test_load_imagefolder(digit_files, tmp_path):
     assert len(ds) == 10
     assert ds.features["label"].names == [str(d) for d in range(10)]
     # media columns come back undecoded and decode to the picture that was written
-    from modalities.image import load_image
+    from align.modalities.image import load_image
 
     for row in ds:
         raw = row["image"]

@@ -166,7 +166,7 @@ def test_corrupt_file_raises_naming_the_file_by_default(images_with_a_corrupt_on
 
 def test_skip_and_count_in_training_and_evaluation(images_with_a_corrupt_one, tmp_path, caplog):
     from align.trainer import train
-    from eval.runner import evaluate
+    from align.eval.runner import evaluate
 
     cfg = config_from_dict(_skip_config(images_with_a_corrupt_one, tmp_path, "skip"))
     with caplog.at_level("WARNING", logger="align.data"):

@@ -143,7 +143,7 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
 
     from align.checkpoint import load_model
     from align.trainer import flat_eval_metrics
-    from eval.runner import evaluate
+    from align.eval.runner import evaluate
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("ACCELERATE_")

@@ -52,7 +52,7 @@ def test_templates_file_and_bad_requests(demo_run, tmp_path, capsys):
     tpl.write_text("a photo of the number {}.\n\nthe digit {c}.\n")
     assert main(["eval", "zeroshot", "--checkpoint", str(out), "--out", str(tmp_path), "--templates", str(tpl)]) == 0
     assert main(["eval", "zeroshot", "--checkpoint", str(out), "--out", str(tmp_path), "--templates", "digits"]) == 0
-    from eval.zeroshot_metrics import load_templates, shipped_templates
+    from align.eval.zeroshot_metrics import load_templates, shipped_templates
 
     assert {"digits", "spoken_digits", "imagenet_clip_short"} <= set(shipped_templates())
     for name in shipped_templates():

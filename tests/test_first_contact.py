@@ -63,8 +63,8 @@ def test_look_before_training_then_train_logs_and_evaluates_at_the_end(tmp_path,
 
 
 def test_dedupe_matches_brute_force_on_the_distinct_items():
-    from eval.retrieval import retrieval_metrics
-    from eval.runner import dedupe_items
+    from align.eval.retrieval import retrieval_metrics
+    from align.eval.runner import dedupe_items
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 30)
@@ -148,7 +148,7 @@ def test_encode_raw_items(tmp_path):
     batch = pre.collate([pre(t, train=False) for t in ["a handwritten seven.", "zero"]])
     assert np.allclose(align.encode(model, "text", ["a handwritten seven.", "zero"]), model.encode("text", batch).detach(),
                        atol=1e-5)
-    from modalities.base import SampleError
+    from align.modalities.base import SampleError
 
     with pytest.raises(SampleError, match=r"image item 3 .*nope.png"):
         align.encode(model, "image", [str(p) for p in paths] + [str(tmp_path / "nope.png")], batch_size=2)

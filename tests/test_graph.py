@@ -10,8 +10,8 @@ import torch
 
 from align.config import DatasetSpec
 from align.data import Collator, PairedDataset, load_table
-from modalities import build_adapter
-from modalities.base import SampleError
+from align.modalities import build_adapter
+from align.modalities.base import SampleError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "graph"
 TU, CHEBI = DATA / "tu", DATA / "chebi20"
@@ -249,7 +249,7 @@ def test_pack_columns_and_package_model_paths_name_what_is_wrong():
     import datasets
 
     from align.data import DataError, pack_columns
-    from modalities.base import resolve_model_path
+    from align.modalities.base import resolve_model_path
 
     table = datasets.Dataset.from_dict({"edge_index": [[[0], [1]]], "node_feat": [[[1.0], [2.0]]]})
     packed = pack_columns(table, {"g": ["edge_index", "node_feat"]}, "data.train")
@@ -259,6 +259,6 @@ def test_pack_columns_and_package_model_paths_name_what_is_wrong():
     with pytest.raises(DataError, match="'node_feat' already exists"):
         pack_columns(table, {"node_feat": ["edge_index"]}, "data.train")
     assert resolve_model_path("org/model") == "org/model"
-    assert Path(resolve_model_path("package:modalities/base.py")).is_file()
+    assert Path(resolve_model_path("package:align.modalities/base.py")).is_file()
     with pytest.raises(ValueError, match="no installed package 'no_such_pkg'"):
         resolve_model_path("package:no_such_pkg/model")

@@ -13,8 +13,8 @@ import torch
 
 from align.config import DatasetSpec
 from align.data import DataError, load_table
-from modalities import build_adapter
-from modalities.base import SampleError
+from align.modalities import build_adapter
+from align.modalities.base import SampleError
 
 CITESEER = Path(__file__).resolve().parents[2] / "shared" / "data" / "graph" / "citeseer"
 pytestmark = pytest.mark.skipif(not (CITESEER / "raw" / "ind.citeseer.graph").is_file(),
@@ -41,7 +41,7 @@ def tables(cache) -> dict:
 @pytest.fixture(scope="module")
 def whole():
     """The reference: PyG's reader on the raw files, independent of the store."""
-    import modalities.graph_io  # noqa: F401
+    import align.modalities.graph_io  # noqa: F401
     from torch_geometric.io import read_planetoid_data
 
     return read_planetoid_data(str(CITESEER / "raw"), "citeseer")
@@ -55,7 +55,7 @@ def embed(adapter, raws) -> torch.Tensor:
 
 
 def test_citeseer_counts_splits_and_rows_hold_no_graph(tables, whole, cache):
-    from modalities.graph_io import load_store
+    from align.modalities.graph_io import load_store
 
     assert {s: len(t) for s, t in tables.items()} == {"train": 120, "val": 500, "test": 1000, "all": 3327}
     for split, mask in (("train", whole.train_mask), ("val", whole.val_mask), ("test", whole.test_mask)):
@@ -100,7 +100,7 @@ def test_ego_nets_and_gin_embeddings_equal_the_whole_graph(tables, whole):
     from torch_geometric.data import Batch
     from torch_geometric.utils import degree, k_hop_subgraph
 
-    from modalities.graph_io import load_store, to_graph
+    from align.modalities.graph_io import load_store, to_graph
 
     test = tables["test"]
     deg = degree(whole.edge_index[1], whole.num_nodes)
@@ -145,7 +145,7 @@ def test_tables_format_with_string_ids_gives_the_same_subgraphs(tmp_path, whole)
     import pandas as pd
     from torch_geometric.utils import k_hop_subgraph, subgraph
 
-    from modalities.graph_io import load_store
+    from align.modalities.graph_io import load_store
 
     # a few hundred nodes around a busy paper (reference node i = keep[i]), listed in a shuffled
     # order with string ids, each edge given in one direction only
@@ -206,7 +206,7 @@ def test_short_training_beats_chance_on_the_test_nodes(tmp_path, cache, capsys):
 
     from align.cli import main
     from align.config import load_config
-    from eval.baselines import node_feature_logreg
+    from align.eval.baselines import node_feature_logreg
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "citeseer-node-text.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "run")

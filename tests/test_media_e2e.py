@@ -34,7 +34,7 @@ def fsdd(where: dict, templates: list[str]) -> dict:
 
 
 def test_audiofolder_and_videofolder_tables_feed_the_adapters(tmp_path):
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     for i, wav in enumerate(sorted(FSDD.glob("*_theo_0.wav"))[:4]):
         (tmp_path / "audio" / str(i % 2)).mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def test_bad_recordings_are_skipped_and_counted(tmp_path, caplog):
     import numpy as np
     import soundfile as sf
 
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     good = sorted(FSDD.glob("*_lucas_1.wav"))[:5]
     (tmp_path / "truncated.wav").write_bytes(good[0].read_bytes()[:100])

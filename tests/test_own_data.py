@@ -67,7 +67,7 @@ def digit_files(tmp_path_factory):
 
 
 def zeroshot_top1(model, data: dict, classnames=None, **extra) -> dict:
-    from eval.runner import evaluate
+    from align.eval.runner import evaluate
 
     zs = {"classnames": classnames, "templates": TEMPLATES} if classnames is not None else {"templates": TEMPLATES}
     return evaluate(model, EvalConfig.model_validate({"data": data, "zeroshot": zs, **extra}))
@@ -162,7 +162,7 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     """``align crossval`` on a plain csv: the holdout section gives the folds, the reports say which."""
     import yaml
 
-    from eval.crossval import run_crossval
+    from align.eval.crossval import run_crossval
 
     spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
             "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",

@@ -16,10 +16,10 @@ import torch
 
 from align.builtin_data import DataError
 from align.config import DatasetSpec
-from modalities import ADAPTERS, build_adapter
-from modalities.base import SampleError
-from modalities.pointcloud import farthest_point_sample as fps_torch
-from modalities.pointcloud_io import farthest_point_sample, read_cloud
+from align.modalities import ADAPTERS, build_adapter
+from align.modalities.base import SampleError
+from align.modalities.pointcloud import farthest_point_sample as fps_torch
+from align.modalities.pointcloud_io import farthest_point_sample, read_cloud
 
 DALES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pointcloud" / "dales_objects"
 NPZ = DALES / "dales_objects_499.npz"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.retrieval import (clip_benchmark_names, positive_pairs, ranked_retrieval_metrics,
+from align.eval.retrieval import (clip_benchmark_names, positive_pairs, ranked_retrieval_metrics,
                             retrieval_metrics, retrieval_metrics_from_scores)
 
 KS = (1, 2, 5, 10)

@@ -14,8 +14,8 @@ import torch
 
 from align.config import DatasetSpec
 from align.data import DataError, PairedDataset, load_table
-from modalities import build_adapter
-from modalities.base import SampleError
+from align.modalities import build_adapter
+from align.modalities.base import SampleError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TU = DATA / "graph" / "tu"
@@ -71,7 +71,7 @@ def test_tu_source_runs_no_code_from_caches_and_sees_edited_files(tmp_path, monk
 
 @pytest.mark.skipif(not CITESEER.is_dir(), reason="shared data missing")
 def test_graph_node_store_holds_plain_arrays_and_refuses_a_pickle(tmp_path):
-    from modalities.graph_io import load_store
+    from align.modalities.graph_io import load_store
 
     table = load_table(DatasetSpec(source="graph-nodes", data_dir=str(CITESEER), split="train",
                                    columns={"graph": "graph"}, label_column="label",

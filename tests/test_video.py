@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from align.synthetic_video import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
-from modalities.base import SampleError
-from modalities.video_io import FrameSampler, decode_all, read_video, video_info
+from align.modalities.base import SampleError
+from align.modalities.video_io import FrameSampler, decode_all, read_video, video_info
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLIPS = DATA / "video" / "mmaction2_clips"
@@ -238,7 +238,7 @@ def test_broken_files_raise_sample_errors_naming_the_file(tmp_path, reencoded):
 # ------------------------------------------------------------------------------------------
 
 def _adapter(**options):
-    from modalities import build_adapter
+    from align.modalities import build_adapter
 
     return build_adapter("video", {"image": copy.deepcopy(TINY_IMAGE), "frames": 6, **options})
 

@@ -68,7 +68,7 @@ def build_big_graph(my: Path) -> None:
     """CiteSeer as a user would have it: a node table with string ids and text labels, an edge list."""
     import pandas as pd
 
-    import modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
+    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
     from torch_geometric.io import read_planetoid_data
 
     g = read_planetoid_data(str(DATA / "graph/citeseer/raw"), "citeseer")

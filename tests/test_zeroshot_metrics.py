@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.zeroshot_metrics import (build_class_embeddings, class_prompts, load_templates,
+from align.eval.zeroshot_metrics import (build_class_embeddings, class_prompts, load_templates,
                                    zeroshot_classification_metrics)
 
 

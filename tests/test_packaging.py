@@ -1,0 +1,51 @@
+"""The installed package is one namespace, ``align``: the repository's ``modalities/``, ``eval/`` and
+``configs/`` folders install as ``align.modalities``, ``align.eval`` and ``align.configs``, so a
+user's own ``eval`` or ``modalities`` package is neither shadowed by ours nor shadows it. Checked
+on a real (non-editable) wheel imported from a folder that has its own ``eval/`` and
+``modalities/`` packages."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(tmp_path):
+    import importlib.util
+
+    wheels = tmp_path / "wheels"
+    # the installed setuptools when there is one (no download); else pip's isolated build env
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", *isolation,
+                    "-q", "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(wheels.glob("align-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"align", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"align/modalities/image.py", "align/eval/runner.py", "align/configs/demo-digits.yaml"} <= set(names)
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    project = tmp_path / "project"  # a user's project with packages of the same generic names
+    for pkg in ("eval", "modalities"):
+        (project / pkg).mkdir(parents=True)
+        (project / pkg / "__init__.py").write_text(f"OWNER = 'user {pkg}'\n")
+    code = (
+        "import eval, modalities, align, align.eval.runner, align.modalities.base, align.configs\n"
+        "from align.modalities import ADAPTERS\n"
+        "assert eval.OWNER == 'user eval' and modalities.OWNER == 'user modalities'\n"
+        f"assert align.__file__.startswith({str(site)!r}), align.__file__\n"
+        f"assert align.eval.runner.__file__.startswith({str(site)!r})\n"
+        "assert ADAPTERS.get('text').__module__ == 'align.modalities.text'\n"
+        "from align.demo import demo_config_path\n"
+        "assert demo_config_path().is_file()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
