@@ -298,9 +298,10 @@ def load_model(path: str | Path):
     ckpt = resolve_checkpoint(path)
     verify_files(ckpt, ["config.yaml"])
     cfg = load_config(ckpt / "config.yaml")
-    for spec in cfg.model.modalities.values():  # weights come from the checkpoint, not a download
-        if spec.options.get("pretrained"):
-            spec.options["pretrained"] = None
+    from align.modalities import ADAPTERS
+
+    for mod, spec in cfg.model.modalities.items():  # weights come from the checkpoint, not a download
+        spec.options = ADAPTERS.get(spec.adapter_name(mod)).reload_options(spec.options)
     model = AlignModel(cfg.model)
     load_weights(model, ckpt)
     return model.eval(), cfg

@@ -51,6 +51,13 @@ class ModalityAdapter(nn.Module):
         as the trained one did. Options the user set are not refitted. Default: nothing to learn."""
         return {}
 
+    @classmethod
+    def reload_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The options to rebuild this adapter with when its weights will be loaded from a
+        checkpoint: whatever would fetch or load other weights is reset (default: ``pretrained``).
+        An adapter that nests another's options resets those too (video's per-frame ``image``)."""
+        return {**options, "pretrained": None} if options.get("pretrained") else dict(options)
+
     def preprocessor(self) -> Preprocessor:
         raise NotImplementedError
 

@@ -116,6 +116,14 @@ class VideoAdapter(ModalityAdapter):
 
     Options = VideoOptions
 
+    @classmethod
+    def reload_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The per-frame image tower's ``pretrained`` is reset too: its weights are in the checkpoint."""
+        out = super().reload_options(options)
+        if isinstance(out.get("image"), dict):
+            out["image"] = ImageAdapter.reload_options(out["image"])
+        return out
+
     def __init__(self, options: VideoOptions) -> None:
         super().__init__(options)
         self.image = ImageAdapter(options.image)

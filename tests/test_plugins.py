@@ -119,3 +119,14 @@ def test_a_plugin_package_adds_a_modality_and_a_source(tmp_path):
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.stdout[-1500:], out.stderr[-3000:])
     assert "data.train: 200 rows from ramp" in out.stdout and "classes (id: name count): 0: low 100, 1: high 100" in out.stdout
     assert (tmp_path / "run" / "eval" / "zeroshot.json").is_file()
+
+
+def test_reloading_a_checkpoint_resets_nested_pretrained_options():
+    """Video's per-frame tower keeps its options nested; a reload must not fetch its weights."""
+    from align.modalities import ADAPTERS
+
+    video = {"image": {"model": "ViT-B-32", "pretrained": "openai"}, "frames": 4}
+    assert ADAPTERS.get("video").reload_options(video) == {"image": {"model": "ViT-B-32", "pretrained": None},
+                                                           "frames": 4}
+    assert video["image"]["pretrained"] == "openai"  # the caller's dict is not changed
+    assert ADAPTERS.get("text").reload_options({"model": "RN50", "pretrained": "openai"})["pretrained"] is None
