@@ -341,10 +341,16 @@ def config_from_dict(data: dict, validate_adapters: bool = True) -> Config:
 
 def validate_adapter_options(cfg: Config) -> None:
     """Check each modality's options against its adapter's schema (imports the adapter module)."""
+    from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
     from align.modalities import ADAPTERS
 
+    specs = [("data.train", cfg.data.train), ("data.val", cfg.data.val), ("eval.data", cfg.eval.data if cfg.eval else None)]
+    for key, spec in specs:
+        if spec is not None:
+            require(SOURCE_EXTRAS, spec.source, f"{key}.source")
     for mod, spec in cfg.model.modalities.items():
         name = spec.adapter_name(mod)
+        require(MODALITY_EXTRAS, name, f"model.modalities.{mod}")
         try:
             adapter_cls = ADAPTERS.get(name)
         except KeyError as err:

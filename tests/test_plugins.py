@@ -130,3 +130,19 @@ def test_reloading_a_checkpoint_resets_nested_pretrained_options():
                                                            "frames": 4}
     assert video["image"]["pretrained"] == "openai"  # the caller's dict is not changed
     assert ADAPTERS.get("text").reload_options({"model": "RN50", "pretrained": "openai"})["pretrained"] is None
+
+
+def test_a_missing_modality_extra_is_named_at_validation(tmp_path):
+    """A config naming the graph modality on an install without rdkit fails before anything loads,
+    naming the extra that brings it (simulated by hiding the installed package)."""
+    code = (
+        "import sys\n"
+        "sys.modules['rdkit'] = None  # as if align was installed without the [graph] extra\n"
+        "from align.cli import main\n"
+        "raise SystemExit(main(['data', 'configs/chebi20-graph-text.yaml']))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.strip() == ("align: error: config key 'model.modalities.graph': 'graph' needs rdkit, which is "
+                                  "not installed: pip install 'align[graph]'")

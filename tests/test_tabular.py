@@ -254,3 +254,30 @@ def test_short_training_classifies_the_test_split_zero_shot(tmp_path, capsys, co
     assert zs["top1"] >= floor and zs["top1"] >= 1.5 * chance, zs
     saved = yaml.safe_load((result.final_checkpoint / "config.yaml").read_text())
     assert saved["model"]["modalities"]["tabular"]["options"]["mean"] == tab["options"]["mean"]
+
+
+def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsys):
+    """``align train`` on the shipped config, which leaves num_features / mean / std out: the trainer
+    calls TabularAdapter.fit on data.train before building the model, says so, saves the fitted
+    options in the run's config, and a reloaded checkpoint preprocesses with them."""
+    import yaml
+
+    from align.checkpoint import load_model
+    from align.cli import main
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "wine-tabular-text.yaml").read_text())
+    assert "mean" not in cfg["model"]["modalities"]["tabular"].get("options", {})
+    cfg["output_dir"] = str(tmp_path / "run")
+    cfg["train"].update(steps=3, progress=False, log_every=1)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    assert "fitted on data.train: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["modalities"]["tabular"]["options"]
+    from align.builtin_data import SOURCES
+    from align.config import DatasetSpec
+
+    table = SOURCES.get("sklearn-table")(DatasetSpec.model_validate(cfg["data"]["train"]))
+    x = np.asarray(table["features"], dtype=np.float64)
+    assert saved["num_features"] == 13 and np.allclose(saved["mean"], x.mean(0)) and np.allclose(saved["std"], x.std(0))
+    model, _ = load_model(tmp_path / "run")
+    assert model.adapters["tabular"].options.mean == saved["mean"]
