@@ -27,7 +27,7 @@ def encode(model: Any, modality: str, items: Sequence[Any], batch_size: int = 25
     """
     import torch
 
-    from align.zeroshot import raw_encoder
+    from align.model import raw_encoder
 
     items = list(items)
     run = raw_encoder(model, modality)

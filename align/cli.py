@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     from align.indexing import add_parsers as add_index
     from align.eval.commands import add_parser as add_eval
-    from align.eval.crossval import add_parser as add_crossval
+    from align.crossval import add_parser as add_crossval
 
     add_eval(sub)
     add_crossval(sub)

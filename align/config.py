@@ -342,7 +342,7 @@ def config_from_dict(data: dict, validate_adapters: bool = True) -> Config:
 def validate_adapter_options(cfg: Config) -> None:
     """Check each modality's options against its adapter's schema (imports the adapter module)."""
     from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
-    from align.modalities import ADAPTERS
+    from align.registry import ADAPTERS
 
     specs = [("data.train", cfg.data.train), ("data.val", cfg.data.val), ("eval.data", cfg.eval.data if cfg.eval else None)]
     for key, spec in specs:

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from align.config import DatasetSpec
-from align.modalities.base import SampleError
+from align.config import ConfigError, DatasetSpec
+from align.errors import SampleError
 
 from align.builtin_data import SOURCES, DataError, rotated_captions
 
@@ -382,3 +382,34 @@ def hf_progress(enabled: bool) -> Iterator[None]:
         yield
     finally:
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+
+
+def zeroshot_classes(given: list[str] | dict[str, str] | None, data_names: list[str] | None,
+                     labels: np.ndarray, key: str = "eval.zeroshot.classnames") -> list[str]:
+    """The names put in prompts, in class-id order. Class ids come from the data, so names are
+    matched to them by name whenever the data has names: a list in another order (imagefolder sorts
+    its folders) would otherwise silently score every swapped class as wrong."""
+    if len(labels) and labels.min() < 0:
+        row = int(np.argmax(labels < 0))
+        raise ConfigError(f"config key 'eval.data.label_column': row {row} has no label ({labels[row]}); "
+                          "zero-shot needs a class for every row (drop them with where: {label: {ge: 0}})")
+    if given is None:
+        if data_names is None:
+            raise ConfigError(f"config key '{key}': the label column holds bare class ids, so there are no "
+                              "class names to build prompts from; give classnames (class i is "
+                              "classnames[i]) or eval.data.label_names")
+        return list(data_names)
+    if data_names is None:
+        if isinstance(given, dict):
+            raise ConfigError(f"config key '{key}': a mapping needs class names in the data; the label "
+                              "column holds bare ids, so give a list (class i is classnames[i])")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(given)):
+            raise ConfigError(f"config key '{key}': {len(given)} class names, but the eval data's labels "
+                              f"run {labels.min()}..{labels.max()} (class i is classnames[i])")
+        return list(given)
+    names = list(given) if isinstance(given, list) else list(given.keys())
+    if set(names) != set(data_names):
+        missing, extra = [n for n in data_names if n not in names], [n for n in names if n not in data_names]
+        raise ConfigError(f"config key '{key}': {names} do not match the data's class names {data_names} "
+                          f"(class id order); missing {missing}, not in the data {extra}")
+    return [given[n] for n in data_names] if isinstance(given, dict) else list(data_names)

@@ -82,7 +82,7 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     cols = cfg.data.train.columns
     out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
-        from align.eval.runner import zeroshot_classes
+        from align.data import zeroshot_classes
 
         spec, table = cfg.eval.data, tables["eval.data"]
         out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,

@@ -134,7 +134,7 @@ def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, chec
     """Top-k ``(score, id, metadata)`` for one raw query (a string, a file path, ...)."""
     from align.checkpoint import load_model, resolve_checkpoint
     from align.index import EmbeddingIndex
-    from align.zeroshot import raw_encoder
+    from align.model import raw_encoder
 
     # the index first: a folder that is no index (no manifest.json, an edited file) is reported as that,
     # not as a missing checkpoint at the model path an absent manifest could not give

@@ -11,7 +11,7 @@ of three things it is:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -123,3 +123,29 @@ def contrastive_loss(model: AlignModel, embeddings: dict[str, torch.Tensor],
     scale = model.logit_scale.exp()
     losses = [loss_fn(embeddings[a], embeddings[b], scale, model.logit_bias) for a, b in pairs]
     return torch.stack(losses).mean()
+
+
+def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
+    """``f(raw samples) -> unit-norm embeddings [n, D]`` with eval preprocessing, on the model's device.
+    A sample that cannot be read raises ``SampleError`` naming its position in the list."""
+    from accelerate.utils import send_to_device as to_device
+
+    from align.errors import SampleError
+
+    if modality not in model.adapters:
+        raise KeyError(f"model has no modality '{modality}'; it has {list(model.adapters)}")
+    pre = model.adapters[modality].preprocessor()
+    device = next(model.parameters()).device
+
+    def one(i: int, raw):
+        try:
+            return pre(raw, train=False)
+        except (SampleError, OSError, ValueError, TypeError) as err:
+            raise SampleError(f"{modality} item {i} ({str(raw)[:80]!r}): {err}") from err
+
+    @torch.no_grad()
+    def encode(raws: list, start: int = 0) -> torch.Tensor:
+        batch = pre.collate([one(start + i, r) for i, r in enumerate(raws)])
+        return model.encode(modality, to_device(batch, device)).float().cpu()
+
+    return encode

@@ -66,3 +66,9 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._items
+
+
+# The modality registry lives here, at the bottom layer, so config validation can look adapters
+# up by name; the adapters themselves (align.modalities.*) are imported only when first asked for.
+ADAPTERS: Registry = Registry("modality adapter", lazy_package="align.modalities",
+                              entry_point_group="align.modalities")

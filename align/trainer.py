@@ -1,378 +1,28 @@
-"""Training on Accelerate: one process or many, CPU or GPU, same code.
+"""``train``: the training loop (``align.training``) with evaluation (``align.eval``) wired in.
 
-The step is: encode each modality -> gather features across processes with gradients -> loss
-over the configured modality pairs -> backward -> clip -> AdamW -> cosine schedule -> clamp the
-temperature. There is deliberately no plain gradient accumulation: for a contrastive loss it
-would silently shrink the set of negatives.
+This is the application layer. The loop evaluates during training (``train.eval_every``, the
+best checkpoint) and at the end (``train.eval_at_end``), but the training layer sits below the
+evaluation layer and never imports it: the evaluation is handed in here as ``EvalHooks``. The
+loop's parts are re-exported, so ``from align.trainer import train_step`` keeps working.
 """
 from __future__ import annotations
 
-from align.errors import AlignError
-
-import json
-import math
-import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from align.checkpoint import save_checkpoint, set_rng_state
-from align.config import Config, ConfigError, dump_config
-from align.data import Collator, PairedDataset, hf_progress, load_table
-from align.data_summary import look_at_data
-from align.losses import build_loss
-from align.model import AlignModel, contrastive_loss, fit_adapters
-from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
-from align.runlock import lock_run
+from align.config import Config
+from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
+from align.model import AlignModel
+from align.training import (EvalHooks, TrainingError, TrainResult, build_accelerator, build_loader,  # noqa: F401
+                            build_optimizer, flat_eval_metrics, leave_cores_for_workers, one_thread_per_worker,
+                            param_groups, train_step, validation_loss)
+from align.training import train as train_loop
 
 
-class TrainingError(AlignError, RuntimeError):
-    """Training stopped on bad numerics; the message names the step and the saved checkpoint."""
-
-
-@dataclass
-class TrainResult:
-    model: AlignModel
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    val_losses: list[tuple[int, float]] = field(default_factory=list)
-    eval_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    best: tuple[int, float] | None = None
-    output_dir: Path | None = None
-    final_checkpoint: Path | None = None
-    samples_per_s: float | None = None
-    is_main_process: bool = True
-    skipped: int = 0  # training samples that failed to load and were replaced (data.train.on_error: skip)
-    eval_metrics: dict[str, Any] | None = None  # the eval section on the final model (train.eval_at_end)
-    eval_reports: list[Path] = field(default_factory=list)
-
-
-def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar eval metrics as 'zeroshot/top1', 'retrieval/image_to_text/R@1', ... (for logs and
-    ``train.best_metric``)."""
-    out = {}
-    for section in ("zeroshot", "retrieval"):
-        for key, value in (metrics.get(section) or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                    (key in ("top1", "top5", "mean_per_class_recall") or "/" in key):
-                out[f"{section}/{key}"] = float(value)
-    return out
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's rule: no weight decay on biases, norms, embeddings-like 1-d params and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "logit_" in name or ".ln" in name or "norm" in name or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
-
-
-def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
-    """AdamW with open_clip's decay split; the fused kernel (CPU and CUDA) saves ~4% of a CPU step."""
-    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps,
-                             fused=True)
-
-
-def build_accelerator(cfg: Config):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration
-
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    # Accelerate keeps one process-wide state; a second run in the same process (a notebook, the
-    # tests) with another mixed-precision setting must start from a clean one. The distributed
-    # part (PartialState, the process group) is kept.
-    AcceleratorState._reset_state()
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),  # else CPU-only multi-process runs silently don't shard
-        mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard",
-        project_dir=cfg.output_dir,
-        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, any world size
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-
-
-def leave_cores_for_workers(num_workers: int, num_processes: int) -> int | None:
-    """On CPU, DataLoader workers and the training process's OpenMP threads share the cores; when
-    they oversubscribe them, OpenMP's spin-waits make every op several times slower (measured: an
-    FSDD run went from 0.3 to 0.7 s/step). Give the trainer the cores the workers leave, unless
-    OMP_NUM_THREADS says otherwise. Returns the previous thread count (to restore), or None."""
-    if num_workers == 0 or torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, cores // max(num_processes, 1) - num_workers)))
-    return previous
-
-
-def one_thread_per_worker(_worker_id: int) -> None:
-    """DataLoader workers run torch with one thread, but numpy's BLAS (the mel filter bank, ...)
-    would still start one thread per core in every worker and oversubscribe the machine."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-
-
-def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
-                 table=None) -> torch.utils.data.DataLoader:
-    """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
-    Both drop the last partial batch: a contrastive batch must be full on every process."""
-    table = load_table(spec, key) if table is None else table
-    pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
-    ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
-                       on_error=spec.on_error, refill=True)
-    if len(ds) < cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
-                          f"({len(ds)} rows); batches must be full")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=True,
-                                       num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
-                                       generator=gen, worker_init_fn=one_thread_per_worker)
-
-
-@torch.no_grad()
-def validation_loss(accelerator, model, core: AlignModel, loader, loss_fn, pairs, modalities) -> float:
-    """Mean contrastive loss over the validation set (every process takes its shard)."""
-    model.eval()
-    total = torch.zeros((), device=accelerator.device)
-    for n, batch in enumerate(loader, start=1):
-        with accelerator.autocast():
-            total += contrastive_loss(core, model({m: batch[m] for m in modalities}), pairs, loss_fn).float()
-    model.train()
-    return accelerator.reduce(total / max(n, 1), reduction="mean").item()
-
-
-def train_step(accelerator, model, core: AlignModel, batch: dict, optimizer, scheduler, loss_fn,
-               pairs: list[tuple[str, str]], modalities: list[str], grad_clip: float | None,
-               on_nonfinite=None) -> torch.Tensor:
-    """One optimizer step on one batch; returns the loss averaged over processes (detached).
-
-    ``on_nonfinite(loss, batch)`` is called, before any update, when the loss is NaN/inf on any
-    process. The check and the loss average travel in one all-reduce, so a step costs one host
-    sync, not two.
-    """
-    with accelerator.autocast():
-        embeddings = model({m: batch[m] for m in modalities})
-        loss = contrastive_loss(core, embeddings, pairs, loss_fn)
-    local = loss.detach().float()
-    if on_nonfinite is not None:
-        stats = accelerator.reduce(torch.stack([local, torch.isfinite(local).float()]), reduction="mean")
-        mean_loss, finite = stats.tolist()
-        if finite < 1.0:
-            on_nonfinite(loss, batch)
-        mean_loss = torch.tensor(mean_loss)
-    else:
-        mean_loss = accelerator.reduce(local, reduction="mean")
-    accelerator.backward(loss)
-    if grad_clip:
-        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    core.clamp_logit_scale_()
-    return mean_loss
-
-
-def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> TrainResult:
-    """Run training as configured. ``stop_at`` ends the run early after that step (used to
-    simulate an interrupted run); ``resume`` continues from ``output_dir/checkpoints/latest``."""
-    previous = leave_cores_for_workers(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    try:
-        with hf_progress(cfg.train.progress):
-            return _train(cfg, resume, stop_at)
-    finally:
-        if previous is not None:
-            torch.set_num_threads(previous)
-
-
-def _train(cfg: Config, resume: bool, stop_at: int | None) -> TrainResult:
-    """Hold ``output_dir``'s run lock (align/runlock.py) from before the data loads until the run
-    ends, however it ends: one writer per run folder."""
-    accelerator = build_accelerator(cfg)
-    lock = lock_run(accelerator, cfg.output_dir)
-    try:
-        if accelerator.is_main_process:
-            for path in clean_leftovers(cfg.output_dir):
-                accelerator.print(f"removed {path}, left by an interrupted run")
-        return _run(cfg, accelerator, resume, stop_at)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None) -> TrainResult:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
-    tc = cfg.train
-    set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    train_table = load_table(cfg.data.train, "data.train")
-    fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
-    model = AlignModel(cfg.model)
-    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table)
-    val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
-    look_at_data(cfg, accelerator, loader, val_loader, fitted)
-    optimizer = build_optimizer(model, tc)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
-    start, skipped_before, log_path = 0, 0, out / "train_log.jsonl"
-    if resume:  # the newest checkpoint that verifies; damaged newer ones are skipped, named
-        ckpt, state = restore_newest_good(out / "checkpoints", model, accelerator.print)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, skipped_before = int(state["step"]), int(state.get("skipped", 0))
-        accelerator.print(f"resumed from {ckpt} at step {start}")
-    if tc.compile:
-        model = torch.compile(model)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    # Setup (datasets fingerprints, trackers) may consume global RNGs; fix them right before the
-    # first batch so a run, and a resumed run, draw the same augmentations and captions.
-    if resume:
-        set_rng_state(state["rng"])
-    core: AlignModel = accelerator.unwrap_model(model)
-    if hasattr(core, "_orig_mod"):
-        core = core._orig_mod
-    loss_fn = build_loss(cfg.model.loss, local_loss=tc.local_loss, rank=accelerator.process_index,
-                         world_size=accelerator.num_processes)
-    pairs = cfg.loss_pairs()
-    if accelerator.is_main_process:
-        dump_config(cfg, out / "config.yaml")
-    # on resume, TensorBoard drops the killed run's events past the checkpoint, as the log does
-    accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start + 1}} if resume else {})
-    if accelerator.is_main_process and not resume and log_path.exists():
-        log_path.unlink()
-    elif accelerator.is_main_process and resume:  # the killed run's lines past the checkpoint
-        trim_log(log_path, start)
-
-    def training_state(step: int) -> dict[str, Any]:
-        """Besides optimizer and schedule, the run's records, so a resumed run continues them."""
-        best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
-                                                  "metric": tc.best_metric}
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "skipped": int(accelerator.reduce(skipped.clone(), reduction="sum").item()), "best": best}
-
-    def checkpoint(step: int, name: str | None = None, update_latest: bool = True) -> Path | None:
-        accelerator.wait_for_everyone()
-        path, state = None, training_state(step)  # every process joins the skipped-count reduce
-        if accelerator.is_main_process:
-            path = save_checkpoint(out / "checkpoints", step, core, cfg, state,
-                                   keep=tc.keep_checkpoints, name=name, update_latest=update_latest)
-        accelerator.wait_for_everyone()
-        return path
-
-    result = TrainResult(model=core, output_dir=out, is_main_process=accelerator.is_main_process,
-                         skipped=skipped_before)
-    if resume:
-        result.best = restored_best(state, out / "checkpoints", log_path, tc.best_metric, start)
-    steps_per_epoch = len(loader)
-    step = start
-    last_ckpt = None
-    end = min(tc.steps, stop_at) if stop_at else tc.steps
-    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and accelerator.is_main_process),
-               desc="train", dynamic_ncols=True)
-    model.train()
-    if not resume:
-        set_seed(cfg.seed)
-    t0, seen = time.perf_counter(), 0
-    t_log, seen_at_log = t0, 0
-    # counted per process and summed when logged: the resumed count goes to the main process only
-    skipped = torch.tensor(skipped_before if accelerator.is_main_process else 0, device=accelerator.device)
-
-    def nonfinite(loss: torch.Tensor, batch: dict) -> None:
-        path = checkpoint(step, name=f"nan-step-{step + 1:06d}")
-        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1} "
-                            f"(sample rows {batch['index'][:8].tolist()}...); the state before "
-                            f"this step is saved in {path or out / 'checkpoints'}")
-
-    while step < end:
-        epoch, skip = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)  # the sampler's shuffle ...
-        loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in epoch_loader:
-            loss_value = train_step(accelerator, model, core, batch, optimizer, scheduler, loss_fn, pairs,
-                                    list(cfg.data.train.columns), tc.grad_clip, on_nonfinite=nonfinite).item()
-            step += 1
-            seen += tc.batch_size * accelerator.num_processes
-            skipped += batch["skipped"]
-            result.losses.append((step, loss_value))
-            bar.update(1)
-            if step % tc.log_every == 0 or step == end:
-                now = time.perf_counter()
-                logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                        "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
-                        "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
-                t_log, seen_at_log = now, seen
-                if cfg.data.train.on_error == "skip":  # samples that failed to load, all processes
-                    result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
-                    logs["data/skipped"] = result.skipped
-                accelerator.log(logs, step=step)
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, **logs}) + "\n")
-            if val_loader is not None and ((tc.val_every and step % tc.val_every == 0) or step == tc.steps):
-                val = validation_loss(accelerator, model, core, val_loader, loss_fn, pairs,
-                                      list(cfg.data.val.columns))
-                result.val_losses.append((step, val))
-                accelerator.log({"val/loss": val}, step=step)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, "val/loss": val}) + "\n")
-            if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
-                result.eval_metrics = evaluate(core, cfg.eval, accelerator)
-                scores = flat_eval_metrics(result.eval_metrics)
-                model.train()
-                result.eval_history.append((step, scores))
-                accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=step)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in scores.items()}}) + "\n")
-                if tc.best_metric:
-                    if tc.best_metric not in scores:
-                        raise ConfigError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
-                                         f"metric; have {sorted(scores)}")
-                    if result.best is None or scores[tc.best_metric] > result.best[1]:
-                        result.best = (step, scores[tc.best_metric])
-                        checkpoint(step, name="best", update_latest=False)
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                last_ckpt = checkpoint(step)
-            if step >= end:
-                break
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    result.samples_per_s = seen / elapsed if elapsed > 0 else math.nan
-    if step == tc.steps and not (tc.checkpoint_every and step % tc.checkpoint_every == 0):
-        last_ckpt = checkpoint(step)
-    result.final_checkpoint = last_ckpt
-    if cfg.eval is not None and tc.eval_at_end and step == tc.steps:
-        final_evaluation(cfg, core, accelerator, result, step)
-    accelerator.end_training()
-    return result
-
-
-def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
-    """The eval section on the final model; reports (``align.eval/v1``) go to ``output_dir/eval/``."""
-    from align.eval.report import build_report, write_report
-
-    if result.eval_history and result.eval_history[-1][0] == step:  # train.eval_every just ran it
-        metrics = result.eval_metrics
-    else:
-        metrics = result.eval_metrics = evaluate(core, cfg.eval, accelerator)
-    if not accelerator.is_main_process:
+def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
+    """The final eval metrics as ``align.eval/v1`` reports in ``output_dir/eval/``, and one line."""
+    metrics = result.eval_metrics
+    if not accelerator.is_main_process or metrics is None:
         return
     info = {"checkpoint": str(result.final_checkpoint), "step": step, "embed_dim": cfg.model.embed_dim,
             "loss": cfg.model.loss, "modalities": core.modalities}
@@ -384,3 +34,13 @@ def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainRe
     line = "  ".join(f"{k} {v:.4f}" for k, v in flat_eval_metrics(metrics).items() if k.count("/") <= 2)
     accelerator.print(f"eval ({metrics['dataset']['source']} split '{metrics['dataset']['split']}', "
                       f"{metrics['dataset']['rows']} rows): {line}")
+
+
+EVAL_HOOKS = EvalHooks(evaluate=evaluate, write_reports=write_eval_reports)
+
+
+def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> TrainResult:
+    """Train as configured, evaluating as the config's ``train`` and ``eval`` sections say.
+    ``stop_at`` ends the run early after that step (to simulate an interrupted run); ``resume``
+    continues from ``output_dir/checkpoints/latest``."""
+    return train_loop(cfg, resume=resume, stop_at=stop_at, hooks=EVAL_HOOKS)

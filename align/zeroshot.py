@@ -11,29 +11,7 @@ from typing import Callable, Sequence
 import torch
 from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
-
-def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
-    """``f(raw samples) -> unit-norm embeddings [n, D]`` with eval preprocessing, on the model's device.
-    A sample that cannot be read raises ``SampleError`` naming its position in the list."""
-    from align.modalities.base import SampleError
-
-    if modality not in model.adapters:
-        raise KeyError(f"model has no modality '{modality}'; it has {list(model.adapters)}")
-    pre = model.adapters[modality].preprocessor()
-    device = next(model.parameters()).device
-
-    def one(i: int, raw):
-        try:
-            return pre(raw, train=False)
-        except (SampleError, OSError, ValueError, TypeError) as err:
-            raise SampleError(f"{modality} item {i} ({str(raw)[:80]!r}): {err}") from err
-
-    @torch.no_grad()
-    def encode(raws: list, start: int = 0) -> torch.Tensor:
-        batch = pre.collate([one(start + i, r) for i, r in enumerate(raws)])
-        return model.encode(modality, to_device(batch, device)).float().cpu()
-
-    return encode
+from align.model import raw_encoder  # noqa: F401  (re-exported)
 
 
 def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] | dict[str, list[str]],

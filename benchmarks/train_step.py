@@ -265,15 +265,14 @@ def copy_clip_weights(clip_model, align_model) -> None:
 
 
 def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, nonfinite, grad_clip):
+    from align.task import ContrastiveTask
     from align.trainer import train_step
 
-    pairs = [("image", "text")]
-    modalities = ["image", "text"]
+    task = ContrastiveTask(core, loss_fn, [("image", "text")], ["image", "text"])
 
     def step(images, texts):
         batch = {"image": images, "text": texts}
-        return train_step(accelerator, model, core, batch, optimizer, scheduler, loss_fn, pairs, modalities,
-                          grad_clip, on_nonfinite=nonfinite)
+        return train_step(accelerator, model, task, batch, optimizer, scheduler, grad_clip, on_nonfinite=nonfinite)
 
     return step
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from align.config import ConfigError, EvalConfig
-from align.data import Collator, PairedDataset, class_names, describe_spec, load_table
+from align.data import Collator, PairedDataset, class_names, describe_spec, load_table, zeroshot_classes
 from align.zeroshot import build_classifier, classify, to_device
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from align.eval.zeroshot_metrics import zeroshot_classification_metrics
@@ -67,37 +67,6 @@ def encode_items(model, modality: str, items: list, batch_size: int, accelerator
 
     parts = sharded(items, lambda chunk: encode(model, modality, chunk, batch_size), accelerator)
     return torch.cat([p for p in parts if p.numel()])
-
-
-def zeroshot_classes(given: list[str] | dict[str, str] | None, data_names: list[str] | None,
-                     labels: np.ndarray, key: str = "eval.zeroshot.classnames") -> list[str]:
-    """The names put in prompts, in class-id order. Class ids come from the data, so names are
-    matched to them by name whenever the data has names: a list in another order (imagefolder sorts
-    its folders) would otherwise silently score every swapped class as wrong."""
-    if len(labels) and labels.min() < 0:
-        row = int(np.argmax(labels < 0))
-        raise ConfigError(f"config key 'eval.data.label_column': row {row} has no label ({labels[row]}); "
-                          "zero-shot needs a class for every row (drop them with where: {label: {ge: 0}})")
-    if given is None:
-        if data_names is None:
-            raise ConfigError(f"config key '{key}': the label column holds bare class ids, so there are no "
-                              "class names to build prompts from; give classnames (class i is "
-                              "classnames[i]) or eval.data.label_names")
-        return list(data_names)
-    if data_names is None:
-        if isinstance(given, dict):
-            raise ConfigError(f"config key '{key}': a mapping needs class names in the data; the label "
-                              "column holds bare ids, so give a list (class i is classnames[i])")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(given)):
-            raise ConfigError(f"config key '{key}': {len(given)} class names, but the eval data's labels "
-                              f"run {labels.min()}..{labels.max()} (class i is classnames[i])")
-        return list(given)
-    names = list(given) if isinstance(given, list) else list(given.keys())
-    if set(names) != set(data_names):
-        missing, extra = [n for n in data_names if n not in names], [n for n in names if n not in data_names]
-        raise ConfigError(f"config key '{key}': {names} do not match the data's class names {data_names} "
-                          f"(class id order); missing {missing}, not in the data {extra}")
-    return [given[n] for n in data_names] if isinstance(given, dict) else list(data_names)
 
 
 def dedupe_items(items: list, pairs: tuple[np.ndarray, np.ndarray]) -> tuple[list, np.ndarray, tuple]:

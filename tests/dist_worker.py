@@ -130,8 +130,10 @@ def run_case(case: str, workdir: Path) -> dict | None:
     def nonfinite(bad_loss, _batch):
         raise RuntimeError(f"rank {rank}: non-finite loss {bad_loss.item()} in case {case}")
 
-    step_loss = train_step(accelerator, model, core, batch, optimizer, scheduler, loss_fn, pairs,
-                           modalities, tc.grad_clip, on_nonfinite=nonfinite)
+    from align.task import ContrastiveTask
+
+    task = ContrastiveTask(core, loss_fn, pairs, modalities)
+    step_loss = train_step(accelerator, model, task, batch, optimizer, scheduler, tc.grad_clip, on_nonfinite=nonfinite)
     step_loss = accelerator.reduce(step_loss.detach(), reduction="mean")
     after = {n: p.detach().clone() for n, p in core.named_parameters()}
 

@@ -162,7 +162,7 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     """``align crossval`` on a plain csv: the holdout section gives the folds, the reports say which."""
     import yaml
 
-    from align.eval.crossval import run_crossval
+    from align.crossval import run_crossval
 
     spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
             "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",

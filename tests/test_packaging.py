@@ -14,13 +14,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def copy_source(dst: Path) -> Path:
+    """What the wheel is built from, copied (a build in the checkout would leave build/ there)."""
+    import shutil
+
+    dst.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, dst / part)
+    for part in ("align", "modalities", "eval", "configs"):
+        shutil.copytree(ROOT / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
 def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(tmp_path):
     import importlib.util
 
+    src = copy_source(tmp_path / "src")  # an in-tree build would leave build/ in the checkout
     wheels = tmp_path / "wheels"
     # the installed setuptools when there is one (no download); else pip's isolated build env
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", *isolation,
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation,
                     "-q", "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
     wheel = next(wheels.glob("align-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
@@ -49,3 +62,32 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_layers_point_down_on_the_installed_package(tmp_path):
+    """import-linter's layers contract (pyproject.toml) holds on the installed package, and breaks
+    when a lower layer imports a higher one (config importing the CLI), so it is really checked."""
+    import importlib.util
+
+    if importlib.util.find_spec("importlinter") is None:
+        import pytest
+
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    lint = str(Path(sys.executable).with_name("lint-imports"))
+
+    def check(src: Path, name: str) -> subprocess.CompletedProcess:
+        site = tmp_path / f"site-{name}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site),
+                        str(src)], check=True, capture_output=True, cwd=tmp_path)
+        return subprocess.run([lint, str(src / "pyproject.toml")], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(site)})
+
+    src = copy_source(tmp_path / "src")
+    kept = check(src, "as-is")
+    assert kept.returncode == 0 and "Layers point down KEPT" in kept.stdout, kept.stdout[-3000:] + kept.stderr[-2000:]
+    with open(src / "align" / "config.py", "a") as f:
+        f.write("\nimport align.cli  # an upward import\n")
+    broken = check(src, "broken")
+    assert broken.returncode != 0 and "Layers point down BROKEN" in broken.stdout
+    assert "align.config -> align.cli" in broken.stdout
