@@ -3,10 +3,7 @@
 ``ADAPTERS.get("image")`` imports ``align.modalities.image`` on first use, so adding a modality is one
 file that registers an adapter under its module name, plus a config that uses it.
 """
-from align.registry import Registry
-
-ADAPTERS: Registry = Registry("modality adapter", lazy_package="align.modalities",
-                              entry_point_group="align.modalities")
+from align.registry import ADAPTERS
 
 
 def build_adapter(name: str, options: dict | None = None):
