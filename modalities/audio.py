@@ -33,8 +33,8 @@ from torch import nn
 
 from align.modalities import ADAPTERS
 from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from align.modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, freeze_, prenorm_transformer,
-                             resolve_model_path)
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, resolve_model_path
+from align.modalities.layers import freeze_, masked_mean, prenorm_transformer
 
 MEL_FMIN = 20.0
 AST_ONLY = ("pad", "n_mels", "n_fft", "win_length", "hop_length", "top_db", "norm_stats", "patch_size",
@@ -270,11 +270,6 @@ def hf_feature_dim(tower: nn.Module) -> int:
         raise ValueError(f"cannot tell the feature width of {type(tower).__name__}: its config has "
                          "neither 'hidden_size' nor 'd_model'")
     return int(dim)
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
 @ADAPTERS.register("audio")

@@ -83,15 +83,3 @@ def resolve_model_path(name: str) -> str:
         raise ValueError(f"model '{name}': {path} does not exist")
     return str(path)
 
-
-def prenorm_transformer(width: int, heads: int, mlp_ratio: float, dropout: float, layers: int) -> nn.TransformerEncoder:
-    """The ViT-style trunk the from-scratch towers share (AST, the point-patch transformer):
-    pre-norm blocks, GELU MLP, batch-first [B, tokens, width]."""
-    layer = nn.TransformerEncoderLayer(width, heads, round(width * mlp_ratio), dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-
-def freeze_(module: nn.Module) -> None:
-    for p in module.parameters():
-        p.requires_grad_(False)

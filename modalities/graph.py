@@ -38,6 +38,7 @@ from torch import nn
 
 from align.modalities import ADAPTERS
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.layers import norm_layer
 from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
 
 Vocab = list[int] | Literal["smiles"] | None
@@ -196,17 +197,12 @@ class FeatureEncoder(nn.Module):
         return self.constant.expand(rows, -1)
 
 
-def _norm(kind: str, width: int) -> nn.Module:
-    return {"batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width),
-            "none": nn.Identity}[kind]()
-
-
 def _conv(o: GraphOptions) -> nn.Module:
     from torch_geometric import nn as gnn
 
     w = o.width
     if o.encoder == "gin":
-        mlp = nn.Sequential(nn.Linear(w, 2 * w), _norm(o.norm, 2 * w), nn.ReLU(), nn.Linear(2 * w, w))
+        mlp = nn.Sequential(nn.Linear(w, 2 * w), norm_layer(o.norm, 2 * w), nn.ReLU(), nn.Linear(2 * w, w))
         return gnn.GINEConv(mlp, train_eps=True) if o.has_edge_features() else gnn.GINConv(mlp, train_eps=True)
     if o.encoder == "gcn":
         return gnn.GCNConv(w, w)
@@ -228,7 +224,7 @@ class GraphAdapter(ModalityAdapter):
             FeatureEncoder(o.edge_dim, o.vocab("edge"), o.width) for _ in range(o.layers)
         ) if o.has_edge_features() else None
         self.convs = nn.ModuleList(_conv(o) for _ in range(o.layers))
-        self.norms = nn.ModuleList(_norm(o.norm, o.width) for _ in range(o.layers))
+        self.norms = nn.ModuleList(norm_layer(o.norm, o.width) for _ in range(o.layers))
         self.dropout = nn.Dropout(o.dropout)
         self.feature_dim = o.width * (o.layers + 1 if o.jk == "cat" else 1)
         self.pool = None

@@ -15,7 +15,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.layers import freeze_
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -39,7 +39,8 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, prenorm_transformer
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.layers import prenorm_transformer
 from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)
 

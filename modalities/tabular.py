@@ -36,6 +36,7 @@ from torch import nn
 from align.errors import ConfigError
 from align.modalities import ADAPTERS
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.layers import norm_layer
 
 log = logging.getLogger("align.modalities.tabular")
 
@@ -205,11 +206,6 @@ def check_fitted(o: TabularOptions) -> None:
 # encoder
 # ------------------------------------------------------------------------------------------------
 
-def _norm(kind: str, width: int) -> nn.Module:
-    return {"batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width),
-            "none": nn.Identity}[kind]()
-
-
 @ADAPTERS.register("tabular")
 class TabularAdapter(ModalityAdapter):
     Options = TabularOptions
@@ -221,7 +217,7 @@ class TabularAdapter(ModalityAdapter):
         layers: list[nn.Module] = []
         width = o.num_features
         for w in o.widths:
-            layers += [nn.Linear(width, w), _norm(o.norm, w), nn.ReLU(inplace=True), nn.Dropout(o.dropout)]
+            layers += [nn.Linear(width, w), norm_layer(o.norm, w), nn.ReLU(inplace=True), nn.Dropout(o.dropout)]
             width = w
         self.mlp = nn.Sequential(*layers)
         self.feature_dim = o.widths[-1]

@@ -14,8 +14,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from align.modalities import ADAPTERS
-from align.modalities.base import (AdapterOptions, ModalityAdapter, Preprocessor, SampleError, freeze_,
-                             resolve_model_path)
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, resolve_model_path
+from align.modalities.layers import freeze_, masked_mean
 from align.modalities.image import check_dataclass_keys
 
 
@@ -156,5 +156,4 @@ class TextAdapter(ModalityAdapter):
         hidden = out.last_hidden_state
         if self.options.pooling == "cls":
             return hidden[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return masked_mean(hidden, batch["attention_mask"])

@@ -25,6 +25,7 @@ from torch import nn
 from align.modalities import ADAPTERS
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
 from align.modalities.image import ImageAdapter, ImageOptions
+from align.modalities.layers import prenorm_transformer
 from align.modalities.video_io import FrameSampler, read_video
 
 
@@ -96,9 +97,7 @@ class TemporalTransformer(nn.Module):
     def __init__(self, dim: int, frames: int, layers: int, heads: int, pos_std: float = 0.02) -> None:
         super().__init__()
         self.frame_pos_embed = nn.Parameter(torch.randn(frames, dim) * pos_std)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.transformer = prenorm_transformer(dim, heads, mlp_ratio=4.0, dropout=0.0, layers=layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
