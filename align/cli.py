@@ -68,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
     d.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the demo config")
     d.set_defaults(func=_demo)
-    from align.indexing import add_parsers as add_index
-    from align.eval.commands import add_parser as add_eval
+    from align.cli_commands import add_eval_parser as add_eval, add_index_parsers as add_index
     from align.crossval import add_parser as add_crossval
 
     add_eval(sub)

@@ -71,7 +71,7 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
 
 def fold_setters(specs: dict) -> dict[str, str]:
     """Config key -> the section whose ``fold`` / ``folds`` select a fold of that dataset."""
-    from align.builtin_data import FOLD_SOURCES
+    from align.sources import FOLD_SOURCES
     from align.config import ConfigError
 
     out = {}

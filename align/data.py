@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from align.config import ConfigError, DatasetSpec
-from align.errors import SampleError
-
-from align.builtin_data import SOURCES, DataError, rotated_captions
+from align.errors import DataError, SampleError
+from align.sources import SOURCES
+from align.sources.common import rotated_captions
 
 log = logging.getLogger("align.data")
 

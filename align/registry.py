@@ -49,11 +49,12 @@ class Registry(Generic[T]):
                 obj = declared.load()  # a module registers on import; an object is registered here
                 if name not in self._items and not isinstance(obj, type(importlib)):
                     self._items[name] = obj
-            elif self.lazy_package and name.isidentifier():
+            elif self.lazy_package and name.replace("-", "_").isidentifier():
+                module = f"{self.lazy_package}.{name.replace('-', '_')}"  # 'tu-dataset' -> tu_dataset
                 try:
-                    importlib.import_module(f"{self.lazy_package}.{name}")
+                    importlib.import_module(module)
                 except ModuleNotFoundError as err:
-                    if err.name != f"{self.lazy_package}.{name}":
+                    if err.name != module:
                         raise
         if name not in self._items:
             raise KeyError(f"unknown {self.kind} '{name}'; known: {self.names()}")

@@ -123,29 +123,3 @@ def query_grid(keep: dict, ecfg, path: Path, n_queries: int = 6, k: int = 5) -> 
         results.append(hits)
     queries = [str(q_items[i]) if q_items is not None else f"row {q_rows[i]}" for i in picks]
     plot_query_grid(queries, results, path, f"{query_side} -> image: top {k} (green = positive)")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification or retrieval")
-    p.add_argument("task", choices=["zeroshot", "retrieval"])
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
-    p.add_argument("--config", help="YAML whose eval section to use (default: the checkpoint's)")
-    p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
-    p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
-    p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    report = run_eval(args)
-    m = report["metrics"]
-    if args.task == "zeroshot":
-        top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
-        print(f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
-              f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
-    else:
-        for key, value in m.items():
-            if "/R@" in key or key.endswith(("/mAP", "/MRR", "/median_rank")):
-                print(f"{key:<28} {value:.4f}" if isinstance(value, float) else f"{key:<28} {value}")
-    print(f"report: {report['path']}")
-    return 0

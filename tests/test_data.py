@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from align.config import DatasetSpec
-from align.builtin_data import DIGIT_NAMES, sklearn_digits
+from align.sources.common import DIGIT_NAMES
+from align.sources.sklearn_digits import sklearn_digits
 from align.data import Collator, DataError, PairedDataset, load_table
 from align.modalities import build_adapter
 from align.modalities.base import SampleError

@@ -130,7 +130,7 @@ def test_hf_progress_bars_follow_train_progress(tmp_path, capfd):
 
 
 def test_encode_raw_items(tmp_path):
-    from align.builtin_data import sklearn_digits
+    from align.sources.sklearn_digits import sklearn_digits
     from align.config import ModelConfig
     from align.model import AlignModel
 

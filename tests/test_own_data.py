@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.builtin_data import DIGIT_NAMES, sklearn_digits
+from align.sources.common import DIGIT_NAMES
+from align.sources.sklearn_digits import sklearn_digits
 from align.config import ConfigError, DatasetSpec, EvalConfig, config_from_dict
 from align.data import DataError, load_table
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)

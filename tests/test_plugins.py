@@ -102,7 +102,7 @@ def test_a_plugin_package_adds_a_modality_and_a_source(tmp_path):
     code = (
         "import sys\n"
         "from align.modalities import ADAPTERS\n"
-        "from align.builtin_data import SOURCES\n"
+        "from align.sources import SOURCES\n"
         "assert 'scalar' in ADAPTERS.names() and 'ramp' in SOURCES.names()\n"
         "assert 'align_plugin_demo.scalar' not in sys.modules  # listed, not imported\n"
         "try:\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.builtin_data import DataError
+from align.errors import DataError
 from align.config import DatasetSpec
 from align.modalities import ADAPTERS, build_adapter
 from align.modalities.base import SampleError

@@ -273,7 +273,7 @@ def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsy
     assert main(["train", str(tmp_path / "c.yaml")]) == 0
     assert "fitted on data.train: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["modalities"]["tabular"]["options"]
-    from align.builtin_data import SOURCES
+    from align.sources import SOURCES
     from align.config import DatasetSpec
 
     table = SOURCES.get("sklearn-table")(DatasetSpec.model_validate(cfg["data"]["train"]))

@@ -101,7 +101,7 @@ def bomb(path: Path) -> Path:
 
 
 def test_decompression_bomb_is_a_sample_error_and_skipped(tmp_path):
-    from align.builtin_data import sklearn_digits
+    from align.sources.sklearn_digits import sklearn_digits
 
     digits = sklearn_digits("test")
     paths = []

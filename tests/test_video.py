@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.synthetic_video import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
+from align.sources.moving_digits import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
 from align.modalities.base import SampleError
 from align.modalities.video_io import FrameSampler, decode_all, read_video, video_info
 
@@ -332,7 +332,7 @@ def test_mean_pooling_cannot_see_frame_order_the_transformer_can():
 # ------------------------------------------------------------------------------------------
 
 def test_moving_digit_clips_reverse_into_their_opposite_direction():
-    from align.builtin_data import read_pixel_csv
+    from align.sources.common import read_pixel_csv
 
     images, labels = read_pixel_csv(MNIST)
     clips = {d: moving_digit_clips(images[:1], labels[:1], 6, 32, seed=7, directions=[d])[0][0]

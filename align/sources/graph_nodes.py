@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from align.builtin_data import DataError, builtin_options
+from align.sources import SOURCES
+from align.sources.common import DataError, builtin_options
 
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
 PLANETOID_CLASSES = {
@@ -66,6 +67,7 @@ OPTIONS = {"format": "planetoid", "name": None, "nodes": None, "edges": None, "n
            "split_column": "split", "cache_dir": None}
 
 
+@SOURCES.register("graph-nodes")
 def graph_nodes(spec):
     """The ``graph-nodes`` builtin: a ``datasets.Dataset`` with one row per node of the split."""
     opts = builtin_options(spec, OPTIONS)

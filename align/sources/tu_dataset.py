@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from align.builtin_data import DataError, builtin_options, fold_rows
+from align.sources import SOURCES
+from align.sources.common import DataError, builtin_options, fold_rows
 
 
 def read_tu_graphs(source: Path, name: str, use_node_attr: bool):
@@ -42,6 +43,7 @@ def read_tu_graphs(source: Path, name: str, use_node_attr: bool):
     return graphs
 
 
+@SOURCES.register("tu-dataset")
 def tu_dataset(spec):
     import datasets
 

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from align.builtin_data import DataError, builtin_options, fold_rows, single_file, stratified_split
+from align.sources import SOURCES
+from align.sources.common import DataError, builtin_options, fold_rows, single_file, stratified_split
 
 DEFAULTS: dict[str, Any] = {"points": "points", "offsets": "offsets",
                             "columns": {"label": "labels", "id": "ids"}, "per_point": {},
@@ -87,6 +88,7 @@ def ragged_column(values: np.ndarray, bounds: np.ndarray, rows: np.ndarray, flat
     return pa.LargeListArray.from_arrays(pa.array(new_offsets.astype(np.int64)), child)
 
 
+@SOURCES.register("packed-npz")
 def packed_npz(spec):
     import datasets
     import pyarrow as pa

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from align.builtin_data import DataError, builtin_options, stratified_split
+from align.sources import SOURCES
+from align.sources.common import DataError, builtin_options, stratified_split
 
 # name -> (scikit-learn loader, class names; None: scikit-learn's target_names, already readable)
 TABLES: dict[str, tuple[str, list[str] | None]] = {
@@ -46,6 +47,7 @@ def load_sklearn_table(name: str) -> tuple[Any, Any, list[str], list[str]]:
     return bunch.data.astype("float64"), bunch.target.astype("int64"), classes, [str(f) for f in bunch.feature_names]
 
 
+@SOURCES.register("sklearn-table")
 def sklearn_table(spec):
     import datasets
 

@@ -14,6 +14,8 @@ opposite directions, a temporal model is not.
 """
 from __future__ import annotations
 
+from align.sources import SOURCES
+
 import numpy as np
 
 DIRECTIONS = ["left", "right", "up", "down"]
@@ -31,7 +33,7 @@ VIDEO_CAPTIONS = [
 
 def class_names() -> list[str]:
     """The 40 classes, index digit * 4 + direction: 'zero moving left', ..., 'nine moving down'."""
-    from align.builtin_data import DIGIT_NAMES
+    from align.sources.common import DIGIT_NAMES
 
     return [f"{d} moving {m}" for d in DIGIT_NAMES for m in DIRECTIONS]
 
@@ -103,6 +105,7 @@ def moving_digit_clips(images: np.ndarray, labels: np.ndarray, frames: int = 8, 
     return clips, directions
 
 
+@SOURCES.register("moving-digits")
 def moving_digits_table(spec):
     """Builtin source ``moving-digits``: ``data_files`` is a pixel CSV of 28x28 digits (MNIST 5k),
     split train | test | all (the same stratified split as ``pixel-csv``). ``load_kwargs``: frames
@@ -116,7 +119,7 @@ def moving_digits_table(spec):
     """
     import datasets
 
-    from align.builtin_data import (DIGIT_NAMES, DataError, builtin_options, check_digit_labels,
+    from align.sources.common import (DIGIT_NAMES, DataError, builtin_options, check_digit_labels,
                                     read_pixel_csv, rotated_captions, single_file, stratified_split)
 
     opts = builtin_options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1,
