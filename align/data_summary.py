@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from align.config import Config, DatasetSpec
-from align.data import class_names, describe_spec
+from align.data import describe_spec
+from align.labels import class_names
 
 
 def show_value(value: Any, width: int = 90) -> str:
@@ -82,7 +83,7 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     cols = cfg.data.train.columns
     out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
-        from align.data import zeroshot_classes
+        from align.labels import zeroshot_classes
 
         spec, table = cfg.eval.data, tables["eval.data"]
         out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,

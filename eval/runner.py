@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from align.config import ConfigError, EvalConfig
-from align.data import Collator, PairedDataset, class_names, describe_spec, load_table, zeroshot_classes
+from align.data import Collator, PairedDataset, describe_spec, load_table
+from align.labels import class_names, zeroshot_classes
 from align.zeroshot import build_classifier, classify, to_device
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from align.eval.zeroshot_metrics import zeroshot_classification_metrics
