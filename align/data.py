@@ -23,15 +23,13 @@ from align.sources.common import rotated_captions
 
 log = logging.getLogger("align.data")
 
-LOCAL_BUILDERS = {"imagefolder", "audiofolder", "videofolder", "csv", "json", "parquet", "arrow", "text"}
-
 
 def load_table(spec: DatasetSpec, key: str = "data.train"):
     """Load the table a spec names and check its columns; errors name the config key."""
     import datasets
 
     try:
-        if spec.source in SOURCES.names():
+        if spec.source in SOURCES or spec.source in SOURCES.names():  # registered, else declared
             ds = SOURCES.get(spec.source)(spec)
         else:
             ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,

@@ -68,7 +68,7 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
     from align.checkpoint import load_model, resolve_checkpoint
     from align.data import Collator, PairedDataset, class_names, load_table
     from align.index import EmbeddingIndex
-    from align.zeroshot import to_device
+    from accelerate.utils import send_to_device as to_device
 
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)

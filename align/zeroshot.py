@@ -6,12 +6,11 @@ Works for any query modality against any prompt modality the model has.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
-from align.model import raw_encoder  # noqa: F401  (re-exported)
+from align.model import raw_encoder
 
 
 def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] | dict[str, list[str]],

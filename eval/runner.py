@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
 from align.config import ConfigError, EvalConfig
 from align.data import Collator, PairedDataset, describe_spec, load_table
 from align.labels import class_names, zeroshot_classes
-from align.zeroshot import build_classifier, classify, to_device
+from align.zeroshot import build_classifier, classify
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from align.eval.zeroshot_metrics import zeroshot_classification_metrics
 
