@@ -21,7 +21,8 @@ def add_eval_parser(sub) -> None:
 
 
 def _eval_cli(args: argparse.Namespace) -> int:
-    report = run_eval(args)
+    report = run_eval(args.task, args.checkpoint, config=args.config, overrides=args.overrides,
+                      templates=args.templates, out=args.out)
     m = report["metrics"]
     if args.task == "zeroshot":
         top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"

@@ -100,7 +100,7 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
     """Let each adapter learn what it needs from the training table before the model is built
     (``ModalityAdapter.fit``: normalisation statistics, vocabularies, input widths) and write it
     into ``cfg``'s options, so the run's config.yaml and every checkpoint carry it. Options the
-    user set are kept. Returns modality -> the option names that were fitted."""
+    user set are kept (an option set to ``"fit"`` asks for the fitted value). Returns modality -> the option names that were fitted."""
     from align.modalities import ADAPTERS
     from align.modalities.base import ModalityAdapter
 
@@ -110,7 +110,7 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
         if mod not in columns or cls.fit.__func__ is ModalityAdapter.fit.__func__:
             continue  # nothing to learn: do not read the column
         learned = cls.fit(cls.Options.model_validate(spec.options), list(table[columns[mod]]))
-        learned = {k: v for k, v in learned.items() if spec.options.get(k) is None}
+        learned = {k: v for k, v in learned.items() if spec.options.get(k) in (None, "fit")}
         if learned:
             spec.options = cls.Options.model_validate({**spec.options, **learned}).model_dump(by_alias=True)
             fitted[mod] = sorted(learned)

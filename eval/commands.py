@@ -1,34 +1,35 @@
 """``align eval zeroshot|retrieval``: evaluate a checkpoint and write a report + plots."""
 from __future__ import annotations
 
-from align.errors import AlignError
-
-import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
+
+from align.errors import AlignError
 
 
 class EvalError(AlignError, ValueError):
     """The evaluation asked for something the checkpoint or data cannot give; names what."""
 
 
-def eval_config(args: argparse.Namespace, ckpt_cfg):
-    """The eval section: from --config if given, else the checkpoint's own; then overrides."""
+def eval_config(task: Literal["zeroshot", "retrieval"], ckpt_cfg, config: str | Path | None = None,
+                overrides: Sequence[str] = (), templates: str | Path | None = None):
+    """The eval section: from ``config`` (a YAML file) if given, else the checkpoint's own; then the
+    ``eval.*`` dotted overrides and a templates file."""
     import yaml
 
     from align.config import ConfigError, EvalConfig, _format_validation_error, parse_overrides, set_dotted
 
-    if args.config:
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
+    if config:
+        data = yaml.safe_load(Path(config).read_text()) or {}
         section = data.get("eval") if isinstance(data, dict) else None
         if section is None:
-            raise ConfigError(f"config key 'eval': {args.config} has no eval section")
+            raise ConfigError(f"config key 'eval': {config} has no eval section")
     elif ckpt_cfg.eval is not None:
         section = ckpt_cfg.eval.model_dump(mode="json", by_alias=True)
     else:
         raise ConfigError("config key 'eval': the checkpoint's config has none; pass --config FILE")
     root = {"eval": section}
-    for key, value in parse_overrides(args.overrides):
+    for key, value in parse_overrides(list(overrides)):
         set_dotted(root, key if key.startswith("eval.") else f"eval.{key}", value)
     from pydantic import ValidationError
 
@@ -36,31 +37,35 @@ def eval_config(args: argparse.Namespace, ckpt_cfg):
         ecfg = EvalConfig.model_validate(root["eval"])
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "eval.")) from None
-    if args.templates:
+    if templates:
         from align.eval.zeroshot_metrics import load_templates
 
         if ecfg.zeroshot is None:
             raise ConfigError("config key 'eval.zeroshot': --templates needs a zeroshot section")
-        ecfg.zeroshot.templates = load_templates(args.templates)
-    if args.task == "zeroshot" and ecfg.zeroshot is None:
+        ecfg.zeroshot.templates = load_templates(templates)
+    if task == "zeroshot" and ecfg.zeroshot is None:
         raise ConfigError("config key 'eval.zeroshot': missing (classnames, templates)")
-    if args.task == "retrieval" and ecfg.retrieval is None:
+    if task == "retrieval" and ecfg.retrieval is None:
         raise ConfigError("config key 'eval.retrieval': missing (a, b modalities)")
-    if args.task == "zeroshot":
+    if task == "zeroshot":
         ecfg.retrieval = None
     else:
         ecfg.zeroshot = None
     return ecfg
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, config: str | Path | None = None,
+             overrides: Sequence[str] = (), templates: str | Path | None = None,
+             out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (a checkpoint, its checkpoints/ root or a run folder) and write the
+    report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots."""
     from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
     from align.eval.report import build_report, write_report
     from align.eval.runner import evaluate
 
-    ckpt = resolve_checkpoint(args.checkpoint)
+    ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
-    ecfg = eval_config(args, cfg)
+    ecfg = eval_config(task, cfg, config, overrides, templates)
     for mod in ([ecfg.zeroshot.query, ecfg.zeroshot.prompt_modality] if ecfg.zeroshot else
                 [ecfg.retrieval.a, ecfg.retrieval.b]):
         if mod not in model.adapters:
@@ -73,10 +78,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     step = checkpoint_step(ckpt)  # from the weights' metadata: training_state.pt is not needed to evaluate
     info = {"checkpoint": str(ckpt), "step": -1 if step is None else step,
             "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
-    report = build_report(args.task, metrics, info)
-    out = Path(args.out or ckpt / "eval")
-    path = write_report(report, out / f"{args.task}.json")
-    if args.task == "zeroshot":
+    report = build_report(task, metrics, info)
+    out = Path(out or ckpt / "eval")
+    path = write_report(report, out / f"{task}.json")
+    if task == "zeroshot":
         from align.eval.plots import plot_confusion_matrix
 
         zs = report["metrics"]

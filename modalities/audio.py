@@ -33,30 +33,40 @@ from torch import nn
 
 from align.modalities import ADAPTERS
 from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, resolve_model_path
+from align.modalities.base import (AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, SampleError,
+                                   resolve_model_path)
 from align.modalities.layers import freeze_, masked_mean, prenorm_transformer
 
 MEL_FMIN = 20.0
-AST_ONLY = ("pad", "n_mels", "n_fft", "win_length", "hop_length", "top_db", "norm_stats", "patch_size",
-            "patch_stride", "width", "layers", "heads", "mlp_ratio", "dropout", "freq_mask", "time_mask",
-            "num_masks")
+FIT_CLIPS = 5000  # most training clips read to fit norm_stats
+class _AudioCommon(AdapterOptions):
+    """Options both encoder variants read."""
 
-
-class AudioOptions(AdapterOptions):
-    encoder: Literal["ast", "hf"] = "ast"
     sample_rate: int = Field(16000, gt=0, description="'ast' only; 'hf' uses its feature extractor's rate")
     clip_seconds: float = Field(1.0, gt=0, description="crop (and for 'ast' pad) every clip to this")
-    pad: Literal["end", "center"] = Field("end", description="where 'ast' puts the zero padding")
     silence_threshold: float | None = Field(DEFAULT_SILENCE_THRESHOLD, ge=0,
                                             description="peak |x| below this is an error; None disables")
-    # log-mel front end ("ast")
+    freeze: bool = False
+
+    def clip_samples(self, sample_rate: int | None = None) -> int:
+        return max(1, round(self.clip_seconds * (sample_rate or self.sample_rate)))
+
+
+class ASTAudioOptions(_AudioCommon):
+    """encoder "ast": log-mel front end + AST trunk trained from scratch."""
+
+    encoder: Literal["ast"] = "ast"
+    pad: Literal["end", "center"] = Field("end", description="where the zero padding goes")
+    # log-mel front end
     n_mels: int = Field(64, gt=0)
     n_fft: int | None = Field(None, gt=0, description="default: next power of two >= win_length")
     win_length: int | None = Field(None, gt=0, description="default: 25 ms")
     hop_length: int | None = Field(None, gt=0, description="default: 10 ms")
     top_db: float | None = Field(80.0, gt=0, description="log-mel dynamic range below the clip's peak")
-    norm_stats: tuple[float, float] | None = Field(None, description="fixed (mean, std) of the log-mel "
-                                                   "in dB; None = per-utterance normalisation")
+    norm_stats: tuple[float, float] | Literal["fit"] | None = Field(
+        None, description="fixed (mean, std) of the log-mel in dB; 'fit' = measured on the training "
+        "clips before training (AST's dataset statistics, stored in the run's config); None = "
+        "per-utterance normalisation")
     freq_mask: int = Field(0, ge=0, description="SpecAugment: max mel bins per mask (0 = off)")
     time_mask: int = Field(0, ge=0, description="SpecAugment: max frames per mask (0 = off)")
     num_masks: int = Field(2, ge=0, description="SpecAugment: masks of each kind")
@@ -68,28 +78,13 @@ class AudioOptions(AdapterOptions):
     heads: int = Field(4, gt=0)
     mlp_ratio: float = Field(4.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
-    # both / "hf"
-    hf_model: str | None = Field(None, description="transformers audio model: hub id, local folder or "
-                                 "package:<module>/<folder>")
-    pooling: Literal["mean", "cls", "pooler"] = Field("mean", description="'pooler' is 'hf' only")
-    freeze: bool = False
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AudioOptions":
-        if self.encoder == "hf":
-            if self.hf_model is None:
-                raise ValueError("encoder 'hf' needs 'hf_model'")
-            # compare with the defaults, not model_fields_set: a validated config is dumped whole
-            # (every option set) and validated again when the model is built or reloaded
-            wrong = sorted(k for k in AST_ONLY if getattr(self, k) != type(self).model_fields[k].default)
-            if wrong:
-                raise ValueError(f"option(s) {wrong} only apply to encoder 'ast'")
-            return self
-        if self.hf_model is not None:
-            raise ValueError("'hf_model' needs encoder: hf")
+    def _consistent(self) -> "ASTAudioOptions":
         if self.pooling == "pooler":
             raise ValueError("pooling 'pooler' is only for encoder 'hf'; use 'cls' or 'mean'")
-        if self.norm_stats is not None and self.norm_stats[1] <= 0:
+        if isinstance(self.norm_stats, tuple) and self.norm_stats[1] <= 0:
             raise ValueError(f"norm_stats std must be > 0, got {self.norm_stats[1]}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
@@ -99,9 +94,6 @@ class AudioOptions(AdapterOptions):
             raise ValueError(f"log-mel [{self.n_mels} x {self.frames()}] is smaller than patch_size "
                              f"{self.patch_size}; raise n_mels / clip_seconds or lower patch_size")
         return self
-
-    def clip_samples(self, sample_rate: int | None = None) -> int:
-        return max(1, round(self.clip_seconds * (sample_rate or self.sample_rate)))
 
     def stft(self) -> dict[str, int]:
         """Window/hop/FFT sizes in samples, defaulting to 25 ms / 10 ms like AST and Whisper."""
@@ -116,6 +108,24 @@ class AudioOptions(AdapterOptions):
         return 1 + (self.clip_samples() + 2 * (s["win_length"] // 2) - s["win_length"]) // s["hop_length"]
 
 
+class HFAudioOptions(_AudioCommon):
+    """encoder "hf": a transformers audio encoder and its own feature extractor."""
+
+    encoder: Literal["hf"] = "hf"
+    hf_model: str | None = Field(None, description="transformers audio model: hub id, local folder or "
+                                 "package:<module>/<folder>")
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "HFAudioOptions":
+        if self.hf_model is None:
+            raise ValueError("encoder 'hf' needs 'hf_model'")
+        return self
+
+
+AudioOptions = EncoderVariants("ast", ast=ASTAudioOptions, hf=HFAudioOptions)
+
+
 # ------------------------------------------------------------------------------------------------
 # preprocessing (DataLoader workers)
 # ------------------------------------------------------------------------------------------------
@@ -123,13 +133,16 @@ class AudioOptions(AdapterOptions):
 class LogMel:
     """Normalised log-mel spectrogram of one waveform via ``transformers.audio_utils``."""
 
-    def __init__(self, o: AudioOptions) -> None:
+    def __init__(self, o: ASTAudioOptions) -> None:
         from transformers.audio_utils import mel_filter_bank, window_function
 
         self.stft = o.stft()
         self.window = window_function(self.stft["win_length"], "hann")
         self.mel_filters = mel_filter_bank(self.stft["n_fft"] // 2 + 1, o.n_mels, MEL_FMIN,
                                            o.sample_rate / 2, o.sample_rate, norm=None, mel_scale="htk")
+        if o.norm_stats == "fit":
+            raise ValueError("norm_stats 'fit' is measured on the training clips by AudioAdapter.fit "
+                             "(align train runs it); give (mean, std) to build the adapter directly")
         self.norm_stats = o.norm_stats
         self.top_db = o.top_db
 
@@ -166,7 +179,7 @@ def spec_augment(spec: np.ndarray, freq_mask: int, time_mask: int, num_masks: in
 class LogMelPreprocessor(Preprocessor):
     """raw -> waveform -> crop/pad to clip -> normalised log-mel (+ SpecAugment in training)."""
 
-    def __init__(self, o: AudioOptions) -> None:
+    def __init__(self, o: ASTAudioOptions) -> None:
         self.o = o
         self.logmel = LogMel(o)
 
@@ -187,7 +200,7 @@ class LogMelPreprocessor(Preprocessor):
 class HFAudioPreprocessor(Preprocessor):
     """raw -> waveform at the extractor's rate -> crop to clip -> the extractor's tensors."""
 
-    def __init__(self, feature_extractor, o: AudioOptions) -> None:
+    def __init__(self, feature_extractor, o: HFAudioOptions) -> None:
         self.fe = feature_extractor
         self.o = o
         self.sample_rate = int(feature_extractor.sampling_rate)
@@ -225,7 +238,7 @@ class ASTEncoder(nn.Module):
     """AST (Gong et al. 2021) from scratch: conv patches over the log-mel image, CLS token,
     learned positions, pre-norm transformer, final LayerNorm, CLS or mean pooling."""
 
-    def __init__(self, o: AudioOptions) -> None:
+    def __init__(self, o: ASTAudioOptions) -> None:
         super().__init__()
         self.input_shape = (o.n_mels, o.frames())
         grid = [(n - o.patch_size) // o.patch_stride + 1 for n in self.input_shape]
@@ -278,7 +291,7 @@ class AudioAdapter(ModalityAdapter):
 
     Options = AudioOptions
 
-    def __init__(self, options: AudioOptions) -> None:
+    def __init__(self, options: ASTAudioOptions | HFAudioOptions) -> None:
         super().__init__(options)
         if options.encoder == "hf":
             from transformers import AutoFeatureExtractor
@@ -297,6 +310,31 @@ class AudioAdapter(ModalityAdapter):
             self.feature_dim = options.width
         if options.freeze:
             freeze_(self.tower)
+
+    @classmethod
+    def fit(cls, options, values: list[Any]) -> dict[str, Any]:
+        """``norm_stats: fit``: mean and std of the un-normalised log-mel (dB) over the training clips,
+        each centre-cropped / padded as in evaluation, like AST's dataset statistics. At most
+        ``FIT_CLIPS`` clips are read (a seeded choice), so fitting a large set stays bounded."""
+        o = options if isinstance(options, (ASTAudioOptions, HFAudioOptions)) else AudioOptions.model_validate(options)
+        if o.encoder != "ast" or o.norm_stats != "fit":
+            return {}
+        logmel = LogMel(o.model_copy(update={"norm_stats": None}))
+        pick = np.arange(len(values))
+        if len(pick) > FIT_CLIPS:
+            pick = np.sort(np.random.default_rng(0).choice(len(values), FIT_CLIPS, replace=False))
+        total, total_sq, count = 0.0, 0.0, 0
+        for i in pick:
+            try:
+                wave = load_audio(values[i], o.sample_rate, silence_threshold=o.silence_threshold)
+            except (SampleError, ValueError, OSError, RuntimeError) as err:
+                raise ValueError(f"audio fit (norm_stats: fit), training row {i}: {err}") from err
+            spec = logmel.log_mel(crop_or_pad(wave, o.clip_samples(), False, pad=o.pad)).astype(np.float64)
+            total, total_sq, count = total + spec.sum(), total_sq + np.square(spec).sum(), count + spec.size
+        if not count:
+            raise ValueError("audio fit (norm_stats: fit): the training column has no clips")
+        mean = total / count
+        return {"norm_stats": [float(mean), float(np.sqrt(max(total_sq / count - mean ** 2, 1e-12)))]}
 
     def preprocessor(self) -> Preprocessor:
         if self.options.encoder == "hf":

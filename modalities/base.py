@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from align.errors import SampleError  # noqa: E402  (re-exported: the modality layer's error)
@@ -19,6 +19,57 @@ from align.errors import SampleError  # noqa: E402  (re-exported: the modality l
 
 class AdapterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class EncoderVariants:
+    """An adapter's options as a discriminated union: one schema per encoder variant, chosen by the
+    ``encoder`` key (``default`` when it is left out), so each variant lists only the options it
+    reads instead of one flat schema guarded by hand-kept "X only" lists.
+
+    Stands where an options class stands (``Adapter.Options``): ``model_validate(data)`` returns the
+    chosen variant's model. An option that belongs to another variant is refused by name, unless it
+    holds that variant's default (a config dumped by an older version carried every variant's
+    options at their defaults; those are dropped so it still loads)."""
+
+    def __init__(self, default: str, **variants: type[AdapterOptions]) -> None:
+        self.default, self.variants = default, variants
+
+    def choose(self, data: dict[str, Any]) -> type[AdapterOptions]:
+        name = data.get("encoder", self.default)
+        if name not in self.variants:
+            raise _error(self, data, f"encoder '{name}' is not one of {sorted(self.variants)}")
+        return self.variants[name]
+
+    def model_validate(self, data: Any) -> AdapterOptions:
+        if isinstance(data, AdapterOptions):
+            data = data.model_dump(by_alias=True)
+        data = dict(data or {})
+        own = self.choose(data)
+        name = data.get("encoder", self.default)
+        foreign: dict[str, str] = {}
+        for other_name, other in self.variants.items():
+            for key, field in other.model_fields.items():
+                if key in data and key not in own.model_fields and other is not own:
+                    if data[key] == field.get_default(call_default_factory=True):
+                        data.pop(key)  # another variant's default, as an older dump carries it
+                    else:
+                        foreign.setdefault(key, other_name)
+        if foreign:
+            others = sorted(set(foreign.values()))
+            raise _error(self, data, f"option(s) {sorted(foreign)} do not apply to encoder '{name}'; they "
+                         f"only apply to encoder {' / '.join(repr(o) for o in others)} (a config that sets "
+                         f"them needs encoder: {others[0]})")
+        return own.model_validate(data)
+
+    def __call__(self, **options: Any) -> AdapterOptions:
+        return self.model_validate(options)
+
+
+def _error(variants: EncoderVariants, data: dict, message: str) -> ValidationError:
+    """A pydantic ValidationError (what every options schema raises) carrying ``message``."""
+    title = " | ".join(c.__name__ for c in variants.variants.values())
+    return ValidationError.from_exception_data(title, [{"type": "value_error", "loc": (), "input": data,
+                                                        "ctx": {"error": ValueError(message)}}])
 
 
 class Preprocessor:
@@ -35,7 +86,7 @@ class ModalityAdapter(nn.Module):
     """Base class: subclasses set ``Options``, ``feature_dim`` and implement ``preprocessor`` and
     ``forward(batch) -> Tensor[B, feature_dim]``."""
 
-    Options: ClassVar[type[AdapterOptions]] = AdapterOptions
+    Options: ClassVar[type[AdapterOptions] | EncoderVariants] = AdapterOptions
     feature_dim: int
 
     def __init__(self, options: AdapterOptions) -> None:

@@ -41,7 +41,7 @@ from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor,
 from align.modalities.layers import norm_layer
 from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
 
-Vocab = list[int] | Literal["smiles"] | None
+Vocab = list[int] | Literal["smiles", "fit"] | None
 
 
 class GraphOptions(AdapterOptions):
@@ -55,11 +55,12 @@ class GraphOptions(AdapterOptions):
     jk: Literal["last", "cat"] = Field("last", description="read out the last layer, or all layers "
                                        "concatenated (feature_dim = width * (layers + 1))")
     node_dim: int | None = Field(None, gt=0, description="width of float node features x [N, node_dim]")
-    node_vocab: Vocab = Field(None, description="category counts of integer node feature columns, or "
-                              "'smiles' (from_smiles' 9 atom features)")
+    node_vocab: Vocab = Field(None, description="category counts of integer node feature columns, "
+                              "'smiles' (from_smiles' 9 atom features), or 'fit' (1 + the largest "
+                              "category of each column in the training graphs, stored in the run's config)")
     edge_dim: int | None = Field(None, gt=0, description="width of float edge features")
-    edge_vocab: Vocab = Field(None, description="category counts of integer edge feature columns, or "
-                              "'smiles' (from_smiles' 3 bond features)")
+    edge_vocab: Vocab = Field(None, description="category counts of integer edge feature columns, "
+                              "'smiles' (from_smiles' 3 bond features), or 'fit' (as node_vocab)")
     node_attrs: list[str] | None = Field(None, description="networkx node attributes stacked into x")
     edge_attrs: list[str] | None = Field(None, description="networkx edge attributes stacked into edge_attr")
     require_edges: bool = Field(False, description="treat a graph without edges as a bad sample")
@@ -81,6 +82,9 @@ class GraphOptions(AdapterOptions):
 
     def vocab(self, kind: str) -> list[int] | None:
         v = getattr(self, f"{kind}_vocab")
+        if v == "fit":
+            raise ValueError(f"{kind}_vocab 'fit' is counted on the training graphs by GraphAdapter.fit "
+                             f"(align train runs it); give the category counts to build the adapter directly")
         if v == "smiles":
             return smiles_vocab()[0 if kind == "node" else 1]
         return v
@@ -231,6 +235,41 @@ class GraphAdapter(ModalityAdapter):
         if o.pooling == "attention":
             self.pool = gnn.AttentionalAggregation(nn.Sequential(
                 nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU(), nn.Linear(self.feature_dim, 1)))
+
+    @classmethod
+    def fit(cls, options: GraphOptions | dict, values: list[Any]) -> dict[str, Any]:
+        """``node_vocab`` / ``edge_vocab: fit``: 1 + the largest category of each integer feature
+        column over the training graphs (a graph stored once and referenced by many rows is read
+        once). A category first seen at evaluation is then out of range and named by the error;
+        give the counts by hand where the training split does not cover every category."""
+        o = options if isinstance(options, GraphOptions) else GraphOptions.model_validate(options)
+        kinds = [k for k in ("node", "edge") if getattr(o, f"{k}_vocab") == "fit"]
+        if not kinds:
+            return {}
+        top: dict[str, torch.Tensor | None] = {k: None for k in kinds}
+        stores: set[str] = set()  # a stored graph is one graph, however many rows point into it
+        for i, raw in enumerate(values):
+            if is_store_ref(raw):
+                if str(raw["store"]) in stores:
+                    continue
+                stores.add(str(raw["store"]))
+            try:
+                g = to_graph(raw, node_attrs=o.node_attrs, edge_attrs=o.edge_attrs)
+            except (SampleError, ValueError, TypeError, OSError) as err:
+                raise ValueError(f"graph fit ({'/'.join(kinds)}_vocab: fit), training row {i}: {err}") from err
+            for kind in kinds:
+                t = getattr(g, "x" if kind == "node" else "edge_attr", None)
+                if t is None or t.numel() == 0:
+                    continue
+                if t.dim() != 2 or (t.is_floating_point() and not torch.equal(t, t.round())) or (t < 0).any():
+                    raise ValueError(f"graph fit, training row {i}: {kind} features must be non-negative "
+                                     f"integer categories [rows, columns] for {kind}_vocab: fit")
+                m = t.long().amax(0)
+                top[kind] = m if top[kind] is None else torch.maximum(top[kind], m)
+        missing = [k for k in kinds if top[k] is None]
+        if missing:
+            raise ValueError(f"graph fit: no training graph has {missing[0]} features for {missing[0]}_vocab: fit")
+        return {f"{k}_vocab": (top[k] + 1).tolist() for k in kinds}
 
     def preprocessor(self) -> GraphPreprocessor:
         return GraphPreprocessor(self.options)

@@ -32,3 +32,28 @@ def freeze_(module: nn.Module) -> None:
     """Stop training ``module``'s parameters (a frozen pretrained tower)."""
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+@torch.no_grad()
+def farthest_point_sample(xyz: torch.Tensor, m: int, start: int | torch.Tensor = 0) -> torch.Tensor:
+    """Indices of ``m`` <= N points per cloud chosen greedily, each the farthest from those already
+    chosen, the first being ``start`` (an index, or one per cloud); prefixes of the result are
+    themselves farthest-point samples. ``xyz`` [N, 3] -> [m], or a batch [B, N, 3] -> [B, m].
+
+    The one implementation: the point-cloud workers sample each raw cloud with it (on float64
+    points) and the patch encoder picks its group centres with it on whole batches (on device).
+    Coordinates are kept as [B, 3, N] so each step reads contiguous rows: measured on one cloud
+    (1,024 of 2,000 points) in a worker, 13 ms against 7.6 ms for the numpy loop it replaced and
+    45 ms for the previous torch version; identical indices."""
+    single = xyz.dim() == 2
+    pts = (xyz[None] if single else xyz).transpose(1, 2).contiguous()  # [B, 3, N]
+    b, _, n = pts.shape
+    idx = torch.empty(b, m, dtype=torch.long, device=xyz.device)
+    dist = torch.full((b, n), float("inf"), dtype=pts.dtype, device=xyz.device)
+    far = torch.as_tensor(start, dtype=torch.long, device=xyz.device).expand(b).clone()
+    for i in range(m):
+        idx[:, i] = far
+        centre = torch.gather(pts, 2, far.view(b, 1, 1).expand(b, 3, 1))  # [B, 3, 1]
+        torch.minimum(dist, (pts - centre).square_().sum(1), out=dist)
+        far = dist.argmax(-1)
+    return idx[0] if single else idx

@@ -31,7 +31,7 @@ trunk (``forward``, vectorised over the batch, no loop over clouds):
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,17 +39,18 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
-from align.modalities.layers import prenorm_transformer
+from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, SampleError
+from align.modalities.layers import farthest_point_sample, prenorm_transformer
 from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)
 
 Feature = Literal["rgb", "normal", "intensity"]
-PATCH_ONLY = ("num_groups", "group_size", "token_widths", "width", "layers", "heads", "mlp_ratio", "dropout")
-POINTNET_ONLY = ("widths",)
 
 
-class PointCloudOptions(AdapterOptions):
+class _PointCloudCommon(AdapterOptions):
+    """Options both encoder variants read: reading, sampling, normalising, augmenting."""
+
+    POOLINGS: ClassVar[tuple[str, ...]] = ()
     # reading + sampling
     num_points: int = Field(1024, gt=0, description="points per sample after sampling / padding")
     sampling: Literal["fps", "random"] = "fps"
@@ -72,25 +73,13 @@ class PointCloudOptions(AdapterOptions):
     scale: tuple[float, float] | None = Field(None, description="isotropic scale factor range [lo, hi]")
     jitter: float = Field(0.0, ge=0, description="sigma of per-point Gaussian noise")
     jitter_clip: float | None = Field(0.05, gt=0)
-    # encoders
-    encoder: Literal["pointnet", "patch"] = "pointnet"
+    # both encoders
     norm: Literal["batch", "layer", "none"] = "batch"
     pooling: Literal["max", "maxmean", "cls", "mean"] | None = Field(
         None, description="pointnet: max | maxmean (default max); patch: cls | mean | max (default cls)")
-    widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1,
-                              description="pointnet per-point MLP widths")
-    num_groups: int = Field(64, gt=0, description="patch: number of FPS centres / tokens")
-    group_size: int = Field(32, gt=0, description="patch: nearest points per group")
-    token_widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1,
-                                    description="patch: first-stage mini-PointNet widths")
-    width: int = Field(192, gt=0)
-    layers: int = Field(4, gt=0)
-    heads: int = Field(4, gt=0)
-    mlp_ratio: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PointCloudOptions":
+    def _consistent(self) -> "_PointCloudCommon":
         if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"scale must be [lo, hi] with 0 < lo <= hi, got {list(self.scale)}")
         if len(set(self.features)) != len(self.features):
@@ -98,27 +87,53 @@ class PointCloudOptions(AdapterOptions):
         if self.normalize == "sphere" and self.unit != 1.0 and not self.radius_feature:
             raise ValueError("'unit' applies to normalize center / none and to radius_feature (sphere "
                              "scales the points to radius 1)")
-        wrong_enc = PATCH_ONLY if self.encoder == "pointnet" else POINTNET_ONLY
-        wrong = sorted(k for k in wrong_enc if getattr(self, k) != type(self).model_fields[k].get_default(
-            call_default_factory=True))  # not model_fields_set: a validated config dumps every field
-        if wrong:
-            raise ValueError(f"option(s) {wrong} do not apply to encoder '{self.encoder}'")
-        allowed = ("max", "maxmean") if self.encoder == "pointnet" else ("cls", "mean", "max")
+        allowed = self.POOLINGS
         if self.pooling is not None and self.pooling not in allowed:
             raise ValueError(f"pooling '{self.pooling}' is not for encoder '{self.encoder}'; use {allowed}")
-        if self.encoder == "patch":
-            if self.width % self.heads:
-                raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-            if max(self.num_groups, self.group_size) > self.num_points:
-                raise ValueError(f"num_groups {self.num_groups} and group_size {self.group_size} must be "
-                                 f"<= num_points {self.num_points}")
         return self
 
     def in_channels(self) -> int:
         return 3 + sum(FEATURE_DIMS[f] for f in self.features) + int(self.radius_feature)
 
     def pooling_mode(self) -> str:
-        return self.pooling or ("max" if self.encoder == "pointnet" else "cls")
+        return self.pooling or self.POOLINGS[0]
+
+
+class PointNetOptions(_PointCloudCommon):
+    """encoder "pointnet": shared per-point MLP + pooling."""
+
+    POOLINGS: ClassVar[tuple[str, ...]] = ("max", "maxmean")
+    encoder: Literal["pointnet"] = "pointnet"
+    widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1,
+                                      description="per-point MLP widths")
+
+
+class PatchOptions(_PointCloudCommon):
+    """encoder "patch": FPS + kNN groups -> mini-PointNet tokens -> transformer (Point-BERT / MAE)."""
+
+    POOLINGS: ClassVar[tuple[str, ...]] = ("cls", "mean", "max")
+    encoder: Literal["patch"] = "patch"
+    num_groups: int = Field(64, gt=0, description="number of FPS centres / tokens")
+    group_size: int = Field(32, gt=0, description="nearest points per group")
+    token_widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1,
+                                            description="first-stage mini-PointNet widths")
+    width: int = Field(192, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _patch_consistent(self) -> "PatchOptions":
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if max(self.num_groups, self.group_size) > self.num_points:
+            raise ValueError(f"num_groups {self.num_groups} and group_size {self.group_size} must be "
+                             f"<= num_points {self.num_points}")
+        return self
+
+
+PointCloudOptions = EncoderVariants("pointnet", pointnet=PointNetOptions, patch=PatchOptions)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,7 +143,7 @@ class PointCloudOptions(AdapterOptions):
 class PointCloudPreprocessor(Preprocessor):
     """raw -> checked cloud -> num_points sampled -> normalised -> (augmented) -> [num_points, 3+F]."""
 
-    def __init__(self, o: PointCloudOptions) -> None:
+    def __init__(self, o: _PointCloudCommon) -> None:
         self.o = o
 
     def __call__(self, raw: Any, *, train: bool) -> torch.Tensor:
@@ -192,7 +207,7 @@ def shared_mlp(in_ch: int, widths: list[int], norm: str, last_act: bool = True) 
 
 
 class PointNet(nn.Module):
-    def __init__(self, in_ch: int, o: PointCloudOptions) -> None:
+    def __init__(self, in_ch: int, o: PointNetOptions) -> None:
         super().__init__()
         self.mlp = shared_mlp(in_ch, o.widths, o.norm)
         self.pooling = o.pooling_mode()
@@ -203,22 +218,6 @@ class PointNet(nn.Module):
         if self.pooling == "maxmean":
             return torch.cat([h.amax(1), h.mean(1)], dim=-1)
         return h.amax(1)
-
-
-@torch.no_grad()
-def farthest_point_sample(xyz: torch.Tensor, m: int) -> torch.Tensor:
-    """[B, N, 3] -> [B, m] indices, starting at point 0; batched over clouds, loop over centres."""
-    b, n, _ = xyz.shape
-    idx = torch.zeros(b, m, dtype=torch.long, device=xyz.device)
-    dist = torch.full((b, n), float("inf"), device=xyz.device, dtype=xyz.dtype)
-    rows = torch.arange(b, device=xyz.device)
-    far = torch.zeros(b, dtype=torch.long, device=xyz.device)
-    for i in range(m):
-        idx[:, i] = far
-        d = (xyz - xyz[rows, far][:, None, :]).pow(2).sum(-1)
-        dist = torch.minimum(dist, d)
-        far = dist.argmax(-1)
-    return idx
 
 
 def gather_points(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -253,7 +252,7 @@ class GroupTokenizer(nn.Module):
 
 
 class PatchTransformer(nn.Module):
-    def __init__(self, in_ch: int, o: PointCloudOptions) -> None:
+    def __init__(self, in_ch: int, o: PatchOptions) -> None:
         super().__init__()
         self.num_groups, self.group_size, self.pooling = o.num_groups, o.group_size, o.pooling_mode()
         self.tokenizer = GroupTokenizer(in_ch, o.token_widths, o.width, o.norm)
@@ -283,10 +282,10 @@ class PointCloudAdapter(ModalityAdapter):
 
     Options = PointCloudOptions
 
-    def __init__(self, options: PointCloudOptions) -> None:
+    def __init__(self, options: PointNetOptions | PatchOptions) -> None:
         super().__init__(options)
         self.in_channels = options.in_channels()
-        cls = PointNet if options.encoder == "pointnet" else PatchTransformer
+        cls = {"pointnet": PointNet, "patch": PatchTransformer}[options.encoder]
         self.tower = cls(self.in_channels, options)
         self.feature_dim = self.tower.out_dim
 

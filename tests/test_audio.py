@@ -327,6 +327,8 @@ def test_options_are_validated():
 def test_hf_options_survive_the_config_round_trip():
     """align/config.py stores every option of a validated adapter (defaults included) and validates
     them again when the model is built or reloaded: an 'hf' config must pass twice."""
+    from pydantic import ValidationError
+
     from align.config import config_from_dict
     from align.modalities.audio import AudioOptions
 
@@ -334,4 +336,10 @@ def test_hf_options_survive_the_config_round_trip():
                                                      "text": {"options": {"hf_model": "y"}}}},
                             "data": {"train": {"source": "csv", "columns": {"audio": "a", "text": "t"}}}})
     stored = cfg.model.modalities["audio"].options
-    assert "n_mels" in stored and AudioOptions.model_validate(stored).encoder == "hf"
+    assert AudioOptions.model_validate(stored).encoder == "hf"
+    # the 'hf' variant stores only its own options; a config dumped before the variants were split
+    # carried the 'ast' options at their defaults and must still load (a changed one must not)
+    assert "n_mels" not in stored and "hf_model" in stored
+    assert AudioOptions.model_validate({**stored, "n_mels": 64, "top_db": 80.0}).encoder == "hf"
+    with pytest.raises(ValidationError, match="n_mels"):
+        AudioOptions.model_validate({**stored, "n_mels": 80})

@@ -18,8 +18,22 @@ from align.errors import DataError
 from align.config import DatasetSpec
 from align.modalities import ADAPTERS, build_adapter
 from align.modalities.base import SampleError
-from align.modalities.pointcloud import farthest_point_sample as fps_torch
-from align.modalities.pointcloud_io import farthest_point_sample, read_cloud
+from align.modalities.layers import farthest_point_sample as fps_torch
+from align.modalities.pointcloud_io import read_cloud
+
+
+def farthest_point_sample(xyz: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """The shared torch FPS on one numpy cloud (as the workers call it)."""
+    return fps_torch(torch.from_numpy(np.asarray(xyz, dtype=np.float64)), k, start).numpy()
+
+
+def fps_reference(xyz: np.ndarray, k: int, start: int = 0) -> np.ndarray:
+    """Textbook greedy farthest-point sampling, one point at a time (the check for the vectorised one)."""
+    idx, dist = [start], np.full(len(xyz), np.inf)
+    for _ in range(k - 1):
+        dist = np.minimum(dist, ((xyz - xyz[idx[-1]]) ** 2).sum(1))
+        idx.append(int(dist.argmax()))
+    return np.array(idx)
 
 DALES = Path(__file__).resolve().parents[2] / "shared" / "data" / "pointcloud" / "dales_objects"
 NPZ = DALES / "dales_objects_499.npz"
@@ -271,7 +285,12 @@ def test_batched_fps_equals_per_cloud_loop():
     loop = torch.stack([fps_torch(c[None], 24)[0] for c in x])
     assert torch.equal(idx, loop)
     for c, i in zip(x.numpy(), idx):
-        assert np.array_equal(farthest_point_sample(c, 24), i.numpy())
+        assert np.array_equal(farthest_point_sample(c, 24), i.numpy())  # the workers' [N, 3] path
+        assert np.array_equal(fps_reference(c, 24), i.numpy())
+    starts = torch.tensor([3, 0, 7, 199, 50])
+    assert torch.equal(fps_torch(x, 24, starts)[:, 0], starts)
+    for c, s, i in zip(x.numpy(), starts.tolist(), fps_torch(x, 24, starts)):
+        assert np.array_equal(fps_reference(c, 24, s), i.numpy())
 
 
 @pytest.mark.parametrize("options", [{"num_points": 128, "widths": [16, 32], "pooling": "maxmean"},
