@@ -83,9 +83,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cfg: Config,
                     training_state: dict[str, Any] | None = None, keep: int | None = None,
-                    name: str | None = None, update_latest: bool = True) -> Path:
+                    name: str | None = None, update_latest: bool = True,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write one checkpoint folder atomically (files, then their manifest, then one rename) and
-    point ``latest`` at it."""
+    point ``latest`` at it. ``weights``: the full state dict when the model is sharded (FSDP,
+    DeepSpeed: ``accelerator.get_state_dict`` gathers it); default ``model.state_dict()``."""
     from safetensors.torch import save_file
 
     root = Path(ckpt_root)
@@ -94,7 +96,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cf
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(step)})
         state = {"step": step, "rng": rng_state(), **(training_state or {})}
         torch.save(state, tmp / "training_state.pt")

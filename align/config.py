@@ -10,20 +10,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
 from align.errors import ConfigError  # noqa: E402  (re-exported: the config layer's error)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+# the dataset part (DatasetSpec, its filters, joins, holdout) is in align/dataset_spec.py;
+# `from align.config import DatasetSpec` keeps working
+from align.dataset_spec import DatasetSpec, Strict  # noqa: E402
 
 
 class ModalitySpec(Strict):
     adapter: str | None = Field(None, description="registered adapter name; defaults to the modality name")
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (the adapter's schema)")
     head: Literal["linear", "mlp", "identity"] = "linear"
+    cache: Literal["auto", "off", "memory", "disk"] = Field(
+        "auto", description="a frozen tower with deterministic preprocessing: compute its features "
+        "once per training row and reuse them (auto = in memory when it qualifies; disk = a memory-"
+        "mapped file under cache_dir keyed by the tower's weights, for sets larger than RAM)")
+    cache_dir: str | None = Field(None, description="where cache: disk keeps its files (default: "
+                                  "<output_dir>/feature_cache); reused by any run with the same tower "
+                                  "weights and rows")
 
     def adapter_name(self, modality: str) -> str:
         return self.adapter or modality
@@ -36,122 +42,33 @@ class ModelConfig(Strict):
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
     learn_logit_scale: bool = True
+    loss_tiling: Literal["auto", "on", "off"] = Field(
+        "auto", description="compute the loss in blocks, never holding the [B, B] logits (align.tiled_losses): "
+                            "auto = tiled when the global batch (train.batch_size * processes) is at least "
+                            "loss_tile_above")
+    loss_tile_size: int = Field(1024, gt=0, description="rows / columns of one block of logits when tiled")
+    loss_tile_above: int = Field(8192, gt=0, description="global batch from which loss_tiling auto tiles")
 
 
-class Condition(Strict):
-    """A row filter on one column (all given tests must hold)."""
-
-    eq: Any = None
-    ne: Any = None
-    in_: list[Any] | None = Field(None, alias="in")
-    not_in: list[Any] | None = None
-    lt: int | float | None = None
-    le: int | float | None = None
-    gt: int | float | None = None
-    ge: int | float | None = None
-
-    @model_validator(mode="after")
-    def _some_test(self) -> "Condition":
-        if not self.tests():
-            raise ValueError("give at least one of eq, ne, in, not_in, lt, le, gt, ge")
-        return self
-
-    def tests(self) -> dict[str, Any]:
-        """The given tests (None = not given, so a dumped config reloads the same)."""
-        return {k: v for k, v in self if v is not None}
-
-
-class JoinSpec(Strict):
-    """Attach columns of another table by a shared label: each row gets a row of the other table
-    with the same label (a fixed, seeded pairing: rows of a class take that class's other rows in a
-    shuffled order, cycling when there are fewer), e.g. spoken digits paired with MNIST images."""
-
-    data: "DatasetSpec" = Field(description="the other table; its 'columns' name the columns to attach "
-                                "(column name here -> column there)")
-    by: str = Field(description="label column present in both tables (not `on`: YAML reads that as true)")
-    seed: int = 0
-
-
-class HoldoutSpec(Strict):
-    """A seeded train/test split (or one fold of a k-fold split) of any source's rows, made right
-    after loading, before ``where`` filters, so specs with different filters never share rows
-    across the split. Stratified by ``label_column`` when the spec has one; with ``group`` no value
-    of that column (a speaker, a patient, a molecule scaffold) lands on both sides."""
-
-    take: Literal["train", "test"] = Field(description="which side of the split this spec keeps")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of rows (of groups, with group) "
-                                 "held out; ignored with folds")
-    folds: int | None = Field(None, ge=2, description="k-fold: test is fold `fold` of k, train the rest")
-    fold: int = Field(0, ge=0)
-    seed: int = 0
-    stratify: bool = Field(True, description="keep class proportions of label_column (when the spec has one)")
-    group: str | None = Field(None, description="column whose values never straddle the split")
-
-    @model_validator(mode="after")
-    def _fold_in_range(self) -> "HoldoutSpec":
-        if self.folds is not None and self.fold >= self.folds:
-            raise ValueError(f"fold {self.fold} is outside 0..{self.folds - 1}")
-        return self
-
-
-class DatasetSpec(Strict):
-    """Which `datasets` source to load and which column feeds which modality."""
-
-    source: str = Field(description="imagefolder|audiofolder|csv|json|parquet|arrow, a builtin "
-                        "(sklearn-digits) or a hub dataset id")
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    data_dir: str | None = None
-    split: str = "train"
-    columns: dict[str, str] = Field(min_length=1, description="modality -> column name")
-    label_column: str | None = None
-    caption_templates: list[str] | None = Field(None, description="fill these '{}' templates with each "
-                                                "row's class name (from label_column) into a column "
-                                                "'label_captions', e.g. to train an imagefolder")
-    max_samples: int | None = Field(None, gt=0)
-    holdout: HoldoutSpec | None = Field(None, description="seeded (stratified, group-aware) train/test "
-                                        "or k-fold split of the loaded rows, for any source")
-    load_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra load_dataset arguments, "
-                                        "or a builtin source's options")
-    where: dict[str, Condition] | None = Field(None, description="keep rows whose columns pass these "
-                                               "tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}")
-    label_names: list[str] | None = Field(None, description="class names for label_column: an integer "
-                                          "label i is label_names[i]; a string label is looked up by "
-                                          "name (default: sorted distinct strings)")
-    join: JoinSpec | None = None
-    pack_columns: dict[str, list[str]] | None = Field(
-        None, description="new column -> the columns it packs: each row gets a dict {column: value}, "
-                          "e.g. {graph: [edge_index, node_feat, edge_attr, num_nodes]} for a graph "
-                          "stored as edge list + feature columns, or {cloud: [points, colors]}")
-    on_error: Literal["raise", "skip"] = Field(
-        "raise", description="a sample that cannot be decoded: raise (naming file and row) or skip and "
-                             "count it (training draws another row; evaluation leaves the row out)")
-
-    @model_validator(mode="after")
-    def _templates_need_labels(self) -> "DatasetSpec":
-        if self.caption_templates is not None:
-            if not self.label_column:
-                raise ValueError("caption_templates needs label_column (the class of each row)")
-            bad = [t for t in self.caption_templates if "{}" not in t]
-            if bad:
-                raise ValueError(f"caption_templates must each contain '{{}}' for the class name: {bad}")
-        if self.label_names is not None and not self.label_column:
-            raise ValueError("label_names needs label_column")
-        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"label_names must be unique: {self.label_names}")
-        return self
-
-
-JoinSpec.model_rebuild()
 
 
 class DataConfig(Strict):
     train: DatasetSpec
     val: DatasetSpec | None = None
     num_workers: int = Field(0, ge=0)
+    cache_samples: bool = Field(False, description="keep each training row's preprocessed sample in "
+                                "memory for modalities whose preprocessing is deterministic (graphs "
+                                "from SMILES, tabular rows, single captions): featurised once, not "
+                                "every epoch (per DataLoader worker; workers are kept alive)")
 
 
 class TrainConfig(Strict):
     batch_size: int = Field(64, gt=0, description="per-process batch size")
+    micro_batch_size: int | None = Field(None, gt=0, description="GradCache: towers hold only this many "
+                                         "samples' activations while the loss sees the whole batch as "
+                                         "negatives (must divide batch_size); None = the whole batch at once")
+    grad_checkpointing: bool = Field(False, description="recompute each tower's activations in the "
+                                     "backward pass instead of storing them (less memory, ~1 more forward)")
     steps: int = Field(1000, gt=0)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
@@ -175,6 +92,13 @@ class TrainConfig(Strict):
                                                 "default: every pair")
     local_loss: bool = True
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> "TrainConfig":
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"config key 'train.micro_batch_size': {self.micro_batch_size} does not divide "
+                             f"train.batch_size {self.batch_size}; every micro-batch must be full")
+        return self
 
 
 class ZeroShotSpec(Strict):
@@ -251,6 +175,9 @@ class Config(Strict):
         for name, spec in specs:
             if spec is None:
                 continue
+            if spec.streaming and name != "data.train":
+                raise ValueError(f"config key '{name}.streaming': only data.train streams; validation and evaluation "
+                                 "read a finite table (read the shards whole: the same spec with streaming: false)")
             for mod in spec.columns:
                 if mod not in known:
                     raise ValueError(f"config key '{name}.columns.{mod}': modality '{mod}' is not in "

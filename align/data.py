@@ -205,8 +205,10 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __init__(self, table, columns: dict[str, str], preprocessors: dict[str, Any], train: bool,
                  label_column: str | None = None, name: str = "dataset", seed: int = 0,
-                 on_error: str = "raise", refill: bool | None = None) -> None:
+                 on_error: str = "raise", refill: bool | None = None, cache_samples: bool = False) -> None:
         self.on_error = on_error
+        # row -> {modality: preprocessed sample} for deterministic preprocessing (data.cache_samples)
+        self.memo: dict[int, dict[str, Any]] | None = {} if cache_samples else None
         self.refill = train if refill is None else refill
         self.table = table
         self.columns = columns
@@ -254,8 +256,14 @@ class PairedDataset(torch.utils.data.Dataset):
                if self.train else contextlib.nullcontext())
         with rng:
             for mod, col in self.columns.items():
+                memo = self.memo.get(i, {}) if self.memo is not None else {}
+                if mod in memo:
+                    item[mod] = memo[mod]
+                    continue
                 try:
                     item[mod] = self.preprocessors[mod](row[col], train=self.train)
+                    if self.memo is not None and self.preprocessors[mod].deterministic_for(row[col]):
+                        self.memo.setdefault(i, {})[mod] = item[mod]
                 except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
                     raise SampleError(f"{self.name} row {i}, column '{col}' ({mod}): {err}") from err
         if self.label_column is not None:

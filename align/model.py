@@ -38,6 +38,17 @@ def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
     raise ConfigError(f"config key '{key}': unknown head '{kind}'")
 
 
+class CachedFeatures:
+    """A batch entry that carries a frozen tower's features [B, feature_dim] instead of its inputs
+    (``align.feature_cache``): the model applies only the head."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
 class AlignModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -55,22 +66,49 @@ class AlignModel(nn.Module):
         scale = cfg.init_logit_scale
         if scale is None:
             scale = SIGLIP_INIT_SCALE if siglip else CLIP_INIT_SCALE
-        self.logit_scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=cfg.learn_logit_scale)
+        # shape [1], not a scalar: FSDP2's fully_shard refuses 0-d parameters (the losses get scalars)
+        self.logit_scale = nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
         bias = cfg.init_logit_bias if cfg.init_logit_bias is not None else (SIGLIP_INIT_BIAS if siglip else None)
-        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
+        self.logit_bias = nn.Parameter(torch.full((1,), float(bias))) if bias is not None else None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("logit_scale", "logit_bias"):  # checkpoints written before they became [1]
+            key = prefix + name
+            if key in state_dict and state_dict[key].dim() == 0:
+                state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def modalities(self) -> list[str]:
         return list(self.adapters)
 
+    def set_grad_checkpointing(self, enable: bool = True) -> dict[str, list[str]]:
+        """``train.grad_checkpointing``: each trainable tower recomputes its activations in the
+        backward pass (a frozen one keeps none). Returns modality -> the blocks switched."""
+        from align.modalities.layers import is_frozen
+
+        return {mod: a.set_grad_checkpointing(enable) for mod, a in self.adapters.items() if not is_frozen(a)}
+
+    def train(self, mode: bool = True) -> "AlignModel":
+        """Like ``nn.Module.train``, but a frozen tower (``layers.freeze_``) stays in eval mode."""
+        from align.modalities.layers import is_frozen
+
+        super().train(mode)
+        for module in self.modules():
+            if module is not self and getattr(module, "align_frozen", False) and is_frozen(module):
+                module.eval()
+        return self
+
     def preprocessors(self) -> dict[str, Any]:
         return {mod: adapter.preprocessor() for mod, adapter in self.adapters.items()}
 
     def encode(self, modality: str, batch: Any) -> torch.Tensor:
-        """Unit-norm embeddings [B, embed_dim] for a collated batch of one modality."""
+        """Unit-norm embeddings [B, embed_dim] for a collated batch of one modality (or a frozen
+        tower's ``CachedFeatures``, which only go through the head)."""
         if modality not in self.adapters:
             raise KeyError(f"model has no modality '{modality}'; it has {self.modalities}")
-        return F.normalize(self.heads[modality](self.adapters[modality](batch)), dim=-1)
+        features = batch.features if isinstance(batch, CachedFeatures) else self.adapters[modality](batch)
+        return F.normalize(self.heads[modality](features), dim=-1)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {mod: self.encode(mod, value) for mod, value in batch.items() if mod in self.adapters}
@@ -120,8 +158,9 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
 def contrastive_loss(model: AlignModel, embeddings: dict[str, torch.Tensor],
                      pairs: list[tuple[str, str]], loss_fn: nn.Module) -> torch.Tensor:
     """Mean of the pairwise loss over the configured modality pairs."""
-    scale = model.logit_scale.exp()
-    losses = [loss_fn(embeddings[a], embeddings[b], scale, model.logit_bias) for a, b in pairs]
+    scale = model.logit_scale.exp().reshape(())  # the losses take scalars, as open_clip's do
+    bias = None if model.logit_bias is None else model.logit_bias.reshape(())
+    losses = [loss_fn(embeddings[a], embeddings[b], scale, bias) for a, b in pairs]
     return torch.stack(losses).mean()
 
 

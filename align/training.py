@@ -21,12 +21,17 @@ import torch
 
 from align.checkpoint import save_checkpoint, set_rng_state
 from align.config import Config, ConfigError, dump_config
-from align.data import Collator, PairedDataset, hf_progress, load_table
+from align.data import hf_progress, load_table
 from align.data_summary import look_at_data
+from align.engine import (build_accelerator, build_loader, build_optimizer, leave_cores_for_workers,  # noqa: F401
+                          one_thread_per_worker, param_groups)  # the last two re-exported
+from align.feature_cache import build_feature_caches
+from align.gradcache import cached_loss
 from align.model import AlignModel, fit_adapters
 from align.task import ContrastiveTask
 from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
 from align.runlock import lock_run
+from align.streaming import head_table
 
 
 class TrainingError(AlignError, RuntimeError):
@@ -72,81 +77,16 @@ def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """open_clip's rule: no weight decay on biases, norms, embeddings-like 1-d params and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or "logit_" in name or ".ln" in name or "norm" in name or name.endswith(".bias"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
-    """AdamW with open_clip's decay split; the fused kernel (CPU and CUDA) saves ~4% of a CPU step."""
-    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps,
-                             fused=True)
 
 
-def build_accelerator(cfg: Config):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration
-
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    # Accelerate keeps one process-wide state; a second run in the same process (a notebook, the
-    # tests) with another mixed-precision setting must start from a clean one. The distributed
-    # part (PartialState, the process group) is kept.
-    AcceleratorState._reset_state()
-    return Accelerator(
-        cpu=not torch.cuda.is_available(),  # else CPU-only multi-process runs silently don't shard
-        mixed_precision=cfg.train.mixed_precision,
-        log_with="tensorboard",
-        project_dir=cfg.output_dir,
-        step_scheduler_with_optimizer=False,  # one scheduler step per optimizer step, any world size
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
 
 
-def leave_cores_for_workers(num_workers: int, num_processes: int) -> int | None:
-    """On CPU, DataLoader workers and the training process's OpenMP threads share the cores; when
-    they oversubscribe them, OpenMP's spin-waits make every op several times slower (measured: an
-    FSDD run went from 0.3 to 0.7 s/step). Give the trainer the cores the workers leave, unless
-    OMP_NUM_THREADS says otherwise. Returns the previous thread count (to restore), or None."""
-    if num_workers == 0 or torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(previous, cores // max(num_processes, 1) - num_workers)))
-    return previous
 
 
-def one_thread_per_worker(_worker_id: int) -> None:
-    """DataLoader workers run torch with one thread, but numpy's BLAS (the mel filter bank, ...)
-    would still start one thread per core in every worker and oversubscribe the machine."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
 
 
-def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
-                 table=None) -> torch.utils.data.DataLoader:
-    """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
-    Both drop the last partial batch: a contrastive batch must be full on every process."""
-    table = load_table(spec, key) if table is None else table
-    pre = {m: p for m, p in model.preprocessors().items() if m in spec.columns}
-    ds = PairedDataset(table, spec.columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
-                       on_error=spec.on_error, refill=True)
-    if len(ds) < cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
-                          f"({len(ds)} rows); batches must be full")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=True,
-                                       num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
-                                       generator=gen, worker_init_fn=one_thread_per_worker)
 
 
 @torch.no_grad()
@@ -170,8 +110,14 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
     process. The check and the loss average travel in one all-reduce, so a step costs one host
     sync, not two.
     """
-    with accelerator.autocast():
-        loss = task(model, batch)
+    if task.micro_batch_size:  # GradCache: towers see micro-batches, the loss the whole batch
+        loss, backward = cached_loss(accelerator, model, task, batch, task.micro_batch_size)
+    else:
+        with accelerator.autocast():
+            loss = task(model, batch)
+
+        def backward() -> None:
+            accelerator.backward(loss)
     local = loss.detach().float()
     if on_nonfinite is not None:
         stats = accelerator.reduce(torch.stack([local, torch.isfinite(local).float()]), reduction="mean")
@@ -181,7 +127,7 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
         mean_loss = torch.tensor(mean_loss)
     else:
         mean_loss = accelerator.reduce(local, reduction="mean")
-    accelerator.backward(loss)
+    backward()
     if grad_clip:
         accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -233,10 +179,12 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     tc = cfg.train
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    train_table = load_table(cfg.data.train, "data.train")
+    streaming = cfg.data.train.streaming  # fit_adapters and the look before training see the stream's head
+    train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
     fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
     model = AlignModel(cfg.model)
-    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table)
+    caches = {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device, accelerator.print)
+    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table, cached=set(caches))
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
     look_at_data(cfg, accelerator, loader, val_loader, fitted)
     optimizer = build_optimizer(model, tc)
@@ -247,7 +195,11 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, skipped_before = int(state["step"]), int(state.get("skipped", 0))
+        if streaming:  # where each process and worker was in the stream
+            loader.load_state_dict(state.get("stream"))
         accelerator.print(f"resumed from {ckpt} at step {start}")
+    if tc.grad_checkpointing:
+        accelerator.print(f"gradient checkpointing: {model.set_grad_checkpointing()}")
     if tc.compile:
         model = torch.compile(model)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -262,6 +214,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
         core = core._orig_mod
     task = ContrastiveTask.from_config(cfg, core, rank=accelerator.process_index,
                                        world_size=accelerator.num_processes)
+    task.feature_caches = caches
     if accelerator.is_main_process:
         dump_config(cfg, out / "config.yaml")
     # on resume, TensorBoard drops the killed run's events past the checkpoint, as the log does
@@ -276,14 +229,17 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
         best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
                                                   "metric": tc.best_metric}
         return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "skipped": int(accelerator.reduce(skipped.clone(), reduction="sum").item()), "best": best}
+                "skipped": int(accelerator.reduce(skipped.clone(), reduction="sum").item()), "best": best,
+                **({"stream": loader.state_dict()} if streaming else {})}  # every process's stream position
 
     def checkpoint(step: int, name: str | None = None, update_latest: bool = True) -> Path | None:
         accelerator.wait_for_everyone()
         path, state = None, training_state(step)  # every process joins the skipped-count reduce
+        sharded = str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
+        weights = accelerator.get_state_dict(model) if sharded else None  # gathered by every process
         if accelerator.is_main_process:
-            path = save_checkpoint(out / "checkpoints", step, core, cfg, state,
-                                   keep=tc.keep_checkpoints, name=name, update_latest=update_latest)
+            path = save_checkpoint(out / "checkpoints", step, core, cfg, state, keep=tc.keep_checkpoints,
+                                   name=name, update_latest=update_latest, weights=weights)
         accelerator.wait_for_everyone()
         return path
 
@@ -291,7 +247,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
                          skipped=skipped_before)
     if resume:
         result.best = restored_best(state, out / "checkpoints", log_path, tc.best_metric, start)
-    steps_per_epoch = len(loader)
+    steps_per_epoch = None if streaming else len(loader)
     step = start
     last_ckpt = None
     end = min(tc.steps, stop_at) if stop_at else tc.steps
@@ -312,10 +268,13 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
                             f"this step is saved in {path or out / 'checkpoints'}")
 
     while step < end:
-        epoch, skip = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)  # the sampler's shuffle ...
-        loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if streaming:  # the stream keeps its own epoch and position
+            epoch_loader = loader.epoch_batches(accelerator.device)
+        else:
+            epoch, skip = divmod(step, steps_per_epoch)
+            loader.set_epoch(epoch)  # the sampler's shuffle ...
+            loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in epoch_loader:
             loss_value = train_step(accelerator, model, task, batch, optimizer, scheduler, tc.grad_clip,
                                     on_nonfinite=nonfinite).item()

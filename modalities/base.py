@@ -73,7 +73,17 @@ def _error(variants: EncoderVariants, data: dict, message: str) -> ValidationErr
 
 
 class Preprocessor:
-    """Turns raw samples into tensors. Subclasses implement ``__call__`` and maybe ``collate``."""
+    """Turns raw samples into tensors. Subclasses implement ``__call__`` and maybe ``collate``.
+
+    ``deterministic``: the output depends only on the raw sample (no randomness, training and
+    evaluation alike), so it may be computed once per row and reused: the trainer caches a
+    frozen tower's features for such a modality, and ``data.cache_samples`` its preprocessed
+    samples. ``deterministic_for(raw)`` can refine it per sample (a list of captions is not)."""
+
+    deterministic: ClassVar[bool] = False
+
+    def deterministic_for(self, raw: Any) -> bool:
+        return self.deterministic
 
     def __call__(self, raw: Any, *, train: bool) -> Any:
         raise NotImplementedError
@@ -108,6 +118,14 @@ class ModalityAdapter(nn.Module):
         checkpoint: whatever would fetch or load other weights is reset (default: ``pretrained``).
         An adapter that nests another's options resets those too (video's per-frame ``image``)."""
         return {**options, "pretrained": None} if options.get("pretrained") else dict(options)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> list[str]:
+        """Recompute this tower's activations in the backward pass (``train.grad_checkpointing``).
+        Default: the library hooks and transformer trunks found inside (``layers.set_grad_checkpointing_``);
+        an adapter with other heavy blocks (GNN layers) adds them. Returns what was switched."""
+        from align.modalities.layers import set_grad_checkpointing_
+
+        return set_grad_checkpointing_(self, enable)
 
     def preprocessor(self) -> Preprocessor:
         raise NotImplementedError

@@ -121,6 +121,8 @@ def _conform(t: torch.Tensor | None, dim: int | None, vocab: list[int] | None, r
 
 
 class GraphPreprocessor(Preprocessor):
+    deterministic = True  # no augmentation: training and evaluation preprocess alike
+
     def __init__(self, options: GraphOptions) -> None:
         self.o = options
         self.node_vocab, self.edge_vocab = options.vocab("node"), options.vocab("edge")
@@ -273,6 +275,14 @@ class GraphAdapter(ModalityAdapter):
 
     def preprocessor(self) -> GraphPreprocessor:
         return GraphPreprocessor(self.options)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> list[str]:
+        """Each message-passing layer recomputed in the backward pass."""
+        from align.modalities.layers import checkpoint_module_
+
+        for conv in self.convs:
+            checkpoint_module_(conv, enable)
+        return [f"convs.{i}" for i in range(len(self.convs))]
 
     def node_features(self, batch) -> torch.Tensor:
         """One feature vector per node of the batch's union graph: [num_nodes, feature_dim]."""

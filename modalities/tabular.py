@@ -164,6 +164,7 @@ def check_finite(x: np.ndarray, columns: list[str] | None) -> None:
 
 class TabularPreprocessor(Preprocessor):
     """raw row -> checked float64 [F] -> (x - mean) / std -> float32 [num_features]."""
+    deterministic = True  # no augmentation: training and evaluation preprocess alike
 
     def __init__(self, o: TabularOptions) -> None:
         check_fitted(o)

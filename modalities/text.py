@@ -64,24 +64,30 @@ def pick_text(raw: Any, train: bool) -> str:
     return raw
 
 
-class OpenClipTextPreprocessor(Preprocessor):
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+class TextPreprocessor(Preprocessor):
+    """raw -> one checked string (a random caption of a list in training); tokenized at collate."""
+
+    deterministic = True  # a string is tokenized alike in training and eval (a caption list is not)
+
+    def deterministic_for(self, raw: Any) -> bool:
+        return isinstance(raw, str)
 
     def __call__(self, raw: Any, *, train: bool) -> str:
         return pick_text(raw, train)
+
+
+class OpenClipTextPreprocessor(TextPreprocessor):
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
 
     def collate(self, items: list[str]) -> torch.Tensor:
         return self.tokenizer(items)
 
 
-class HFTextPreprocessor(Preprocessor):
+class HFTextPreprocessor(TextPreprocessor):
     def __init__(self, tokenizer, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-
-    def __call__(self, raw: Any, *, train: bool) -> str:
-        return pick_text(raw, train)
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length,

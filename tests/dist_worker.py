@@ -31,7 +31,9 @@ CASES = {  # name -> (loss, local_loss)
     "clip-local": ("clip", True),
     "clip-global": ("clip", False),
     "siglip": ("siglip", True),  # build_loss drops local_loss for SigLIP, as the trainer's call does
+    "clip-gradcache": ("clip", True),  # train.micro_batch_size = MICRO: GradCache under the gather
 }
+MICRO = 2
 # Same as TINY_MODALITIES in tests/conftest.py (kept here so the worker is a standalone script).
 TINY_MODALITIES = {
     "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
@@ -111,9 +113,18 @@ def run_case(case: str, workdir: Path) -> dict | None:
     batch = {m: full[m][lo:hi] for m in modalities}
 
     # --- 1. one forward/backward: loss and DDP-averaged gradients ------------------------------
-    embeddings = model(batch)
-    loss = contrastive_loss(core, embeddings, pairs, loss_fn)
-    accelerator.backward(loss)
+    micro = MICRO if case == "clip-gradcache" else None
+    if micro:  # GradCache: no-autograd pass, loss, re-encode each micro-batch, one all-reduce
+        from align.gradcache import cached_loss
+        from align.task import ContrastiveTask
+
+        loss, backward = cached_loss(accelerator, model, ContrastiveTask(core, loss_fn, pairs, modalities),
+                                     batch, micro)
+        backward()
+    else:
+        embeddings = model(batch)
+        loss = contrastive_loss(core, embeddings, pairs, loss_fn)
+        accelerator.backward(loss)
     mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
     names = [n for n, p in core.named_parameters() if p.requires_grad]
     grads = {n: (p.grad.detach().clone() if p.grad is not None else None)
@@ -132,7 +143,7 @@ def run_case(case: str, workdir: Path) -> dict | None:
 
     from align.task import ContrastiveTask
 
-    task = ContrastiveTask(core, loss_fn, pairs, modalities)
+    task = ContrastiveTask(core, loss_fn, pairs, modalities, micro_batch_size=micro)
     step_loss = train_step(accelerator, model, task, batch, optimizer, scheduler, tc.grad_clip, on_nonfinite=nonfinite)
     step_loss = accelerator.reduce(step_loss.detach(), reduction="mean")
     after = {n: p.detach().clone() for n, p in core.named_parameters()}

@@ -19,7 +19,7 @@ import torch
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = WORKER.parent.parent
-CASES = ["clip-local", "clip-global", "siglip"]  # dist_worker.CASES
+CASES = ["clip-local", "clip-global", "siglip", "clip-gradcache"]  # dist_worker.CASES
 
 # float32: the two runs sum the same terms in different orders (and over gloo).
 LOSS_RTOL = 1e-5
@@ -128,6 +128,19 @@ def test_one_train_step_matches_single_process(runs, case):
                                    msg=lambda m, name=name: f"{name} after one step ({case}): {m}")
         rel = (upd_two - upd_one).norm() / upd_one.norm()
         assert rel <= UPDATE_NORM_RTOL, f"{name}: update differs by {rel:.2e} (relative norm)"
+
+
+def test_gradcache_equals_the_plain_step_on_one_and_two_processes(runs):
+    """micro-batches of 2 (GradCache, align/gradcache.py) give the plain full-batch gradients: on one
+    process holding all 8 rows and on two processes holding 4 each (gather + one all-reduce)."""
+    ref = runs[1]["clip-local"]
+    for world in (1, 2):
+        got = runs[world]["clip-gradcache"]
+        torch.testing.assert_close(got["loss"], ref["loss"], rtol=LOSS_RTOL, atol=0)
+        for name in ref["param_names"]:
+            scale = ref["grads"][name].abs().max().item()
+            torch.testing.assert_close(got["grads"][name], ref["grads"][name], rtol=GRAD_RTOL,
+                                       atol=GRAD_RTOL * scale, msg=lambda m, n=name: f"{n} ({world} proc): {m}")
 
 
 def test_build_accelerator_sees_all_processes_on_cpu(runs):
