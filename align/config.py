@@ -31,6 +31,12 @@ class ModalitySpec(Strict):
                                   "<output_dir>/feature_cache); reused by any run with the same tower "
                                   "weights and rows")
 
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        """YAML 1.1 reads a bare ``off`` / ``on`` as a boolean."""
+        return {False: "off", True: "memory"}.get(value, value) if isinstance(value, bool) else value
+
     def adapter_name(self, modality: str) -> str:
         return self.adapter or modality
 
@@ -49,7 +55,11 @@ class ModelConfig(Strict):
     loss_tile_size: int = Field(1024, gt=0, description="rows / columns of one block of logits when tiled")
     loss_tile_above: int = Field(8192, gt=0, description="global batch from which loss_tiling auto tiles")
 
-
+    @field_validator("loss_tiling", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML 1.1 reads a bare ``on`` / ``off`` as a boolean."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 class DataConfig(Strict):
