@@ -17,6 +17,7 @@ from align.errors import ConfigError  # noqa: E402  (re-exported: the config lay
 # the dataset part (DatasetSpec, its filters, joins, holdout) is in align/dataset_spec.py;
 # `from align.config import DatasetSpec` keeps working
 from align.dataset_spec import DatasetSpec, Strict  # noqa: E402
+from align.objective_spec import PAIRWISE, MultiwaySpec, PairSpec, check_objectives, pair_specs
 
 
 class ModalitySpec(Strict):
@@ -44,7 +45,14 @@ class ModalitySpec(Strict):
 class ModelConfig(Strict):
     embed_dim: int = Field(512, gt=0)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
-    loss: Literal["clip", "siglip"] = "clip"
+    loss: Literal[PAIRWISE] = Field("clip", description="the pairwise objective (align.losses, align.objectives)")  # type: ignore[valid-type]
+    loss_options: dict[str, Any] = Field(default_factory=dict, description="the loss's own options, e.g. "
+                                         "{beta: 1.0, tau_plus: 0.1} for hcl")
+    pair_temperatures: bool | list[tuple[str, str]] = Field(
+        False, description="one learnable temperature per aligned pair instead of one shared (resolved to "
+                          "the run's pairs when the config is loaded)")
+    matryoshka_dims: list[PositiveInt] | None = Field(None, description="Matryoshka: the loss summed over "
+                                                      "these nested prefixes of the embedding, e.g. [8, 16, 32, 64]")
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
     learn_logit_scale: bool = True
@@ -98,8 +106,11 @@ class TrainConfig(Strict):
                               "reports to output_dir/eval/")
     best_metric: str | None = Field(None, description="keep checkpoints/best by this eval metric, e.g. "
                                     "'zeroshot/top1' or 'retrieval/image_to_text/R@1' (higher is better)")
-    pairs: list[tuple[str, str]] | None = Field(None, description="modality pairs the loss aligns; "
-                                                "default: every pair")
+    pairs: list[PairSpec] | None = Field(None, description="modality pairs the loss aligns, each [a, b] "
+                                         "or {modalities: [a, b], loss, loss_options, weight}; default: every pair")
+    anchor: str | None = Field(None, description="ImageBind's binding: every other modality paired only with "
+                               "this one (instead of pairs)")
+    multiway: MultiwaySpec | None = Field(None, description="a term over >= 3 modalities at once (symile, gram)")
     local_loss: bool = True
     progress: bool = True
 
@@ -199,14 +210,13 @@ class Config(Strict):
         if self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
             raise ValueError("config key 'data.val.columns': must feed the same modalities as "
                              f"data.train.columns {sorted(self.data.train.columns)}")
-        for i, pair in enumerate(self.train.pairs or []):
-            for mod in pair:
-                if mod not in known:
-                    raise ValueError(f"config key 'train.pairs[{i}]': modality '{mod}' is not in "
-                                     f"model.modalities {sorted(known)}")
-                if mod not in self.data.train.columns:
-                    raise ValueError(f"config key 'train.pairs[{i}]': modality '{mod}' has no column in "
-                                     "data.train.columns")
+        check_objectives(self)
+        if self.model.pair_temperatures is True:  # stored resolved: the model's parameters follow it
+            self.model.pair_temperatures = self.loss_pairs()
+        dims = self.model.matryoshka_dims or []
+        if dims and (sorted(set(dims)) != dims or dims[-1] > self.model.embed_dim):
+            raise ValueError(f"config key 'model.matryoshka_dims': {dims} must increase and end at or below "
+                             f"model.embed_dim {self.model.embed_dim}")
         if self.eval is not None:  # eval runs after training: catch its mistakes before that
             cols = self.eval.data.columns
             uses = []
@@ -223,10 +233,8 @@ class Config(Strict):
         return self
 
     def loss_pairs(self) -> list[tuple[str, str]]:
-        if self.train.pairs:
-            return [tuple(p) for p in self.train.pairs]
-        mods = list(self.data.train.columns)
-        return [(a, b) for i, a in enumerate(mods) for b in mods[i + 1:]]
+        """The aligned modality pairs (``align.objective_spec.pair_specs`` has their losses and weights)."""
+        return [tuple(p.modalities) for p in pair_specs(self)]
 
 
 def _format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -17,6 +17,7 @@ import torch
 from align.config import Config, ConfigError
 from align.data import Collator, PairedDataset, load_table
 from align.model import AlignModel
+from align.objective_spec import needs_labels
 from align.streaming import streaming_loader
 
 
@@ -95,8 +96,10 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
     table = load_table(spec, key) if table is None else table
     columns = {m: c for m, c in spec.columns.items() if m not in cached}
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
-    ds = PairedDataset(table, columns, pre, train=train, name=f"{key} ({spec.source})", seed=cfg.seed,
-                       on_error=spec.on_error, refill=True, cache_samples=train and cfg.data.cache_samples)
+    labels = spec.label_column if needs_labels(cfg) else None  # label-based losses (multi-positive)
+    ds = PairedDataset(table, columns, pre, train=train, label_column=labels, name=f"{key} ({spec.source})",
+                       seed=cfg.seed, on_error=spec.on_error, refill=True,
+                       cache_samples=train and cfg.data.cache_samples)
     if len(ds) < cfg.train.batch_size:
         raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
                           f"({len(ds)} rows); batches must be full")

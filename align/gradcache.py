@@ -100,7 +100,7 @@ def cached_loss(accelerator, model, task: ContrastiveTask, batch: dict, micro: i
             b.copy_(saved)
     reps = {m: torch.cat([p[m] for p in parts]).detach().requires_grad_() for m in parts[0]}
     with accelerator.autocast():
-        loss = task.loss(reps)
+        loss = task.loss(reps, batch.get("label"))
 
     def backward() -> None:
         # the wrapper's own no_sync: Accelerate's is a no-op for a world of one, yet DDP may still wrap

@@ -70,6 +70,19 @@ class AlignModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
         bias = cfg.init_logit_bias if cfg.init_logit_bias is not None else (SIGLIP_INIT_BIAS if siglip else None)
         self.logit_bias = nn.Parameter(torch.full((1,), float(bias))) if bias is not None else None
+        pairs = cfg.pair_temperatures if isinstance(cfg.pair_temperatures, list) else []
+        # one temperature per aligned pair (model.pair_temperatures), initialised like the shared one
+        self.pair_logit_scales = nn.ParameterDict({
+            f"{a}|{b}": nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
+            for a, b in pairs}) if pairs else None
+
+    def pair_scale(self, a: str, b: str) -> torch.Tensor:
+        """exp(temperature) for the pair (a, b): its own with ``model.pair_temperatures``, else the shared one."""
+        if self.pair_logit_scales is not None:
+            for key in (f"{a}|{b}", f"{b}|{a}"):
+                if key in self.pair_logit_scales:
+                    return self.pair_logit_scales[key].exp().reshape(())
+        return self.logit_scale.exp().reshape(())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("logit_scale", "logit_bias"):  # checkpoints written before they became [1]
@@ -117,6 +130,8 @@ class AlignModel(nn.Module):
     def clamp_logit_scale_(self) -> None:
         """Keep the temperature in [0, ln 100] (open_clip clamps after every optimizer step)."""
         self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        for p in (self.pair_logit_scales or {}).values():
+            p.clamp_(0, MAX_LOGIT_SCALE)
 
     def score(self, a: torch.Tensor, b: torch.Tensor,
               kind: Literal["cosine", "logits", "probability"] = "cosine") -> torch.Tensor:

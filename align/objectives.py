@@ -202,11 +202,11 @@ class MoCHiLoss(_Pairwise):
     with u, v, w uniform over positions in H(i); their logits logit_scale * <q, h> + bias join the
     denominator::
 
-        l_i = -s_ii + log( sum_{j in P_i u N(i)} exp(s_ij) + sum_m exp(s(q, h_m)) + sum_m exp(s(q, h'_m)) )
+        l_i = -s_ii + log( sum_{j in {i} u N(i)} exp(s_ij) + sum_m exp(s(q, h_m)) + sum_m exp(s(q, h'_m)) )
 
-    where only the paired column of P(i) is kept (without labels: all columns, i.e. CLIP plus the
-    synthetic terms; with labels, other same-label columns are neither positive nor negative).
-    s1 = s2 = 0 is CLIP. Randomness: per direction (a -> b, then b -> a) one
+    Without labels {i} u N(i) is every column: CLIP plus the synthetic terms, and s1 = s2 = 0 (or
+    n_hard = 0) is CLIP; with labels, the other same-label columns are neither positive nor
+    negative. Randomness: per direction (a -> b, then b -> a) one
     ``torch.rand(G, 3*s1 + 2*s2, dtype=float64, generator=generator)`` over the G rows of the global
     batch (this process uses its own rows, so same-seeded generators on every process give the
     one-process loss), columns [u | v | alpha | w | beta / mix_query_max]; positions are

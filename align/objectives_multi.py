@@ -11,18 +11,16 @@ against the global batch, so the mean over processes is the one-process loss of 
   Representation Learning and Alignment" (ICLR 2025, arXiv 2412.11959).
 * ``MatryoshkaLoss`` / ``truncate`` -- Kusupati et al. 2022, "Matryoshka Representation Learning"
   (NeurIPS 2022, arXiv 2205.13147).
-* ``PairTemperatures`` -- one learnable temperature per modality pair, plus per-pair loss weights.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from align.losses import LOSSES, _dist_info, gather_features
-from align.model import CLIP_INIT_SCALE, MAX_LOGIT_SCALE
 
 
 def mip(*vectors: torch.Tensor) -> torch.Tensor:
@@ -79,9 +77,14 @@ class SymileLoss(_Distributed):
       M > 3 code labels column i, which is a different combination); for M = 3 it equals the
       official ``compute_logits_n_squared_3_modes``. Memory: ``N^(M-1) x d`` per anchor.
 
-    ``L = (1/M) sum_a CE(logits_a, positives)``. ``perms`` ([M, M, N] long, ``perms[a, k]``
-    used for anchor a and other modality k; the diagonal unused) replaces the random draw, e.g. for
-    reproducibility; by default they come from ``generator`` (or torch's global RNG).
+    ``L = (1/M) sum_a CE(logits_a, positives)``. The candidates are tuples of the *other*
+    modalities with the anchor fixed, as in the official code: negatives from the product of the
+    marginals make the optimal MIP the total correlation's log-ratio for every anchor alike
+    (swapping only ``x_a[j]`` into row i's tuple would instead estimate I(x_a; rest), a different
+    critic per anchor). ``perms`` ([M, M, N] long, N the global batch, ``perms[a, k]`` for anchor
+    a and other modality k; the diagonal unused) replaces the random draw, e.g. for
+    reproducibility; by default they come from ``generator`` (or torch's global RNG; under data
+    parallelism each process then shuffles the global batch its own way, still valid negatives).
     """
 
     def __init__(self, negative_sampling: str = "n", generator: torch.Generator | None = None,
@@ -112,9 +115,12 @@ class SymileLoss(_Distributed):
         if self.negative_sampling == "n":
             if perms is None:
                 perms = self.sample_perms(total, m, xs[0].device)
+            if tuple(perms.shape) != (m, m, total):
+                raise ValueError(f"Symile perms must be [{m}, {m}, {total}] (modalities, modalities, "
+                                 f"global batch), got {list(perms.shape)}")
             positive = mip(*xs)  # the same for every anchor
             is_positive = torch.zeros(n, total, dtype=torch.bool, device=xs[0].device)
-            is_positive[torch.arange(n), rows] = True
+            is_positive[rows - n * rank, rows] = True
         losses = []
         for a in range(m):
             others = [k for k in range(m) if k != a]
@@ -183,16 +189,19 @@ class GramLoss(_Distributed):
     With M = 2, ``Vol = sqrt(1 - cos^2) = |sin theta|``: the logit ``-s |sin theta|`` ranks
     candidates like CLIP's ``s cos theta`` on the hemisphere cos >= 0, but treats antipodal
     embeddings as aligned, and near alignment it is linear in the angle (CLIP's is quadratic).
+    ``anchor`` (an index into ``embeddings``) is set here (a config option) or per call.
     Numerics: ``_volume_from_gram``.
     """
 
-    def __init__(self, label_smoothing: float = 0.0, eps: float = 1e-12,
+    def __init__(self, anchor: int = 0, label_smoothing: float = 0.0, eps: float = 1e-12,
                  rank: int | None = None, world_size: int | None = None):
         super().__init__(rank, world_size)
-        self.label_smoothing, self.eps = label_smoothing, eps
+        self.anchor, self.label_smoothing, self.eps = anchor, label_smoothing, eps
 
-    def forward(self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor, anchor: int = 0) -> torch.Tensor:
+    def forward(self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor,
+                anchor: int | None = None) -> torch.Tensor:
         xs = _check_batch(embeddings, 2, "GRAM needs two or more modalities")
+        anchor = self.anchor if anchor is None else anchor
         if not -len(xs) <= anchor < len(xs):
             raise ValueError(f"anchor {anchor} out of range for {len(xs)} modalities")
         anchor %= len(xs)
@@ -239,54 +248,3 @@ class MatryoshkaLoss(nn.Module):
         total = sum(w * self.inner(truncate(a, m), truncate(b, m), logit_scale, logit_bias, **kwargs)
                     for m, w in zip(self.dims, self.weights))
         return total / sum(self.weights) if self.mean else total
-
-
-class PairTemperatures(nn.Module):
-    """One learnable log-temperature per modality pair and per-pair loss weights.
-
-    ``log_scales["a|b"]`` ([1], like ``AlignModel.logit_scale``) starts at ``ln(1/0.07)``;
-    ``scale(pair) = exp(clamp(log_scale, 0, ln 100))`` (a scalar, for the losses), and ``clamp_()``
-    clamps the parameters in place after each optimizer step as ``AlignModel.clamp_logit_scale_``
-    does. A pair is looked up in either order. ``weighted_mean(losses) = sum_k w_k L_k / sum_k w_k``
-    over the pairs given (weights default to 1).
-    """
-
-    def __init__(self, pairs: Sequence[tuple[str, str]], weights: Mapping[tuple[str, str], float] | None = None,
-                 init_logit_scale: float = CLIP_INIT_SCALE, learn: bool = True,
-                 max_logit_scale: float = MAX_LOGIT_SCALE):
-        super().__init__()
-        self.max_logit_scale = max_logit_scale
-        self.log_scales = nn.ParameterDict()
-        for a, b in pairs:
-            if a == b or "|" in a + b or "." in a + b:
-                raise ValueError(f"pair ({a!r}, {b!r}): two different modality names without '|' or '.'")
-            if f"{a}|{b}" in self.log_scales or f"{b}|{a}" in self.log_scales:
-                raise ValueError(f"pair ({a!r}, {b!r}) given twice")
-            self.log_scales[f"{a}|{b}"] = nn.Parameter(torch.full((1,), float(init_logit_scale)),
-                                                       requires_grad=learn)
-        self.weights = {key: 1.0 for key in self.log_scales}
-        for pair, w in (weights or {}).items():
-            if float(w) < 0:
-                raise ValueError(f"pair weight for {pair} must be >= 0, got {w}")
-            self.weights[self.key(pair)] = float(w)
-
-    def key(self, pair: tuple[str, str]) -> str:
-        a, b = pair
-        for key in (f"{a}|{b}", f"{b}|{a}"):
-            if key in self.log_scales:
-                return key
-        raise KeyError(f"no temperature for pair ({a!r}, {b!r}); pairs: {list(self.log_scales)}")
-
-    def scale(self, pair: tuple[str, str]) -> torch.Tensor:
-        return self.log_scales[self.key(pair)].clamp(0, self.max_logit_scale).exp().reshape(())
-
-    @torch.no_grad()
-    def clamp_(self) -> None:
-        for p in self.log_scales.values():
-            p.clamp_(0, self.max_logit_scale)
-
-    def weighted_mean(self, losses: Mapping[tuple[str, str], torch.Tensor]) -> torch.Tensor:
-        weights = [self.weights[self.key(pair)] for pair in losses]
-        if not losses or sum(weights) <= 0:
-            raise ValueError(f"weighted mean needs a pair with weight > 0; got {list(losses)}")
-        return sum(w * loss for w, loss in zip(weights, losses.values())) / sum(weights)
