@@ -10,8 +10,9 @@ from align.indexing import IndexBuildError, build_index, parse_data_spec, query_
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification or retrieval")
-    p.add_argument("task", choices=["zeroshot", "retrieval"])
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification, retrieval, or "
+                       "retrieval between every pair of its modalities (pairs)")
+    p.add_argument("task", choices=["zeroshot", "retrieval", "pairs"])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
     p.add_argument("--config", help="YAML whose eval section to use (default: the checkpoint's)")
     p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
@@ -21,6 +22,8 @@ def add_eval_parser(sub) -> None:
 
 
 def _eval_cli(args: argparse.Namespace) -> int:
+    if args.task == "pairs":
+        return _pairs_cli(args)
     report = run_eval(args.task, args.checkpoint, config=args.config, overrides=args.overrides,
                       templates=args.templates, out=args.out)
     m = report["metrics"]
@@ -36,6 +39,20 @@ def _eval_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs_cli(args: argparse.Namespace) -> int:
+    from align.eval.pairs import PairsError, run_pairs  # lazy: `align --help` stays instant
+
+    if args.templates:
+        raise PairsError("--templates: zero-shot prompts; `align eval pairs` scores retrieval only")
+    report = run_pairs(args.checkpoint, config=args.config, overrides=args.overrides, out=args.out)
+    s = report["metrics"]["settings"]
+    print(f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
+          f"dedupe {s['dedupe']}, index {s['index']}")
+    print(report["markdown"], end="")
+    print(f"report: {report['path']} (+ pairs.md, pairs_r1.png)")
+    return 0
+
+
 def _build_cli(args: argparse.Namespace) -> int:
     from align.index import check_save_target
 
@@ -47,7 +64,7 @@ def _build_cli(args: argparse.Namespace) -> int:
 
     check_out()  # before the model loads or anything is encoded: a refused --out should cost nothing
     spec = parse_data_spec(args.data)
-    index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size)
+    index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size, dim=args.dim)
     try:
         folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
     except FileExistsError:
@@ -94,6 +111,8 @@ def add_index_parsers(sub) -> None:
     b.add_argument("--data", required=True, help="dataset spec: YAML file or inline YAML "
                    "(e.g. '{source: sklearn-digits, split: test, columns: {image: image}, label_column: label}')")
     b.add_argument("--modality", required=True)
+    b.add_argument("--dim", type=int, help="index only the first DIM embedding dims (Matryoshka-trained "
+                   "models; queries are truncated to match)")
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
     b.add_argument("--spec", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat, ...")
     b.add_argument("--batch-size", type=int, default=256)

@@ -17,7 +17,7 @@ from align.errors import ConfigError  # noqa: E402  (re-exported: the config lay
 # the dataset part (DatasetSpec, its filters, joins, holdout) is in align/dataset_spec.py;
 # `from align.config import DatasetSpec` keeps working
 from align.dataset_spec import DatasetSpec, Strict  # noqa: E402
-from align.objective_spec import PAIRWISE, MultiwaySpec, PairSpec, check_objectives, pair_specs
+from align.objective_spec import PAIRWISE, MomentumSpec, MultiwaySpec, PairSpec, check_objectives, pair_specs
 
 
 class ModalitySpec(Strict):
@@ -53,6 +53,8 @@ class ModelConfig(Strict):
                           "the run's pairs when the config is loaded)")
     matryoshka_dims: list[PositiveInt] | None = Field(None, description="Matryoshka: the loss summed over "
                                                       "these nested prefixes of the embedding, e.g. [8, 16, 32, 64]")
+    momentum: MomentumSpec | None = Field(None, description="EMA towers + queues of past embeddings as extra "
+                                          "negatives (MoCo / ALBEF), optionally with momentum distillation")
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
     learn_logit_scale: bool = True
@@ -164,6 +166,8 @@ class RetrievalSpec(Strict):
 
 class EvalConfig(Strict):
     data: DatasetSpec
+    dim: int | None = Field(None, gt=0, description="evaluate only the embedding's first dim dimensions, "
+                            "re-normalised (a model trained with model.matryoshka_dims); None = all")
     zeroshot: ZeroShotSpec | None = None
     retrieval: RetrievalSpec | None = None
     batch_size: int = Field(256, gt=0)

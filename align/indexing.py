@@ -59,7 +59,7 @@ def _metadata(row: dict, i: int, spec, modality: str, names) -> dict[str, Any]:
 
 
 def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "Flat",
-                batch_size: int = 256, progress: bool = True):
+                batch_size: int = 256, progress: bool = True, dim: int | None = None):
     """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
     whose metadata holds each item's row, path, label and caption where the data has them."""
     import torch
@@ -76,13 +76,16 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
         raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
     if modality not in spec.columns:
         raise IndexBuildError(f"--data names no column for modality '{modality}' (columns: {spec.columns})")
+    if dim is not None and not 0 < dim <= cfg.model.embed_dim:
+        raise IndexBuildError(f"--dim {dim}: the model embeds to {cfg.model.embed_dim} dims")
+    model.output_dim = dim  # a Matryoshka prefix; the index's dim records it for queries
     table = load_table(spec, "data")
     names = class_names(table, spec.label_column) if spec.label_column else None
     pre = {modality: model.adapters[modality].preprocessor()}
     ds = PairedDataset(table, {modality: spec.columns[modality]}, pre, train=False, name=f"data ({spec.source})",
                        on_error=spec.on_error)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
-    index = EmbeddingIndex(cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
+    index = EmbeddingIndex(dim or cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
     device = next(model.parameters()).device
     index.skipped = 0  # rows left out because they failed to load (on_error=skip)
     for batch in tqdm(loader, desc=f"encode {modality}", disable=not progress):
@@ -114,8 +117,9 @@ def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, chec
         raise IndexBuildError(f"index {index_dir} was built with a different model ({built_with}); "
                               f"this checkpoint is {identity}")
     model, cfg = load_model(ckpt)
-    if index.dim != cfg.model.embed_dim:
+    if index.dim > cfg.model.embed_dim:
         raise IndexBuildError(f"index {index_dir} has dim {index.dim}, the model embeds to {cfg.model.embed_dim}")
+    model.output_dim = index.dim if index.dim < cfg.model.embed_dim else None  # built with --dim
     if modality not in model.adapters:
         raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
     return index.search_with_metadata(raw_encoder(model, modality)([raw]), k)[0]

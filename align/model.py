@@ -55,6 +55,7 @@ class AlignModel(nn.Module):
         from align.modalities import build_adapter
 
         self.cfg = cfg
+        self.output_dim: int | None = None  # encode only the first output_dim dims (Matryoshka), None = all
         self.adapters = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for mod, spec in cfg.modalities.items():
@@ -62,6 +63,13 @@ class AlignModel(nn.Module):
             self.adapters[mod] = adapter
             self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim,
                                          f"model.modalities.{mod}.head")
+        self.momentum = None
+        if cfg.momentum is not None:  # EMA towers and queues (align.momentum), saved with the model
+            from align.momentum import MomentumTowers
+
+            mc = cfg.momentum
+            self.momentum = MomentumTowers(self.adapters, self.heads, cfg.embed_dim, mc.queue_size, mc.momentum,
+                                           mc.distill)
         siglip = cfg.loss == "siglip"
         scale = cfg.init_logit_scale
         if scale is None:
@@ -121,7 +129,10 @@ class AlignModel(nn.Module):
         if modality not in self.adapters:
             raise KeyError(f"model has no modality '{modality}'; it has {self.modalities}")
         features = batch.features if isinstance(batch, CachedFeatures) else self.adapters[modality](batch)
-        return F.normalize(self.heads[modality](features), dim=-1)
+        out = self.heads[modality](features)
+        if self.output_dim is not None:  # a Matryoshka prefix (eval.dim, index build --dim), re-normalised
+            out = out[..., :self.output_dim]
+        return F.normalize(out, dim=-1)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {mod: self.encode(mod, value) for mod, value in batch.items() if mod in self.adapters}

@@ -36,6 +36,14 @@ class PairSpec(Strict):
         return value
 
 
+class MomentumSpec(Strict):
+    """MoCo / ALBEF: EMA towers and queues of their embeddings as extra negatives (align.momentum)."""
+
+    queue_size: int = Field(4096, gt=0, description="past momentum embeddings kept per modality")
+    momentum: float = Field(0.995, ge=0, lt=1, description="EMA factor m of theta' <- m theta' + (1 - m) theta")
+    distill: float = Field(0.0, ge=0, le=1, description="ALBEF momentum distillation weight alpha (0 = off)")
+
+
 class MultiwaySpec(Strict):
     """One term over three or more modalities of the same rows (beyond pairs)."""
 
@@ -97,8 +105,11 @@ def check_objectives(cfg) -> None:
         for mod in tc.multiway.modalities:
             exists("train.multiway.modalities", mod)
     specs = pair_specs(cfg)
-    if not specs and tc.multiway is None:
-        raise ValueError("config key 'train.pairs': no pair to align (give pairs, or train.multiway)")
+    if cfg.model.momentum is not None:
+        other = sorted({p.loss for p in specs} - {"clip"})
+        if other or tc.micro_batch_size:
+            raise ValueError("config key 'model.momentum': the momentum queue is ALBEF's CLIP-style loss; it "
+                             f"cannot be combined with {other or 'train.micro_batch_size (GradCache)'}")
     if cfg.data.train.label_column is None:
         for i, p in enumerate(specs):
             if p.loss in NEEDS_LABELS:

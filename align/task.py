@@ -18,6 +18,7 @@ import align.objectives_multi  # noqa: F401  (registers symile, gram)
 from align.config import Config, ConfigError
 from align.losses import build_loss, tiling_mode
 from align.model import AlignModel
+from align.momentum import queue_loss
 from align.objective_spec import NEEDS_LABELS, pair_specs
 
 
@@ -64,6 +65,9 @@ class ContrastiveTask:
         if mw is not None:
             fn = _build("train.multiway.loss_options", mw.loss, mw.loss_options, **dist)
             terms.append(Term(tuple(mw.modalities), fn, mw.weight, multiway=True))
+        if not terms:  # checked here, not in the config: `align data` may look at one column
+            raise ConfigError("config key 'data.train.columns': nothing to align: give at least two modalities "
+                              "(a pair, or train.multiway)")
         pairs = [t.modalities for t in terms if not t.multiway]
         return cls(model, terms[0].loss_fn if terms else None, pairs, list(cfg.data.train.columns),
                    micro_batch_size=cfg.train.micro_batch_size, terms=terms)
@@ -75,7 +79,8 @@ class ContrastiveTask:
         return {m: batch[m] if m in batch else self.feature_caches[m].lookup(batch["index"], batch["index"].device)
                 for m in self.modalities}
 
-    def loss(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor | None = None,
+             keys: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Weighted mean of the terms (the plain mean when the weights are equal, as before weights
         existed, so results are unchanged). ``labels``: the rows' classes, for label-based losses."""
         model = self.model
@@ -86,6 +91,11 @@ class ContrastiveTask:
                 values.append(t.loss_fn([embeddings[m] for m in t.modalities], model.logit_scale.exp().reshape(())))
                 continue
             a, b = t.modalities
+            if keys is not None:  # model.momentum: ALBEF's loss against momentum keys and queues
+                mom = model.momentum
+                values.append(queue_loss(embeddings[a], embeddings[b], keys[a], keys[b], mom.queue(a), mom.queue(b),
+                                         model.pair_scale(a, b), mom.distill))
+                continue
             kw = {"labels": labels} if t.needs_labels else {}
             values.append(t.loss_fn(embeddings[a], embeddings[b], model.pair_scale(a, b), bias, **kw))
         weights = [t.weight for t in self.terms]
@@ -96,7 +106,25 @@ class ContrastiveTask:
     def __call__(self, forward: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
                  batch: dict[str, Any]) -> torch.Tensor:
         """Encode the batch with ``forward`` (the possibly DDP-wrapped model) and return the loss."""
-        return self.loss(forward(self.inputs(batch)), batch.get("label"))
+        inputs = self.inputs(batch)
+        embeddings = forward(inputs)
+        mom = self.model.momentum
+        if mom is None:
+            return self.loss(embeddings, batch.get("label"))
+        keys = mom.encode(inputs)
+        if self.model.training:
+            self.pending_keys = keys  # enqueued after the optimizer step (after_step)
+        return self.loss(embeddings, batch.get("label"), keys)
+
+    def after_step(self) -> None:
+        """After each optimizer step: clamp the temperatures; with ``model.momentum`` move the EMA
+        towers and enqueue this step's momentum embeddings."""
+        self.model.clamp_logit_scale_()
+        mom = self.model.momentum
+        if mom is not None and getattr(self, "pending_keys", None) is not None:
+            mom.update(self.model.adapters, self.model.heads)
+            mom.enqueue(self.pending_keys)
+            self.pending_keys = None
 
 
 def _build(key: str, name: str, options: dict[str, Any] | None, **kwargs) -> nn.Module:

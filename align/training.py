@@ -134,7 +134,7 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    task.model.clamp_logit_scale_()
+    task.after_step()  # temperature clamp; momentum towers and queues (model.momentum)
     return mean_loss
 
 

@@ -115,3 +115,30 @@ def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], 
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_pair_heatmap(matrix: Sequence[Sequence[float | None]], names: Sequence[str], path: str | Path,
+                      title: str = "R@1 between modalities") -> Path:
+    """Query modality (rows) x gallery modality (columns), one value per direction, annotated in
+    its cell; ``None`` (the diagonal: a modality against itself is not a pair) stays blank."""
+    plt = _plt()
+    m = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * n, 1.2 + 0.8 * n), dpi=120)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # NaN cells (the diagonal) blank
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), names, rotation=30, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("gallery")
+    ax.set_ylabel("query")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            if np.isfinite(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if m[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

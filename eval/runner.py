@@ -120,6 +120,17 @@ def evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None
     """Run the configured evaluations. Under Accelerate pass the accelerator: every process must
     call this; encoding is shared and every process returns the same metrics. A ``keep`` dict
     receives the table, embeddings and caption rows (for plots of query results)."""
+    core = getattr(model, "module", model)
+    if ecfg.dim is not None and ecfg.dim > core.cfg.embed_dim:
+        raise ConfigError(f"config key 'eval.dim': {ecfg.dim} is more than the model's embed_dim {core.cfg.embed_dim}")
+    previous, core.output_dim = core.output_dim, ecfg.dim
+    try:
+        return _evaluate(model, ecfg, accelerator, keep)
+    finally:
+        core.output_dim = previous
+
+
+def _evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec = ecfg.data
     table = load_table(spec, "eval.data")

@@ -126,3 +126,40 @@ def test_bad_objective_configs_name_their_key(tmp_path, model, train, three, key
     with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
         cfg = config_from_dict(data)
         ContrastiveTask.from_config(cfg, AlignModel(cfg.model))
+
+
+def test_matryoshka_prefixes_evaluate_and_index(tmp_path):
+    """A Matryoshka-trained model evaluated and indexed at a prefix: eval.dim and index build
+    --dim use the first dims, re-normalised; queries against such an index are truncated to match."""
+    import json
+
+    from align.cli import main
+    from align.config import EvalConfig
+    from align.eval.runner import evaluate
+    from align.trainer import train
+
+    cfg = config(tmp_path, {"matryoshka_dims": [4, 16]}, {"steps": 60})
+    result = train(cfg)
+    model = result.model.eval()
+    data = {"source": "sklearn-digits", "split": "test", "columns": {"image": "image", "text": "caption"},
+            "label_column": "label"}
+    zs = {"templates": ["a photo of the number {}."]}
+    scores = {}
+    for dim in (None, 4, 16):
+        metrics = evaluate(model, EvalConfig(data=data, zeroshot=zs, dim=dim))
+        scores[dim] = metrics["zeroshot"]["top1"]
+    assert model.output_dim is None  # restored
+    assert scores[16] == scores[None] and scores[4] != scores[16], scores
+    assert scores[4] > 0.2, scores  # the 4-dim prefix was trained too (chance 0.1)
+    with pytest.raises(Exception, match="eval.dim"):
+        evaluate(model, EvalConfig(data=data, zeroshot=zs, dim=32))
+    spec = json.dumps(data)
+    assert main(["index", "build", "--checkpoint", str(tmp_path / "run"), "--modality", "image", "--data", spec,
+                 "--out", str(tmp_path / "idx4"), "--dim", "4"]) == 0
+    from align.index import EmbeddingIndex
+
+    assert EmbeddingIndex.load(tmp_path / "idx4").dim == 4
+    assert main(["query", "--index", str(tmp_path / "idx4"), "--modality", "text", "--query",
+                 "a photo of the number seven.", "-k", "3"]) == 0
+    assert main(["index", "build", "--checkpoint", str(tmp_path / "run"), "--modality", "image", "--data", spec,
+                 "--out", str(tmp_path / "idx99"), "--dim", "99"]) == 2

@@ -1,0 +1,179 @@
+"""Higher-order alignment (issue 15): can the text be predicted from audio *and* image together?
+
+Data: ``fsdd-mnist-sum`` (align/sources/fsdd_mnist_sum.py), an FSDD recording of digit a, an MNIST
+image of an independent digit b, and a text naming (a + b) mod 10. Every pair of the three is
+independent, so a pairwise objective cannot learn how the text depends on the other two; only a
+term over all three at once can. The same towers and data (configs/fsdd-mnist-sum-symile.yaml)
+are trained with equal steps as
+
+* ``clip``   -- pairwise CLIP over the three pairs (audio-text, image-text, audio-image);
+* ``symile`` -- the config as it is: Symile over (audio, image, text), no pairwise term;
+* ``gram``   -- GRAM over (text, audio, image) (text the anchor), no pairwise term.
+
+Each run is reloaded from its checkpoint (``align.checkpoint.load_model``) and scores, for every
+held-out (audio, image) pair (FSDD takes 0-4 with unseen MNIST test images, 3 images per
+recording: 900 triples), the 10 sum classes' text embeddings t_c (mean of the normalised
+embeddings of every caption template, renormalised, as zero-shot prompt ensembles are):
+
+* ``mip``    -- Symile's score, MIP(a, i, t_c) = sum_d a_d i_d t_c,d;
+* ``cosine`` -- the best a pairwise model offers: cos(a, t_c) + cos(i, t_c);
+* ``volume`` -- GRAM's score, minus the volume spanned by (a, i, t_c).
+
+Top-1 accuracy of the argmax class; chance is 0.10. Every model is also scored with every rule
+(the model's own rule is marked), and on 900 training triples, to tell fitting from generalising.
+
+    python benchmarks/higher_order.py                       # clip, symile, gram; ~15-20 min on 2 cores
+    python benchmarks/higher_order.py --runs clip,symile --steps 300
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "fsdd-mnist-sum-symile.yaml"
+TRIPLE = ["audio", "image", "text"]
+RUNS = {  # run -> its train section's objective (everything else is the config's)
+    "clip": {"pairs": [["audio", "text"], ["image", "text"], ["audio", "image"]], "multiway": None},
+    "symile": {},
+    "gram": {"pairs": [], "multiway": {"loss": "gram", "modalities": ["text", "audio", "image"]}},
+}
+OWN_SCORE = {"clip": "cosine", "symile": "mip", "gram": "volume"}
+
+
+def sum_scores(audio: torch.Tensor, image: torch.Tensor, classes: torch.Tensor, rule: str) -> torch.Tensor:
+    """[N, C] scores of class text embeddings ``classes`` [C, d] for the (audio, image) pairs
+    ([N, d] each, unit norm); higher is better. ``rule``: mip | cosine | volume (see the module)."""
+    if rule == "mip":
+        return (audio * image) @ classes.T
+    if rule == "cosine":
+        return audio @ classes.T + image @ classes.T
+    if rule == "volume":
+        from align.objectives_multi import volume_matrix
+
+        return -volume_matrix(classes.double(), [audio.double(), image.double()]).T.float()
+    raise ValueError(f"unknown scoring rule {rule!r} (mip, cosine, volume)")
+
+
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((scores.argmax(-1) == labels).float().mean())
+
+
+def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
+    """{"held-out": every test triple, "train": ``train_rows`` seeded random training triples}, as
+    (DatasetSpec, table): the config's source and options (the training ones exactly as trained),
+    with only audio and image encoded (the text side is the 10 class prompts)."""
+    import numpy as np
+
+    from align.data import load_table
+    from align.dataset_spec import DatasetSpec
+
+    out = {}
+    for name, split in (("held-out", "test"), ("train", "train")):
+        kwargs = dict(base["data"]["train"]["load_kwargs"])
+        if split == "test":
+            kwargs.pop("pairs_per_recording", None)  # the source's test default: 3 images per recording
+        spec = DatasetSpec(source="fsdd-mnist-sum", split=split, load_kwargs=kwargs, label_column="label",
+                           columns={"audio": "path", "image": "image"})
+        table = load_table(spec, f"{name} triples")
+        if split == "train":
+            rows = np.random.default_rng(seed).choice(len(table), size=min(train_rows, len(table)), replace=False)
+            table = table.select(np.sort(rows))
+        out[name] = (spec, table)
+    return out
+
+
+@torch.no_grad()
+def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
+    """{split: {rule: top-1}} of a trained run, reloaded from its checkpoint."""
+    from align.checkpoint import load_model
+    from align.eval.runner import encode_table
+    from align.sources.common import DIGIT_NAMES
+    from align.sources.fsdd_mnist_sum import SUM_CAPTIONS
+    from align.zeroshot import build_classifier
+
+    model, _ = load_model(run_dir)
+    classes = build_classifier(model, DIGIT_NAMES, SUM_CAPTIONS, modality="text")
+    out = {}
+    for split, (spec, table) in tables.items():
+        embs, labels, _ = encode_table(model, table, spec.columns, "label", batch_size=256)
+        labels = torch.as_tensor(labels)
+        out[split] = {rule: top1(sum_scores(embs["audio"], embs["image"], classes, rule), labels)
+                      for rule in OWN_SCORE.values()}
+    return out
+
+
+def train_run(base: dict, name: str, steps: int, out: Path) -> float:
+    """Train one objective on the config's towers and data; returns wall seconds."""
+    from align.config import config_from_dict
+    from align.trainer import train
+
+    data = copy.deepcopy(base)
+    data["output_dir"] = str(out / name)
+    data["train"].update(copy.deepcopy(RUNS[name]), steps=steps, progress=False)
+    data.pop("eval", None)
+    start = time.perf_counter()
+    result = train(config_from_dict(data))
+    losses = [v for _, v in result.losses]
+    print(f"{name}: {steps} steps in {time.perf_counter() - start:.0f} s, loss first {losses[0]:.3f} "
+          f"last {losses[-1]:.3f}", flush=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="clip,symile,gram", help="comma-separated subset of " + ",".join(RUNS))
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
+    p.add_argument("--out", default="runs/higher-order", help="folder of the runs (relative to the checkout)")
+    p.add_argument("--score-only", action="store_true", help="rescore runs already trained in --out")
+    args = p.parse_args(argv)
+    os.chdir(REPO)  # the config's data paths are relative to the checkout root
+    base = yaml.safe_load(CONFIG.read_text())
+    steps = args.steps or base["train"]["steps"]
+    names = [n.strip() for n in args.runs.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        p.error(f"unknown runs {unknown}; known: {sorted(RUNS)}")
+    out = Path(args.out)
+    tables = triple_tables(base)
+    load_before = os.getloadavg()
+    rows, walls = {}, {}
+    for name in names:
+        if not args.score_only:
+            walls[name] = train_run(base, name, steps, out)
+        rows[name] = score_run(out / name, tables)
+        print(f"{name}: {rows[name]}", flush=True)
+    load_after = os.getloadavg()
+
+    print("\n### Text from audio + image: top-1 of the sum (a + b) mod 10, chance 0.10\n")
+    print(f"{steps} steps per run, batch {base['train']['batch_size']}; held-out: "
+          f"{len(tables['held-out'][1])} test triples (FSDD takes 0-4, MNIST test images); train: "
+          f"{len(tables['train'][1])} of the training triples.\n")
+    print("| objective | scored by | held-out top-1 | train top-1 | train time |")
+    print("|---|---|---:|---:|---:|")
+    for name in names:
+        for rule in OWN_SCORE.values():
+            own = rule == OWN_SCORE[name]
+            mark = "**" if own else ""
+            wall = f"{walls[name] / 60:.1f} min" if own and name in walls else ""
+            print(f"| {name} | {rule}{' (own)' if own else ''} | {mark}{rows[name]['held-out'][rule]:.3f}{mark} | "
+                  f"{rows[name]['train'][rule]:.3f} | {wall} |")
+    print("| chance | | 0.100 | 0.100 | |")
+    print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+    print(f"Rerun: `python benchmarks/higher_order.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

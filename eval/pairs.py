@@ -1,0 +1,203 @@
+"""``align eval pairs``: retrieval between every pair of a checkpoint's modalities, in one report.
+
+Why a command of its own: a model trained on three or more modalities has a retrieval number for
+every pair, and ``align eval retrieval`` gives one pair per run, re-encoding everything each time.
+Here every modality column is encoded once and every unordered pair (a, b) is scored in both
+directions with the same code as ``align eval retrieval eval.retrieval.a=A eval.retrieval.b=B``
+(``retrieval_metrics`` and the FAISS ``index_retrieval``; b items expanded and de-duplicated by
+the runner's own ``expand_rows`` / ``dedupe_items``), so each pair's numbers are that command's.
+
+Encoding once: a column with one item per row is encoded row by row (``encode_table``, which
+honours ``on_error``); its de-duplicated b items are those rows' embeddings. A list-valued column
+(several captions per row) is encoded as its distinct items (``encode_items``); its row embedding
+(the a side) is that of the row's first item, which is what evaluation preprocessing reads. Each
+pair is oriented so that a list-valued column is b (the side ``align eval retrieval`` expands);
+the report names a and b so any pair can be rerun alone.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from align.eval.commands import EvalError
+
+
+class PairsError(EvalError):
+    """Fewer than two modalities to pair, or a column that cannot be paired; names the key."""
+
+
+def pairs_config(ckpt_cfg, config: str | Path | None, overrides: Sequence[str]):
+    """The eval section and where its retrieval settings came from: the config's ``retrieval``
+    section, or defaults (ks [1, 5, 10]; positives ``label`` when the data has a label column)."""
+    from align.config import RetrievalSpec
+    from align.eval.commands import eval_config
+
+    # a task that is neither zeroshot nor retrieval: no section is required, zeroshot is dropped
+    ecfg = eval_config("pairs", ckpt_cfg, config, overrides)  # type: ignore[arg-type]
+    if ecfg.retrieval is not None:
+        return ecfg, "config (eval.retrieval)"
+    ecfg.retrieval = RetrievalSpec(positives="label" if ecfg.data.label_column else "row")
+    return ecfg, "defaults (no eval.retrieval section)"
+
+
+def _is_list_column(table, column: str) -> bool:
+    """Whether a column holds several items per row (a caption list, a list of file paths or HF
+    media dicts), judged on its first row. A list of numbers or of lists is one item (a feature
+    vector, a point cloud), not several."""
+    if not len(table):
+        return False
+    value = table[0][column]
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and not isinstance(value[0], (int, float, list, tuple, np.ndarray, np.generic)))
+
+
+def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
+    """Every modality's embeddings from one encoding of its column: ``rows[m]`` (one per kept row,
+    the a side) and ``items[m]`` (expanded rows, distinct item embeddings and their inverse)."""
+    from align.eval.runner import dedupe_items, encode_items, encode_table, expand_rows
+
+    spec = ecfg.data
+    listed = [m for m in mods if _is_list_column(table, spec.columns[m])]
+    scalar = [m for m in mods if m not in listed]
+    rows: dict[str, torch.Tensor] = {}
+    if scalar:
+        rows, labels, kept = encode_table(model, table, {m: spec.columns[m] for m in scalar}, spec.label_column,
+                                          ecfg.batch_size, name=f"eval.data ({spec.source})", on_error=spec.on_error)
+    else:
+        labels = np.asarray(table[spec.label_column]) if spec.label_column else None
+        kept = np.arange(len(table))
+    if len(kept) < len(table):  # on_error: skip left rows out of every modality
+        table = table.select(kept)
+    items: dict[str, dict[str, Any]] = {}
+    for m in mods:
+        values, source = expand_rows(table, spec.columns[m])
+        distinct, inverse, _ = dedupe_items(values, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        if m in scalar:  # each distinct item's first row holds its embedding
+            emb = rows[m][source[np.unique(inverse, return_index=True)[1]]]
+        else:
+            emb = encode_items(model, m, distinct, ecfg.batch_size)
+            present, first = np.unique(source, return_index=True)  # each row's first item
+            if len(present) < len(table):
+                row = int(np.setdiff1d(np.arange(len(table)), present)[0])
+                raise PairsError(f"config key 'eval.data.columns.{m}': row {row} of column '{spec.columns[m]}' "
+                                 "has no items")
+            rows[m] = emb[torch.from_numpy(inverse[first])]
+        items[m] = {"values": values, "source": source, "emb": emb, "inverse": inverse, "list": m in listed}
+    return {"table": table, "labels": labels, "kept": kept, "rows": rows, "items": items,
+            "encoded": {m: {"items": len(items[m]["emb"]) if m in listed else len(rows[m]),
+                            "level": "distinct items" if m in listed else "rows"} for m in mods}}
+
+
+def pair_metrics(enc: dict[str, Any], a: str, b: str, r) -> dict[str, Any]:
+    """One pair as ``evaluate`` scores it for ``eval.retrieval.a=a b=b``, from embeddings at hand."""
+    from align.eval.retrieval import retrieval_metrics
+    from align.eval.runner import dedupe_items, index_retrieval
+
+    labels, it = enc["labels"], enc["items"][b]
+    source = it["source"]
+    if r.positives == "label":
+        if labels is None:
+            raise PairsError("config key 'eval.retrieval.positives': 'label' needs eval.data.label_column")
+        pairs = np.nonzero(labels[:, None] == labels[source][None, :])
+    else:
+        pairs = (source, np.arange(len(source)))
+    if r.dedupe:
+        _, _, pairs = dedupe_items(it["values"], pairs)  # the runner's merge; gallery = distinct items
+        b_emb = it["emb"] if it["list"] else enc["rows"][b][source[np.unique(it["inverse"], return_index=True)[1]]]
+    else:  # every expanded item is its own gallery entry
+        b_emb = it["emb"][torch.from_numpy(it["inverse"])] if it["list"] else enc["rows"][b][source]
+    a_emb = enc["rows"][a]
+    full = retrieval_metrics(a_emb, b_emb, np.stack(pairs, 1), ks=r.ks, names=(a, b))
+    directions = {}
+    for q, g in ((a, b), (b, a)):
+        p = f"{q}_to_{g}"
+        directions[p] = {**{f"R@{k}": full[f"{p}/R@{k}"] for k in r.ks}, "MRR": full[f"{p}/MRR"],
+                         "n": full[f"{p}/n_queries"]}
+    return {"a": a, "b": b, "n_a": len(a_emb), "n_b": len(b_emb), "n_b_items": len(source),
+            "directions": directions, "metrics": full,
+            "faiss": index_retrieval(a_emb, b_emb, pairs, r.ks, (a, b), r.index)}
+
+
+def orient(mods: list[str], enc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every unordered pair once, in column order, with a list-valued column as b when only one is."""
+    out = []
+    for x, y in combinations(mods, 2):
+        out.append((y, x) if enc["items"][x]["list"] and not enc["items"][y]["list"] else (x, y))
+    return out
+
+
+def r1_table(mods: list[str], result: dict[str, Any]) -> list[list[float | None]]:
+    """R@1 as [query][gallery] (None on the diagonal)."""
+    r1 = {}
+    for p in result["pairs"]:
+        for name, d in p["directions"].items():
+            q, g = name.split("_to_")
+            r1[q, g] = d.get("R@1")
+    return [[None if q == g else r1.get((q, g)) for g in mods] for q in mods]
+
+
+def markdown_table(mods: list[str], matrix: list[list[float | None]], note: str) -> str:
+    head = "| query \\ gallery | " + " | ".join(mods) + " |"
+    rule = "|---|" + "---:|" * len(mods)
+    body = ["| " + q + " | " + " | ".join("—" if v is None else f"{v:.4f}" for v in row) + " |"
+            for q, row in zip(mods, matrix)]
+    return "\n".join([f"R@1, query modality (rows) -> gallery modality (columns); {note}", "",
+                      head, rule, *body]) + "\n"
+
+
+def run_pairs(checkpoint: str | Path, *, config: str | Path | None = None, overrides: Sequence[str] = (),
+              out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate retrieval between every modality pair of ``checkpoint``; write ``pairs.json``,
+    ``pairs.md`` and ``pairs_r1.png`` under ``out`` (default ``<checkpoint>/eval``)."""
+    import time
+
+    from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
+    from align.config import ConfigError
+    from align.data import describe_spec, hf_progress, load_table
+    from align.eval.plots import plot_pair_heatmap
+    from align.eval.report import build_report, write_report
+
+    t0 = time.perf_counter()
+    ckpt = resolve_checkpoint(checkpoint)
+    model, cfg = load_model(ckpt)
+    ecfg, settings_from = pairs_config(cfg, config, overrides)
+    columns = list(ecfg.data.columns)
+    mods = [m for m in columns if m in model.adapters]
+    if len(mods) < 2:
+        raise PairsError(f"config key 'eval.data.columns': pairs needs columns for at least 2 of the checkpoint's "
+                         f"modalities {model.modalities}; the eval data has {columns}")
+    dim = getattr(ecfg, "dim", None)
+    if dim is not None and dim > cfg.model.embed_dim:
+        raise ConfigError(f"config key 'eval.dim': {dim} is more than the model's embed_dim {cfg.model.embed_dim}")
+    r = ecfg.retrieval
+    previous, model.output_dim = getattr(model, "output_dim", None), dim  # a Matryoshka prefix, as evaluate
+    try:
+        with hf_progress(cfg.train.progress):
+            table = load_table(ecfg.data, "eval.data")
+            enc = encode_once(model, table, ecfg, mods)
+    finally:
+        model.output_dim = previous
+    dataset = describe_spec(ecfg.data, table)
+    if len(enc["kept"]) < len(table):
+        dataset.update(skipped=len(table) - len(enc["kept"]), evaluated=len(enc["kept"]))
+    result = {"settings": {"ks": list(r.ks), "positives": r.positives, "dedupe": bool(r.dedupe), "index": r.index,
+                           "dim": dim, "from": settings_from},
+              "modalities": mods, "ignored_columns": [m for m in columns if m not in mods],
+              "encoded": enc["encoded"], "pairs": [pair_metrics(enc, a, b, r) for a, b in orient(mods, enc)]}
+    matrix = r1_table(mods, result)
+    result["r1"] = {q: {g: v for g, v in zip(mods, row) if v is not None} for q, row in zip(mods, matrix)}
+    info = {"checkpoint": str(ckpt), "step": -1 if (s := checkpoint_step(ckpt)) is None else s,
+            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
+    report = build_report("pairs", {"dataset": dataset, "seconds": time.perf_counter() - t0, "pairs": result}, info)
+    out = Path(out or ckpt / "eval")
+    path = write_report(report, out / "pairs.json")
+    note = f"positives: {r.positives}; settings from {settings_from}"
+    report["markdown"] = markdown_table(mods, matrix, note)
+    (out / "pairs.md").write_text(report["markdown"])
+    plot_pair_heatmap(matrix, mods, out / "pairs_r1.png", f"R@1 ({r.positives} positives)")
+    report["path"] = str(path)
+    return report
