@@ -11,7 +11,7 @@ class EvalError(AlignError, ValueError):
     """The evaluation asked for something the checkpoint or data cannot give; names what."""
 
 
-def eval_config(task: Literal["zeroshot", "retrieval"], ckpt_cfg, config: str | Path | None = None,
+def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, config: str | Path | None = None,
                 overrides: Sequence[str] = (), templates: str | Path | None = None):
     """The eval section: from ``config`` (a YAML file) if given, else the checkpoint's own; then the
     ``eval.*`` dotted overrides and a templates file."""

@@ -12,7 +12,10 @@ honours ``on_error``); its de-duplicated b items are those rows' embeddings. A l
 (several captions per row) is encoded as its distinct items (``encode_items``); its row embedding
 (the a side) is that of the row's first item, which is what evaluation preprocessing reads. Each
 pair is oriented so that a list-valued column is b (the side ``align eval retrieval`` expands);
-the report names a and b so any pair can be rerun alone.
+the report names a and b so any pair can be rerun alone. The numbers are that command's exactly
+when an encoder's output for an item does not depend on its batch-mates (true on CPU here; on a
+GPU, batch-size-dependent kernels may move scores in the last float bits). Not the same: a caption
+that fails to load raises here, where the one-pair command's ``on_error: skip`` drops its row.
 """
 from __future__ import annotations
 
@@ -107,7 +110,7 @@ def pair_metrics(enc: dict[str, Any], a: str, b: str, r) -> dict[str, Any]:
         pairs = (source, np.arange(len(source)))
     if r.dedupe:
         _, _, pairs = dedupe_items(it["values"], pairs)  # the runner's merge; gallery = distinct items
-        b_emb = it["emb"] if it["list"] else enc["rows"][b][source[np.unique(it["inverse"], return_index=True)[1]]]
+        b_emb = it["emb"]  # the distinct items, in dedupe_items' order
     else:  # every expanded item is its own gallery entry
         b_emb = it["emb"][torch.from_numpy(it["inverse"])] if it["list"] else enc["rows"][b][source]
     a_emb = enc["rows"][a]
@@ -183,7 +186,8 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | None = None, overr
         model.output_dim = previous
     dataset = describe_spec(ecfg.data, table)
     if len(enc["kept"]) < len(table):
-        dataset.update(skipped=len(table) - len(enc["kept"]), evaluated=len(enc["kept"]))
+        dataset.update(skipped=len(table) - len(enc["kept"]), evaluated=len(enc["kept"]),
+                       skipped_rows=sorted(set(range(len(table))) - set(enc["kept"].tolist()))[:100])
     result = {"settings": {"ks": list(r.ks), "positives": r.positives, "dedupe": bool(r.dedupe), "index": r.index,
                            "dim": dim, "from": settings_from},
               "modalities": mods, "ignored_columns": [m for m in columns if m not in mods],

@@ -2,7 +2,7 @@
 
     {
       "schema": "align.eval/v1",
-      "task": "zeroshot" | "retrieval",
+      "task": "zeroshot" | "retrieval" | "pairs",
       "created": ISO-8601 UTC time,
       "align_version": str,
       "model": {"checkpoint": path, "step": int, "embed_dim": int, "loss": "clip"|"siglip",
