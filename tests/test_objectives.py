@@ -8,12 +8,7 @@ Run as a script, this file is the worker of the 2-process test (see ``_worker``)
 """
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,19 +17,13 @@ import torch.nn.functional as F
 
 from align import losses
 from align.objectives import DecoupledContrastiveLoss, HardNegativeLoss, MoCHiLoss, MultiPositiveLoss
+from gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[1]
 VALUE_ATOL, GRAD_ATOL = 1e-10, 1e-8
 MARGIN = 1e-3  # a perturbed reference must differ from the loss by at least this
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: OpenMP's spinning threads on a shared 2-core box only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _open_clip_loss():
@@ -395,26 +384,14 @@ def _global_batch():
     return a, b, log_scale, bias, _labels(WORLD * PER_PROCESS, "repeats", seed=42)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int) -> dict:
     a, b, log_scale, bias, labels = _global_batch()
     rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
     results = {}
     for case, (make, with_labels) in DIST_CASES.items():
         leaves = [t.clone().requires_grad_() for t in (a[rows], b[rows], log_scale, bias)]
         results[case] = _value_and_grads(make(rank, world), *leaves, labels[rows] if with_labels else None)
-    torch.save(results, out.format(rank=rank))
-    dist.barrier()  # neither process tears gloo down while the other still talks to it
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 def test_two_processes_match_one(tmp_path):
@@ -422,18 +399,7 @@ def test_two_processes_match_one(tmp_path):
     temperature / bias gradients is the global one; each process's gradient w.r.t. its own features
     is the gradient of the *sum* of the processes' losses (the gather's backward sums them), i.e.
     world_size times the global loss's gradient for those rows, which DDP's averaging undoes."""
-    out = str(tmp_path / "rank{rank}.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # the port may be taken between _free_port() and the launch
-        port = _free_port()
-        procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), "--world", str(WORLD), "--port",
-                                   str(port), "--out", out], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        if all(p.returncode == 0 for p in procs) or "address already in use" not in "".join(logs).lower():
-            break
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
-    per_rank = [torch.load(out.format(rank=r)) for r in range(WORLD)]
+    per_rank = run_world(__file__, WORLD, tmp_path)
     a, b, log_scale, bias, labels = _global_batch()
     for case, (make, with_labels) in DIST_CASES.items():
         leaves = [t.clone().requires_grad_() for t in (a, b, log_scale, bias)]
@@ -448,10 +414,4 @@ def test_two_processes_match_one(tmp_path):
 
 
 if __name__ == "__main__":  # the 2-process test's worker
-    p = argparse.ArgumentParser()
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world", type=int, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    _worker(args.rank, args.world, args.port, args.out)
+    worker_main(_worker)

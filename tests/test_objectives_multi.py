@@ -5,13 +5,8 @@ gather. Run as a script, this file is the worker of the 2-process test (see ``_w
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,18 +17,12 @@ from open_clip import loss as oc_loss
 from align import losses
 from align.objectives_multi import (GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip,
                                     truncate, volume_matrix)
+from gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[1]
 VALUE_ATOL, GRAD_ATOL = 1e-10, 1e-8
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: OpenMP's spinning threads on a shared 2-core box only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(m: int, batch: int, dim: int, seed: int):
@@ -408,40 +397,18 @@ def _global(m: int):
     return _inputs(m, PER_PROCESS * WORLD, DIM, seed=77 + m)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int) -> dict:
     results = {}
     for case, (make, m) in DIST_CASES.items():
         xs, log_scale = _global(m)
         rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
         local = [x.detach()[rows].clone().requires_grad_() for x in xs]
         results[case] = _value_and_grads(make(rank, world), local, log_scale.detach().clone().requires_grad_())
-    torch.save(results, out.format(rank=rank))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 def test_two_process_gather_matches_one_process(tmp_path):
-    out = str(tmp_path / "rank{rank}.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # the port may be taken between _free_port() and the launch
-        port = _free_port()
-        procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), "--world", str(WORLD), "--port",
-                                   str(port), "--out", out], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(WORLD)]
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        if all(p.returncode == 0 for p in procs) or "address already in use" not in "".join(logs).lower():
-            break
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
-    per_rank = [torch.load(out.format(rank=r)) for r in range(WORLD)]
+    per_rank = run_world(__file__, WORLD, tmp_path)
     for case, (make, m) in DIST_CASES.items():
         xs, log_scale = _global(m)
         value, grads = _value_and_grads(make(0, 1), xs, log_scale)
@@ -458,10 +425,4 @@ def test_two_process_gather_matches_one_process(tmp_path):
 
 
 if __name__ == "__main__":  # the 2-process test's worker
-    p = argparse.ArgumentParser()
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world", type=int, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    _worker(args.rank, args.world, args.port, args.out)
+    worker_main(_worker)

@@ -7,11 +7,9 @@ Run as a script, this file is the worker of the 2-process test (see ``_worker``)
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,19 +22,13 @@ from open_clip import loss as oc_loss
 
 from align import losses, tiled_losses
 from align.tiled_losses import TiledClipLoss, TiledSigLipLoss
+from gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-6, 1e-12  # float64, as tests/test_losses.py
 F32_RTOL = 1e-4  # float32, relative to the norm of the reference
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: OpenMP's spinning threads on a shared 2-core box only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(batch: int, dim: int, seed: int, bias: bool, dtype=torch.float64):
@@ -152,38 +144,16 @@ def _local_leaves(rank: int, bias: bool):
     return leaf(a[rows]), leaf(b[rows]), leaf(log_scale), leaf(logit_bias)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int) -> dict:
     results = {}
     for case, (dense, tiled, bias) in DIST_CASES.items():
         results[case] = {kind: _value_and_grads(make(rank, world), *_local_leaves(rank, bias))
                          for kind, make in (("dense", dense), ("tiled", tiled))}
-    torch.save(results, out.format(rank=rank))
-    dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 def test_two_process_gather_matches_dense(tmp_path):
-    out = str(tmp_path / "rank{rank}.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):  # the port may be taken between _free_port() and the launch
-        port = _free_port()
-        procs = [subprocess.Popen([sys.executable, __file__, "--rank", str(r), "--world", "2", "--port", str(port),
-                                   "--out", out], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(2)]
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        if all(p.returncode == 0 for p in procs) or "address already in use" not in "".join(logs).lower():
-            break
-    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
-    per_rank = [torch.load(out.format(rank=r)) for r in range(2)]
+    per_rank = run_world(__file__, 2, tmp_path)
     for case in DIST_CASES:
         for rank, results in enumerate(per_rank):
             _compare(results[case]["tiled"], results[case]["dense"],
@@ -303,10 +273,4 @@ def test_shipped_configs_stay_dense():
 
 
 if __name__ == "__main__":  # the 2-process test's worker
-    p = argparse.ArgumentParser()
-    p.add_argument("--rank", type=int, required=True)
-    p.add_argument("--world", type=int, required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--out", required=True)
-    args = p.parse_args()
-    _worker(args.rank, args.world, args.port, args.out)
+    worker_main(_worker)
