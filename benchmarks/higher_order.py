@@ -47,6 +47,11 @@ RUNS = {  # run -> its train section's objective (everything else is the config'
     "gram": {"pairs": [], "multiway": {"loss": "gram", "modalities": ["text", "audio", "image"]}},
 }
 OWN_SCORE = {"clip": "cosine", "symile": "mip", "gram": "volume"}
+# --aux: instance discrimination against a second, smaller tower of the same modality reading the
+# same column (its own augmentation draw), added to every run alike. It carries nothing about the
+# sum; it only keeps each tower's embeddings input-dependent (see benchmarks/README.md)
+AUX = {"audio2": ("audio", "path", {"width": 64, "layers": 2, "heads": 2}),
+       "image2": ("image", "image", {"vision_cfg": {"width": 32, "layers": 1, "head_width": 16}, "output_dim": 32})}
 
 
 def sum_scores(audio: torch.Tensor, image: torch.Tensor, classes: torch.Tensor, rule: str) -> torch.Tensor:
@@ -111,15 +116,30 @@ def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def train_run(base: dict, name: str, steps: int, out: Path) -> float:
-    """Train one objective on the config's towers and data; returns wall seconds."""
+def run_config(base: dict, name: str, steps: int, run_dir: Path, aux: bool = False) -> dict:
+    """The config dict of one run: the config's towers and data, ``RUNS[name]``'s objective."""
+    data = copy.deepcopy(base)
+    data["output_dir"] = str(run_dir)
+    data["train"].update(copy.deepcopy(RUNS[name]), steps=steps, progress=False)
+    data.pop("eval", None)
+    if aux:
+        mods = data["model"]["modalities"]
+        for new, (mod, column, options) in AUX.items():
+            opts = copy.deepcopy(mods[mod]["options"])
+            for key, value in options.items():
+                opts[key] = {**opts[key], **value} if isinstance(value, dict) else value
+            mods[new] = {"adapter": mod, "options": opts}
+            data["data"]["train"]["columns"][new] = column
+        data["train"]["pairs"] = list(data["train"].get("pairs") or []) + [[m, new] for new, (m, _, _) in AUX.items()]
+    return data
+
+
+def train_run(data: dict) -> float:
+    """Train one run (a config dict); returns wall seconds."""
     from align.config import config_from_dict
     from align.trainer import train
 
-    data = copy.deepcopy(base)
-    data["output_dir"] = str(out / name)
-    data["train"].update(copy.deepcopy(RUNS[name]), steps=steps, progress=False)
-    data.pop("eval", None)
+    name, steps = Path(data["output_dir"]).name, data["train"]["steps"]
     start = time.perf_counter()
     result = train(config_from_dict(data))
     losses = [v for _, v in result.losses]
@@ -136,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     p.add_argument("--out", default="runs/higher-order", help="folder of the runs (relative to the checkout)")
     p.add_argument("--score-only", action="store_true", help="rescore runs already trained in --out")
+    p.add_argument("--aux", action="store_true", help="add instance-discrimination pairs (audio-audio2, "
+                   "image-image2: second, smaller towers on the same columns) to every run")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the config's data paths are relative to the checkout root
     base = yaml.safe_load(CONFIG.read_text())
@@ -149,14 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows, walls = {}, {}
     for name in names:
+        run_dir = out / (name + ("+aux" if args.aux else ""))
         if not args.score_only:
-            walls[name] = train_run(base, name, steps, out)
-        rows[name] = score_run(out / name, tables)
+            walls[name] = train_run(run_config(base, name, steps, run_dir, args.aux))
+        rows[name] = score_run(run_dir, tables)
         print(f"{name}: {rows[name]}", flush=True)
     load_after = os.getloadavg()
 
     print("\n### Text from audio + image: top-1 of the sum (a + b) mod 10, chance 0.10\n")
-    print(f"{steps} steps per run, batch {base['train']['batch_size']}; held-out: "
+    aux = " + instance-discrimination pairs (audio-audio2, image-image2) in every run" if args.aux else ""
+    print(f"{steps} steps per run{aux}, batch {base['train']['batch_size']}; held-out: "
           f"{len(tables['held-out'][1])} test triples (FSDD takes 0-4, MNIST test images); train: "
           f"{len(tables['train'][1])} of the training triples.\n")
     print("| objective | scored by | held-out top-1 | train top-1 | train time |")

@@ -1,7 +1,8 @@
 """The higher-order experiment of issue 15: the ``fsdd-mnist-sum`` source (text = spoken digit +
-written digit mod 10, the two digits exactly independent, FSDD's take split, seeded), the
-scoring rules of benchmarks/higher_order.py on embeddings built to solve the task, and a tiny
-Symile run on real triples whose MIP score beats chance on its training rows."""
+written digit mod 10, the two digits exactly independent, FSDD's take split, seeded); the
+scoring rules of benchmarks/higher_order.py on embeddings built to solve the task; Symile
+learning the sum from per-digit embeddings where pairwise CLIP cannot; and the benchmark's
+train -> checkpoint -> score path on a small slice of real triples."""
 from __future__ import annotations
 
 import copy
@@ -118,12 +119,54 @@ def test_scoring_rules_on_constructed_embeddings():
     assert mod.top1(mip, sums) == 1.0  # the three-way score solves every (x, y)
     # a pairwise score f(x, z) + g(y, z) cannot: on these embeddings it is far from the sum
     assert mod.top1(mod.sum_scores(a[x], i[y], t, "cosine"), sums) <= 0.3
-    # volume: smallest (best) for the class embedding in the plane of the pair
-    eye = torch.eye(10, 16, dtype=torch.float64)
-    vol = mod.sum_scores(eye[[0, 3]], eye[[0, 3]], eye[:10], "volume")
-    assert vol.argmax(-1).tolist() == [0, 3] and vol.shape == (2, 10)
+    # volume: smallest (best) for the class embedding in the plane of the (audio, image) pair
+    eye = torch.eye(16, dtype=torch.float64)
+    classes = eye[6:16].clone()
+    classes[4], classes[7] = (eye[0] + eye[1]) / math.sqrt(2), (eye[2] + eye[3]) / math.sqrt(2)
+    vol = mod.sum_scores(eye[[0, 2]], eye[[1, 3]], classes, "volume")
+    assert vol.shape == (2, 10) and vol.argmax(-1).tolist() == [4, 7]
+    torch.testing.assert_close(vol[0, 4].double(), torch.tensor(-1e-6, dtype=torch.float64))  # sqrt(0 + eps)
     with pytest.raises(ValueError, match="unknown scoring rule 'dot'"):
         mod.sum_scores(a, i, t, "dot")
+
+
+def fit_lookups(kind: str, seed: int, steps: int = 300, dim: int = 32) -> list[torch.Tensor]:
+    """Unit embeddings of digits 0-9 per modality (audio, image, text), learnt as free per-digit
+    vectors (the ideal encoders) on random triples (x, y, (x + y) % 10): ``symile`` over the
+    triple, or ``clip`` averaged over the three pairs."""
+    import torch.nn.functional as F
+
+    from align.losses import build_loss
+    from align.objectives_multi import SymileLoss
+
+    g = torch.Generator().manual_seed(seed)
+    tables = [torch.nn.Parameter(0.1 * torch.randn(10, dim, generator=g)) for _ in range(3)]
+    opt = torch.optim.Adam(tables, lr=1e-2)
+    symile, clip, scale = SymileLoss("n_squared", generator=g), build_loss("clip"), torch.tensor(1 / 0.07)
+    for _ in range(steps):
+        x, y = torch.randint(0, 10, (64,), generator=g), torch.randint(0, 10, (64,), generator=g)
+        a, i, t = (F.normalize(e, dim=-1) for e in tables)
+        emb = [a[x], i[y], t[(x + y) % 10]]
+        loss = symile(emb, scale) if kind == "symile" else \
+            sum(clip(emb[p], emb[q], scale) for p, q in ((0, 2), (1, 2), (0, 1))) / 3
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return [F.normalize(e.detach(), dim=-1) for e in tables]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_symile_learns_the_sum_where_pairwise_cannot(seed):
+    """With per-digit embeddings (encoders that already tell the digits apart), Symile's MIP finds
+    the sum of every (spoken, written) pair; CLIP over the three pairs, trained alike, has no
+    signal to learn from (each pair is independent) and stays near chance (0.10)."""
+    mod = bench()
+    x, y = torch.meshgrid(torch.arange(10), torch.arange(10), indexing="ij")
+    x, y = x.flatten(), y.flatten()
+    a, i, t = fit_lookups("symile", seed)
+    assert mod.top1(mod.sum_scores(a[x], i[y], t, "mip"), (x + y) % 10) == 1.0
+    a, i, t = fit_lookups("clip", seed)
+    assert mod.top1(mod.sum_scores(a[x], i[y], t, "cosine"), (x + y) % 10) <= 0.3
 
 
 def tiny_config(tmp_path) -> dict:
@@ -140,30 +183,29 @@ def tiny_config(tmp_path) -> dict:
                            "label_column": "label", "columns": {"audio": "path", "image": "image", "text": "caption"}}},
         "train": {"pairs": [], "multiway": {"loss": "symile", "modalities": ["audio", "image", "text"],
                                             "loss_options": {"negative_sampling": "n_squared"}},
-                  "batch_size": 32, "steps": 60, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
+                  "batch_size": 32, "steps": 20, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
                   "log_every": 5}}
 
 
 @needs_data
-def test_tiny_symile_run_beats_chance_on_its_training_rows(tmp_path):
-    from align.checkpoint import load_model
+def test_symile_run_on_real_triples_is_scored_from_its_checkpoint(tmp_path):
+    """The benchmark's path end to end on a small slice: the trainer on the source with only a
+    Symile term, the checkpoint reloaded, every row's (audio, image) scored against the 10 sums.
+    (Whether towers trained from scratch learn the sum is the benchmark's question, not a test's:
+    see benchmarks/README.md.)"""
     from align.config import config_from_dict
     from align.data import load_table
     from align.dataset_spec import DatasetSpec
-    from align.eval.runner import encode_table
-    from align.sources.common import DIGIT_NAMES
-    from align.sources.fsdd_mnist_sum import SUM_CAPTIONS
     from align.trainer import train
-    from align.zeroshot import build_classifier
 
     cfg = config_from_dict(tiny_config(tmp_path))
-    train(cfg)
-    model, _ = load_model(tmp_path / "run")
+    assert cfg.loss_pairs() == [] and cfg.train.multiway.loss == "symile"
+    result = train(cfg)
+    assert all(math.isfinite(v) for _, v in result.losses)
+    assert abs(result.losses[0][1] - math.log(32 ** 2)) < 0.5  # n_squared: 32^2 candidate tuples
     spec = DatasetSpec.model_validate({**cfg.data.train.model_dump(by_alias=True),
                                        "columns": {"audio": "path", "image": "image"}})
     rows = load_table(spec)
-    embs, labels, _ = encode_table(model, rows, spec.columns, "label", batch_size=128)
-    classes = build_classifier(model, DIGIT_NAMES, SUM_CAPTIONS, modality="text")
-    mod = bench()
-    acc = mod.top1(mod.sum_scores(embs["audio"], embs["image"], classes, "mip"), torch.as_tensor(labels))
-    assert acc > 0.2, acc  # chance 0.10; 300 rows: 3 sigma above chance is 0.15
+    scores = bench().score_run(tmp_path / "run", {"train": (spec, rows)})
+    assert set(scores["train"]) == {"mip", "cosine", "volume"}
+    assert all(0.0 <= v <= 1.0 for v in scores["train"].values())
