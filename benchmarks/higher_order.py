@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| chance | | 0.100 | 0.100 | |")
     print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.")
-    print(f"Rerun: `python benchmarks/higher_order.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
+    command = ["python", "benchmarks/higher_order.py", *(argv if argv is not None else sys.argv[1:])]
+    print(f"Rerun: `{shlex.join(command)}`")
     return 0
 
 
