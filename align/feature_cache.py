@@ -61,7 +61,7 @@ def qualifies(model: AlignModel, mod: str, values: list[Any]) -> str | None:
     adapter = model.adapters[mod]
     if not is_frozen(adapter):
         return "its tower trains (set freeze: true in its options to freeze it)"
-    pre = model.preprocessors()[mod]
+    pre = adapter.preprocessor()
     if not pre.deterministic:
         return f"its preprocessing ({type(pre).__name__}) is random in training (crops, augmentation)"
     bad = next((i for i, raw in enumerate(values) if not pre.deterministic_for(raw)), None)
@@ -96,7 +96,8 @@ def encode_rows(model: AlignModel, mod: str, values: list[Any], device, write: C
 
     from align.errors import SampleError
 
-    adapter, pre = model.adapters[mod], model.preprocessors()[mod]
+    adapter = model.adapters[mod]
+    pre = adapter.preprocessor()
     was_training = adapter.training
     adapter.to(device).eval()  # where the trainer will put the model anyway
     try:
