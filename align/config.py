@@ -16,7 +16,7 @@ from pydantic import Field, PositiveInt, ValidationError, field_validator, model
 from align.errors import ConfigError  # noqa: E402  (re-exported: the config layer's error)
 # the dataset part (DatasetSpec, its filters, joins, holdout) is in align/dataset_spec.py;
 # `from align.config import DatasetSpec` keeps working
-from align.dataset_spec import DatasetSpec, Strict  # noqa: E402
+from align.dataset_spec import DatasetSpec, MixPart, Strict  # noqa: E402
 from align.objective_spec import PAIRWISE, MomentumSpec, MultiwaySpec, PairSpec, check_objectives, pair_specs
 
 
@@ -73,13 +73,37 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    train: DatasetSpec
+    train: DatasetSpec | None = Field(None, description="the training table (or give mix)")
+    mix: list[MixPart] | None = Field(None, min_length=1, description="several training sets drawn by "
+                                      "weight, each with its own subset of modalities (instead of train); "
+                                      "each pair's loss uses the rows that have both")
     val: DatasetSpec | None = None
     num_workers: int = Field(0, ge=0)
     cache_samples: bool = Field(False, description="keep each training row's preprocessed sample in "
                                 "memory for modalities whose preprocessing is deterministic (graphs "
                                 "from SMILES, tabular rows, single captions): featurised once, not "
                                 "every epoch (per DataLoader worker; workers are kept alive)")
+
+    @model_validator(mode="after")
+    def _train_or_mix(self) -> "DataConfig":
+        if (self.train is None) == (self.mix is None):
+            which = "is required" if self.train is None else "and data.mix: give one, not both"
+            raise ValueError(f"config key 'data.train' {which} (one training table; data.mix lists several)")
+        for i, part in enumerate(self.mix or []):
+            if part.data.streaming:
+                raise ValueError(f"config key 'data.mix[{i}].data.streaming': a mixture reads whole tables; "
+                                 "stream one training set with data.train")
+        return self
+
+    def train_parts(self) -> list[tuple[str, DatasetSpec, float]]:
+        """(config key, spec, sampling weight) of each training set: data.train alone, or data.mix's."""
+        if self.mix is None:
+            return [("data.train", self.train, 1.0)]
+        return [(f"data.mix[{i}].data", p.data, p.weight) for i, p in enumerate(self.mix)]
+
+    def train_modalities(self) -> list[str]:
+        """Every modality some training set feeds, in order of first appearance."""
+        return list(dict.fromkeys(m for _, spec, _ in self.train_parts() for m in spec.columns))
 
 
 class TrainConfig(Strict):
@@ -195,8 +219,8 @@ class Config(Strict):
     @model_validator(mode="after")
     def _check_modalities(self) -> "Config":
         known = set(self.model.modalities)
-        specs = [("data.train", self.data.train), ("data.val", self.data.val),
-                 ("eval.data", self.eval.data if self.eval else None)]
+        specs = [(k, spec) for k, spec, _ in self.data.train_parts()]
+        specs += [("data.val", self.data.val), ("eval.data", self.eval.data if self.eval else None)]
         for name, spec in specs:
             if spec is None:
                 continue
@@ -211,7 +235,12 @@ class Config(Strict):
             raise ValueError("config key 'train.eval_every': evaluating during training needs an eval section")
         if self.train.best_metric and not self.train.eval_every:
             raise ValueError("config key 'train.best_metric': needs train.eval_every > 0")
-        if self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
+        if self.data.mix is not None:
+            if self.data.val is not None and not set(self.data.val.columns) <= set(self.data.train_modalities()):
+                raise ValueError("config key 'data.val.columns': feeds modalities no training set has "
+                                 f"({sorted(set(self.data.val.columns) - set(self.data.train_modalities()))})")
+            mixture_limits(self)
+        elif self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
             raise ValueError("config key 'data.val.columns': must feed the same modalities as "
                              f"data.train.columns {sorted(self.data.train.columns)}")
         check_objectives(self)
@@ -241,12 +270,27 @@ class Config(Strict):
         return [tuple(p.modalities) for p in pair_specs(self)]
 
 
+def mixture_limits(cfg: "Config") -> None:
+    """What a ``data.mix`` run cannot combine with yet, each naming its key and why."""
+    limits = {"train.micro_batch_size": (cfg.train.micro_batch_size, "GradCache's cached micro-batches assume "
+                                         "every row has every modality"),
+              "model.momentum": (cfg.model.momentum, "the momentum queues hold one embedding per modality per row")}
+    for key, (value, why) in limits.items():
+        if value:
+            raise ValueError(f"config key '{key}': cannot be combined with data.mix: {why}")
+    for mod, spec in cfg.model.modalities.items():
+        if spec.cache in ("memory", "disk"):
+            raise ValueError(f"config key 'model.modalities.{mod}.cache': cannot be combined with data.mix: "
+                             "the feature cache is indexed by the rows of one table")
+
+
 def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        if not loc and not prefix and e["type"] == "value_error":  # cross-section checks name their key
-            lines.append(str(e["ctx"]["error"]))
+        own = str(e["ctx"]["error"]) if e["type"] == "value_error" else ""
+        if (not loc and not prefix and own) or own.startswith("config key '"):  # checks that name their key
+            lines.append(own)
             continue
         key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "<root>"
         msg = "unknown key (misspelled?)" if e["type"] == "extra_forbidden" else e["msg"]
@@ -293,7 +337,8 @@ def validate_adapter_options(cfg: Config) -> None:
     from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
     from align.registry import ADAPTERS
 
-    specs = [("data.train", cfg.data.train), ("data.val", cfg.data.val), ("eval.data", cfg.eval.data if cfg.eval else None)]
+    specs = [(k, spec) for k, spec, _ in cfg.data.train_parts()]
+    specs += [("data.val", cfg.data.val), ("eval.data", cfg.eval.data if cfg.eval else None)]
     for key, spec in specs:
         if spec is not None:
             require(SOURCE_EXTRAS, spec.source, f"{key}.source")

@@ -29,6 +29,8 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     base = load_config(config, overrides)
     if base.eval is None:
         raise ConfigError("config key 'eval': cross-validation needs an eval section")
+    if base.data.mix is not None:
+        raise ConfigError("config key 'data.mix': crossval splits one training table into folds; give data.train")
     train_spec = base.data.train
     folds = folds or (train_spec.holdout.folds if train_spec.holdout is not None else None) or \
         int(train_spec.load_kwargs.get("folds", 10))

@@ -276,10 +276,15 @@ class PairedDataset(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Batches a list of items with each modality's own collate (picklable for workers)."""
+    """Batches a list of items with each modality's own collate (picklable for workers).
 
-    def __init__(self, preprocessors: dict[str, Any]) -> None:
+    ``masks`` (``data.mix``): rows may lack modalities; each modality's collate gets only the rows
+    that have it, ``batch["present"][m]`` marks them, a missing label is -1 and ``batch["part"]``
+    says which training set each row came from."""
+
+    def __init__(self, preprocessors: dict[str, Any], masks: bool = False) -> None:
         self.preprocessors = preprocessors
+        self.masks = masks
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``skipped`` counts rows that failed to load (``on_error: skip``); items that carry no
@@ -288,13 +293,18 @@ class Collator:
         items = [it for it in items if any(m in it for m in self.preprocessors)]
         batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
                                  "skipped": torch.tensor(skipped)}
+        if self.masks:
+            batch["present"] = {m: torch.tensor([m in it for it in items], dtype=torch.bool)
+                                for m in self.preprocessors}
+            batch["part"] = torch.tensor([it.get("part", 0) for it in items], dtype=torch.long)
         if not items:
             return batch
         for mod, pre in self.preprocessors.items():
-            if mod in items[0]:
-                batch[mod] = pre.collate([it[mod] for it in items])
-        if "label" in items[0]:
-            batch["label"] = torch.tensor([it["label"] for it in items])
+            rows = [it[mod] for it in items if mod in it]
+            if rows and (self.masks or mod in items[0]):
+                batch[mod] = pre.collate(rows)
+        if any("label" in it for it in items):
+            batch["label"] = torch.tensor([it.get("label", -1) for it in items])
         return batch
 
 

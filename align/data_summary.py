@@ -16,6 +16,7 @@ import numpy as np
 from align.config import Config, DatasetSpec
 from align.data import describe_spec
 from align.labels import class_names
+from align.objective_spec import parts_with
 
 
 def show_value(value: Any, width: int = 90) -> str:
@@ -72,7 +73,7 @@ def summarize_table(spec: DatasetSpec, table, key: str, n_samples: int = 3) -> d
 def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     """The whole look: each loaded table (``tables``: config key -> table), the loss pairs and,
     when there is a zero-shot eval, the class names prompts will use in id order."""
-    specs = {"data.train": cfg.data.train, "data.val": cfg.data.val,
+    specs = {**{k: s for k, s, _ in cfg.data.train_parts()}, "data.val": cfg.data.val,
              "eval.data": cfg.eval.data if cfg.eval else None}
     out: dict[str, Any] = {"datasets": [summarize_table(specs[k], t, k) for k, t in tables.items()]}
     named = {k: class_names(t, specs[k].label_column) for k, t in tables.items() if specs[k].label_column}
@@ -80,8 +81,12 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
                        f"between them (give label_names on both to fix one class list)"
                        for k, v in named.items() if k != "data.train" and named.get("data.train") is not None
                        and v is not None and v != named["data.train"]]
-    cols = cfg.data.train.columns
-    out["pairs"] = [f"{a} <-> {b}: row i's '{cols[a]}' with row i's '{cols[b]}'" for a, b in cfg.loss_pairs()]
+    out["pairs"] = [f"{a} <-> {b}: row i's '{s.columns[a]}' with row i's '{s.columns[b]}'"
+                    + (f" ({k})" if cfg.data.mix is not None else "")
+                    for a, b in cfg.loss_pairs() for k, s in parts_with(cfg, (a, b))]
+    if cfg.train.multiway is not None:
+        mw = cfg.train.multiway
+        out["pairs"].append(f"{mw.loss} over {', '.join(mw.modalities)}: row i's columns together")
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
         from align.labels import zeroshot_classes
 
@@ -96,7 +101,7 @@ def load_and_summarize(cfg: Config) -> dict[str, Any]:
     """Load every dataset the config names (no model, no training) and summarise them."""
     from align.data import hf_progress, load_table
 
-    specs = {"data.train": cfg.data.train, "data.val": cfg.data.val,
+    specs = {**{k: s for k, s, _ in cfg.data.train_parts()}, "data.val": cfg.data.val,
              "eval.data": cfg.eval.data if cfg.eval else None}
     with hf_progress(cfg.train.progress):
         tables = {k: load_table(s, k) for k, s in specs.items() if s is not None}
@@ -117,8 +122,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{c['id']}: {c['name'] if c['name'] is not None else '?'} {c['count']}" for c in d["classes"]))
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
-    lines.append("loss pairs: " + "; ".join(summary["pairs"]))
-    lines += [f"fitted on data.train: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
+    lines.append("loss terms: " + "; ".join(summary["pairs"]))
+    lines += [f"fitted on the training data: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if summary.get("zeroshot_classes"):
         lines.append("zero-shot prompts name the classes, in id order: " + ", ".join(summary["zeroshot_classes"]))
@@ -135,7 +140,9 @@ def look_at_data(cfg: Config, accelerator, loader, val_loader, fitted: dict[str,
 
     from align.data import load_table
 
-    tables = {"data.train": loader.dataset.table}
+    parts = getattr(loader.dataset, "parts", None)  # data.mix: one table per training set
+    tables = ({k: p.table for (k, _, _), p in zip(cfg.data.train_parts(), parts)} if parts is not None
+              else {"data.train": loader.dataset.table})
     if val_loader is not None:
         tables["data.val"] = val_loader.dataset.table
     if cfg.eval is not None:

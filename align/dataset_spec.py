@@ -156,6 +156,15 @@ class DatasetSpec(Strict):
 JoinSpec.model_rebuild()
 
 
+class MixPart(Strict):
+    """One training set of several (``data.mix``): its rows feed only the modalities it has columns
+    for, and it is drawn with probability ``weight / sum(weights)`` per sample."""
+
+    data: DatasetSpec
+    weight: float = Field(1.0, gt=0, description="sampling weight (relative): the share of samples drawn "
+                          "from this set; an 'epoch' is as many draws as all sets have rows")
+
+
 def _builtin_sources() -> set[str]:
     """Names of the builtin (and plugin) table sources, from their entry points: they build a
     ``datasets.Dataset`` in memory, so none can stream (read without importing ``align.sources``,

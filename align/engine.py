@@ -90,9 +90,31 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
     """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
     Both drop the last partial batch: a contrastive batch must be full on every process. Modalities
     in ``cached`` (frozen towers whose features are cached) are left out: the batch's row index
-    is all they need."""
+    is all they need. With ``data.mix`` batches carry ``present`` masks (``Collator``)."""
     if spec.streaming:  # align/streaming.py: sharded over processes and workers, resumed by position
         return streaming_loader(cfg, model.preprocessors(), spec, key, table, worker_init_fn=one_thread_per_worker)
+    ds = paired_dataset(cfg, model, spec, key, train, table, cached)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return data_loader(cfg, ds, ds.preprocessors, shuffle=train, generator=gen)
+
+
+def build_mixture_loader(cfg: Config, model: AlignModel, tables: dict[str, object]) -> torch.utils.data.DataLoader:
+    """``data.mix``: every training set's rows in one loader, drawn by weight (``align.mixture``)."""
+    from align.mixture import MixedDataset, MixtureSampler
+
+    parts = cfg.data.train_parts()
+    ds = MixedDataset([paired_dataset(cfg, model, spec, key, True, tables[key], check_size=False)
+                       for key, spec, _ in parts])
+    if len(ds) < cfg.train.batch_size:
+        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than data.mix's "
+                          f"{len(ds)} rows; batches must be full")
+    sampler = MixtureSampler([len(p) for p in ds.parts], [w for _, _, w in parts], seed=cfg.seed)
+    pre = {m: p for m, p in model.preprocessors().items() if m in cfg.data.train_modalities()}
+    return data_loader(cfg, ds, pre, sampler=sampler)
+
+
+def paired_dataset(cfg: Config, model: AlignModel, spec, key: str, train: bool, table=None,
+                   cached: set[str] = frozenset(), check_size: bool = True) -> PairedDataset:
     table = load_table(spec, key) if table is None else table
     columns = {m: c for m, c in spec.columns.items() if m not in cached}
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
@@ -100,11 +122,16 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
     ds = PairedDataset(table, columns, pre, train=train, label_column=labels, name=f"{key} ({spec.source})",
                        seed=cfg.seed, on_error=spec.on_error, refill=True,
                        cache_samples=train and cfg.data.cache_samples)
-    if len(ds) < cfg.train.batch_size:
+    if check_size and len(ds) < cfg.train.batch_size:
         raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
                           f"({len(ds)} rows); batches must be full")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=train, drop_last=True,
-                                       num_workers=cfg.data.num_workers, collate_fn=Collator(pre),
-                                       generator=gen, worker_init_fn=one_thread_per_worker,
-                                       persistent_workers=ds.memo is not None and cfg.data.num_workers > 0)
+    return ds
+
+
+def data_loader(cfg: Config, ds, pre: dict, **kwargs) -> torch.utils.data.DataLoader:
+    memo = any(getattr(p, "memo", None) is not None for p in getattr(ds, "parts", [ds]))
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, drop_last=True,
+                                       num_workers=cfg.data.num_workers,
+                                       collate_fn=Collator(pre, masks=cfg.data.mix is not None),
+                                       worker_init_fn=one_thread_per_worker,
+                                       persistent_workers=memo and cfg.data.num_workers > 0, **kwargs)

@@ -28,6 +28,47 @@ def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat(torch.distributed.nn.all_gather(features), dim=0)
 
 
+def gather_rows(features: torch.Tensor, world_size: int) -> torch.Tensor:
+    """``gather_features`` for a different number of rows per process (``data.mix``: the rows of a
+    batch that have both modalities of a pair): sizes are exchanged, each process pads to the
+    largest, and the padding is dropped after the gather, so no padded row reaches a loss. Every
+    process must call it, with zero rows too (it is a collective).
+
+    It talks on a process group of its own: with rows that differ by process the towers' graphs
+    differ, so DDP's gradient all-reduces (issued on the default group as buckets fill) and the
+    gather's backward would interleave in a different order on each process and mismatch (gloo:
+    "Received data size doesn't match expected size")."""
+    if world_size <= 1:
+        return features
+    import torch.distributed as dist
+    import torch.distributed.nn
+
+    group = _rows_group()
+    n = torch.tensor([features.shape[0]], device=features.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size)]
+    dist.all_gather(sizes, n, group=group)
+    sizes = [int(s) for s in sizes]
+    pad = max(sizes) - features.shape[0]
+    if pad:
+        features = torch.cat([features, features.new_zeros((pad, *features.shape[1:]))])
+    parts = torch.distributed.nn.all_gather(features, group=group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)], dim=0)
+
+
+_ROWS_GROUP: dict[int, object] = {}
+
+
+def _rows_group():
+    """``gather_rows``' own group over every process, made once (every process calls it first at
+    the same point: the first gather of the first step)."""
+    import torch.distributed as dist
+
+    key = id(dist.group.WORLD)  # a new default group (a new run in this process) gets a new one
+    if key not in _ROWS_GROUP:
+        _ROWS_GROUP[key] = dist.new_group()
+    return _ROWS_GROUP[key]
+
+
 def _dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 

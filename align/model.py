@@ -123,6 +123,10 @@ class AlignModel(nn.Module):
     def preprocessors(self) -> dict[str, Any]:
         return {mod: adapter.preprocessor() for mod, adapter in self.adapters.items()}
 
+    def tower_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The parameters of one modality's tower: its adapter and its head."""
+        return [*self.adapters[modality].parameters(), *self.heads[modality].parameters()]
+
     def encode(self, modality: str, batch: Any) -> torch.Tensor:
         """Unit-norm embeddings [B, embed_dim] for a collated batch of one modality (or a frozen
         tower's ``CachedFeatures``, which only go through the head)."""

@@ -16,8 +16,9 @@ from torch import nn
 import align.objectives  # noqa: F401  (registers multi_positive, dcl, hcl, mochi)
 import align.objectives_multi  # noqa: F401  (registers symile, gram)
 from align.config import Config, ConfigError
-from align.losses import build_loss, tiling_mode
+from align.losses import build_loss, gather_rows, tiling_mode
 from align.model import AlignModel
+from align.mixture import rows_with, select_rows
 from align.momentum import queue_loss
 from align.objective_spec import NEEDS_LABELS, pair_specs
 
@@ -42,6 +43,7 @@ class ContrastiveTask:
     feature_caches: dict[str, Any] = field(default_factory=dict)  # modality -> FeatureCache (frozen towers)
     micro_batch_size: int | None = None  # GradCache (align.gradcache): towers see micro-batches of this size
     terms: list[Term] | None = None  # default: loss_fn on every pair, weight 1
+    world_size: int = 1  # data.mix: the losses run on every process's rows, gathered here (gather_rows)
 
     def __post_init__(self) -> None:
         if self.terms is None:
@@ -52,6 +54,8 @@ class ContrastiveTask:
         m = cfg.model  # tiled (no [B, B] logits) from a global batch of loss_tile_above, see tiling_mode
         tiling = tiling_mode(m.loss_tiling, cfg.train.batch_size * world_size, m.loss_tile_above)
         dist = {"rank": rank, "world_size": world_size}
+        if cfg.data.mix is not None:  # rows per pair differ by process: gathered by the task, not the loss
+            dist = {"rank": 0, "world_size": 1}
         terms = []
         for i, spec in enumerate(pair_specs(cfg)):
             key = f"train.pairs[{i}].loss_options" if cfg.train.pairs and cfg.train.pairs[i].loss_options \
@@ -69,20 +73,27 @@ class ContrastiveTask:
             raise ConfigError("config key 'data.train.columns': nothing to align: give at least two modalities "
                               "(a pair, or train.multiway)")
         pairs = [t.modalities for t in terms if not t.multiway]
-        return cls(model, terms[0].loss_fn if terms else None, pairs, list(cfg.data.train.columns),
-                   micro_batch_size=cfg.train.micro_batch_size, terms=terms)
+        return cls(model, terms[0].loss_fn if terms else None, pairs, cfg.data.train_modalities(),
+                   micro_batch_size=cfg.train.micro_batch_size, terms=terms,
+                   world_size=world_size if cfg.data.mix is not None else 1)
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The modality entries of a collated batch (not its index / label / skip counts); a
         modality whose frozen tower is cached gets its rows' features instead (the training loader
-        leaves its column out)."""
+        leaves its column out). With ``data.mix`` a modality no row of the batch has is left out."""
+        if "present" in batch:
+            return {m: batch[m] for m in self.modalities if m in batch}
         return {m: batch[m] if m in batch else self.feature_caches[m].lookup(batch["index"], batch["index"].device)
                 for m in self.modalities}
 
     def loss(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor | None = None,
-             keys: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+             keys: dict[str, torch.Tensor] | None = None,
+             present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Weighted mean of the terms (the plain mean when the weights are equal, as before weights
-        existed, so results are unchanged). ``labels``: the rows' classes, for label-based losses."""
+        existed, so results are unchanged). ``labels``: the rows' classes, for label-based losses.
+        ``present`` (``data.mix``): which rows have which modality; see ``masked_loss``."""
+        if present is not None:
+            return self.masked_loss(embeddings, present, labels)
         model = self.model
         bias = None if model.logit_bias is None else model.logit_bias.reshape(())
         values = []
@@ -99,9 +110,50 @@ class ContrastiveTask:
             kw = {"labels": labels} if t.needs_labels else {}
             values.append(t.loss_fn(embeddings[a], embeddings[b], model.pair_scale(a, b), bias, **kw))
         weights = [t.weight for t in self.terms]
+        # with a temperature per pair the shared one may be in no term; DDP needs its (zero) gradient
+        unused = model.logit_scale.sum() * 0.0 if model.pair_logit_scales is not None else 0.0
         if len(set(weights)) <= 1:
-            return torch.stack(values).mean()
-        return sum(w * v for w, v in zip(weights, values)) / sum(weights)
+            return torch.stack(values).mean() + unused
+        return sum(w * v for w, v in zip(weights, values)) / sum(weights) + unused
+
+    def masked_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Each term on the rows that have all its modalities (selected, never zero-padded). Under
+        data parallelism those rows are gathered from every process with gradients (their number
+        differs by process) and each process computes the loss over the global rows; the gather's
+        backward sums the processes' gradients and DDP averages them, so the update equals one
+        process holding the whole batch. A term with fewer than two rows in the global batch has
+        nothing to contrast and is left out of this step's mean (the same on every process)."""
+        model = self.model
+        bias = None if model.logit_bias is None else model.logit_bias.reshape(())
+        like = next(iter(embeddings.values()))
+        dim = model.cfg.embed_dim
+        values, weights, idle = [], [], []
+        for t in self.terms:
+            keep = rows_with(present, t.modalities)
+            feats = [gather_rows(select_rows(embeddings.get(m), present[m], keep, dim, like), self.world_size)
+                     for m in t.modalities]
+            scale = model.logit_scale.exp().reshape(()) if t.multiway else model.pair_scale(*t.modalities)
+            if feats[0].shape[0] < 2:
+                idle += [scale] + ([] if bias is None or t.multiway else [bias])
+                continue
+            if t.multiway:
+                values.append(t.loss_fn(feats, scale))
+            else:
+                kw = {"labels": gather_rows(labels[keep], self.world_size)} if t.needs_labels else {}
+                values.append(t.loss_fn(feats[0], feats[1], scale, bias, **kw))
+            weights.append(t.weight)
+        # DDP expects a gradient for every parameter on every process: towers with no row here,
+        # towers whose rows no term used and temperatures of terms left out get an exact zero
+        # (find_unused_parameters cannot be used: the temperatures live outside the wrapped
+        # forward, so it would mark them ready twice)
+        idle += [e.sum() for e in embeddings.values()] + [model.logit_scale.sum()]
+        idle += [p.sum() for m in self.modalities if m not in embeddings
+                 for p in self.model.tower_parameters(m) if p.requires_grad]
+        zero = torch.stack(idle).sum() * 0.0
+        if not values:
+            return zero
+        return sum(w * v for w, v in zip(weights, values)) / sum(weights) + zero
 
     def __call__(self, forward: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
                  batch: dict[str, Any]) -> torch.Tensor:
@@ -110,7 +162,7 @@ class ContrastiveTask:
         embeddings = forward(inputs)
         mom = self.model.momentum
         if mom is None:
-            return self.loss(embeddings, batch.get("label"))
+            return self.loss(embeddings, batch.get("label"), present=batch.get("present"))
         keys = mom.encode(inputs)
         if self.model.training:
             self.pending_keys = keys  # enqueued after the optimizer step (after_step)

@@ -23,10 +23,11 @@ from align.checkpoint import save_checkpoint, set_rng_state
 from align.config import Config, ConfigError, dump_config
 from align.data import hf_progress, load_table
 from align.data_summary import look_at_data
-from align.engine import (build_accelerator, build_loader, build_optimizer, leave_cores_for_workers,  # noqa: F401
-                          one_thread_per_worker, param_groups)  # the last two re-exported
+from align.engine import (build_accelerator, build_loader, build_mixture_loader, build_optimizer,  # noqa: F401
+                          leave_cores_for_workers, one_thread_per_worker, param_groups)  # last two re-exported
 from align.feature_cache import build_feature_caches
 from align.gradcache import cached_loss
+from align.mixture import mixture_columns
 from align.model import AlignModel, fit_adapters
 from align.task import ContrastiveTask
 from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
@@ -75,18 +76,6 @@ def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
                     (key in ("top1", "top5", "mean_per_class_recall") or "/" in key):
                 out[f"{section}/{key}"] = float(value)
     return out
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @torch.no_grad()
@@ -179,12 +168,21 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     tc = cfg.train
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    streaming = cfg.data.train.streaming  # fit_adapters and the look before training see the stream's head
-    train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
-    fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
-    model = AlignModel(cfg.model)
-    caches = {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device, accelerator.print)
-    loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table, cached=set(caches))
+    if cfg.data.mix is not None:  # several training sets, each with its modalities (align/mixture.py)
+        streaming, caches = False, {}
+        tables = {key: load_table(spec, key) for key, spec, _ in cfg.data.train_parts()}
+        fitted = fit_adapters(cfg.model, *mixture_columns(cfg, tables))
+        model = AlignModel(cfg.model)
+        loader = build_mixture_loader(cfg, model, tables)
+    else:
+        streaming = cfg.data.train.streaming  # fit_adapters and the look before training see the stream's head
+        train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
+        fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
+        model = AlignModel(cfg.model)
+        caches = {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device,
+                                                           accelerator.print)
+        loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table,
+                              cached=set(caches))
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
     look_at_data(cfg, accelerator, loader, val_loader, fitted)
     optimizer = build_optimizer(model, tc)
@@ -289,7 +287,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
                         "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
                         "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
                 t_log, seen_at_log = now, seen
-                if cfg.data.train.on_error == "skip":  # samples that failed to load, all processes
+                if any(spec.on_error == "skip" for _, spec, _ in cfg.data.train_parts()):  # samples that failed to load, all processes
                     result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
                     logs["data/skipped"] = result.skipped
                 accelerator.log(logs, step=step)

@@ -40,7 +40,7 @@ def test_look_before_training_then_train_logs_and_evaluates_at_the_end(tmp_path,
     assert "data.train: 1437 rows from sklearn-digits split 'train'" in shown
     assert "classes (id: name count): 0: zero 142, 1: one 146" in shown
     assert "eval.data: 180 rows" in shown and "where {'label': {'lt': 5}}" in shown
-    assert "loss pairs: image <-> text: row i's 'image' with row i's 'caption'" in shown
+    assert "loss terms: image <-> text: row i's 'image' with row i's 'caption'" in shown
     assert shown.count("  row ") == 6 and "'a photo of the number zero.'  (+7 more)" in shown
     assert main(["train", str(cfg), "--dry-run"]) == 0
     assert "data.train: 1437 rows" in capsys.readouterr().out and not (tmp_path / "run" / "checkpoints").exists()

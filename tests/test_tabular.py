@@ -271,7 +271,7 @@ def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsy
     cfg["train"].update(steps=3, progress=False, log_every=1)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml")]) == 0
-    assert "fitted on data.train: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
+    assert "fitted on the training data: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["modalities"]["tabular"]["options"]
     from align.sources import SOURCES
     from align.config import DatasetSpec

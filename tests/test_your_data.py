@@ -117,7 +117,7 @@ def test_doc_config_runs(name, tmp_path, monkeypatch, capsys):
     (tmp_path / "c.yaml").write_text(doc_configs()[name])
     assert main(["data", "c.yaml", "train.progress=false"]) == 0
     look = capsys.readouterr().out
-    assert "data.train:" in look and "loss pairs:" in look
+    assert "data.train:" in look and "loss terms:" in look
     assert main(["train", "c.yaml", "train.steps=3", f"train.batch_size={BATCH.get(name, 16)}",
                  "train.progress=false", "train.log_every=1"]) == 0, capsys.readouterr().err
     out = yaml_output_dir(tmp_path / "c.yaml")
