@@ -14,7 +14,8 @@ def add_eval_parser(sub) -> None:
                        "retrieval between every pair of its modalities (pairs)")
     p.add_argument("task", choices=["zeroshot", "retrieval", "pairs"])
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
-    p.add_argument("--config", help="YAML whose eval section to use (default: the checkpoint's)")
+    p.add_argument("--config", action="append", help="YAML whose eval section to use (default: the checkpoint's); "
+                   "pairs takes it more than once: one table per file, merged into one report")
     p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
     p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
     p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
@@ -24,7 +25,10 @@ def add_eval_parser(sub) -> None:
 def _eval_cli(args: argparse.Namespace) -> int:
     if args.task == "pairs":
         return _pairs_cli(args)
-    report = run_eval(args.task, args.checkpoint, config=args.config, overrides=args.overrides,
+    if args.config and len(args.config) > 1:
+        raise SystemExit(f"align eval {args.task}: --config once (only `align eval pairs` merges several tables)")
+    config = args.config[0] if args.config else None
+    report = run_eval(args.task, args.checkpoint, config=config, overrides=args.overrides,
                       templates=args.templates, out=args.out)
     m = report["metrics"]
     if args.task == "zeroshot":
@@ -45,9 +49,10 @@ def _pairs_cli(args: argparse.Namespace) -> int:
     if args.templates:
         raise PairsError("--templates: zero-shot prompts; `align eval pairs` scores retrieval only")
     report = run_pairs(args.checkpoint, config=args.config, overrides=args.overrides, out=args.out)
-    s = report["metrics"]["settings"]
-    print(f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
-          f"dedupe {s['dedupe']}, index {s['index']}")
+    pairs = report["metrics"]
+    for s in [t["settings"] for t in pairs["tables"]] if "tables" in pairs else [pairs["settings"]]:
+        print(f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
+              f"dedupe {s['dedupe']}, index {s['index']}")
     print(report["markdown"], end="")
     print(f"report: {report['path']} (+ pairs.md, pairs_r1.png)")
     return 0

@@ -24,6 +24,7 @@ Top-1 accuracy of the argmax class; chance is 0.10. Every model is also scored w
 
     python benchmarks/higher_order.py                       # clip, symile, gram; ~15-20 min on 2 cores
     python benchmarks/higher_order.py --runs clip,symile --steps 300
+    python benchmarks/higher_order.py --runs clip,symile --digits   # + towers that know the digits (data.mix)
 """
 from __future__ import annotations
 
@@ -52,6 +53,24 @@ OWN_SCORE = {"clip": "cosine", "symile": "mip", "gram": "volume"}
 # sum; it only keeps each tower's embeddings input-dependent (see benchmarks/README.md)
 AUX = {"audio2": ("audio", "path", {"width": 64, "layers": 2, "heads": 2}),
        "image2": ("image", "image", {"vision_cfg": {"width": 32, "layers": 1, "head_width": 16}, "output_dim": 32})}
+
+
+# --digits: the towers also learn what digit they hear / see, from two more training sets in the same
+# run (data.mix): FSDD's training recordings <-> "the spoken word seven", MNIST's training images <->
+# "the digit seven", through a second text tower ("words"; the sum's text tower stays "text").
+# Every run gets them alike; they say nothing about the sum, only what each digit is -- the
+# pretrained-encoder setting of the Symile paper, learnt in the same run (see benchmarks/README.md)
+DIGIT_SETS = [
+    {"source": "files", "data_files": "../shared/data/audio/fsdd/recordings/*.wav",
+     "load_kwargs": {"pattern": r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"},
+     "where": {"take": {"ge": 5}}, "columns": {"audio": "path", "words": "label_captions"}, "label_column": "label",
+     "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+     "caption_templates": ["the spoken word {}.", "someone saying {}."]},
+    {"source": "pixel-csv", "data_files": "../shared/data/image/mnist5k/mnist_5k.csv.gz", "split": "train",
+     "columns": {"image": "image", "words": "label_captions"}, "label_column": "label",
+     "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+     "caption_templates": ["the digit {}.", "a handwritten {}."]},
+]
 
 
 def sum_scores(audio: torch.Tensor, image: torch.Tensor, classes: torch.Tensor, rule: str) -> torch.Tensor:
@@ -116,12 +135,17 @@ def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_config(base: dict, name: str, steps: int, run_dir: Path, aux: bool = False) -> dict:
+def run_config(base: dict, name: str, steps: int, run_dir: Path, aux: bool = False, digits: bool = False) -> dict:
     """The config dict of one run: the config's towers and data, ``RUNS[name]``'s objective."""
     data = copy.deepcopy(base)
     data["output_dir"] = str(run_dir)
     data["train"].update(copy.deepcopy(RUNS[name]), steps=steps, progress=False)
     data.pop("eval", None)
+    if digits:  # a mixture: the triples plus the two digit sets, one row in three from each
+        data["model"]["modalities"]["words"] = {"adapter": "text", **copy.deepcopy(data["model"]["modalities"]["text"])}
+        data["data"]["mix"] = [{"data": data["data"].pop("train")}] + [{"data": copy.deepcopy(d)} for d in DIGIT_SETS]
+        data["train"]["pairs"] = list(data["train"].get("pairs") or []) + [["audio", "words"], ["image", "words"]]
+        data["train"]["batch_size"] = 96
     if aux:
         mods = data["model"]["modalities"]
         for new, (mod, column, options) in AUX.items():
@@ -158,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-only", action="store_true", help="rescore runs already trained in --out")
     p.add_argument("--aux", action="store_true", help="add instance-discrimination pairs (audio-audio2, "
                    "image-image2: second, smaller towers on the same columns) to every run")
+    p.add_argument("--digits", action="store_true", help="train every run on a mixture (data.mix): the triples "
+                   "plus FSDD audio <-> spoken-digit words and MNIST image <-> digit words (batch 96, a third each)")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the config's data paths are relative to the checkout root
     base = yaml.safe_load(CONFIG.read_text())
@@ -171,16 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows, walls = {}, {}
     for name in names:
-        run_dir = out / (name + ("+aux" if args.aux else ""))
+        run_dir = out / (name + ("+aux" if args.aux else "") + ("+digits" if args.digits else ""))
         if not args.score_only:
-            walls[name] = train_run(run_config(base, name, steps, run_dir, args.aux))
+            walls[name] = train_run(run_config(base, name, steps, run_dir, args.aux, args.digits))
         rows[name] = score_run(run_dir, tables)
         print(f"{name}: {rows[name]}", flush=True)
     load_after = os.getloadavg()
 
     print("\n### Text from audio + image: top-1 of the sum (a + b) mod 10, chance 0.10\n")
     aux = " + instance-discrimination pairs (audio-audio2, image-image2) in every run" if args.aux else ""
-    print(f"{steps} steps per run{aux}, batch {base['train']['batch_size']}; held-out: "
+    aux += (" + digit sets (data.mix: FSDD audio <-> words, MNIST image <-> words; a third of each batch "
+            "is triples)") if args.digits else ""
+    batch = 96 if args.digits else base["train"]["batch_size"]
+    print(f"{steps} steps per run{aux}, batch {batch}; held-out: "
           f"{len(tables['held-out'][1])} test triples (FSDD takes 0-4, MNIST test images); train: "
           f"{len(tables['train'][1])} of the training triples.\n")
     print("| objective | scored by | held-out top-1 | train top-1 | train time |")

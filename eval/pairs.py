@@ -152,27 +152,62 @@ def markdown_table(mods: list[str], matrix: list[list[float | None]], note: str)
                       head, rule, *body]) + "\n"
 
 
-def run_pairs(checkpoint: str | Path, *, config: str | Path | None = None, overrides: Sequence[str] = (),
-              out: str | Path | None = None) -> dict[str, Any]:
+def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Path] | None = None,
+              overrides: Sequence[str] = (), out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate retrieval between every modality pair of ``checkpoint``; write ``pairs.json``,
-    ``pairs.md`` and ``pairs_r1.png`` under ``out`` (default ``<checkpoint>/eval``)."""
+    ``pairs.md`` and ``pairs_r1.png`` under ``out`` (default ``<checkpoint>/eval``).
+
+    ``config`` may name several YAML files: each one's eval table is scored on its own pairs and the
+    reports are merged into one table and heat-map over every modality (a model trained on several
+    sets, ``data.mix``, has no one table with every modality; pairs no table holds stay blank)."""
     import time
 
     from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
-    from align.config import ConfigError
-    from align.data import describe_spec, hf_progress, load_table
     from align.eval.plots import plot_pair_heatmap
     from align.eval.report import build_report, write_report
 
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
+    configs = [config] if config is None or isinstance(config, (str, Path)) else list(config)
+    scored = [score_table(model, cfg, c, overrides) for c in configs]
+    info = {"checkpoint": str(ckpt), "step": -1 if (s := checkpoint_step(ckpt)) is None else s,
+            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
+    if len(scored) == 1:
+        dataset, result = scored[0]
+        title = f"R@1 ({result['settings']['positives']} positives)"
+        note = f"positives: {result['settings']['positives']}; settings from {result['settings']['from']}"
+        payload = {"dataset": dataset, "seconds": time.perf_counter() - t0, "pairs": result}
+    else:
+        result = merge_tables([str(c) for c in configs], scored)
+        title = "R@1 (each pair on the eval table that holds it)"
+        note = "each pair on the eval table that holds both: " + "; ".join(
+            f"{t['config']} ({t['settings']['positives']} positives)" for t in result["tables"])
+        payload = {"dataset": [d for d, _ in scored], "seconds": time.perf_counter() - t0, "pairs": result}
+    mods = result["modalities"]
+    matrix = r1_table(mods, result)
+    result["r1"] = {q: {g: v for g, v in zip(mods, row) if v is not None} for q, row in zip(mods, matrix)}
+    report = build_report("pairs", payload, info)
+    out = Path(out or ckpt / "eval")
+    path = write_report(report, out / "pairs.json")
+    report["markdown"] = markdown_table(mods, matrix, note)
+    (out / "pairs.md").write_text(report["markdown"])
+    plot_pair_heatmap(matrix, mods, out / "pairs_r1.png", title)
+    report["path"] = str(path)
+    return report
+
+
+def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str]) -> tuple[dict, dict]:
+    """One eval table's pairs: (the dataset's description, the pairs result)."""
+    from align.config import ConfigError
+    from align.data import describe_spec, hf_progress, load_table
+
     ecfg, settings_from = pairs_config(cfg, config, overrides)
     columns = list(ecfg.data.columns)
     mods = [m for m in columns if m in model.adapters]
     if len(mods) < 2:
-        raise PairsError(f"config key 'eval.data.columns': pairs needs columns for at least 2 of the checkpoint's "
-                         f"modalities {model.modalities}; the eval data has {columns}")
+        raise PairsError(f"config key 'eval.data.columns'{f' ({config})' if config else ''}: pairs needs columns "
+                         f"for at least 2 of the checkpoint's modalities {model.modalities}; the eval data has {columns}")
     dim = getattr(ecfg, "dim", None)
     if dim is not None and dim > cfg.model.embed_dim:
         raise ConfigError(f"config key 'eval.dim': {dim} is more than the model's embed_dim {cfg.model.embed_dim}")
@@ -192,16 +227,21 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | None = None, overr
                            "dim": dim, "from": settings_from},
               "modalities": mods, "ignored_columns": [m for m in columns if m not in mods],
               "encoded": enc["encoded"], "pairs": [pair_metrics(enc, a, b, r) for a, b in orient(mods, enc)]}
-    matrix = r1_table(mods, result)
-    result["r1"] = {q: {g: v for g, v in zip(mods, row) if v is not None} for q, row in zip(mods, matrix)}
-    info = {"checkpoint": str(ckpt), "step": -1 if (s := checkpoint_step(ckpt)) is None else s,
-            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
-    report = build_report("pairs", {"dataset": dataset, "seconds": time.perf_counter() - t0, "pairs": result}, info)
-    out = Path(out or ckpt / "eval")
-    path = write_report(report, out / "pairs.json")
-    note = f"positives: {r.positives}; settings from {settings_from}"
-    report["markdown"] = markdown_table(mods, matrix, note)
-    (out / "pairs.md").write_text(report["markdown"])
-    plot_pair_heatmap(matrix, mods, out / "pairs_r1.png", f"R@1 ({r.positives} positives)")
-    report["path"] = str(path)
-    return report
+    return dataset, result
+
+
+def merge_tables(configs: list[str], scored: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """Several tables' pairs as one result: modalities in order of first appearance, each pair tagged
+    with its table; a pair two tables hold is kept from the first (the later one is listed under
+    ``repeated``)."""
+    mods = list(dict.fromkeys(m for _, res in scored for m in res["modalities"]))
+    pairs, seen, repeated = [], set(), []
+    for i, (_, res) in enumerate(scored):
+        for p in res["pairs"]:
+            key = frozenset((p["a"], p["b"]))
+            (repeated if key in seen else pairs).append({**p, "table": i})
+            seen.add(key)
+    tables = [{"config": c, "settings": res["settings"], "modalities": res["modalities"], "encoded": res["encoded"],
+               "ignored_columns": res["ignored_columns"]} for c, (_, res) in zip(configs, scored)]
+    return {"settings": tables[0]["settings"], "modalities": mods, "tables": tables, "pairs": pairs,
+            "repeated": repeated}

@@ -127,3 +127,28 @@ def test_defaults_without_a_retrieval_section_and_too_few_modalities(run, tmp_pa
         assert main(["eval", "pairs", "--checkpoint", ckpt, "--config", bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert "eval.data.columns" in err and "at least 2" in err
+
+
+def test_several_tables_merge_into_one_report(run, tmp_path, capsys):
+    """A model trained on several sets (data.mix) has no one table with every modality: each
+    --config's table is scored on its own pairs, and the merged matrix holds each pair's numbers
+    from its table (equal to that table's own report); pairs no table holds stay blank."""
+    both = eval_yaml(tmp_path / "a.yaml", {"positives": "label"}, {"image": "image", "text": "caption"})
+    other = eval_yaml(tmp_path / "b.yaml", {"positives": "row"}, {"text2": "caption", "image": "image"})
+    out = tmp_path / "merged"
+    assert main(["eval", "pairs", "--checkpoint", str(run / "run"), "--config", both, "--config", other,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("retrieval settings from config") == 2
+    m = json.loads((out / "pairs.json").read_text())["metrics"]
+    assert m["modalities"] == ["image", "text", "text2"]
+    assert [(p["a"], p["b"], p["table"]) for p in m["pairs"]] == [("image", "text", 0), ("image", "text2", 1)]
+    assert m["r1"]["text"].keys() == {"image"} and "text2" not in m["r1"]["text"]  # never in one table
+    for i, cfg in enumerate((both, other)):
+        single = tmp_path / f"single{i}"
+        assert main(["eval", "pairs", "--checkpoint", str(run / "run"), "--config", cfg, "--out", str(single)]) == 0
+        alone = json.loads((single / "pairs.json").read_text())["metrics"]
+        assert alone["pairs"][0]["directions"] == m["pairs"][i]["directions"]
+    assert "| text | " in (out / "pairs.md").read_text() and png_size(out / "pairs_r1.png")[0] > 0
+    with pytest.raises(SystemExit, match="--config once"):
+        main(["eval", "zeroshot", "--checkpoint", str(run / "run"), "--config", both, "--config", other])
