@@ -84,6 +84,9 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     out["pairs"] = [f"{a} <-> {b}: row i's '{s.columns[a]}' with row i's '{s.columns[b]}'"
                     + (f" ({k})" if cfg.data.mix is not None else "")
                     for a, b in cfg.loss_pairs() for k, s in parts_with(cfg, (a, b))]
+    if cfg.data.mix is not None:
+        total = sum(w for _, _, w in cfg.data.train_parts())
+        out["mix"] = [{"key": k, "weight": w, "share": w / total} for k, _, w in cfg.data.train_parts()]
     if cfg.train.multiway is not None:
         mw = cfg.train.multiway
         out["pairs"].append(f"{mw.loss} over {', '.join(mw.modalities)}: row i's columns together")
@@ -122,6 +125,9 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{c['id']}: {c['name'] if c['name'] is not None else '?'} {c['count']}" for c in d["classes"]))
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
+    if summary.get("mix"):
+        lines.append("mixture, share of draws: " + ", ".join(f"{m['key']} {m['share']:.0%} (weight {m['weight']:g})"
+                                                          for m in summary["mix"]))
     lines.append("loss terms: " + "; ".join(summary["pairs"]))
     lines += [f"fitted on the training data: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]

@@ -230,6 +230,7 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
     summary = (tmp_path / "run" / "data.json").read_text()
     assert "data.mix[1].data" in summary and "text <-> tabular" in summary
+    assert '"share": 0.666' in summary  # weights 2 : 1
 
 
 def test_mixed_run_resumes_exactly(tmp_path):
