@@ -126,8 +126,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
     if summary.get("mix"):
-        lines.append("mixture, share of draws: " + ", ".join(f"{m['key']} {m['share']:.0%} (weight {m['weight']:g})"
-                                                          for m in summary["mix"]))
+        lines.append("mixture, share of draws: " + ", ".join(
+            f"{m['key']} {m['share']:.0%} (weight {m['weight']:g})" for m in summary["mix"]))
     lines.append("loss terms: " + "; ".join(summary["pairs"]))
     lines += [f"fitted on the training data: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]

@@ -246,6 +246,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     if resume:
         result.best = restored_best(state, out / "checkpoints", log_path, tc.best_metric, start)
     steps_per_epoch = None if streaming else len(loader)
+    skipping = any(spec.on_error == "skip" for _, spec, _ in cfg.data.train_parts())
     step = start
     last_ckpt = None
     end = min(tc.steps, stop_at) if stop_at else tc.steps
@@ -287,7 +288,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
                         "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
                         "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
                 t_log, seen_at_log = now, seen
-                if any(spec.on_error == "skip" for _, spec, _ in cfg.data.train_parts()):  # samples that failed to load, all processes
+                if skipping:  # samples that failed to load, all processes
                     result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
                     logs["data/skipped"] = result.skipped
                 accelerator.log(logs, step=step)

@@ -206,8 +206,9 @@ def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str])
     columns = list(ecfg.data.columns)
     mods = [m for m in columns if m in model.adapters]
     if len(mods) < 2:
-        raise PairsError(f"config key 'eval.data.columns'{f' ({config})' if config else ''}: pairs needs columns "
-                         f"for at least 2 of the checkpoint's modalities {model.modalities}; the eval data has {columns}")
+        where = f" ({config})" if config else ""
+        raise PairsError(f"config key 'eval.data.columns'{where}: pairs needs columns for at least 2 of the "
+                         f"checkpoint's modalities {model.modalities}; the eval data has {columns}")
     dim = getattr(ecfg, "dim", None)
     if dim is not None and dim > cfg.model.embed_dim:
         raise ConfigError(f"config key 'eval.dim': {dim} is more than the model's embed_dim {cfg.model.embed_dim}")
