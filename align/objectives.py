@@ -111,15 +111,33 @@ class MultiPositiveLoss(_Pairwise):
     positives and the denominator runs over all columns; it is StableRep's multi-positive
     contrastive loss (Tian et al., 2023, arXiv 2306.00984, Eq. 3). With all labels distinct it is
     CLIP (``ClipLoss``). ``labels`` are required.
+
+    ``variant="in"`` is SupCon's "L_in" (Eq. 3; the mean over positives inside the log)::
+
+        l_i = -log( (1/|P(i)|) * sum_{p in P(i)} exp(s_ip) / sum_j exp(s_ij) )
+
+    which Khosla et al. found trains worse than L_out (Table 2 there): by Jensen it is a lower
+    bound of L_out, satisfied by putting the mass on any one positive.
     """
 
     needs_labels = True
+
+    def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
+                 variant: str = "out"):
+        super().__init__(local_loss, rank, world_size)
+        if variant not in ("out", "in"):
+            raise TypeError(f"multi_positive variant must be 'out' or 'in', got {variant!r}")
+        self.variant = variant
 
     def direction(self, q, k, scale, bias, q_labels, k_labels, offset):
         logits = _logits(q, k, scale, bias)
         positive, _ = _positives(q_labels, k_labels, *logits.shape, offset, q.device)
         log_prob = F.log_softmax(logits, dim=1)
-        per_row = -(log_prob * positive).sum(1) / positive.sum(1)
+        count = positive.sum(1)
+        if self.variant == "in":
+            inside = torch.logsumexp(_rows_with(positive, log_prob), dim=1)  # every row has >= 1 positive
+            return (count.to(log_prob.dtype).log() - inside).mean()
+        per_row = -(log_prob * positive).sum(1) / count
         return per_row.mean()
 
 

@@ -76,8 +76,9 @@ def _negatives(i, batch, labels):
     return [j for j in range(batch) if j != i and (labels is None or labels[j] != labels[i])]
 
 
-def ref_multi_positive(a, b, scale, bias=None, *, labels, bug=None):
-    """-(1/|P(i)|) sum_{p in P(i)} log(exp(s_ip) / sum_j exp(s_ij)), both directions."""
+def ref_multi_positive(a, b, scale, bias=None, *, labels, bug=None, variant="out"):
+    """L_out: -(1/|P(i)|) sum_{p in P(i)} log(exp(s_ip) / sum_j exp(s_ij)); L_in: -log((1/|P(i)|)
+    sum_{p in P(i)} exp(s_ip) / sum_j exp(s_ij)); both directions."""
     lab = labels.tolist()
 
     def one(q, k):
@@ -86,6 +87,10 @@ def ref_multi_positive(a, b, scale, bias=None, *, labels, bug=None):
             s = [_sim(q, k, i, j, scale, bias) for j in range(q.shape[0])]
             den = sum(torch.exp(x) for x in s)
             positives = [p for p in range(q.shape[0]) if lab[p] == lab[i]]
+            if variant == "in":
+                inside = sum(torch.exp(s[p]) / den for p in positives)
+                total = total - torch.log(inside if bug == "no 1/|P|" else inside / len(positives))
+                continue
             term = -sum(torch.log(torch.exp(s[p]) / den) for p in positives)
             total = total + (term if bug == "no 1/|P|" else term / len(positives))
         return total / q.shape[0]
@@ -175,6 +180,8 @@ def ref_mochi(a, b, scale, bias=None, *, labels=None, n_hard=16, s1=16, s2=8, mi
 # name -> (make our loss, reference with the same hyper-parameters, label kinds to test)
 CASES = {
     "multi_positive": (lambda s: MultiPositiveLoss(), ref_multi_positive, ["distinct", "repeats", "same"]),
+    "multi_positive-in": (lambda s: MultiPositiveLoss(variant="in"),
+                          lambda *x, **kw: ref_multi_positive(*x, variant="in", **kw), ["distinct", "repeats", "same"]),
     "dcl": (lambda s: DecoupledContrastiveLoss(), ref_dcl, [None, "repeats", "same"]),
     "hcl": (lambda s: HardNegativeLoss(), ref_hcl, [None, "repeats", "same"]),
     "hcl-debiased": (lambda s: HardNegativeLoss(beta=0.5, tau_plus=0.1),
@@ -282,7 +289,7 @@ def test_scale_of_shape_one():
 
 
 @pytest.mark.parametrize("name,bug", [
-    ("multi_positive", "one direction"), ("multi_positive", "no 1/|P|"),
+    ("multi_positive", "one direction"), ("multi_positive", "no 1/|P|"), ("multi_positive-in", "no 1/|P|"),
     ("dcl", "positive in denominator"), ("dcl", "flipped positive"),
     ("hcl", "flipped beta"), ("hcl-debiased", "flipped tau_plus"),
     ("mochi", "no query mixes"), ("mochi", "query weight swapped"),
