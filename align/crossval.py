@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,7 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     """Train and evaluate every fold (or the folds in ``only``); returns per-fold and summary
     metrics and writes them to ``<output_dir>/crossval.json``."""
     from align.config import ConfigError, load_config
-    from align.trainer import flat_eval_metrics, train
-    from align.eval.runner import evaluate
+    from align.runlock import RunLock
 
     overrides = list(overrides or [])
     base = load_config(config, overrides)
@@ -39,6 +39,22 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
         specs["data.val"] = base.data.val
     set_fold = fold_setters(specs)
     out_root = Path(base.output_dir)
+    # the root holds crossval.json, written from every fold's result: one cross-validation per root
+    # (each fold's own run folder is locked by its training run); the main process holds it
+    lock = RunLock(out_root).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        return _folds(config, overrides, folds, only, base, set_fold, out_root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _folds(config, overrides: list[str], folds: int, only, base, set_fold: dict[str, str],
+           out_root: Path) -> dict[str, Any]:
+    from align.config import ConfigError, load_config
+    from align.eval.runner import evaluate
+    from align.trainer import flat_eval_metrics, train
+
     per_fold: list[dict[str, Any]] = []
     for k in only if only is not None else range(folds):
         if not 0 <= k < folds:
@@ -66,7 +82,9 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
     report = {"config": str(config), "overrides": overrides, "folds": folds, "per_fold": per_fold,
               "summary": summary}
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "crossval.json").write_text(json.dumps(report, indent=2))
+    tmp = out_root / f".crossval.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out_root / "crossval.json")  # whole or not there
     report["path"] = str(out_root / "crossval.json")
     return report
 

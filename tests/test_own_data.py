@@ -176,6 +176,12 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     assert [f["fold"] for f in report["per_fold"]] == [0, 1] and sum(f["n_test"] for f in report["per_fold"]) == 360
     ev = json.loads((tmp_path / "cv" / "fold1" / "eval" / "zeroshot.json").read_text())
     assert ev["dataset"]["holdout"]["take"] == "test" and ev["dataset"]["fold"] == 1 and ev["dataset"]["rows"] == 180
+    from align.runlock import RunLock, RunLockedError
+
+    with RunLock(tmp_path / "cv"):  # another cross-validation writing this root's crossval.json
+        with pytest.raises(RunLockedError, match="is in use by another run"):
+            run_crossval(tmp_path / "cv.yaml")
+    assert not list((tmp_path / "cv").glob(".crossval.json.*"))  # written whole (a temp file, renamed)
     del cfg["eval"]["data"]["holdout"]  # evaluating on every row would test on training rows
     (tmp_path / "cv.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=r"eval.data.holdout': cross-validation on source 'csv' needs"):
