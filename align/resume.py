@@ -116,6 +116,27 @@ def clean_leftovers(output_dir: str | Path) -> list[Path]:
     return removed
 
 
+def set_aside_previous_run(output_dir: str | Path) -> Path | None:
+    """Before a fresh (not resumed) run: move an earlier run's checkpoints folder to
+    ``checkpoints-previous-<UTC time>`` so that none of its step folders is mistaken for this run's
+    (``--resume``'s fallback to the newest good checkpoint, ``keep_checkpoints`` pruning, ``align
+    eval --checkpoint RUN``) and nothing is deleted. Returns where they went, or None. Only call
+    while holding the run lock."""
+    import time
+
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir() or not any(root.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = root.with_name(f"checkpoints-previous-{stamp}")
+    n = 1
+    while target.exists():  # two fresh runs within one second
+        n += 1
+        target = root.with_name(f"checkpoints-previous-{stamp}-{n}")
+    root.rename(target)
+    return target
+
+
 def _best_value_from_log(log_path: Path, step: int, metric: str) -> float | None:
     if not log_path.exists():
         return None

@@ -30,7 +30,7 @@ from align.gradcache import cached_loss
 from align.mixture import mixture_columns
 from align.model import AlignModel, fit_adapters
 from align.task import ContrastiveTask
-from align.resume import clean_leftovers, restore_newest_good, restored_best, trim_log
+from align.resume import clean_leftovers, restore_newest_good, restored_best, set_aside_previous_run, trim_log
 from align.runlock import lock_run
 from align.streaming import head_table
 
@@ -154,6 +154,11 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, hooks: EvalHooks | No
         if accelerator.is_main_process:
             for path in clean_leftovers(cfg.output_dir):
                 accelerator.print(f"removed {path}, left by an interrupted run")
+            moved = None if resume else set_aside_previous_run(cfg.output_dir)
+            if moved is not None:
+                accelerator.print(f"moved the checkpoints of an earlier run in {cfg.output_dir} to {moved} "
+                                  "(a fresh run; pass --resume to continue one)")
+        accelerator.wait_for_everyone()
         return _run(cfg, accelerator, resume, stop_at, hooks)
     finally:
         if lock is not None:

@@ -72,6 +72,22 @@ def test_checkpoint_is_safetensors_and_reloads_without_code(tmp_path):
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
 
 
+def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path, capsys):
+    """A fresh run into a folder that holds another run's checkpoints: they are moved, not mixed
+    with the new ones (a later --resume falling back to 'the newest good checkpoint' would otherwise
+    pick the earlier run's step-12) and not deleted."""
+    train(config_from_dict(tiny_config(tmp_path, steps=12, checkpoint_every=6)))
+    train(config_from_dict(tiny_config(tmp_path, steps=4, checkpoint_every=2)))
+    assert "moved the checkpoints of an earlier run" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-")) == \
+        ["step-000002", "step-000004"]
+    previous, = tmp_path.glob("checkpoints-previous-*")
+    assert sorted(p.name for p in previous.iterdir() if p.name.startswith("step-")) == ["step-000006", "step-000012"]
+    train(config_from_dict(tiny_config(tmp_path, steps=6, checkpoint_every=2)), resume=True)  # resume: nothing moves
+    assert len(list(tmp_path.glob("checkpoints-previous-*"))) == 1
+    assert resolve_checkpoint(tmp_path).name == "step-000006"
+
+
 def test_bf16_autocast_flag_runs(tmp_path):
     res = train(config_from_dict(tiny_config(tmp_path, steps=2, mixed_precision="bf16")))
     assert all(torch.isfinite(torch.tensor(v)) for _, v in res.losses)
