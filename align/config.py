@@ -272,9 +272,7 @@ class Config(Strict):
 
 def mixture_limits(cfg: "Config") -> None:
     """What a ``data.mix`` run cannot combine with yet, each naming its key and why."""
-    limits = {"train.micro_batch_size": (cfg.train.micro_batch_size, "GradCache's cached micro-batches assume "
-                                         "every row has every modality"),
-              "model.momentum": (cfg.model.momentum, "the momentum queues hold one embedding per modality per row")}
+    limits = {"model.momentum": (cfg.model.momentum, "the momentum queues hold one embedding per modality per row")}
     for key, (value, why) in limits.items():
         if value:
             raise ValueError(f"config key '{key}': cannot be combined with data.mix: {why}")

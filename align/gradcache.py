@@ -61,6 +61,21 @@ def batch_rows(inputs: dict[str, Any]) -> int:
     return int(value.num_graphs) if hasattr(value, "num_graphs") else len(value)
 
 
+def micro_spans(inputs: dict[str, Any], present: dict[str, torch.Tensor] | None, start: int,
+                stop: int) -> dict[str, tuple[int, int]]:
+    """Each modality's rows of the micro-batch ``start:stop`` as a span of its collated batch: the
+    same rows, or with ``data.mix`` (each modality collated from its present rows only) the span of
+    its present rows among them; a modality with none there is left out."""
+    if present is None:
+        return {m: (start, stop) for m in inputs}
+    spans = {}
+    for m in inputs:
+        a, b = int(present[m][:start].sum()), int(present[m][:stop].sum())
+        if b > a:
+            spans[m] = (a, b)
+    return spans
+
+
 def rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return torch.get_rng_state(), cuda
@@ -83,34 +98,35 @@ def cached_loss(accelerator, model, task: ContrastiveTask, batch: dict, micro: i
                           f"under {accelerator.distributed_type} each micro-batch's backward would reduce "
                           "the gradients again. Use DDP, or leave micro_batch_size out")
     inputs = task.inputs(batch)
-    rows = batch_rows(inputs)
+    present = batch.get("present")  # data.mix: rows have subsets of the modalities
+    rows = batch_rows(inputs) if present is None else len(batch["index"])
     if rows % micro:
         raise ValueError(f"batch of {rows} rows is not a multiple of train.micro_batch_size {micro}")
-    spans = [(s, s + micro) for s in range(0, rows, micro)]
+    spans = [micro_spans(inputs, present, s, s + micro) for s in range(0, rows, micro)]
     states, parts = [], []
     buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics: updated in step 3 only
     with torch.no_grad():
-        for start, stop in spans:
+        for span in spans:
             states.append(rng_state())
             with accelerator.autocast():
-                parts.append(model({m: slice_batch(v, start, stop) for m, v in inputs.items()}))
+                parts.append(model({m: slice_batch(inputs[m], a, b) for m, (a, b) in span.items()}))
     after = rng_state()
     with torch.no_grad():
         for b, saved in zip(model.buffers(), buffers):
             b.copy_(saved)
-    reps = {m: torch.cat([p[m] for p in parts]).detach().requires_grad_() for m in parts[0]}
+    reps = {m: torch.cat([p[m] for p in parts if m in p]).detach().requires_grad_() for m in inputs}
     with accelerator.autocast():
-        loss = task.loss(reps, batch.get("label"))
+        loss = task.loss(reps, batch.get("label"), present=present)
 
     def backward() -> None:
         # the wrapper's own no_sync: Accelerate's is a no-op for a world of one, yet DDP may still wrap
         with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
             accelerator.backward(loss)  # -> reps.grad, and the temperature's / bias's gradients
-            for (start, stop), state in zip(spans, states):
+            for span, state in zip(spans, states):
                 set_rng_state(state)
                 with accelerator.autocast():
-                    out = model({m: slice_batch(v, start, stop) for m, v in inputs.items()})
-                surrogate = sum((out[m] * reps[m].grad[start:stop].to(out[m].dtype)).sum() for m in out
+                    out = model({m: slice_batch(inputs[m], a, b) for m, (a, b) in span.items()})
+                surrogate = sum((out[m] * reps[m].grad[a:b].to(out[m].dtype)).sum() for m, (a, b) in span.items()
                                 if reps[m].grad is not None)
                 if isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
                     surrogate.backward()  # reps.grad already carries any fp16 loss scale
