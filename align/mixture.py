@@ -122,11 +122,13 @@ class _ModalityValues:
 
 
 def rows_with(present: dict[str, torch.Tensor], modalities: tuple[str, ...]) -> torch.Tensor:
-    """Mask of a batch's rows that have every one of ``modalities``."""
-    return torch.stack([present[m] for m in modalities]).all(dim=0)
+    """Mask of a batch's rows that have every one of ``modalities`` (a modality the batch's loader
+    does not feed at all, e.g. one a validation set lacks, is on no row)."""
+    none = torch.zeros_like(next(iter(present.values())))
+    return torch.stack([present.get(m, none) for m in modalities]).all(dim=0)
 
 
-def select_rows(embeddings: torch.Tensor | None, present: torch.Tensor, keep: torch.Tensor,
+def select_rows(embeddings: torch.Tensor | None, present: torch.Tensor | None, keep: torch.Tensor,
                 dim: int, like: torch.Tensor) -> torch.Tensor:
     """The embeddings of the ``keep`` rows, from a modality's compact embeddings (one per row where
     ``present``); when this process has none of them, an empty [0, dim] slice of ``like`` (another

@@ -131,7 +131,7 @@ class ContrastiveTask:
         values, weights, idle = [], [], []
         for t in self.terms:
             keep = rows_with(present, t.modalities)
-            feats = [gather_rows(select_rows(embeddings.get(m), present[m], keep, dim, like), self.world_size)
+            feats = [gather_rows(select_rows(embeddings.get(m), present.get(m), keep, dim, like), self.world_size)
                      for m in t.modalities]
             scale = model.logit_scale.exp().reshape(()) if t.multiway else model.pair_scale(*t.modalities)
             if feats[0].shape[0] < 2:

@@ -269,6 +269,23 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
     assert '"share": 0.666' in summary  # weights 2 : 1
 
 
+def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
+    """data.val may feed a subset of the mixture's modalities (here image and text only); its loss
+    goes through the same masked path, and a val set with a modality no training set has is refused."""
+    from align.config import ConfigError, config_from_dict
+    from align.trainer import train
+
+    raw = mix_config(tmp_path, steps=10, val_every=5)
+    raw["data"]["val"] = {"source": "sklearn-digits", "split": "test", "columns": {"image": "image", "text": "caption"},
+                          "label_column": "label"}
+    result = train(config_from_dict(raw))
+    assert [s for s, _ in result.val_losses] == [5, 10] and all(np.isfinite(v) for _, v in result.val_losses)
+    raw["data"]["val"]["columns"]["audio"] = "image"
+    raw["model"]["modalities"]["audio"] = {"options": {}}
+    with pytest.raises(ConfigError, match=r"'data.val.columns': feeds modalities no training set has \(\['audio'\]\)"):
+        config_from_dict(raw)
+
+
 def test_mixed_run_resumes_exactly(tmp_path):
     from align.config import config_from_dict
     from align.trainer import train
