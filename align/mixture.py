@@ -45,11 +45,6 @@ class MixedDataset(torch.utils.data.Dataset):
                 next_id += len(names) if names is not None else int(max(part.table[part.label_column])) + 1
             self.label_offsets.append(spaces[key])
 
-    @property
-    def table(self):
-        """The first part's table (what a single-table caller, e.g. a summary, looks at)."""
-        return self.parts[0].table
-
     def set_epoch(self, epoch: int) -> None:
         for part in self.parts:
             part.set_epoch(epoch)
