@@ -272,10 +272,6 @@ class Config(Strict):
 
 def mixture_limits(cfg: "Config") -> None:
     """What a ``data.mix`` run cannot combine with yet, each naming its key and why."""
-    limits = {"model.momentum": (cfg.model.momentum, "the momentum queues hold one embedding per modality per row")}
-    for key, (value, why) in limits.items():
-        if value:
-            raise ValueError(f"config key '{key}': cannot be combined with data.mix: {why}")
     for mod, spec in cfg.model.modalities.items():
         if spec.cache in ("memory", "disk"):
             raise ValueError(f"config key 'model.modalities.{mod}.cache': cannot be combined with data.mix: "

@@ -13,8 +13,9 @@ the queues ``Q_a``, ``Q_b`` (Li et al. 2021, ALBEF, arXiv 2107.07651, Eq. 1-2 an
 
 with ``alpha = distill`` (0: plain MoCo-style InfoNCE against the momentum keys and the queue).
 After every optimizer step the momentum parameters move ``theta' <- m theta' + (1 - m) theta`` and this
-step's momentum embeddings (gathered from every process) replace the oldest queue entries. The
-towers, queues and queue pointer are part of the model's state: checkpoints carry them and a
+step's momentum embeddings (gathered from every process) replace the oldest queue entries; each
+queue has its own write position (with ``data.mix`` a modality's queue takes only the rows that
+have it). The towers, queues and queue pointers are part of the model's state: checkpoints carry them and a
 resumed run continues exactly. Each process scores its own rows against the shared queue (the
 momentum keys of the current batch are its own; ALBEF does the same).
 """
@@ -40,10 +41,22 @@ class MomentumTowers(nn.Module):
         g = torch.Generator().manual_seed(0)
         for mod in adapters:  # random unit vectors, as MoCo and ALBEF start their queues
             self.register_buffer(f"queue_{mod}", F.normalize(torch.randn(queue_size, embed_dim, generator=g), dim=-1))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        for mod in adapters:  # one write position per queue: with data.mix modalities fill at different rates
+            self.register_buffer(f"queue_ptr_{mod}", torch.zeros(1, dtype=torch.long))
 
     def queue(self, mod: str) -> torch.Tensor:
         return getattr(self, f"queue_{mod}")
+
+    def queue_ptr(self, mod: str) -> int:
+        """Where the next momentum embedding of ``mod`` goes in its queue."""
+        return int(getattr(self, f"queue_ptr_{mod}"))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        old = state_dict.pop(prefix + "queue_ptr", None)  # checkpoints with one pointer for every queue
+        if old is not None:
+            for mod in self.adapters:
+                state_dict.setdefault(f"{prefix}queue_ptr_{mod}", old.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def encode(self, inputs: dict) -> dict[str, torch.Tensor]:
@@ -61,23 +74,21 @@ class MomentumTowers(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
-        """The newest momentum embeddings (every process's, in rank order) replace the oldest."""
-        from align.losses import _dist_info
+        """The newest momentum embeddings (every process's, in rank order) replace the oldest of
+        their modality's queue. Every modality takes part on every process, with zero rows when
+        its batch had none (``data.mix``): the gather is a collective."""
+        from align.losses import _dist_info, gather_rows
 
         _, world = _dist_info()
-        n = None
-        for mod, k in keys.items():
-            if world > 1:
-                parts = [torch.empty_like(k) for _ in range(world)]
-                torch.distributed.all_gather(parts, k.contiguous())
-                k = torch.cat(parts)
-            k = k[-self.queue_size:]
-            n = len(k)
-            ptr = int(self.queue_ptr)
-            idx = (torch.arange(n, device=k.device) + ptr) % self.queue_size
+        like = next(iter(keys.values()))
+        for mod in self.adapters:
+            k = gather_rows(keys.get(mod, like[:0]).contiguous(), world)[-self.queue_size:]
+            if not len(k):
+                continue
+            ptr = self.queue_ptr(mod)
+            idx = (torch.arange(len(k), device=k.device) + ptr) % self.queue_size
             self.queue(mod)[idx] = k.to(self.queue(mod).dtype)
-        if n is not None:
-            self.queue_ptr.fill_((int(self.queue_ptr) + n) % self.queue_size)
+            getattr(self, f"queue_ptr_{mod}").fill_((ptr + len(k)) % self.queue_size)
 
 
 def queue_loss(a: torch.Tensor, b: torch.Tensor, a_m: torch.Tensor, b_m: torch.Tensor, queue_a: torch.Tensor,

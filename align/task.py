@@ -93,7 +93,7 @@ class ContrastiveTask:
         existed, so results are unchanged). ``labels``: the rows' classes, for label-based losses.
         ``present`` (``data.mix``): which rows have which modality; see ``masked_loss``."""
         if present is not None:
-            return self.masked_loss(embeddings, present, labels)
+            return self.masked_loss(embeddings, present, labels, keys)
         model = self.model
         bias = None if model.logit_bias is None else model.logit_bias.reshape(())
         values = []
@@ -117,13 +117,16 @@ class ContrastiveTask:
         return sum(w * v for w, v in zip(weights, values)) / sum(weights) + unused
 
     def masked_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
-                    labels: torch.Tensor | None = None) -> torch.Tensor:
+                    labels: torch.Tensor | None = None, keys: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Each term on the rows that have all its modalities (selected, never zero-padded). Under
         data parallelism those rows are gathered from every process with gradients (their number
         differs by process) and each process computes the loss over the global rows; the gather's
         backward sums the processes' gradients and DDP averages them, so the update equals one
         process holding the whole batch. A term with fewer than two rows in the global batch has
-        nothing to contrast and is left out of this step's mean (the same on every process)."""
+        nothing to contrast and is left out of this step's mean (the same on every process).
+        With ``model.momentum`` (``keys``) each process scores its own rows of the pair against the
+        momentum keys and the shared queues, as the unmasked path does: nothing is gathered, and a
+        pair is left out where this process has none of its rows."""
         model = self.model
         bias = None if model.logit_bias is None else model.logit_bias.reshape(())
         like = next(iter(embeddings.values()))
@@ -131,6 +134,16 @@ class ContrastiveTask:
         values, weights, idle = [], [], []
         for t in self.terms:
             keep = rows_with(present, t.modalities)
+            if keys is not None:  # model.momentum: ALBEF's loss against the momentum keys and queues
+                a, b = t.modalities
+                q = [select_rows(x.get(m), present.get(m), keep, dim, like) for x in (embeddings, keys) for m in (a, b)]
+                if len(q[0]):
+                    mom = model.momentum
+                    values.append(queue_loss(*q, mom.queue(a), mom.queue(b), model.pair_scale(a, b), mom.distill))
+                    weights.append(t.weight)
+                else:
+                    idle.append(model.pair_scale(a, b))
+                continue
             feats = [gather_rows(select_rows(embeddings.get(m), present.get(m), keep, dim, like), self.world_size)
                      for m in t.modalities]
             scale = model.logit_scale.exp().reshape(()) if t.multiway else model.pair_scale(*t.modalities)
@@ -166,7 +179,7 @@ class ContrastiveTask:
         keys = mom.encode(inputs)
         if self.model.training:
             self.pending_keys = keys  # enqueued after the optimizer step (after_step)
-        return self.loss(embeddings, batch.get("label"), keys)
+        return self.loss(embeddings, batch.get("label"), keys, present=batch.get("present"))
 
     def after_step(self) -> None:
         """After each optimizer step: clamp the temperatures; with ``model.momentum`` move the EMA

@@ -61,7 +61,8 @@ def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
     (lambda c: c["data"].pop("mix"), r"'data.train' is required"),
     (lambda c: unlabel(c["data"]["mix"][1]["data"]) or c["model"].update(loss="multi_positive"),
      r"'model.loss': loss 'multi_positive' .* needs data.mix\[1\].data.label_column"),
-    (lambda c: c["model"].update(momentum={"queue_size": 64}), r"'model.momentum': cannot be combined with data.mix"),
+    (lambda c: c["model"]["modalities"]["text"].update(cache="memory"),
+     r"'model.modalities.text.cache': cannot be combined with data.mix"),
     (lambda c: c["data"]["mix"][0].update(weight=0), r"'data.mix.0.weight'"),
     (lambda c: c["data"]["mix"][1]["data"]["columns"].update(audio="features"),
      r"'data.mix\[1\].data.columns.audio': modality 'audio' is not in model.modalities"),
@@ -286,28 +287,43 @@ def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
         config_from_dict(raw)
 
 
-def test_mixed_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("momentum", [False, True])
+def test_mixed_run_resumes_exactly(tmp_path, momentum):
+    """Also with model.momentum (ALBEF queues): each modality's queue fills at its own rate (text is
+    on every row, image and tabular on their sets' rows), and the queues resume exactly."""
     from align.config import config_from_dict
     from align.trainer import train
 
-    full = train(config_from_dict(mix_config(tmp_path / "full", steps=12, checkpoint_every=6)))
-    cut = config_from_dict(mix_config(tmp_path / "cut", steps=12, checkpoint_every=6))
-    first = train(cut, stop_at=6)
-    second = train(cut, resume=True)
+    def cfg(out):
+        raw = mix_config(out, steps=12, checkpoint_every=6)
+        if momentum:
+            raw["model"]["momentum"] = {"queue_size": 1000, "momentum": 0.9, "distill": 0.4}
+        return config_from_dict(raw)
+
+    full = train(cfg(tmp_path / "full"))
+    first = train(cfg(tmp_path / "cut"), stop_at=6)
+    second = train(cfg(tmp_path / "cut"), resume=True)
     resumed = first.losses + second.losses
     assert [s for s, _ in resumed] == [s for s, _ in full.losses]
     np.testing.assert_allclose([v for _, v in resumed], [v for _, v in full.losses], rtol=1e-5)
+    if momentum:
+        mom = full.model.momentum
+        assert mom.queue_ptr("text") == 12 * 32  # every row has text; fewer than 1,000 so far
+        assert mom.queue_ptr("image") + mom.queue_ptr("tabular") == 12 * 32 and mom.queue_ptr("tabular") > 0
+        for (name, p), q in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)  # towers, EMA towers, queues
 
 
-@pytest.mark.parametrize("mixed, micro", [(True, None), (True, 4), (False, None)])
-def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixed, micro):
+@pytest.mark.parametrize("mixed, micro, momentum", [(True, None, False), (True, 4, False), (True, None, True),
+                                                    (False, None, False)])
+def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixed, micro, momentum):
     """Two DDP processes (gloo) through ``align train``. Mixed: a rare second set and batches of 8,
     so most steps some process has no tabular row (its tower idle) or the tabular pair has under
     two rows and is left out; DDP needs every parameter's gradient on every process and the row
     gathers must run in the same order everywhere. Both: a temperature per pair, which leaves the
     shared one out of every term (this failed under DDP before it got a zero gradient). With GradCache
     (micro-batches of 4) the gradients are averaged by align itself, over the same parameters on every
-    process."""
+    process. With momentum queues every modality's keys are gathered on every process, zero rows too."""
     import os
     import subprocess
 
@@ -316,6 +332,8 @@ def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixe
     cfg = mix_config(tmp_path, steps=8, batch_size=8, micro_batch_size=micro)
     cfg["data"]["mix"][1]["weight"] = 0.05
     cfg["model"]["pair_temperatures"] = True
+    if momentum:
+        cfg["model"]["momentum"] = {"queue_size": 64, "momentum": 0.9}
     if not mixed:
         cfg["data"] = {"train": cfg["data"]["mix"][0]["data"]}
         cfg["model"]["modalities"].pop("tabular")

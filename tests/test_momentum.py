@@ -62,12 +62,12 @@ def test_momentum_run_moves_ema_and_queue_and_resumes_exactly(tmp_path):
 
     full = train(tiny(tmp_path / "full"))
     mom = full.model.momentum
-    assert int(mom.queue_ptr) == (12 * 16) % 40  # 12 steps of 16 keys into a queue of 40
+    assert mom.queue_ptr("text") == mom.queue_ptr("image") == (12 * 16) % 40  # 12 steps of 16 keys, queue of 40
     main, ema = dict(full.model.adapters.named_parameters()), dict(mom.adapters.named_parameters())
     moved = [n for n in main if not torch.equal(main[n], ema[n])]
     assert moved and all(not p.requires_grad for p in ema.values())
     # the newest queue entries are momentum embeddings: unit vectors, not the random initial ones
-    newest = mom.queue("text")[(int(mom.queue_ptr) - 16) % 40: int(mom.queue_ptr) or 40]
+    newest = mom.queue("text")[(mom.queue_ptr("text") - 16) % 40: mom.queue_ptr("text") or 40]
     torch.testing.assert_close(newest.norm(dim=-1), torch.ones(len(newest)))
 
     first = train(tiny(tmp_path / "split"), stop_at=6)
@@ -78,6 +78,20 @@ def test_momentum_run_moves_ema_and_queue_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)  # towers, EMA towers, queues
     model, _ = load_model(tmp_path / "full")
     torch.testing.assert_close(model.momentum.queue("image"), mom.queue("image"))
+
+
+def test_a_checkpoint_with_one_queue_pointer_still_loads():
+    """Checkpoints written before each queue had its own write position (one ``queue_ptr``)."""
+    import torch.nn as nn
+
+    from align.momentum import MomentumTowers
+
+    towers = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
+    mom = MomentumTowers(towers, nn.ModuleDict({"a": nn.Identity(), "b": nn.Identity()}), 2, 8, 0.9, 0.0)
+    state = {k: v for k, v in mom.state_dict().items() if not k.startswith("queue_ptr_")}
+    state["queue_ptr"] = torch.tensor([5])
+    mom.load_state_dict(state)
+    assert mom.queue_ptr("a") == mom.queue_ptr("b") == 5
 
 
 def test_momentum_refuses_other_objectives():
