@@ -15,9 +15,9 @@ import torch
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 
 
-# Seen 2 times in ~20 runs on the 2-core box (also before align's latest changes touched anything
-# this worker runs): a rank aborts in gloo's teardown with "terminate called without an active
-# exception" (SIGABRT). Such a launch is run once more; any other failure fails at once.
+# Seen 2 times in ~26 runs on the 2-core box (none in 6 runs of the commit before; nothing this
+# worker runs changed since): a rank aborts in gloo/FSDP2 teardown with "terminate called without
+# an active exception" (SIGABRT). Such a launch is run once more; any other failure fails at once.
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
