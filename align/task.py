@@ -33,6 +33,11 @@ class Term:
     needs_labels: bool = False
     multiway: bool = False
 
+    @property
+    def name(self) -> str:
+        """'audio-text': how logs name this term's loss (``train/loss/audio-text``)."""
+        return "-".join(self.modalities)
+
 
 @dataclass
 class ContrastiveTask:
@@ -44,6 +49,7 @@ class ContrastiveTask:
     micro_batch_size: int | None = None  # GradCache (align.gradcache): towers see micro-batches of this size
     terms: list[Term] | None = None  # default: loss_fn on every pair, weight 1
     world_size: int = 1  # data.mix: the losses run on every process's rows, gathered here (gather_rows)
+    term_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # the last batch's value per term, for logs
 
     def __post_init__(self) -> None:
         if self.terms is None:
@@ -110,6 +116,7 @@ class ContrastiveTask:
             kw = {"labels": labels} if t.needs_labels else {}
             values.append(t.loss_fn(embeddings[a], embeddings[b], model.pair_scale(a, b), bias, **kw))
         weights = [t.weight for t in self.terms]
+        self.term_losses = {t.name: v.detach() for t, v in zip(self.terms, values)}
         # with a temperature per pair the shared one may be in no term; DDP needs its (zero) gradient
         unused = model.logit_scale.sum() * 0.0 if model.pair_logit_scales is not None else 0.0
         if len(set(weights)) <= 1:
@@ -131,7 +138,7 @@ class ContrastiveTask:
         bias = None if model.logit_bias is None else model.logit_bias.reshape(())
         like = next(iter(embeddings.values()))
         dim = model.cfg.embed_dim
-        values, weights, idle = [], [], []
+        values, weights, idle, names = [], [], [], []
         for t in self.terms:
             keep = rows_with(present, t.modalities)
             if keys is not None:  # model.momentum: ALBEF's loss against the momentum keys and queues
@@ -141,6 +148,7 @@ class ContrastiveTask:
                     mom = model.momentum
                     values.append(queue_loss(*q, mom.queue(a), mom.queue(b), model.pair_scale(a, b), mom.distill))
                     weights.append(t.weight)
+                    names.append(t.name)
                 else:
                     idle.append(model.pair_scale(a, b))
                 continue
@@ -156,6 +164,7 @@ class ContrastiveTask:
                 kw = {"labels": gather_rows(labels[keep], self.world_size)} if t.needs_labels else {}
                 values.append(t.loss_fn(feats[0], feats[1], scale, bias, **kw))
             weights.append(t.weight)
+            names.append(t.name)
         # DDP expects a gradient for every parameter on every process: towers with no row here,
         # towers whose rows no term used and temperatures of terms left out get an exact zero
         # (find_unused_parameters cannot be used: the temperatures live outside the wrapped
@@ -164,6 +173,7 @@ class ContrastiveTask:
         idle += [p.sum() for m in self.modalities if m not in embeddings
                  for p in self.model.tower_parameters(m) if p.requires_grad]
         zero = torch.stack(idle).sum() * 0.0
+        self.term_losses = {n: v.detach() for n, v in zip(names, values)}  # the terms this batch had rows for
         if not values:
             return zero
         return sum(w * v for w, v in zip(weights, values)) / sum(weights) + zero

@@ -293,6 +293,8 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
                         "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
                         "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
                 t_log, seen_at_log = now, seen
+                if len(task.terms) > 1:  # each term's loss on this step's batch (this process's value)
+                    logs.update({f"train/loss/{name}": round(float(v), 6) for name, v in task.term_losses.items()})
                 if skipping:  # samples that failed to load, all processes
                     result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
                     logs["data/skipped"] = result.skipped

@@ -9,6 +9,7 @@ exactly; a pair whose modalities never meet in one set is a config error naming 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import numpy as np
@@ -265,6 +266,10 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
     result = train(cfg)
     losses = [v for _, v in result.losses]
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5]), losses
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    per_term = [r for r in log if "train/loss/image-text" in r]  # each term's loss is logged too
+    assert len(per_term) == 12 and all("train/loss/text-tabular" in r for r in per_term[-3:])
+    assert per_term[-1]["train/loss/image-text"] < per_term[0]["train/loss/image-text"]
     summary = (tmp_path / "run" / "data.json").read_text()
     assert "data.mix[1].data" in summary and "text <-> tabular" in summary
     assert '"share": 0.666' in summary  # weights 2 : 1
