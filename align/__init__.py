@@ -20,14 +20,14 @@ def encode(model: Any, modality: str, items: Sequence[Any], batch_size: int = 25
     that modality's preprocessor reads. (``model.encode(modality, batch)`` takes an already
     preprocessed and collated batch; this is the one to call on raw data.)
 
-    >>> from align.checkpoint import load_model
+    >>> from align.model.checkpoint import load_model
     >>> model, cfg = load_model("runs/demo")
     >>> align.encode(model, "text", ["a handwritten seven."]).shape
     torch.Size([1, 64])
     """
     import torch
 
-    from align.model import raw_encoder
+    from align.model.align_model import raw_encoder
 
     items = list(items)
     run = raw_encoder(model, modality)

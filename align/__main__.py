@@ -1,3 +1,3 @@
-from align.cli import main
+from align.app.cli import main
 
 raise SystemExit(main())

@@ -3,7 +3,7 @@
 Each message already names what is wrong: the config key (``config key 'train.batch_size'``), the
 file, or the dataset row. The CLI prints any ``AlignError`` as that one line and exits with 2 (the
 traceback only with ``--debug``); anything else is a bug and says so. The concrete classes live
-beside the code that raises them (``ConfigError`` in ``align.config``, ``SampleError`` in
+beside the code that raises them (``ConfigError`` in ``align.config.schema``, ``SampleError`` in
 ``align.modalities.base``, ...); the ones below are shared by several layers.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FAISS index types through align.index.EmbeddingIndex: build time, queries/s, recall@k vs exact.
+"""FAISS index types through align.index.embedding_index.EmbeddingIndex: build time, queries/s, recall@k vs exact.
 
 What it measures
     For each gallery size N (``--sizes``, default 100k) it draws N unit vectors of ``--dim`` (512)
@@ -50,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.index import EmbeddingIndex  # noqa: E402
+from align.index.embedding_index import EmbeddingIndex  # noqa: E402
 
 DEFAULT_SPECS = ["Flat", "HNSW32", "IVF{n},Flat", "IVF{n},PQ64"]
 

@@ -1,9 +1,9 @@
-"""GradCache (``train.micro_batch_size``, align/gradcache.py) with the demo's towers on this CPU.
+"""GradCache (``train.micro_batch_size``, align/training/gradcache.py) with the demo's towers on this CPU.
 
     python benchmarks/gradcache.py                       # both parts below, ~10 min on 2 cores
     python benchmarks/gradcache.py --skip-large          # only the overhead part (~1 min)
 
-1. Overhead: ``align.training.train_step`` at a batch both can run (default 1024 rows), plain
+1. Overhead: ``align.training.loop.train_step`` at a batch both can run (default 1024 rows), plain
    (the whole batch in one graph) against GradCache (micro-batches of 256), alternating blocks
    after a warm-up step; median step time of each and the ratio (target <= 1.4: GradCache adds
    one forward without autograd).
@@ -34,11 +34,11 @@ def setup(batch: int, micro: int | None, tiling: str):
     import torch
     from accelerate import Accelerator
 
-    from align.config import load_config
-    from align.data import load_table
-    from align.model import AlignModel
-    from align.task import ContrastiveTask
-    from align.training import build_optimizer
+    from align.config.schema import load_config
+    from align.data.tables import load_table
+    from align.model.align_model import AlignModel
+    from align.objectives.task import ContrastiveTask
+    from align.training.loop import build_optimizer
 
     cfg = load_config(REPO / "configs" / "demo-digits.yaml", [
         f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]
@@ -63,7 +63,7 @@ def setup(batch: int, micro: int | None, tiling: str):
 def worker(args) -> None:
     import torch
 
-    from align.training import train_step
+    from align.training.loop import train_step
 
     torch.set_num_threads(args.threads)
     acc, model, task, batch, opt = setup(args.batch, args.micro, args.tiling)

@@ -1,6 +1,6 @@
 """Higher-order alignment (issue 15): can the text be predicted from audio *and* image together?
 
-Data: ``fsdd-mnist-sum`` (align/sources/fsdd_mnist_sum.py), an FSDD recording of digit a, an MNIST
+Data: ``fsdd-mnist-sum`` (align/data/sources/fsdd_mnist_sum.py), an FSDD recording of digit a, an MNIST
 image of an independent digit b, and a text naming (a + b) mod 10. Every pair of the three is
 independent, so a pairwise objective cannot learn how the text depends on the other two; only a
 term over all three at once can. The same towers and data (configs/fsdd-mnist-sum-symile.yaml)
@@ -10,7 +10,7 @@ are trained with equal steps as
 * ``symile`` -- the config as it is: Symile over (audio, image, text), no pairwise term;
 * ``gram``   -- GRAM over (text, audio, image) (text the anchor), no pairwise term.
 
-Each run is reloaded from its checkpoint (``align.checkpoint.load_model``) and scores, for every
+Each run is reloaded from its checkpoint (``align.model.checkpoint.load_model``) and scores, for every
 held-out (audio, image) pair (FSDD takes 0-4 with unseen MNIST test images, 3 images per
 recording: 900 triples), the 10 sum classes' text embeddings t_c (mean of the normalised
 embeddings of every caption template, renormalised, as zero-shot prompt ensembles are):
@@ -81,7 +81,7 @@ def sum_scores(audio: torch.Tensor, image: torch.Tensor, classes: torch.Tensor, 
     if rule == "cosine":
         return audio @ classes.T + image @ classes.T
     if rule == "volume":
-        from align.objectives_multi import volume_matrix
+        from align.objectives.multiway import volume_matrix
 
         return -volume_matrix(classes.double(), [audio.double(), image.double()]).T.float()
     raise ValueError(f"unknown scoring rule {rule!r} (mip, cosine, volume)")
@@ -97,8 +97,8 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
     with only audio and image encoded (the text side is the 10 class prompts)."""
     import numpy as np
 
-    from align.data import load_table
-    from align.dataset_spec import DatasetSpec
+    from align.data.tables import load_table
+    from align.config.dataset import DatasetSpec
 
     out = {}
     for name, split in (("held-out", "test"), ("train", "train")):
@@ -118,11 +118,11 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
 @torch.no_grad()
 def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
     """{split: {rule: top-1}} of a trained run, reloaded from its checkpoint."""
-    from align.checkpoint import load_model
+    from align.model.checkpoint import load_model
     from align.eval.runner import encode_table
-    from align.sources.common import DIGIT_NAMES
-    from align.sources.fsdd_mnist_sum import SUM_CAPTIONS
-    from align.zeroshot import build_classifier
+    from align.data.sources.common import DIGIT_NAMES
+    from align.data.sources.fsdd_mnist_sum import SUM_CAPTIONS
+    from align.eval.zeroshot import build_classifier
 
     model, _ = load_model(run_dir)
     classes = build_classifier(model, DIGIT_NAMES, SUM_CAPTIONS, modality="text")
@@ -160,8 +160,8 @@ def run_config(base: dict, name: str, steps: int, run_dir: Path, aux: bool = Fal
 
 def train_run(data: dict) -> float:
     """Train one run (a config dict); returns wall seconds."""
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     name, steps = Path(data["output_dir"]).name, data["train"]["steps"]
     start = time.perf_counter()

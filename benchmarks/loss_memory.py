@@ -1,11 +1,11 @@
-"""Contrastive-loss memory and time: ``align.tiled_losses`` vs open_clip's dense losses, on this CPU.
+"""Contrastive-loss memory and time: ``align.objectives.tiled`` vs open_clip's dense losses, on this CPU.
 
 What it measures
     Forward + backward of the loss alone, for B pairs of ``--dim`` (512) float32 unit features
     (``a``, ``b`` leaves requiring grad), ``logit_scale = exp(log 100)`` (a leaf's exp, as in
     training) and, for SigLIP, a learnable bias of -10:
 
-    * ``ours``: ``align.tiled_losses.TiledClipLoss`` / ``TiledSigLipLoss`` (``--tile-size``, default
+    * ``ours``: ``align.objectives.tiled.TiledClipLoss`` / ``TiledSigLipLoss`` (``--tile-size``, default
       1024 as ``model.loss_tile_size``), which never hold the [B, B] logits;
     * ``open_clip``: ``open_clip.loss.ClipLoss`` / ``SigLipLoss`` (one process), which build the
       [B, B] logits, their log-softmax / log-sigmoid and gradients.
@@ -86,7 +86,7 @@ def mem_available() -> int | None:
 
 def make_loss(impl: str, loss: str, tile_size: int):
     if impl == "ours":
-        from align.tiled_losses import TiledClipLoss, TiledSigLipLoss
+        from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
 
         return TiledClipLoss(tile_size=tile_size) if loss == "clip" else TiledSigLipLoss(tile_size=tile_size)
     from open_clip import loss as oc_loss

@@ -23,8 +23,8 @@ FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 
 
 def audio_setup(rate: int):
-    from align.config import DatasetSpec
-    from align.data import load_table
+    from align.config.schema import DatasetSpec
+    from align.data.tables import load_table
     from align.modalities import build_adapter
 
     spec = DatasetSpec(source="files", data_files=str(DATA / "audio/fsdd/recordings/*.wav"),
@@ -47,8 +47,8 @@ def video_setup():
 
 
 def samples_per_s(table, columns, pre, batch_size: int, workers: int, max_batches: int) -> float:
-    from align.data import Collator, PairedDataset
-    from align.trainer import one_thread_per_worker
+    from align.data.tables import Collator, PairedDataset
+    from align.app.trainer import one_thread_per_worker
 
     ds = PairedDataset(table, columns, pre, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,

@@ -8,10 +8,10 @@ What it measures
       ``open_clip_train.train.train_one_epoch`` does it: zero_grad, ``model(images, texts)``
       (encode_image / encode_text with normalize=True, ``logit_scale.exp()``), loss, backward,
       ``clip_grad_norm_``, ``optimizer.step``, clamp ``logit_scale`` to [0, ln 100];
-    * align: an ``align.model.AlignModel`` built from an ``align.config.ModelConfig`` whose ``image``
+    * align: an ``align.model.align_model.AlignModel`` built from an ``align.config.schema.ModelConfig`` whose ``image``
       and ``text`` adapters are built from the *same* vision_cfg / text_cfg with ``head: identity``,
       given the open_clip model's weights, prepared with ``accelerate.Accelerator(cpu=True)`` the way
-      ``align.trainer.train`` prepares it, and stepped with ``align.trainer.train_step`` (with the
+      ``align.app.trainer.train`` prepares it, and stepped with ``align.app.trainer.train_step`` (with the
       non-finite-loss check on, as align's trainer always runs it, and the ``clip`` loss with
       ``local_loss=True, rank=0, world_size=1``).
 
@@ -193,11 +193,11 @@ def make_open_clip_step(model, optimizer, loss, scheduler, grad_clip):
 def build_align(a, vision_cfg, text_cfg, clip_model):
     from accelerate import Accelerator
 
-    from align.config import ModelConfig
-    from align.losses import build_loss
-    from align.model import AlignModel
-    from align.config import TrainConfig
-    from align.trainer import TrainingError, build_optimizer
+    from align.config.schema import ModelConfig
+    from align.objectives.losses import build_loss
+    from align.model.align_model import AlignModel
+    from align.config.schema import TrainConfig
+    from align.app.trainer import TrainingError, build_optimizer
 
     cfg = ModelConfig(embed_dim=a.embed_dim, loss="clip", modalities={
         "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
@@ -207,14 +207,14 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     copy_clip_weights(clip_model, model)
 
     threads = torch.get_num_threads()
-    accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)  # as align.trainer.build_accelerator
+    accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)  # as align.app.trainer.build_accelerator
     if torch.get_num_threads() != threads:
         raise RuntimeError(f"accelerate changed torch threads {threads} -> {torch.get_num_threads()}; "
                            "the comparison would not be fair")
     # the trainer's own optimizer (AdamW, open_clip's decay split, fused kernel)
     tc = TrainConfig(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.98), eps=1e-6)
     if a.plain_adamw:
-        from align.trainer import param_groups
+        from align.app.trainer import param_groups
 
         optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
     else:
@@ -230,7 +230,7 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     core = accelerator.unwrap_model(model)
     loss_fn = build_loss("clip", local_loss=True, rank=0, world_size=1)
 
-    def nonfinite(loss, batch):  # align.trainer.train always passes such a callback
+    def nonfinite(loss, batch):  # align.app.trainer.train always passes such a callback
         raise TrainingError(f"non-finite loss ({loss.item()})")
 
     return accelerator, model, core, optimizer, scheduler, loss_fn, nonfinite
@@ -265,8 +265,8 @@ def copy_clip_weights(clip_model, align_model) -> None:
 
 
 def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, nonfinite, grad_clip):
-    from align.task import ContrastiveTask
-    from align.trainer import train_step
+    from align.objectives.task import ContrastiveTask
+    from align.app.trainer import train_step
 
     task = ContrastiveTask(core, loss_fn, [("image", "text")], ["image", "text"])
 
@@ -280,7 +280,7 @@ def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, non
 def make_align_plain_step(model, core, optimizer, scheduler, loss_fn, grad_clip):
     """train_step's work on align's model and loss with plain torch calls, no accelerate wrappers
     (--profile only: it separates accelerate's per-step cost from align's model/loss)."""
-    from align.model import contrastive_loss
+    from align.model.align_model import contrastive_loss
 
     def unwrap(obj, attr):  # accelerate's AcceleratedOptimizer / AcceleratedScheduler
         return getattr(obj, attr, obj)
@@ -325,7 +325,7 @@ def build_impl(impl: str, a):
 
         return make_open_clip_step(clip_model, oc_opt, oc_loss, oc_sched, a.grad_clip), eval_loss, n_params
 
-    from align.model import contrastive_loss
+    from align.model.align_model import contrastive_loss
 
     accelerator, model, core, opt, sched, loss_fn, nonfinite = build_align(a, vision_cfg, text_cfg, clip_model)
     del clip_model, oc_opt, oc_loss, oc_sched  # the open_clip model only lent its weights
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
         }, indent=2))
         print(f"- results written to {a.json}")
     if profile:
-        print(f"\n### cProfile of align.trainer.train_step, {a.profile_steps} steps "
+        print(f"\n### cProfile of align.app.trainer.train_step, {a.profile_steps} steps "
               "(accelerate / align / importlib frames)\n")
         print(profile)
     return 0

@@ -51,7 +51,7 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
     Returns ``accuracy``, ``n_train``, ``n_test``, ``n_classes`` and ``seconds`` (fit + predict)."""
     from sklearn.linear_model import LogisticRegression
 
-    from align.data import class_names, load_table
+    from align.data.tables import class_names, load_table
 
     tables = {}
     for key, spec in (("data.train", train_spec), ("eval.data", test_spec)):
@@ -75,7 +75,7 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from align.config import load_config
+    from align.config.schema import load_config
 
     parser = argparse.ArgumentParser(prog="python -m align.eval.baselines",
                                      description="Logistic regression on raw node features: data.train -> eval.data")

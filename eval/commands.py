@@ -17,7 +17,7 @@ def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, confi
     ``eval.*`` dotted overrides and a templates file."""
     import yaml
 
-    from align.config import ConfigError, EvalConfig, _format_validation_error, parse_overrides, set_dotted
+    from align.config.schema import ConfigError, EvalConfig, _format_validation_error, parse_overrides, set_dotted
 
     if config:
         data = yaml.safe_load(Path(config).read_text()) or {}
@@ -59,7 +59,7 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
              out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a checkpoint, its checkpoints/ root or a run folder) and write the
     report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots."""
-    from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
+    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
     from align.eval.report import build_report, write_report
     from align.eval.runner import evaluate
 
@@ -71,7 +71,7 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
         if mod not in model.adapters:
             raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
     keep: dict = {}
-    from align.data import hf_progress
+    from align.data.tables import hf_progress
 
     with hf_progress(cfg.train.progress):  # the run's own setting
         metrics = evaluate(model, ecfg, keep=keep)
@@ -101,7 +101,7 @@ def query_grid(keep: dict, ecfg, path: Path, n_queries: int = 6, k: int = 5) -> 
     """Top-k images for the first few queries of the other modality (text captions as queries)."""
     import numpy as np
 
-    from align.index import EmbeddingIndex
+    from align.index.embedding_index import EmbeddingIndex
     from align.eval.plots import plot_query_grid
     from align.modalities.image import load_image
 

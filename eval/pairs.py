@@ -36,7 +36,7 @@ class PairsError(EvalError):
 def pairs_config(ckpt_cfg, config: str | Path | None, overrides: Sequence[str]):
     """The eval section and where its retrieval settings came from: the config's ``retrieval``
     section, or defaults (ks [1, 5, 10]; positives ``label`` when the data has a label column)."""
-    from align.config import RetrievalSpec
+    from align.config.schema import RetrievalSpec
     from align.eval.commands import eval_config
 
     # a task that is neither zeroshot nor retrieval: no section is required, zeroshot is dropped
@@ -162,7 +162,7 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
     sets, ``data.mix``, has no one table with every modality; pairs no table holds stay blank)."""
     import time
 
-    from align.checkpoint import checkpoint_step, load_model, resolve_checkpoint
+    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
     from align.eval.plots import plot_pair_heatmap
     from align.eval.report import build_report, write_report
 
@@ -199,8 +199,8 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
 
 def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str]) -> tuple[dict, dict]:
     """One eval table's pairs: (the dataset's description, the pairs result)."""
-    from align.config import ConfigError
-    from align.data import describe_spec, hf_progress, load_table
+    from align.config.schema import ConfigError
+    from align.data.tables import describe_spec, hf_progress, load_table
 
     ecfg, settings_from = pairs_config(cfg, config, overrides)
     columns = list(ecfg.data.columns)

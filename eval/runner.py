@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
-from align.config import ConfigError, EvalConfig
-from align.data import Collator, PairedDataset, describe_spec, load_table
-from align.labels import class_names, zeroshot_classes
-from align.zeroshot import build_classifier, classify
+from align.config.schema import ConfigError, EvalConfig
+from align.data.tables import Collator, PairedDataset, describe_spec, load_table
+from align.data.labels import class_names, zeroshot_classes
+from align.eval.zeroshot import build_classifier, classify
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
 from align.eval.zeroshot_metrics import zeroshot_classification_metrics
 
@@ -101,7 +101,7 @@ def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.nd
                     ks, names: tuple[str, str], spec: str = "Flat") -> dict[str, Any]:
     """R@k in both directions through a FAISS index of each gallery (``spec``: Flat = exact; an
     ANN spec shows what approximate search costs in recall)."""
-    from align.index import EmbeddingIndex
+    from align.index.embedding_index import EmbeddingIndex
 
     a_idx, b_idx = pairs
     out: dict[str, Any] = {"spec": spec}

@@ -2,7 +2,7 @@
 
     preprocess (Preprocessor, runs in DataLoader workers): raw sample -> tensors; collate -> batch
     trunk      (ModalityAdapter.forward): batch -> features [B, feature_dim]
-    head + postprocess (shared projection and L2 norm) live in ``align.model``.
+    head + postprocess (shared projection and L2 norm) live in ``align.model.align_model``.
 
 The preprocessor is a separate light object so workers never pickle the encoder weights.
 """

@@ -18,7 +18,7 @@ returns ``[num_nodes, feature_dim]`` for every node. To train node <-> text pair
 ``layers <= k`` sees exactly what it would see on the whole graph; GCN's degree normalisation
 also reads the degrees of the outermost nodes, so it is exact for ``layers <= k - 1``).
 
-One big graph without a copy per row: the ``graph-nodes`` source (``align.sources.graph_nodes``) stores
+One big graph without a copy per row: the ``graph-nodes`` source (``align.data.sources.graph_nodes``) stores
 the graph once and gives each row ``{"store": folder, "center": node}``; the preprocessor opens
 the store once per process and cuts the centre's ego net with ``torch_geometric.utils.
 k_hop_subgraph`` on the shared (memory-mapped) edge list. That is the sampler because PyG's

@@ -12,7 +12,7 @@ Accepted raw samples:
     ``edge_attr`` / ``edge_feat`` / ``edge_features``, optional ``num_nodes``; for node-level use
     also ``center`` (the node whose embedding is wanted),
   * a stored-graph reference ``{"store": folder, "center": node}`` (rows of the ``graph-nodes``
-    source, ``align.sources.graph_nodes``): the folder's ``.npy`` arrays are opened once per process
+    source, ``align.data.sources.graph_nodes``): the folder's ``.npy`` arrays are opened once per process
     (memory-mapped, read-only, ``allow_pickle=False``) and every sample shares them; the graph
     preprocessor then cuts the centre's k-hop neighbourhood (it refuses a store without
     ``ego_hops``, which would put the whole graph in every sample).

@@ -21,7 +21,7 @@ TINY_MODALITIES = {
 @pytest.fixture(scope="session")
 def tiny_model_config():
     """Factory: ``tiny_model_config(loss="clip", **overrides) -> ModelConfig``."""
-    from align.config import ModelConfig
+    from align.config.schema import ModelConfig
 
     def make(loss: str = "clip", **overrides) -> ModelConfig:
         return ModelConfig(embed_dim=16, modalities=copy.deepcopy(TINY_MODALITIES), loss=loss, **overrides)

@@ -5,13 +5,13 @@
 
 Every rank builds the same tiny AlignModel (same seed) and the same fixed global batch of
 ``GLOBAL_BATCH`` samples, keeps its contiguous slice of ``GLOBAL_BATCH // N`` samples and wraps
-everything the way ``align.trainer.train`` does (``build_accelerator``, ``param_groups`` + AdamW,
+everything the way ``align.app.trainer.train`` does (``build_accelerator``, ``param_groups`` + AdamW,
 cosine schedule, ``accelerator.prepare``, ``build_loss`` with the accelerator's rank/world size).
 For each loss case it then
 
 1. runs forward + ``accelerator.backward`` once and records the all-reduced mean loss and every
    parameter's gradient (after DDP averaging);
-2. clears the gradients and runs one real ``align.trainer.train_step`` on the same batch and
+2. clears the gradients and runs one real ``align.app.trainer.train_step`` on the same batch and
    records the updated parameters.
 
 Rank 0 writes ``{case: {...}}`` with ``torch.save`` to ``--out``. With N=1 the whole global batch
@@ -48,7 +48,7 @@ WORDS = ("a photo of the digit zero one two three four five six seven eight nine
 
 
 def make_config(workdir: Path, case: str, per_process: int):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     loss, local_loss = CASES[case]
     return config_from_dict({
@@ -82,9 +82,9 @@ def run_case(case: str, workdir: Path) -> dict | None:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from align.losses import build_loss
-    from align.model import AlignModel, contrastive_loss
-    from align.trainer import build_accelerator, param_groups, train_step
+    from align.objectives.losses import build_loss
+    from align.model.align_model import AlignModel, contrastive_loss
+    from align.app.trainer import build_accelerator, param_groups, train_step
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     assert GLOBAL_BATCH % world == 0, (GLOBAL_BATCH, world)
@@ -92,7 +92,7 @@ def run_case(case: str, workdir: Path) -> dict | None:
     cfg = make_config(workdir, case, per_process)
     tc = cfg.train
 
-    # --- exactly the trainer's wiring (align.trainer.train), minus the data loader -------------
+    # --- exactly the trainer's wiring (align.app.trainer.train), minus the data loader -------------
     accelerator = build_accelerator(cfg)
     assert accelerator.num_processes == world, (accelerator.num_processes, world)
     set_seed(cfg.seed)
@@ -115,8 +115,8 @@ def run_case(case: str, workdir: Path) -> dict | None:
     # --- 1. one forward/backward: loss and DDP-averaged gradients ------------------------------
     micro = MICRO if case == "clip-gradcache" else None
     if micro:  # GradCache: no-autograd pass, loss, re-encode each micro-batch, one all-reduce
-        from align.gradcache import cached_loss
-        from align.task import ContrastiveTask
+        from align.training.gradcache import cached_loss
+        from align.objectives.task import ContrastiveTask
 
         loss, backward = cached_loss(accelerator, model, ContrastiveTask(core, loss_fn, pairs, modalities),
                                      batch, micro)
@@ -141,7 +141,7 @@ def run_case(case: str, workdir: Path) -> dict | None:
     def nonfinite(bad_loss, _batch):
         raise RuntimeError(f"rank {rank}: non-finite loss {bad_loss.item()} in case {case}")
 
-    from align.task import ContrastiveTask
+    from align.objectives.task import ContrastiveTask
 
     task = ContrastiveTask(core, loss_fn, pairs, modalities, micro_batch_size=micro)
     step_loss = train_step(accelerator, model, task, batch, optimizer, scheduler, tc.grad_clip, on_nonfinite=nonfinite)
@@ -172,7 +172,7 @@ def probe_without_cpu_flag(workdir: Path) -> int:
     plain ``torchrun`` launch). Runs after the real cases: it resets Accelerate's shared state."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from align.trainer import build_accelerator
+    from align.app.trainer import build_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()

@@ -4,7 +4,7 @@
 
 Builds the tiny image<->text AlignModel (same seed on every rank), shards it with PyTorch's FSDP2
 (``fully_shard`` on each tower, each head and the root, as Accelerate's FSDP2 plugin does on GPUs)
-when N > 1, and takes one real ``align.training.train_step`` (CLIP loss with the cross-process
+when N > 1, and takes one real ``align.training.loop.train_step`` (CLIP loss with the cross-process
 gather, gradient clipping, AdamW) on this rank's slice of a fixed global batch of digits. Rank 0
 saves the full (gathered) parameters after the step; with N = 1 nothing is sharded, which is the
 reference. Accelerate itself only shards on GPUs (see docs/ARCHITECTURE.md, "Engines"), so the
@@ -36,11 +36,11 @@ def main() -> None:
     from accelerate import Accelerator
     from sklearn.datasets import load_digits
 
-    from align.config import ModelConfig
-    from align.losses import build_loss
-    from align.model import AlignModel
-    from align.task import ContrastiveTask
-    from align.training import param_groups, train_step
+    from align.config.schema import ModelConfig
+    from align.objectives.losses import build_loss
+    from align.model.align_model import AlignModel
+    from align.objectives.task import ContrastiveTask
+    from align.training.loop import param_groups, train_step
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(cpu=True)  # the process group (gloo); the model is sharded below

@@ -21,12 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 # SIGKILLs itself.
 FORK = """
 import os, signal, subprocess, sys, time
-from align.runlock import RunLock
+from align.training.runlock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 if os.fork() == 0:  # exits normally: its copy of the lock object is collected and released
     sys.exit(0)
 os.wait()
-try_lock = "from align.runlock import RunLock; import sys; RunLock(sys.argv[1]).acquire()"
+try_lock = "from align.training.runlock import RunLock; import sys; RunLock(sys.argv[1]).acquire()"
 print(subprocess.run([sys.executable, "-c", try_lock, sys.argv[1]], capture_output=True).returncode, flush=True)
 child = os.fork()
 if child == 0:  # outlives its parent, as an orphaned DataLoader worker does

@@ -47,8 +47,8 @@ def test_audio_norm_stats_fit_equals_the_clips_statistics():
 
 @needs_tu
 def test_graph_vocab_fit_counts_the_training_categories():
-    from align.config import DatasetSpec
-    from align.data import load_table
+    from align.config.schema import DatasetSpec
+    from align.data.tables import load_table
     from align.modalities import ADAPTERS, build_adapter
     from align.modalities.graph_io import to_graph
 
@@ -77,9 +77,9 @@ def test_fitted_options_travel_with_the_run(tmp_path):
     model's preprocessing is the trained one's, and the AST still learns."""
     import yaml
 
-    from align.checkpoint import load_model
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.model.checkpoint import load_model
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     cfg = config_from_dict({
         "output_dir": str(tmp_path / "run"),

@@ -325,11 +325,11 @@ def test_options_are_validated():
 
 
 def test_hf_options_survive_the_config_round_trip():
-    """align/config.py stores every option of a validated adapter (defaults included) and validates
+    """align/config/schema.py stores every option of a validated adapter (defaults included) and validates
     them again when the model is built or reloaded: an 'hf' config must pass twice."""
     from pydantic import ValidationError
 
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
     from align.modalities.audio import AudioOptions
 
     cfg = config_from_dict({"model": {"modalities": {"audio": {"options": {"encoder": "hf", "hf_model": "x"}},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align.config import (Config, ConfigError, config_from_dict, dump_config, load_config,
+from align.config.schema import (Config, ConfigError, config_from_dict, dump_config, load_config,
                           parse_overrides)
 
 REPO = Path(__file__).resolve().parents[1]

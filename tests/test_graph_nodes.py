@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from align.config import DatasetSpec
-from align.data import DataError, load_table
+from align.config.schema import DatasetSpec
+from align.data.tables import DataError, load_table
 from align.modalities import build_adapter
 from align.modalities.base import SampleError
 
@@ -204,8 +204,8 @@ def test_short_training_beats_chance_on_the_test_nodes(tmp_path, cache, capsys):
     names on the 1,000 test nodes clearly beats chance (1/6); the LR baseline runs on the same data."""
     import yaml
 
-    from align.cli import main
-    from align.config import load_config
+    from align.app.cli import main
+    from align.config.schema import load_config
     from align.eval.baselines import node_feature_logreg
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "citeseer-node-text.yaml").read_text())

@@ -31,8 +31,8 @@ def bench():
 
 
 def table(split: str, **kwargs):
-    from align.dataset_spec import DatasetSpec
-    from align.sources import SOURCES
+    from align.config.dataset import DatasetSpec
+    from align.data.sources import SOURCES
 
     opts = {"fsdd_dir": str(FSDD), "mnist_csv": str(MNIST), **kwargs}
     return SOURCES.get("fsdd-mnist-sum")(DatasetSpec(source="fsdd-mnist-sum", split=split,
@@ -47,8 +47,8 @@ def counts(t) -> np.ndarray:
 
 @needs_data
 def test_rows_sum_independent_digits_on_fsdd_take_split():
-    from align.sources.common import DIGIT_NAMES, read_pixel_csv
-    from align.sources.fsdd_mnist_sum import SUM_CAPTIONS
+    from align.data.sources.common import DIGIT_NAMES, read_pixel_csv
+    from align.data.sources.fsdd_mnist_sum import SUM_CAPTIONS
 
     train, test = table("train"), table("test")
     assert (len(train), len(test)) == (2700, 900)  # 1 image per train recording, 3 per test one
@@ -136,8 +136,8 @@ def fit_lookups(kind: str, seed: int, steps: int = 300, dim: int = 32) -> list[t
     triple, or ``clip`` averaged over the three pairs."""
     import torch.nn.functional as F
 
-    from align.losses import build_loss
-    from align.objectives_multi import SymileLoss
+    from align.objectives.losses import build_loss
+    from align.objectives.multiway import SymileLoss
 
     g = torch.Generator().manual_seed(seed)
     tables = [torch.nn.Parameter(0.1 * torch.randn(10, dim, generator=g)) for _ in range(3)]
@@ -193,10 +193,10 @@ def test_symile_run_on_real_triples_is_scored_from_its_checkpoint(tmp_path):
     Symile term, the checkpoint reloaded, every row's (audio, image) scored against the 10 sums.
     (Whether towers trained from scratch learn the sum is the benchmark's question, not a test's:
     see benchmarks/README.md.)"""
-    from align.config import config_from_dict
-    from align.data import load_table
-    from align.dataset_spec import DatasetSpec
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.data.tables import load_table
+    from align.config.dataset import DatasetSpec
+    from align.app.trainer import train
 
     cfg = config_from_dict(tiny_config(tmp_path))
     assert cfg.loss_pairs() == [] and cfg.train.multiway.loss == "symile"

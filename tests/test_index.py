@@ -1,4 +1,4 @@
-"""align.index: FAISS index types against numpy brute force, save/load integrity, input checks."""
+"""align.index.embedding_index: FAISS index types against numpy brute force, save/load integrity, input checks."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.index import EmbeddingIndex, IndexFormatError
+from align.index.embedding_index import EmbeddingIndex, IndexFormatError
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -160,7 +160,7 @@ def test_refuses_to_overwrite(tmp_path):
     assert (folder / "index.faiss").read_bytes() == before
     index.save(folder, overwrite=True)
     assert len(EmbeddingIndex.load(folder)) == 601
-    # no temp folders left behind; the save lock file stays by design (align/index.py)
+    # no temp folders left behind; the save lock file stays by design (align/index/embedding_index.py)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "idx.lock"]
     (tmp_path / "empty").mkdir()
     index.save(tmp_path / "empty")  # an existing empty folder is fine

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.cli import main
-from align.index import EmbeddingIndex, IndexFormatError
+from align.app.cli import main
+from align.index.embedding_index import EmbeddingIndex, IndexFormatError
 
 DIM, N = 32, 3000  # big enough that writing takes milliseconds, so the two saves overlap
 DATA = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
@@ -164,7 +164,7 @@ def test_missing_manifest_says_so(tmp_path, capsys):
     (folder / "manifest.json").unlink()
     with pytest.raises(IndexFormatError, match="idx: has no manifest.json"):
         EmbeddingIndex.load(folder)
-    from align.indexing import query_index
+    from align.index.build import query_index
 
     with pytest.raises(IndexFormatError, match="no manifest.json"):
         query_index(folder, "text", "a seven")

@@ -1,4 +1,4 @@
-"""align.losses against open_clip's reference losses (float64), plus the model's temperature,
+"""align.objectives.losses against open_clip's reference losses (float64), plus the model's temperature,
 bias and score API, and the loss registry."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align import losses
-from align.model import AlignModel, contrastive_loss
+from align.objectives import losses
+from align.model.align_model import AlignModel, contrastive_loss
 
 RTOL = 1e-6
 ATOL = 1e-12  # float64: only matters where both sides are (numerically) zero

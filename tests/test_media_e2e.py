@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from align.cli import main
-from align.config import DatasetSpec, config_from_dict
-from align.data import Collator, PairedDataset, load_table
+from align.app.cli import main
+from align.config.schema import DatasetSpec, config_from_dict
+from align.data.tables import Collator, PairedDataset, load_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
@@ -66,7 +66,7 @@ def test_fsdd_audio_text_learns_and_indexes(tmp_path, capsys):
                      "progress": False, "log_every": 10},
            "eval": {"data": fsdd({"take": {"lt": 5}, "speaker": {"in": ["george", "jackson", "lucas"]}}, templates[:1]),
                     "zeroshot": {"query": "audio", "classnames": DIGITS, "templates": templates}}}
-    from align.trainer import train
+    from align.app.trainer import train
 
     result = train(config_from_dict(cfg))
     losses = [v for _, v in result.losses]
@@ -105,7 +105,7 @@ def test_bad_recordings_are_skipped_and_counted(tmp_path, caplog):
     table = datasets.Dataset.from_dict({"path": paths})
     pre = {"audio": build_adapter("audio", TINY_AST).preprocessor()}
     ds = PairedDataset(table, {"audio": "path"}, pre, train=False, on_error="skip", name="eval.data")
-    with caplog.at_level("WARNING", logger="align.data"):
+    with caplog.at_level("WARNING", logger="align.data.tables"):
         batch = Collator(pre)([ds[i] for i in range(len(ds))])
     assert batch["skipped"] == 3 and batch["index"].tolist() == [0, 1, 5, 6, 7]
     assert batch["audio"].shape[0] == 5

@@ -45,7 +45,7 @@ def mix_config(tmp_path, steps: int = 40, **train) -> dict:
 # ---- config ---------------------------------------------------------------------------------
 
 def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict(mix_config(tmp_path))
     assert cfg.loss_pairs() == [("image", "text"), ("text", "tabular")]  # never image <-> tabular
@@ -69,7 +69,7 @@ def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
      r"'data.mix\[1\].data.columns.audio': modality 'audio' is not in model.modalities"),
 ])
 def test_bad_mixture_names_the_key(tmp_path, edit, match):
-    from align.config import ConfigError, config_from_dict
+    from align.config.schema import ConfigError, config_from_dict
 
     raw = mix_config(tmp_path)
     edit(raw)
@@ -85,7 +85,7 @@ def unlabel(spec: dict) -> None:
 
 
 def test_anchor_pairs_each_modality_with_the_anchor_it_meets(tmp_path):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict({**mix_config(tmp_path), "train": {"anchor": "text"}})
     assert cfg.loss_pairs() == [("image", "text"), ("tabular", "text")]
@@ -94,7 +94,7 @@ def test_anchor_pairs_each_modality_with_the_anchor_it_meets(tmp_path):
 # ---- sampler --------------------------------------------------------------------------------
 
 def test_sampler_is_seeded_by_epoch_and_honours_weights():
-    from align.mixture import MixtureSampler
+    from align.data.mixture import MixtureSampler
 
     s = MixtureSampler([300, 100], [1.0, 3.0], seed=0)
     first = list(s)
@@ -126,8 +126,8 @@ def masked_case(seed: int = 0, n: int = 12):
 
 
 def task_for(cfg, world_size: int = 1):
-    from align.model import AlignModel
-    from align.task import ContrastiveTask
+    from align.model.align_model import AlignModel
+    from align.objectives.task import ContrastiveTask
 
     cfg.model.modalities["tabular"].options.update(num_features=13, standardize=False)  # what training fits
     model = AlignModel(cfg.model).double()
@@ -135,7 +135,7 @@ def task_for(cfg, world_size: int = 1):
 
 
 def test_masked_loss_is_each_pairs_loss_on_the_rows_that_have_both(tmp_path):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict(mix_config(tmp_path))
     task, model = task_for(cfg)
@@ -163,7 +163,7 @@ def test_masked_loss_is_each_pairs_loss_on_the_rows_that_have_both(tmp_path):
 
 
 def test_a_pair_with_fewer_than_two_rows_is_left_out(tmp_path):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict(mix_config(tmp_path))
     task, model = task_for(cfg)
@@ -183,10 +183,10 @@ def test_gradcache_on_a_mixed_batch_equals_the_full_batch_step(tmp_path):
     parameter gradients equal one full-batch step's."""
     from accelerate import Accelerator
 
-    from align.config import config_from_dict
-    from align.data import load_table
-    from align.engine import build_mixture_loader
-    from align.gradcache import cached_loss
+    from align.config.schema import config_from_dict
+    from align.data.tables import load_table
+    from align.training.engine import build_mixture_loader
+    from align.training.gradcache import cached_loss
 
     cfg = config_from_dict(mix_config(tmp_path, micro_batch_size=4))
     task, model = task_for(cfg)
@@ -217,7 +217,7 @@ def test_gradcache_on_a_mixed_batch_equals_the_full_batch_step(tmp_path):
 
 def _worker(rank: int, world: int):
     """Rank r holds half the rows of one batch; its loss and the gradients of its embeddings."""
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict(mix_config(__import__("pathlib").Path("/tmp")))
     present, emb = masked_case(n=16)
@@ -237,7 +237,7 @@ def test_two_processes_equal_one_holding_both_halves(tmp_path):
     (DDP's average over processes then gives the single-process parameter gradient)."""
     from gloo_world import run_world
 
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     results = run_world(__file__, 2, tmp_path)
     cfg = config_from_dict(mix_config(tmp_path))
@@ -259,8 +259,8 @@ def test_two_processes_equal_one_holding_both_halves(tmp_path):
 # ---- training on real data ------------------------------------------------------------------
 
 def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     cfg = config_from_dict(mix_config(tmp_path, steps=60))
     result = train(cfg)
@@ -278,8 +278,8 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
 def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
     """data.val may feed a subset of the mixture's modalities (here image and text only); its loss
     goes through the same masked path, and a val set with a modality no training set has is refused."""
-    from align.config import ConfigError, config_from_dict
-    from align.trainer import train
+    from align.config.schema import ConfigError, config_from_dict
+    from align.app.trainer import train
 
     raw = mix_config(tmp_path, steps=10, val_every=5)
     raw["data"]["val"] = {"source": "sklearn-digits", "split": "test", "columns": {"image": "image", "text": "caption"},
@@ -296,8 +296,8 @@ def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
 def test_mixed_run_resumes_exactly(tmp_path, momentum):
     """Also with model.momentum (ALBEF queues): each modality's queue fills at its own rate (text is
     on every row, image and tabular on their sets' rows), and the queues resume exactly."""
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     def cfg(out):
         raw = mix_config(out, steps=12, checkpoint_every=6)
@@ -362,9 +362,9 @@ SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / 
 def test_six_modality_config_runs_as_it_is(tmp_path, monkeypatch):
     """configs/six-modalities.yaml, a few small steps: every set loads, every tower gets rows and
     a gradient, the checkpoint holds all six towers."""
-    from align.checkpoint import load_model
-    from align.config import load_config
-    from align.trainer import train
+    from align.model.checkpoint import load_model
+    from align.config.schema import load_config
+    from align.app.trainer import train
 
     repo = __import__("pathlib").Path(__file__).resolve().parents[1]
     monkeypatch.chdir(repo)  # the config's data paths are relative to the checkout

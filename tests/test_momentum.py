@@ -1,4 +1,4 @@
-"""Momentum towers and queues (MoCo v2 / ALBEF, align/momentum.py): the loss equals ALBEF's formula
+"""Momentum towers and queues (MoCo v2 / ALBEF, align/model/momentum.py): the loss equals ALBEF's formula
 written out here, the EMA and the queue move as specified, checkpoints carry both and a resumed run
 continues exactly; trained on scikit-learn's real digits."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ MOMENTUM = {"queue_size": 40, "momentum": 0.9, "distill": 0.4}
 
 
 def tiny(tmp_path, **train):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     return config_from_dict({
         "output_dir": str(tmp_path), "seed": 3,
@@ -40,7 +40,7 @@ def reference(a, b, a_m, b_m, qa, qb, s, alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.4])
 def test_queue_loss_is_albefs_formula(alpha):
-    from align.momentum import queue_loss
+    from align.model.momentum import queue_loss
 
     g = torch.Generator().manual_seed(0)
     unit = lambda n: F.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=-1)  # noqa: E731
@@ -57,8 +57,8 @@ def test_queue_loss_is_albefs_formula(alpha):
 
 
 def test_momentum_run_moves_ema_and_queue_and_resumes_exactly(tmp_path):
-    from align.checkpoint import load_model
-    from align.trainer import train
+    from align.model.checkpoint import load_model
+    from align.app.trainer import train
 
     full = train(tiny(tmp_path / "full"))
     mom = full.model.momentum
@@ -84,7 +84,7 @@ def test_a_checkpoint_with_one_queue_pointer_still_loads():
     """Checkpoints written before each queue had its own write position (one ``queue_ptr``)."""
     import torch.nn as nn
 
-    from align.momentum import MomentumTowers
+    from align.model.momentum import MomentumTowers
 
     towers = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
     mom = MomentumTowers(towers, nn.ModuleDict({"a": nn.Identity(), "b": nn.Identity()}), 2, 8, 0.9, 0.0)
@@ -95,7 +95,7 @@ def test_a_checkpoint_with_one_queue_pointer_still_loads():
 
 
 def test_momentum_refuses_other_objectives():
-    from align.config import ConfigError, config_from_dict
+    from align.config.schema import ConfigError, config_from_dict
 
     with pytest.raises(ConfigError, match=r"model\.momentum"):
         config_from_dict({"model": {"modalities": {"image": {}, "text": {}}, "loss": "dcl", "momentum": MOMENTUM},

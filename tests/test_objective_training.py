@@ -16,7 +16,7 @@ TEXT2 = {"adapter": "text", **copy.deepcopy(TINY_MODALITIES["text"])}  # a secon
 
 
 def config(tmp_path, model: dict | None = None, train: dict | None = None, three: bool = False):
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     mods = copy.deepcopy(TINY_MODALITIES)
     columns = {"image": "image", "text": "caption"}
@@ -43,8 +43,8 @@ def below_chance(losses, batch: int = 32) -> bool:
 
 
 def test_multi_positive_trains_on_the_labels(tmp_path):
-    from align.task import ContrastiveTask
-    from align.trainer import train
+    from align.objectives.task import ContrastiveTask
+    from align.app.trainer import train
 
     cfg = config(tmp_path, {"loss": "multi_positive"})
     result = train(cfg)
@@ -61,8 +61,8 @@ def test_multi_positive_trains_on_the_labels(tmp_path):
 def test_anchor_weights_pair_temperatures_and_a_symile_term(tmp_path):
     import yaml
 
-    from align.checkpoint import load_model
-    from align.trainer import train
+    from align.model.checkpoint import load_model
+    from align.app.trainer import train
 
     cfg = config(tmp_path, {"pair_temperatures": True},
                  {"anchor": "text", "steps": 200, "multiway": {"loss": "symile", "weight": 0.5,
@@ -83,8 +83,8 @@ def test_anchor_weights_pair_temperatures_and_a_symile_term(tmp_path):
 
 
 def test_weighted_pairs_and_matryoshka(tmp_path):
-    from align.task import ContrastiveTask
-    from align.trainer import train
+    from align.objectives.task import ContrastiveTask
+    from align.app.trainer import train
 
     pairs = [{"modalities": ["image", "text"], "weight": 3.0}, {"modalities": ["text2", "text"], "loss": "dcl"}]
     cfg = config(tmp_path, {"matryoshka_dims": [4, 8, 16]}, {"pairs": pairs, "steps": 200}, three=True)
@@ -114,9 +114,9 @@ def test_weighted_pairs_and_matryoshka(tmp_path):
     ({"matryoshka_dims": [8, 32]}, {}, False, "model.matryoshka_dims"),
 ])
 def test_bad_objective_configs_name_their_key(tmp_path, model, train, three, key):
-    from align.config import ConfigError, config_from_dict
-    from align.task import ContrastiveTask
-    from align.model import AlignModel
+    from align.config.schema import ConfigError, config_from_dict
+    from align.objectives.task import ContrastiveTask
+    from align.model.align_model import AlignModel
 
     data = config(tmp_path, three=three).model_dump(mode="json", by_alias=True)
     data["model"].update(model)
@@ -133,10 +133,10 @@ def test_matryoshka_prefixes_evaluate_and_index(tmp_path):
     --dim use the first dims, re-normalised; queries against such an index are truncated to match."""
     import json
 
-    from align.cli import main
-    from align.config import EvalConfig
+    from align.app.cli import main
+    from align.config.schema import EvalConfig
     from align.eval.runner import evaluate
-    from align.trainer import train
+    from align.app.trainer import train
 
     cfg = config(tmp_path, {"matryoshka_dims": [4, 16]}, {"steps": 60})
     result = train(cfg)
@@ -156,7 +156,7 @@ def test_matryoshka_prefixes_evaluate_and_index(tmp_path):
     spec = json.dumps(data)
     assert main(["index", "build", "--checkpoint", str(tmp_path / "run"), "--modality", "image", "--data", spec,
                  "--out", str(tmp_path / "idx4"), "--dim", "4"]) == 0
-    from align.index import EmbeddingIndex
+    from align.index.embedding_index import EmbeddingIndex
 
     assert EmbeddingIndex.load(tmp_path / "idx4").dim == 4
     assert main(["query", "--index", str(tmp_path / "idx4"), "--modality", "text", "--query",

@@ -1,4 +1,4 @@
-"""align.objectives (multi_positive, dcl, hcl, mochi) against references written here from each
+"""align.objectives.variants (multi_positive, dcl, hcl, mochi) against references written here from each
 paper's formula with explicit loops (float64): values to 1e-10, gradients w.r.t. a, b, the log
 temperature and the bias to 1e-8; gradcheck; the reductions to open_clip's ClipLoss; perturbed
 references that must differ (the comparisons have teeth); MoCHi's synthetic negatives; and 2 gloo
@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align import losses
-from align.objectives import DecoupledContrastiveLoss, HardNegativeLoss, MoCHiLoss, MultiPositiveLoss
+from align.objectives import losses
+from align.objectives.variants import DecoupledContrastiveLoss, HardNegativeLoss, MoCHiLoss, MultiPositiveLoss
 from gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def ref_mochi(a, b, scale, bias=None, *, labels=None, n_hard=16, s1=16, s2=8, mi
               bug=None):
     """InfoNCE whose denominator also holds, per row, s1 mixes of two of its n_hard hardest negatives
     and s2 mixes of the (detached) query with one (weight < mix_query_max on the query), detached.
-    Random numbers drawn as align.objectives.MoCHiLoss documents, from a generator seeded ``seed``."""
+    Random numbers drawn as align.objectives.variants.MoCHiLoss documents, from a generator seeded ``seed``."""
     lab = None if labels is None else labels.tolist()
     g = torch.Generator().manual_seed(seed)
     draws = [torch.rand(a.shape[0], 3 * s1 + 2 * s2, dtype=torch.float64, generator=g) for _ in range(2)]

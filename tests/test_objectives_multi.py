@@ -1,4 +1,4 @@
-"""align.objectives_multi against references written here from the papers' formulas, with explicit
+"""align.objectives.multiway against references written here from the papers' formulas, with explicit
 loops over candidates (float64): Symile (both negative samplings), GRAM, their reductions and
 properties, a higher-order toy problem, Matryoshka, per-pair temperatures, and a 2-process gloo
 gather. Run as a script, this file is the worker of the 2-process test (see ``_worker``).
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align import losses
-from align.objectives_multi import (GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip,
+from align.objectives import losses
+from align.objectives.multiway import (GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip,
                                     truncate, volume_matrix)
 from gloo_world import run_world, worker_main
 

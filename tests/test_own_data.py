@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.sources.common import DIGIT_NAMES
-from align.sources.sklearn_digits import sklearn_digits
-from align.config import ConfigError, DatasetSpec, EvalConfig, config_from_dict
-from align.data import DataError, load_table
+from align.data.sources.common import DIGIT_NAMES
+from align.data.sources.sklearn_digits import sklearn_digits
+from align.config.schema import ConfigError, DatasetSpec, EvalConfig, config_from_dict
+from align.data.tables import DataError, load_table
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,7 +41,7 @@ def digits_config(out: Path, **train) -> dict:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model trained on the digits' train split (no eval section: nothing to leak)."""
-    from align.trainer import train
+    from align.app.trainer import train
 
     out = tmp_path_factory.mktemp("digits-run")
     return train(config_from_dict(digits_config(out))).model
@@ -163,7 +163,7 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     """``align crossval`` on a plain csv: the holdout section gives the folds, the reports say which."""
     import yaml
 
-    from align.crossval import run_crossval
+    from align.app.crossval import run_crossval
 
     spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
             "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",
@@ -176,7 +176,7 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     assert [f["fold"] for f in report["per_fold"]] == [0, 1] and sum(f["n_test"] for f in report["per_fold"]) == 360
     ev = json.loads((tmp_path / "cv" / "fold1" / "eval" / "zeroshot.json").read_text())
     assert ev["dataset"]["holdout"]["take"] == "test" and ev["dataset"]["fold"] == 1 and ev["dataset"]["rows"] == 180
-    from align.runlock import RunLock, RunLockedError
+    from align.training.runlock import RunLock, RunLockedError
 
     with RunLock(tmp_path / "cv"):  # another cross-validation writing this root's crossval.json
         with pytest.raises(RunLockedError, match="is in use by another run"):
@@ -191,7 +191,7 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
 def test_the_look_warns_when_eval_classes_differ_from_training(digit_files, tmp_path, capsys):
     import yaml
 
-    from align.cli import main
+    from align.app.cli import main
 
     spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
             "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",

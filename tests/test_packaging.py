@@ -55,7 +55,7 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
         f"assert align.__file__.startswith({str(site)!r}), align.__file__\n"
         f"assert align.eval.runner.__file__.startswith({str(site)!r})\n"
         "assert ADAPTERS.get('text').__module__ == 'align.modalities.text'\n"
-        "from align.demo import demo_config_path\n"
+        "from align.app.demo import demo_config_path\n"
         "assert demo_config_path().is_file()\n"
         "print('ok')\n"
     )
@@ -86,8 +86,8 @@ def test_layers_point_down_on_the_installed_package(tmp_path):
     src = copy_source(tmp_path / "src")
     kept = check(src, "as-is")
     assert kept.returncode == 0 and "Layers point down KEPT" in kept.stdout, kept.stdout[-3000:] + kept.stderr[-2000:]
-    with open(src / "align" / "config.py", "a") as f:
-        f.write("\nimport align.cli  # an upward import\n")
+    with open(src / "align" / "config" / "schema.py", "a") as f:
+        f.write("\nimport align.app.cli  # an upward import\n")
     broken = check(src, "broken")
     assert broken.returncode != 0 and "Layers point down BROKEN" in broken.stdout
-    assert "align.config -> align.cli" in broken.stdout
+    assert "align.config.schema -> align.app.cli" in broken.stdout

@@ -1,5 +1,5 @@
 """A package outside this repository adds a modality and a data source with no fork: it declares
-them under the ``align.modalities`` / ``align.sources`` entry-point groups, gets installed, and
+them under the ``align.modalities`` / ``align.data.sources`` entry-point groups, gets installed, and
 ``align data`` / ``align train`` use them by name; their names are listed before anything is
 imported, so a typo lists them too."""
 from __future__ import annotations
@@ -102,14 +102,14 @@ def test_a_plugin_package_adds_a_modality_and_a_source(tmp_path):
     code = (
         "import sys\n"
         "from align.modalities import ADAPTERS\n"
-        "from align.sources import SOURCES\n"
+        "from align.data.sources import SOURCES\n"
         "assert 'scalar' in ADAPTERS.names() and 'ramp' in SOURCES.names()\n"
         "assert 'align_plugin_demo.scalar' not in sys.modules  # listed, not imported\n"
         "try:\n"
         "    ADAPTERS.get('scalr')\n"
         "except KeyError as err:\n"
         "    assert \"'scalar'\" in str(err) and \"'image'\" in str(err), err\n"
-        "from align.cli import main\n"
+        "from align.app.cli import main\n"
         f"assert main(['data', {str(tmp_path / 'c.yaml')!r}]) == 0\n"
         f"assert main(['train', {str(tmp_path / 'c.yaml')!r}]) == 0\n"
         "print('ok')\n"
@@ -138,7 +138,7 @@ def test_a_missing_modality_extra_is_named_at_validation(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['rdkit'] = None  # as if align was installed without the [graph] extra\n"
-        "from align.cli import main\n"
+        "from align.app.cli import main\n"
         "raise SystemExit(main(['data', 'configs/chebi20-graph-text.yaml']))\n"
     )
     root = Path(__file__).resolve().parents[1]

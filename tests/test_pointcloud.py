@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from align.errors import DataError
-from align.config import DatasetSpec
+from align.config.schema import DatasetSpec
 from align.modalities import ADAPTERS, build_adapter
 from align.modalities.base import SampleError
 from align.modalities.layers import farthest_point_sample as fps_torch
@@ -332,7 +332,7 @@ def test_options_are_validated():
 # ---- packed-npz source --------------------------------------------------------------------------
 
 def test_packed_npz_layouts_splits_and_errors(tmp_path):
-    from align.data import load_table
+    from align.data.tables import load_table
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(5, 30, 40)
@@ -372,7 +372,7 @@ def test_packed_npz_layouts_splits_and_errors(tmp_path):
 
 
 def test_on_error_skip_counts_bad_files(tmp_path, caplog):
-    from align.data import Collator, PairedDataset, load_table
+    from align.data.tables import Collator, PairedDataset, load_table
 
     pts = np.random.default_rng(4).normal(size=(50, 3))
     for i in range(3):
@@ -384,7 +384,7 @@ def test_on_error_skip_counts_bad_files(tmp_path, caplog):
     names = [Path(p).name for p in table["path"]]
     p = {"pointcloud": pre(num_points=32)}
     ds = PairedDataset(table, {"pointcloud": "path"}, p, train=False, on_error="skip", name="eval.data")
-    with caplog.at_level("WARNING", logger="align.data"):
+    with caplog.at_level("WARNING", logger="align.data.tables"):
         batch = Collator(p)([ds[i] for i in range(len(ds))])
     assert batch["skipped"] == 2 and batch["pointcloud"].shape == (3, 32, 3)
     assert [names[i] for i in batch["index"]] == ["good0.npy", "good1.npy", "good2.npy"]
@@ -396,9 +396,9 @@ def test_on_error_skip_counts_bad_files(tmp_path, caplog):
 # ---- learning on real DALES objects -------------------------------------------------------------
 
 def test_tiny_pointnet_learns_dales_zero_shot(tmp_path, capsys):
-    from align.cli import main
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.app.cli import main
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     templates = ["an aerial lidar scan of a {}.", "a point cloud of a {}.", "lidar points of a {}."]
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 import yaml
 
-from align.checkpoint import (CheckpointError, load_model, load_training_state, load_weights, save_checkpoint,
+from align.model.checkpoint import (CheckpointError, load_model, load_training_state, load_weights, save_checkpoint,
                               step_folders)
-from align.config import config_from_dict
-from align.runlock import RunLock
-from align.trainer import train
+from align.config.schema import config_from_dict
+from align.training.runlock import RunLock
+from align.app.trainer import train
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 from run_processes import FORK, REPO, align_train, children, holder_pid, kill_if_still, output, proc_stat, wait_for
 
@@ -64,7 +64,7 @@ def flip(path: Path, offset: int, n: int) -> None:
 # ---------------------------------------------------------------- one writer per run folder
 
 def test_second_run_in_the_same_output_dir_fails_at_once_naming_the_holder(tmp_path, capsys):
-    from align.cli import main
+    from align.app.cli import main
 
     out = tmp_path / "run"
     # The second run's data is unreadable: had it got as far as loading data it would fail on that.
@@ -149,8 +149,8 @@ def ckpt(finished_run, tmp_path) -> Path:
 
 
 def fresh_model(ckpt: Path):
-    from align.config import load_config
-    from align.model import AlignModel
+    from align.config.schema import load_config
+    from align.model.align_model import AlignModel
 
     return AlignModel(load_config(ckpt / "config.yaml").model)
 
@@ -253,7 +253,7 @@ def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, capsys):
 
 
 def test_resume_starts_at_latest_not_at_an_earlier_runs_higher_steps(tmp_path):
-    from align.resume import resume_candidates
+    from align.training.resume import resume_candidates
 
     for step in (2, 4, 6, 8):  # 6 and 8 are left from an earlier, longer run in the same folder
         (tmp_path / f"step-{step:06d}").mkdir()
@@ -267,7 +267,7 @@ def test_resume_starts_at_latest_not_at_an_earlier_runs_higher_steps(tmp_path):
 # ---------------------------------------------------------------- a resumed run's records
 
 def test_best_for_a_checkpoint_from_before_it_was_stored_comes_from_checkpoints_best(ckpt, tmp_path):
-    from align.resume import restored_best
+    from align.training.resume import restored_best
 
     model, cfg = load_model(ckpt)
     state = load_training_state(ckpt)
@@ -352,7 +352,7 @@ def test_resumed_run_keeps_the_log_skipped_count_and_best_checkpoint(digits_with
 
 
 def test_align_eval_needs_no_training_state(finished_run, ckpt, tmp_path, capsys):
-    from align.cli import main
+    from align.app.cli import main
 
     (ckpt / "training_state.pt").unlink()  # an exported checkpoint: weights + config only
     assert main(["eval", "zeroshot", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval")]) == 0, \

@@ -1,4 +1,4 @@
-"""Streaming from webdataset tar shards (``data.train.streaming``, align/streaming.py) written from
+"""Streaming from webdataset tar shards (``data.train.streaming``, align/data/streaming.py) written from
 real data: scikit-learn's digits (.png + .txt + .json with the label) and FSDD recordings (.wav +
 .txt + .json). Sharding over processes and DataLoader workers, per-sample augmentation seeds,
 exact resume, corrupt members, what is refused, a real 2-process run and configs/fsdd_shards.yaml."""
@@ -18,13 +18,13 @@ import pytest
 import torch
 import yaml
 
-from align.checkpoint import load_training_state, resolve_checkpoint
-from align.config import ConfigError, DatasetSpec, ModelConfig, config_from_dict, load_config
+from align.model.checkpoint import load_training_state, resolve_checkpoint
+from align.config.schema import ConfigError, DatasetSpec, ModelConfig, config_from_dict, load_config
 from align.errors import SampleError
-from align.model import AlignModel
-from align.shards import main as shards_main, write_shards
-from align.streaming import StreamingLoader
-from align.trainer import train
+from align.model.align_model import AlignModel
+from align.data.shards import main as shards_main, write_shards
+from align.data.streaming import StreamingLoader
+from align.app.trainer import train
 from conftest import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -328,7 +328,7 @@ def test_two_processes_stay_in_lockstep(tmp_path):
 
 
 def test_fsdd_shards_config_trains(tmp_path, monkeypatch):
-    """configs/fsdd_shards.yaml as documented: write shards with `python -m align.shards`, train."""
+    """configs/fsdd_shards.yaml as documented: write shards with `python -m align.data.shards`, train."""
     monkeypatch.chdir(REPO)  # the configs read ../shared/data from the checkout root
     assert shards_main(["configs/fsdd-audio-text.yaml", str(tmp_path / "shards"), "--key", "eval.data",
                         "--prefix", "fsdd", "--shard-size", "200"]) == 0  # the 600 test takes: 3 shards

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from align.config import DatasetSpec, config_from_dict
-from align.data import Collator, PairedDataset, load_table
+from align.config.schema import DatasetSpec, config_from_dict
+from align.data.tables import Collator, PairedDataset, load_table
 from align.errors import ConfigError, DataError
 from align.modalities import ADAPTERS, build_adapter
 from align.modalities.base import SampleError
@@ -196,7 +196,7 @@ def test_named_columns_packed_into_dicts_feed_the_adapter():
     x = np.array(list(src["features"]))
     wide = datasets.Dataset.from_dict({n: x[:, names.index(n)].tolist() for n in reversed(names)}
                                       | {"label": list(src["label"])})
-    from align.data import pack_columns
+    from align.data.tables import pack_columns
 
     packed = pack_columns(wide, {"row": names}, "data.train")
     cls = ADAPTERS.get("tabular")
@@ -232,7 +232,7 @@ def test_short_training_classifies_the_test_split_zero_shot(tmp_path, capsys, co
     chance (and printed beside a logistic regression on the same split)."""
     import yaml
 
-    from align.trainer import train
+    from align.app.trainer import train
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / config).read_text())
     tab = cfg["model"]["modalities"]["tabular"]
@@ -262,8 +262,8 @@ def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsy
     options in the run's config, and a reloaded checkpoint preprocesses with them."""
     import yaml
 
-    from align.checkpoint import load_model
-    from align.cli import main
+    from align.model.checkpoint import load_model
+    from align.app.cli import main
 
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "wine-tabular-text.yaml").read_text())
     assert "mean" not in cfg["model"]["modalities"]["tabular"].get("options", {})
@@ -273,8 +273,8 @@ def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsy
     assert main(["train", str(tmp_path / "c.yaml")]) == 0
     assert "fitted on the training data: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["modalities"]["tabular"]["options"]
-    from align.sources import SOURCES
-    from align.config import DatasetSpec
+    from align.data.sources import SOURCES
+    from align.config.schema import DatasetSpec
 
     table = SOURCES.get("sklearn-table")(DatasetSpec.model_validate(cfg["data"]["train"]))
     x = np.asarray(table["features"], dtype=np.float64)

@@ -1,4 +1,4 @@
-"""align.tiled_losses against open_clip's dense losses: values and gradients (float64, small batches,
+"""align.objectives.tiled against open_clip's dense losses: values and gradients (float64, small batches,
 tile sizes that do not divide them; float32 at B=4096), the same per-process values and gradients as
 the dense losses under a 2-process gloo gather, no [B, B] allocation, and the config's choice
 between dense and tiled.
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align import losses, tiled_losses
-from align.tiled_losses import TiledClipLoss, TiledSigLipLoss
+from align.objectives import losses, tiled as tiled_losses
+from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
 from gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def test_two_process_gather_matches_dense(tmp_path):
 
 MEMORY_PROBE = textwrap.dedent("""
     import sys, torch
-    from align.tiled_losses import TiledClipLoss
+    from align.objectives.tiled import TiledClipLoss
     torch.set_num_threads(1)
     def status(key):
         for line in open("/proc/self/status"):
@@ -205,7 +205,7 @@ def test_memory_never_holds_the_logit_matrix():
 def _config(**model):
     from conftest import TINY_MODALITIES
 
-    from align.config import config_from_dict
+    from align.config.schema import config_from_dict
 
     def make(batch_size: int):
         return config_from_dict({
@@ -228,7 +228,7 @@ def _config(**model):
     ({"loss_tiling": "off"}, 65536, 4, losses.ClipLoss),
 ])
 def test_config_selects_loss(model, batch, world, expected):
-    from align.task import ContrastiveTask
+    from align.objectives.task import ContrastiveTask
 
     cfg = _config(loss_tile_size=256, **model)(batch)
     task = ContrastiveTask.from_config(cfg, model=None, rank=world - 1, world_size=world)
@@ -241,7 +241,7 @@ def test_config_selects_loss(model, batch, world, expected):
 
 
 def test_config_tiling_defaults_and_validation():
-    from align.config import ConfigError
+    from align.config.schema import ConfigError
 
     cfg = _config()(64)
     assert (cfg.model.loss_tiling, cfg.model.loss_tile_size, cfg.model.loss_tile_above) == ("auto", 1024, 8192)
@@ -263,7 +263,7 @@ def test_loss_without_tiled_form(monkeypatch):
 
 def test_shipped_configs_stay_dense():
     """auto must not change the results of the configs in configs/: their global batches are small."""
-    from align.config import load_config
+    from align.config.schema import load_config
 
     paths = sorted((REPO / "configs").glob("*.yaml"))
     assert paths

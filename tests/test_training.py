@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.checkpoint import load_model, load_training_state, resolve_checkpoint
-from align.config import config_from_dict, load_config
-from align.demo import demo_config_path
-from align.trainer import TrainingError, train
+from align.model.checkpoint import load_model, load_training_state, resolve_checkpoint
+from align.config.schema import config_from_dict, load_config
+from align.app.demo import demo_config_path
+from align.app.trainer import TrainingError, train
 
 TINY_MODEL = {
     "embed_dim": 32,
@@ -124,7 +124,7 @@ def test_short_run_learns_on_real_digits(tmp_path):
 
 
 def test_demo_command_writes_report(tmp_path, capsys):
-    from align.cli import main
+    from align.app.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "8", "train.progress=false"]) == 0
@@ -139,7 +139,7 @@ def test_demo_command_writes_report(tmp_path, capsys):
 
 
 def test_cli_reports_config_errors_by_key(tmp_path, capsys):
-    from align.cli import main
+    from align.app.cli import main
 
     code = main(["train", str(demo_config_path()), f"output_dir={tmp_path}", "train.batch_szie=4"])
     assert code == 2

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from align.config import DatasetSpec
-from align.data import DataError, PairedDataset, load_table
+from align.config.schema import DatasetSpec
+from align.data.tables import DataError, PairedDataset, load_table
 from align.modalities import build_adapter
 from align.modalities.base import SampleError
 
@@ -101,7 +101,7 @@ def bomb(path: Path) -> Path:
 
 
 def test_decompression_bomb_is_a_sample_error_and_skipped(tmp_path):
-    from align.sources.sklearn_digits import sklearn_digits
+    from align.data.sources.sklearn_digits import sklearn_digits
 
     digits = sklearn_digits("test")
     paths = []

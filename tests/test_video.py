@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from align.sources.moving_digits import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
+from align.data.sources.moving_digits import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
 from align.modalities.base import SampleError
 from align.modalities.video_io import FrameSampler, decode_all, read_video, video_info
 
@@ -244,7 +244,7 @@ def _adapter(**options):
 
 
 def test_options_are_validated_by_key():
-    from align.config import ConfigError, config_from_dict
+    from align.config.schema import ConfigError, config_from_dict
 
     def cfg(video_options):
         mods = {"video": {"options": video_options}, "text": {"options": TINY_TEXT}}
@@ -332,7 +332,7 @@ def test_mean_pooling_cannot_see_frame_order_the_transformer_can():
 # ------------------------------------------------------------------------------------------
 
 def test_moving_digit_clips_reverse_into_their_opposite_direction():
-    from align.sources.common import read_pixel_csv
+    from align.data.sources.common import read_pixel_csv
 
     images, labels = read_pixel_csv(MNIST)
     clips = {d: moving_digit_clips(images[:1], labels[:1], 6, 32, seed=7, directions=[d])[0][0]
@@ -353,8 +353,8 @@ def test_moving_digit_clips_reverse_into_their_opposite_direction():
 
 
 def test_moving_digits_source():
-    from align.config import DatasetSpec
-    from align.data import DataError, load_table
+    from align.config.schema import DatasetSpec
+    from align.data.tables import DataError, load_table
 
     def spec(split, **kw):
         return DatasetSpec(source="moving-digits", data_files=str(MNIST), split=split,
@@ -408,8 +408,8 @@ def _direction_config(out: Path, temporal: str) -> dict:
 def test_transformer_learns_motion_direction_mean_pooling_cannot(tmp_path):
     """The real trainer on held-out clips: the temporal transformer reads direction; mean pooling
     sees the same frame set for a clip and its reverse, so it is at chance between opposites."""
-    from align.config import config_from_dict
-    from align.trainer import train
+    from align.config.schema import config_from_dict
+    from align.app.trainer import train
 
     scores = {}
     for temporal in ("mean", "transformer"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.cli import main
+from align.app.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

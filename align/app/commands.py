@@ -1,0 +1,135 @@
+"""The ``eval``, ``index build`` and ``query`` subcommands: argument parsing and printing only, on top
+of ``align.eval.commands`` and ``align.index.build`` (the CLI layer; see docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from align.eval.commands import run_eval
+from align.index.build import IndexBuildError, build_index, parse_data_spec, query_index
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification, retrieval, or "
+                       "retrieval between every pair of its modalities (pairs)")
+    p.add_argument("task", choices=["zeroshot", "retrieval", "pairs"])
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
+    p.add_argument("--config", action="append", help="YAML whose eval section to use (default: the checkpoint's); "
+                   "pairs takes it more than once: one table per file, merged into one report")
+    p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
+    p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
+    p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
+    p.set_defaults(func=_eval_cli)
+
+
+def _eval_cli(args: argparse.Namespace) -> int:
+    if args.task == "pairs":
+        return _pairs_cli(args)
+    if args.config and len(args.config) > 1:
+        raise SystemExit(f"align eval {args.task}: --config once (only `align eval pairs` merges several tables)")
+    config = args.config[0] if args.config else None
+    report = run_eval(args.task, args.checkpoint, config=config, overrides=args.overrides,
+                      templates=args.templates, out=args.out)
+    m = report["metrics"]
+    if args.task == "zeroshot":
+        top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
+        print(f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
+              f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
+    else:
+        for key, value in m.items():
+            if "/R@" in key or key.endswith(("/mAP", "/MRR", "/median_rank")):
+                print(f"{key:<28} {value:.4f}" if isinstance(value, float) else f"{key:<28} {value}")
+    print(f"report: {report['path']}")
+    return 0
+
+
+def _pairs_cli(args: argparse.Namespace) -> int:
+    from align.eval.pairs import PairsError, run_pairs  # lazy: `align --help` stays instant
+
+    if args.templates:
+        raise PairsError("--templates: zero-shot prompts; `align eval pairs` scores retrieval only")
+    report = run_pairs(args.checkpoint, config=args.config, overrides=args.overrides, out=args.out)
+    pairs = report["metrics"]
+    for s in [t["settings"] for t in pairs["tables"]] if "tables" in pairs else [pairs["settings"]]:
+        print(f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
+              f"dedupe {s['dedupe']}, index {s['index']}")
+    print(report["markdown"], end="")
+    print(f"report: {report['path']} (+ pairs.md, pairs_r1.png)")
+    return 0
+
+
+def _build_cli(args: argparse.Namespace) -> int:
+    from align.index.embedding_index import check_save_target
+
+    def check_out() -> None:
+        try:
+            check_save_target(Path(args.out), args.overwrite, hint="pass --overwrite to replace it")
+        except FileExistsError as e:
+            raise IndexBuildError(f"--out: {e}") from None
+
+    check_out()  # before the model loads or anything is encoded: a refused --out should cost nothing
+    spec = parse_data_spec(args.data)
+    index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size, dim=args.dim)
+    try:
+        folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+    except FileExistsError:
+        check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
+        raise
+    skipped = f"; skipped {index.skipped} rows that failed to load" if index.skipped else ""
+    print(f"indexed {len(index)} {args.modality} items ({args.spec}) into {folder}{skipped}")
+    return 0
+
+
+QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml / .gexf file"}
+
+
+def query_flags() -> list[str]:
+    """One ``--<modality>`` flag per modality the registry knows (installed packages' included),
+    read from entry points without importing any adapter."""
+    from align.modalities import ADAPTERS
+
+    return ADAPTERS.names()
+
+
+def _query_cli(args: argparse.Namespace) -> int:
+    flags = query_flags()
+    given = [(m, getattr(args, m, None)) for m in flags if getattr(args, m, None) is not None]
+    if args.modality is not None or args.query is not None:
+        if args.modality is None or args.query is None:
+            raise IndexBuildError("--modality and --query go together, e.g. --modality text --query 'a seven'")
+        given.append((args.modality, args.query))
+    if len(given) != 1:
+        raise IndexBuildError("give exactly one query: --modality M --query Q, or one of "
+                              + ", ".join(f"--{m}" for m in flags))
+    modality, raw = given[0]
+    for rank, (score, id_, meta) in enumerate(query_index(args.index, modality, raw, args.k, args.checkpoint), 1):
+        extras = "  ".join(f"{k}={v}" for k, v in meta.items() if k != "row")
+        print(f"{rank:>3}. score {score:.4f}  id {id_}  {extras}")
+    return 0
+
+
+def add_index_parsers(sub) -> None:
+    p = sub.add_parser("index", help="build a FAISS index of a dataset's embeddings")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="encode a dataset column into an index folder")
+    b.add_argument("--checkpoint", required=True)
+    b.add_argument("--data", required=True, help="dataset spec: YAML file or inline YAML "
+                   "(e.g. '{source: sklearn-digits, split: test, columns: {image: image}, label_column: label}')")
+    b.add_argument("--modality", required=True)
+    b.add_argument("--dim", type=int, help="index only the first DIM embedding dims (Matryoshka-trained "
+                   "models; queries are truncated to match)")
+    b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
+    b.add_argument("--spec", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat, ...")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--overwrite", action="store_true", help="replace the index folder at --out (checked before "
+                   "anything is encoded; a folder that is not an index is never replaced)")
+    b.set_defaults(func=_build_cli)
+    q = sub.add_parser("query", help="search an index with a text / image / ... query")
+    q.add_argument("--index", required=True)
+    q.add_argument("--checkpoint", help="default: the checkpoint that built the index")
+    q.add_argument("-k", type=int, default=5)
+    q.add_argument("--modality", help="the query's modality (any the checkpoint has), with --query")
+    q.add_argument("--query", help="the raw query: a string, a file path, a SMILES ...")
+    for m in query_flags():
+        q.add_argument(f"--{m}", help=f"{m} query ({QUERY_HELP.get(m, 'a file path')})")
+    q.set_defaults(func=_query_cli)

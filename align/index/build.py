@@ -1,0 +1,125 @@
+"""``align index build`` and ``align query``: encode a dataset into a FAISS index folder, then
+search it with a query of any modality the checkpoint has.
+
+An index remembers which model made it (``model`` in its manifest: the checkpoint's weights hash
+and path), so querying it with another model's embeddings fails instead of returning nonsense.
+"""
+from __future__ import annotations
+
+from align.errors import AlignError
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+
+class IndexBuildError(AlignError, ValueError):
+    """The index cannot be built or queried as asked; the message says why."""
+
+
+def model_identity(ckpt: Path) -> str:
+    h = hashlib.sha256()
+    with open(ckpt / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()[:16]} {ckpt.resolve()}"
+
+
+def parse_data_spec(text: str):
+    """``--data`` is a YAML file holding a dataset spec, or the spec inline as YAML."""
+    import yaml
+    from pydantic import ValidationError
+
+    from align.config.schema import ConfigError, DatasetSpec, _format_validation_error
+
+    path = Path(text)
+    data = yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"--data: expected a dataset spec mapping (source, split, columns, ...), got {text!r}")
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "data.")) from None
+
+
+def _metadata(row: dict, i: int, spec, modality: str, names) -> dict[str, Any]:
+    meta: dict[str, Any] = {"row": i}
+    raw = row[spec.columns[modality]]
+    if isinstance(raw, dict) and raw.get("path"):
+        meta["path"] = raw["path"]
+    elif isinstance(raw, str) and modality != "text":
+        meta["path"] = raw
+    if spec.label_column:
+        label = row[spec.label_column]
+        meta["label"] = names[label] if names is not None else label
+    if "text" in spec.columns:
+        value = row[spec.columns["text"]]
+        meta["caption"] = value[0] if isinstance(value, list) else value
+    return meta
+
+
+def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "Flat",
+                batch_size: int = 256, progress: bool = True, dim: int | None = None):
+    """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
+    whose metadata holds each item's row, path, label and caption where the data has them."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from align.model.checkpoint import load_model, resolve_checkpoint
+    from align.data.tables import Collator, PairedDataset, class_names, load_table
+    from align.index.embedding_index import EmbeddingIndex
+    from accelerate.utils import send_to_device as to_device
+
+    ckpt = resolve_checkpoint(checkpoint)
+    model, cfg = load_model(ckpt)
+    if modality not in model.adapters:
+        raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
+    if modality not in spec.columns:
+        raise IndexBuildError(f"--data names no column for modality '{modality}' (columns: {spec.columns})")
+    if dim is not None and not 0 < dim <= cfg.model.embed_dim:
+        raise IndexBuildError(f"--dim {dim}: the model embeds to {cfg.model.embed_dim} dims")
+    model.output_dim = dim  # a Matryoshka prefix; the index's dim records it for queries
+    table = load_table(spec, "data")
+    names = class_names(table, spec.label_column) if spec.label_column else None
+    pre = {modality: model.adapters[modality].preprocessor()}
+    ds = PairedDataset(table, {modality: spec.columns[modality]}, pre, train=False, name=f"data ({spec.source})",
+                       on_error=spec.on_error)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
+    index = EmbeddingIndex(dim or cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
+    device = next(model.parameters()).device
+    index.skipped = 0  # rows left out because they failed to load (on_error=skip)
+    for batch in tqdm(loader, desc=f"encode {modality}", disable=not progress):
+        index.skipped += int(batch["skipped"])
+        if not len(batch["index"]):
+            continue
+        with torch.no_grad():
+            emb = model.encode(modality, to_device(batch[modality], device)).float().cpu()
+        rows = batch["index"].tolist()
+        index.add(emb, ids=rows, metadata=[_metadata(table[i], i, spec, modality, names) for i in rows])
+    return index
+
+
+def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, checkpoint: str | None = None):
+    """Top-k ``(score, id, metadata)`` for one raw query (a string, a file path, ...)."""
+    from align.model.checkpoint import load_model, resolve_checkpoint
+    from align.index.embedding_index import EmbeddingIndex
+    from align.model.align_model import raw_encoder
+
+    # the index first: a folder that is no index (no manifest.json, an edited file) is reported as that,
+    # not as a missing checkpoint at the model path an absent manifest could not give
+    index = EmbeddingIndex.load(index_dir)
+    built_with = index.model or ""
+    if not checkpoint and not built_with:
+        raise IndexBuildError(f"index {index_dir} does not record the model that built it; pass --checkpoint")
+    ckpt = resolve_checkpoint(checkpoint or built_with.split(" ", 1)[-1])
+    identity = model_identity(ckpt)
+    if built_with and built_with.split(" ")[0] != identity.split(" ")[0]:
+        raise IndexBuildError(f"index {index_dir} was built with a different model ({built_with}); "
+                              f"this checkpoint is {identity}")
+    model, cfg = load_model(ckpt)
+    if index.dim > cfg.model.embed_dim:
+        raise IndexBuildError(f"index {index_dir} has dim {index.dim}, the model embeds to {cfg.model.embed_dim}")
+    model.output_dim = index.dim if index.dim < cfg.model.embed_dim else None  # built with --dim
+    if modality not in model.adapters:
+        raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
+    return index.search_with_metadata(raw_encoder(model, modality)([raw]), k)[0]

@@ -1,0 +1,192 @@
+"""Saving and loading an ``EmbeddingIndex`` folder (``align/index/embedding_index.py``): ``index.faiss``,
+``metadata.jsonl`` and ``manifest.json`` with the size and sha256 of every file, written atomically
+under the folder's lock file and cross-checked on load (see ``align/index/embedding_index.py``'s docstring)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from align.errors import AlignError
+
+# 2: the manifest's "files" holds the size and sha256 of every file beside it (1 had index.faiss's only).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_FILES = ("index.faiss", "metadata.jsonl", "manifest.json")
+SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
+
+
+class IndexFormatError(AlignError, ValueError):
+    """A saved index folder is incomplete, inconsistent, or not what the caller expected."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_save_target(folder: str | Path, overwrite: bool, hint: str = "pass overwrite=True to replace it") -> None:
+    """Raise ``FileExistsError`` if saving to ``folder`` is not allowed: a file is there, or a non-empty
+    folder without ``overwrite``, or (even with ``overwrite``) a non-empty folder that is not an index,
+    so a mistyped path never deletes someone's data. ``hint`` says how to allow it: the CLI passes its
+    ``--overwrite`` flag, since it calls this before encoding anything."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{folder} exists and is not empty; {hint}")
+    if not (folder / "manifest.json").is_file():
+        raise FileExistsError(f"{folder} is not empty and is not an index folder (no manifest.json): refusing to "
+                              f"replace it even when asked to overwrite; remove it yourself or choose another folder")
+
+
+def save_folder(idx, folder, *, model: str | None = None, modality: str | None = None,
+                overwrite: bool = False) -> Path:
+    """Write the index folder atomically (temp folder + rename) under the folder's lock file, so that
+    of two concurrent saves with ``overwrite=False`` exactly one succeeds, and with ``overwrite=True``
+    the folder ends up holding one complete index. An existing non-empty folder is only replaced with
+    ``overwrite=True``, and only if it is an index folder (see ``check_save_target``)."""
+    import faiss
+    from filelock import FileLock
+
+    folder = Path(folder)
+    model = model if model is not None else idx.model
+    modality = modality if modality is not None else idx.modality
+    check_save_target(folder, overwrite)  # fail fast, before waiting for the lock
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # in the resolved parent, so every spelling of the path shares one lock; a timeout raises
+    # filelock's Timeout (a TimeoutError) naming <folder>.lock
+    with FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S):
+        check_save_target(folder, overwrite)  # the check that counts: nobody can save between it and rename
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            faiss.write_index(idx.index, str(tmp / "index.faiss"))
+            ids = np.sort(idx.ids)
+            with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
+                for i in ids.tolist():
+                    f.write(json.dumps({"id": i, "metadata": idx._meta.get(i, {})}, ensure_ascii=False) + "\n")
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+            manifest = {"format_version": FORMAT_VERSION, "dim": idx.dim, "count": len(idx), "spec": idx.spec,
+                        "metric": "inner_product", "normalize": idx.normalize, "model": model,
+                        "modality": modality, "nprobe": idx.nprobe, "efSearch": idx.efSearch,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "faiss_version": faiss.__version__, "index_sha256": files["index.faiss"]["sha256"],
+                        "files": files}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            old = None
+            if folder.exists():
+                old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
+                os.rename(folder, old)
+            os.rename(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    idx.model, idx.modality = model, modality
+    return folder
+
+
+def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str | None = None,
+                expect_modality: str | None = None, use_gpu: bool = True):
+    """Load a folder written by ``save``, checking that manifest, index.faiss and metadata.jsonl agree
+    and that every file the manifest lists has its recorded size and sha256. ``cls``: the index class to build (``EmbeddingIndex``)."""
+    import faiss
+
+    folder = Path(folder)
+
+    def fail(msg: str) -> IndexFormatError:
+        return IndexFormatError(f"index folder {folder}: {msg}")
+
+    if not folder.is_dir():
+        raise fail("does not exist" if not folder.exists() else "is not a folder")
+    if not (folder / "manifest.json").is_file():
+        raise fail("has no manifest.json, so it is not an index written by `align index build` / "
+                   "EmbeddingIndex.save (or it is an incomplete copy of one)")
+    missing = [f for f in _FILES if not (folder / f).is_file()]
+    if missing:
+        raise fail(f"missing {', '.join(missing)}")
+    try:
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        dim, count, spec = int(m["dim"]), int(m["count"]), str(m["spec"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise fail(f"manifest.json is unreadable or lacks dim/count/spec: {e!r}") from e
+    if m.get("format_version") not in READABLE_VERSIONS:
+        raise fail(f"format_version {m.get('format_version')!r}, this code reads {READABLE_VERSIONS}")
+    if m["format_version"] == 1:  # checksummed index.faiss only
+        import warnings
+
+        files = {"index.faiss": {"sha256": m.get("index_sha256")}}
+        warnings.warn(f"index folder {folder}: saved by an older align, its manifest has no checksum of "
+                      f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
+                      stacklevel=2)
+    else:
+        files = m.get("files")
+        if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files) or any(
+                not isinstance(e, dict) or n != Path(n).name or n in ("..", "manifest.json")
+                for n, e in files.items()):  # plain names of files beside manifest.json
+            raise fail("manifest.json's \"files\" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}")
+
+    def verify(name: str) -> None:
+        path, entry = folder / name, files[name]
+        if not path.is_file():
+            raise fail(f"missing {name} (listed in manifest.json)")
+        size = path.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise fail(f"{name} is {size} bytes but manifest.json says {entry['bytes']} "
+                       f"(file truncated, edited or replaced)")
+        digest = _sha256(path)
+        if digest != entry.get("sha256"):
+            raise fail(f"{name} sha256 {digest[:16]}... does not match manifest.json's "
+                       f"{str(entry.get('sha256'))[:16]}... (file edited, corrupted or replaced)")
+
+    verify("index.faiss")  # before faiss parses it
+    try:
+        index = faiss.read_index(str(folder / "index.faiss"))
+    except RuntimeError as e:
+        raise fail(f"faiss cannot read index.faiss: {e}") from e
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise fail(f"index.faiss holds {type(index).__name__}, expected IndexIDMap2")
+    if index.d != dim:
+        raise fail(f"manifest says dim {dim} but index.faiss has dim {index.d}")
+    if index.ntotal != count:
+        raise fail(f"manifest says count {count} but index.faiss holds {index.ntotal} vectors")
+    out = cls(dim, spec, normalize=bool(m.get("normalize", True)), use_gpu=use_gpu, model=m.get("model"),
+              modality=m.get("modality"), _index=index)
+    meta_ids, meta = [], {}
+    with open(folder / "metadata.jsonl", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                rec = json.loads(line)
+                meta_ids.append(int(rec["id"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise fail(f"metadata.jsonl line {line_no} is not a {{\"id\": ..., ...}} record: {e!r}") from e
+            if rec.get("metadata"):
+                meta[meta_ids[-1]] = rec["metadata"]
+    if len(meta_ids) != count:
+        raise fail(f"metadata.jsonl has {len(meta_ids)} records but manifest/index count is {count}")
+    if not np.array_equal(np.asarray(meta_ids, dtype=np.int64), np.sort(out.ids)):
+        raise fail("ids in metadata.jsonl do not match the ids stored in index.faiss")
+    # after the record checks above, which say more precisely what is wrong; this catches the rest
+    # (an edited label, path or caption keeps the record count and ids)
+    for name in files:
+        if name != "index.faiss":
+            verify(name)
+    out._meta = meta
+    if (expect_dim is not None and expect_dim != dim) or (expect_model is not None and expect_model != out.model):
+        raise fail(f"index built with a different embedding dim or model: it has dim {dim}, model "
+                   f"{out.model!r}; expected dim {expect_dim}, model {expect_model!r}")
+    if expect_modality is not None and expect_modality != out.modality:
+        raise fail(f"index holds {out.modality!r} embeddings, expected {expect_modality!r}")
+    return out
