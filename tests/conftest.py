@@ -5,17 +5,7 @@ import copy
 
 import pytest
 
-# A tiny image<->text AlignModel (open_clip towers built from config) that builds in well under
-# a second once open_clip is imported. tests/dist_worker.py keeps its own copy of this dict
-# because it runs as a standalone script.
-TINY_MODALITIES = {
-    "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
-                                         "head_width": 16},
-                          "output_dim": 32}},
-    "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                      "layers": 1},
-                         "output_dim": 32}},
-}
+from tests.support.tiny import TINY_MODALITIES
 
 
 @pytest.fixture(scope="session")

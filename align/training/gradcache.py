@@ -12,7 +12,7 @@ only a micro-batch of activations.
    gives each tower exactly its share of the full-batch gradient.
 
 The parameter gradients equal those of one step whose graph holds every micro-batch at once
-(tests/test_gradcache.py: <= 1e-5 for every modality's tower, with dropout, on 1 and 2 processes).
+(tests/training/test_gradcache.py: <= 1e-5 for every modality's tower, with dropout, on 1 and 2 processes).
 Layers whose output depends on the batch (BatchNorm) see micro-batch statistics, as they would
 with a smaller batch; their running statistics are updated once per micro-batch (the
 no-autograd pass's updates are undone). The cost is one extra forward per step.

@@ -1,0 +1,93 @@
+"""The installed package is one namespace, ``align``: the repository's ``modalities/``, ``eval/`` and
+``configs/`` folders install as ``align.modalities``, ``align.eval`` and ``align.configs``, so a
+user's own ``eval`` or ``modalities`` package is neither shadowed by ours nor shadows it. Checked
+on a real (non-editable) wheel imported from a folder that has its own ``eval/`` and
+``modalities/`` packages."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def copy_source(dst: Path) -> Path:
+    """What the wheel is built from, copied (a build in the checkout would leave build/ there)."""
+    import shutil
+
+    dst.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, dst / part)
+    for part in ("align", "modalities", "eval", "configs"):
+        shutil.copytree(ROOT / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(tmp_path):
+    import importlib.util
+
+    src = copy_source(tmp_path / "src")  # an in-tree build would leave build/ in the checkout
+    wheels = tmp_path / "wheels"
+    # the installed setuptools when there is one (no download); else pip's isolated build env
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation,
+                    "-q", "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(wheels.glob("align-*.whl"))
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert tops == {"align", next(t for t in tops if t.endswith(".dist-info"))}, tops
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"align/modalities/image.py", "align/eval/runner.py", "align/configs/demo-digits.yaml"} <= set(names)
+
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    project = tmp_path / "project"  # a user's project with packages of the same generic names
+    for pkg in ("eval", "modalities"):
+        (project / pkg).mkdir(parents=True)
+        (project / pkg / "__init__.py").write_text(f"OWNER = 'user {pkg}'\n")
+    code = (
+        "import eval, modalities, align, align.eval.runner, align.modalities.base, align.configs\n"
+        "from align.modalities import ADAPTERS\n"
+        "assert eval.OWNER == 'user eval' and modalities.OWNER == 'user modalities'\n"
+        f"assert align.__file__.startswith({str(site)!r}), align.__file__\n"
+        f"assert align.eval.runner.__file__.startswith({str(site)!r})\n"
+        "assert ADAPTERS.get('text').__module__ == 'align.modalities.text'\n"
+        "from align.app.demo import demo_config_path\n"
+        "assert demo_config_path().is_file()\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_layers_point_down_on_the_installed_package(tmp_path):
+    """import-linter's layers contract (pyproject.toml) holds on the installed package, and breaks
+    when a lower layer imports a higher one (config importing the CLI), so it is really checked."""
+    import importlib.util
+
+    if importlib.util.find_spec("importlinter") is None:
+        import pytest
+
+        pytest.skip("import-linter is not installed (pip install -e '.[test]')")
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    lint = str(Path(sys.executable).with_name("lint-imports"))
+
+    def check(src: Path, name: str) -> subprocess.CompletedProcess:
+        site = tmp_path / f"site-{name}"
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site),
+                        str(src)], check=True, capture_output=True, cwd=tmp_path)
+        return subprocess.run([lint, str(src / "pyproject.toml")], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(site)})
+
+    src = copy_source(tmp_path / "src")
+    kept = check(src, "as-is")
+    assert kept.returncode == 0 and "Layers point down KEPT" in kept.stdout, kept.stdout[-3000:] + kept.stderr[-2000:]
+    with open(src / "align" / "config" / "schema.py", "a") as f:
+        f.write("\nimport align.app.cli  # an upward import\n")
+    broken = check(src, "broken")
+    assert broken.returncode != 0 and "Layers point down BROKEN" in broken.stdout
+    assert "align.config.schema -> align.app.cli" in broken.stdout

