@@ -38,7 +38,7 @@ def setup(batch: int, micro: int | None, tiling: str):
     from align.data.tables import load_table
     from align.model.align_model import AlignModel
     from align.objectives.task import ContrastiveTask
-    from align.training.loop import build_optimizer
+    from align.training.engine import build_optimizer
 
     cfg = load_config(REPO / "configs" / "demo-digits.yaml", [
         f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]

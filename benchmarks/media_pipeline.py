@@ -23,7 +23,7 @@ FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 
 
 def audio_setup(rate: int):
-    from align.config.schema import DatasetSpec
+    from align.config.dataset import DatasetSpec
     from align.data.tables import load_table
     from align.modalities import build_adapter
 
@@ -48,7 +48,7 @@ def video_setup():
 
 def samples_per_s(table, columns, pre, batch_size: int, workers: int, max_batches: int) -> float:
     from align.data.tables import Collator, PairedDataset
-    from align.app.trainer import one_thread_per_worker
+    from align.training.engine import one_thread_per_worker
 
     ds = PairedDataset(table, columns, pre, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,

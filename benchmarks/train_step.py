@@ -197,7 +197,8 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     from align.objectives.losses import build_loss
     from align.model.align_model import AlignModel
     from align.config.schema import TrainConfig
-    from align.app.trainer import TrainingError, build_optimizer
+    from align.training.loop import TrainingError
+    from align.training.engine import build_optimizer
 
     cfg = ModelConfig(embed_dim=a.embed_dim, loss="clip", modalities={
         "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
@@ -214,7 +215,7 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     # the trainer's own optimizer (AdamW, open_clip's decay split, fused kernel)
     tc = TrainConfig(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.98), eps=1e-6)
     if a.plain_adamw:
-        from align.app.trainer import param_groups
+        from align.training.engine import param_groups
 
         optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
     else:
@@ -266,7 +267,7 @@ def copy_clip_weights(clip_model, align_model) -> None:
 
 def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, nonfinite, grad_clip):
     from align.objectives.task import ContrastiveTask
-    from align.app.trainer import train_step
+    from align.training.loop import train_step
 
     task = ContrastiveTask(core, loss_fn, [("image", "text")], ["image", "text"])
 

@@ -51,7 +51,8 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
     Returns ``accuracy``, ``n_train``, ``n_test``, ``n_classes`` and ``seconds`` (fit + predict)."""
     from sklearn.linear_model import LogisticRegression
 
-    from align.data.tables import class_names, load_table
+    from align.data.labels import class_names
+    from align.data.tables import load_table
 
     tables = {}
     for key, spec in (("data.train", train_spec), ("eval.data", test_spec)):

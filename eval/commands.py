@@ -17,7 +17,8 @@ def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, confi
     ``eval.*`` dotted overrides and a templates file."""
     import yaml
 
-    from align.config.schema import ConfigError, EvalConfig, _format_validation_error, parse_overrides, set_dotted
+    from align.errors import ConfigError
+    from align.config.schema import EvalConfig, _format_validation_error, parse_overrides, set_dotted
 
     if config:
         data = yaml.safe_load(Path(config).read_text()) or {}

@@ -199,7 +199,7 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
 
 def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str]) -> tuple[dict, dict]:
     """One eval table's pairs: (the dataset's description, the pairs result)."""
-    from align.config.schema import ConfigError
+    from align.errors import ConfigError
     from align.data.tables import describe_spec, hf_progress, load_table
 
     ecfg, settings_from = pairs_config(cfg, config, overrides)

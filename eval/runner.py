@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
-from align.config.schema import ConfigError, EvalConfig
+from align.errors import ConfigError
+from align.config.schema import EvalConfig
 from align.data.tables import Collator, PairedDataset, describe_spec, load_table
 from align.data.labels import class_names, zeroshot_classes
 from align.eval.zeroshot import build_classifier, classify

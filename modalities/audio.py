@@ -31,10 +31,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.modalities import ADAPTERS
+from align.registry import ADAPTERS
 from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
-from align.modalities.base import (AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, SampleError,
-                                   resolve_model_path)
+from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, resolve_model_path
+from align.errors import SampleError
 from align.modalities.layers import freeze_, masked_mean, prenorm_transformer
 
 MEL_FMIN = 20.0

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 DEFAULT_SILENCE_THRESHOLD = 1e-4
 

@@ -14,7 +14,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from align.errors import SampleError  # noqa: E402  (re-exported: the modality layer's error)
 
 
 class AdapterOptions(BaseModel):

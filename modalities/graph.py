@@ -36,8 +36,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.errors import SampleError
 from align.modalities.layers import norm_layer
 from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
 

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 # torch_geometric scripts a few helpers at import time; torch 2.14 warns about each of them
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.errors import SampleError
 from align.modalities.layers import freeze_
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -38,8 +38,9 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, SampleError
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor
+from align.errors import SampleError
 from align.modalities.layers import farthest_point_sample, prenorm_transformer
 from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)

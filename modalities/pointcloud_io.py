@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from align.modalities.base import SampleError
+from align.errors import SampleError
 from align.modalities.layers import farthest_point_sample
 
 FEATURE_DIMS = {"rgb": 3, "normal": 3, "intensity": 1}

@@ -34,8 +34,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
 from align.errors import ConfigError
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.errors import SampleError
 from align.modalities.layers import norm_layer
 
 log = logging.getLogger("align.modalities.tabular")

@@ -13,8 +13,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError, resolve_model_path
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, resolve_model_path
+from align.errors import SampleError
 from align.modalities.layers import freeze_, masked_mean
 from align.modalities.image import check_dataclass_keys
 

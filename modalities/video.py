@@ -22,8 +22,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.modalities import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, SampleError
+from align.registry import ADAPTERS
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.errors import SampleError
 from align.modalities.image import ImageAdapter, ImageOptions
 from align.modalities.layers import prenorm_transformer
 from align.modalities.video_io import FrameSampler, read_video

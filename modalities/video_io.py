@@ -39,7 +39,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 MAX_MISSING_FRAMES = 2  # tolerated shortfall of decodable frames against the header's count ...
 MAX_MISSING_FRACTION = 0.05  # ... or this fraction of it, whichever is larger

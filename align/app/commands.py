@@ -59,7 +59,7 @@ def _pairs_cli(args: argparse.Namespace) -> int:
 
 
 def _build_cli(args: argparse.Namespace) -> int:
-    from align.index.embedding_index import check_save_target
+    from align.index.files import check_save_target
 
     def check_out() -> None:
         try:
@@ -86,7 +86,7 @@ QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml
 def query_flags() -> list[str]:
     """One ``--<modality>`` flag per modality the registry knows (installed packages' included),
     read from entry points without importing any adapter."""
-    from align.modalities import ADAPTERS
+    from align.registry import ADAPTERS
 
     return ADAPTERS.names()
 

@@ -22,7 +22,8 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
                  only: list[int] | None = None) -> dict[str, Any]:
     """Train and evaluate every fold (or the folds in ``only``); returns per-fold and summary
     metrics and writes them to ``<output_dir>/crossval.json``."""
-    from align.config.schema import ConfigError, load_config
+    from align.errors import ConfigError
+    from align.config.schema import load_config
     from align.training.runlock import RunLock
 
     overrides = list(overrides or [])
@@ -51,9 +52,11 @@ def run_crossval(config: str | Path, overrides: list[str] | None = None, folds: 
 
 def _folds(config, overrides: list[str], folds: int, only, base, set_fold: dict[str, str],
            out_root: Path) -> dict[str, Any]:
-    from align.config.schema import ConfigError, load_config
+    from align.errors import ConfigError
+    from align.config.schema import load_config
     from align.eval.runner import evaluate
-    from align.app.trainer import flat_eval_metrics, train
+    from align.training.loop import flat_eval_metrics
+    from align.app.trainer import train
 
     per_fold: list[dict[str, Any]] = []
     for k in only if only is not None else range(folds):
@@ -92,7 +95,7 @@ def _folds(config, overrides: list[str], folds: int, only, base, set_fold: dict[
 def fold_setters(specs: dict) -> dict[str, str]:
     """Config key -> the section whose ``fold`` / ``folds`` select a fold of that dataset."""
     from align.data.sources import FOLD_SOURCES
-    from align.config.schema import ConfigError
+    from align.errors import ConfigError
 
     out = {}
     for key, spec in specs.items():

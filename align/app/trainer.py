@@ -2,8 +2,7 @@
 
 This is the application layer. The loop evaluates during training (``train.eval_every``, the
 best checkpoint) and at the end (``train.eval_at_end``), but the training layer sits below the
-evaluation layer and never imports it: the evaluation is handed in here as ``EvalHooks``. The
-loop's parts are re-exported, so ``from align.app.trainer import train_step`` keeps working.
+evaluation layer and never imports it: the evaluation is handed in here as ``EvalHooks``.
 """
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ from align.config.schema import Config
 from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
 from align.model.align_model import AlignModel
-from align.training.loop import (EvalHooks, TrainingError, TrainResult, build_accelerator, build_loader,  # noqa: F401
-                            build_optimizer, flat_eval_metrics, leave_cores_for_workers, one_thread_per_worker,
-                            param_groups, train_step, validation_loss)
+from align.training.loop import EvalHooks, TrainResult, flat_eval_metrics
 from align.training.loop import train as train_loop
 
 

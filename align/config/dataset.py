@@ -1,8 +1,8 @@
 """The dataset part of a run's config: which table (or stream) to read and how its rows pair up.
 
 ``DatasetSpec`` and the classes it holds (row filters, joins, holdout splits) live here so that
-``align/config/schema.py`` stays one screen of run-level sections; ``align.config.schema`` re-exports all of them
-(``from align.config.schema import DatasetSpec`` keeps working). ``Strict`` is the base of every config
+``align/config/schema.py`` stays one screen of run-level sections; ``align.config.schema`` imports them from here
+``Strict`` is the base of every config
 section: unknown keys fail with their dotted path instead of being silently ignored.
 """
 from __future__ import annotations

@@ -13,9 +13,8 @@ import yaml
 from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 
-from align.errors import ConfigError  # noqa: E402  (re-exported: the config layer's error)
-# the dataset part (DatasetSpec, its filters, joins, holdout) is in align/config/dataset.py;
-# `from align.config.schema import DatasetSpec` keeps working
+from align.errors import ConfigError
+# the dataset part (DatasetSpec, its filters, joins, holdout) is in align/config/dataset.py
 from align.config.dataset import DatasetSpec, MixPart, Strict  # noqa: E402
 from align.config.objectives import PAIRWISE, MomentumSpec, MultiwaySpec, PairSpec, check_objectives, pair_specs
 

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from align.config.schema import DatasetSpec
+from align.config.dataset import DatasetSpec
 from align.data.tables import Collator, seeded_rngs
 from align.errors import ConfigError, DataError, SampleError
 from align.data.sources.common import rotated_captions

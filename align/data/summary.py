@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from align.config.schema import Config, DatasetSpec
+from align.config.schema import Config
+from align.config.dataset import DatasetSpec
 from align.data.tables import describe_spec
 from align.data.labels import class_names
 from align.config.objectives import parts_with

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from align.config.schema import DatasetSpec
+from align.config.dataset import DatasetSpec
 from align.errors import DataError, SampleError
-from align.data.labels import class_names, encode_labels, zeroshot_classes  # noqa: F401  (re-exported)
+from align.data.labels import class_names, encode_labels
 from align.data.sources import SOURCES
 from align.data.sources.common import rotated_captions
 

@@ -30,7 +30,9 @@ def parse_data_spec(text: str):
     import yaml
     from pydantic import ValidationError
 
-    from align.config.schema import ConfigError, DatasetSpec, _format_validation_error
+    from align.errors import ConfigError
+    from align.config.dataset import DatasetSpec
+    from align.config.schema import _format_validation_error
 
     path = Path(text)
     data = yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(text)
@@ -66,7 +68,8 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
     from tqdm.auto import tqdm
 
     from align.model.checkpoint import load_model, resolve_checkpoint
-    from align.data.tables import Collator, PairedDataset, class_names, load_table
+    from align.data.tables import Collator, PairedDataset, load_table
+    from align.data.labels import class_names
     from align.index.embedding_index import EmbeddingIndex
     from accelerate.utils import send_to_device as to_device
 

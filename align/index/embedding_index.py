@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from align.index.files import (FORMAT_VERSION, READABLE_VERSIONS, IndexFormatError,  # noqa: F401  (re-exported)
-                               check_save_target, load_folder, save_folder)
+from align.index.files import (load_folder, save_folder)
 
 
 class EmbeddingIndex:

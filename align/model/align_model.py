@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.config.schema import ConfigError, ModelConfig
+from align.errors import ConfigError
+from align.config.schema import ModelConfig
 
 CLIP_INIT_SCALE = math.log(1 / 0.07)
 SIGLIP_INIT_SCALE = math.log(10.0)
@@ -169,7 +170,7 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
     (``ModalityAdapter.fit``: normalisation statistics, vocabularies, input widths) and write it
     into ``cfg``'s options, so the run's config.yaml and every checkpoint carry it. Options the
     user set are kept (an option set to ``"fit"`` asks for the fitted value). Returns modality -> the option names that were fitted."""
-    from align.modalities import ADAPTERS
+    from align.registry import ADAPTERS
     from align.modalities.base import ModalityAdapter
 
     fitted = {}

@@ -300,7 +300,7 @@ def load_model(path: str | Path):
     ckpt = resolve_checkpoint(path)
     verify_files(ckpt, ["config.yaml"])
     cfg = load_config(ckpt / "config.yaml")
-    from align.modalities import ADAPTERS
+    from align.registry import ADAPTERS
 
     for mod, spec in cfg.model.modalities.items():  # weights come from the checkpoint, not a download
         spec.options = ADAPTERS.get(spec.adapter_name(mod)).reload_options(spec.options)

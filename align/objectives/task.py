@@ -15,7 +15,8 @@ from torch import nn
 
 import align.objectives.variants  # noqa: F401  (registers multi_positive, dcl, hcl, mochi)
 import align.objectives.multiway  # noqa: F401  (registers symile, gram)
-from align.config.schema import Config, ConfigError
+from align.config.schema import Config
+from align.errors import ConfigError
 from align.objectives.losses import build_loss, gather_rows, tiling_mode
 from align.model.align_model import AlignModel
 from align.data.mixture import rows_with, select_rows

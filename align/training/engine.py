@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from align.config.schema import Config, ConfigError
+from align.config.schema import Config
+from align.errors import ConfigError
 from align.data.tables import Collator, PairedDataset, load_table
 from align.model.align_model import AlignModel
 from align.config.objectives import needs_labels

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from align.config.schema import Config, ConfigError
+from align.config.schema import Config
+from align.errors import ConfigError
 from align.model.align_model import AlignModel, CachedFeatures
 
 log = logging.getLogger(__name__)

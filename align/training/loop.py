@@ -20,11 +20,12 @@ from typing import Any, Callable
 import torch
 
 from align.model.checkpoint import save_checkpoint, set_rng_state
-from align.config.schema import Config, ConfigError, dump_config
+from align.config.schema import Config, dump_config
+from align.errors import ConfigError
 from align.data.tables import hf_progress, load_table
 from align.data.summary import look_at_data
-from align.training.engine import (build_accelerator, build_loader, build_mixture_loader, build_optimizer,  # noqa: F401
-                          leave_cores_for_workers, one_thread_per_worker, param_groups)  # last two re-exported
+from align.training.engine import (build_accelerator, build_loader, build_mixture_loader, build_optimizer,
+                          leave_cores_for_workers)
 from align.training.feature_cache import build_feature_caches
 from align.training.gradcache import cached_loss
 from align.data.mixture import mixture_columns

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align.config.schema import (Config, ConfigError, config_from_dict, dump_config, load_config,
-                          parse_overrides)
+from align.config.schema import Config, config_from_dict, dump_config, load_config, parse_overrides
+from align.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo-digits.yaml"

@@ -69,7 +69,8 @@ def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
      r"'data.mix\[1\].data.columns.audio': modality 'audio' is not in model.modalities"),
 ])
 def test_bad_mixture_names_the_key(tmp_path, edit, match):
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
 
     raw = mix_config(tmp_path)
     edit(raw)
@@ -278,7 +279,8 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
 def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
     """data.val may feed a subset of the mixture's modalities (here image and text only); its loss
     goes through the same masked path, and a val set with a modality no training set has is refused."""
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
     from align.app.trainer import train
 
     raw = mix_config(tmp_path, steps=10, val_every=5)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.config.schema import DatasetSpec, config_from_dict
-from align.data.tables import DataError, load_table
+from align.config.dataset import DatasetSpec
+from align.config.schema import config_from_dict
+from align.errors import DataError
+from align.data.tables import load_table
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
@@ -156,7 +158,7 @@ def _skip_config(root: Path, out: Path, on_error: str) -> dict:
 
 
 def test_corrupt_file_raises_naming_the_file_by_default(images_with_a_corrupt_one, tmp_path):
-    from align.data.tables import SampleError
+    from align.errors import SampleError
     from align.app.trainer import train
 
     cfg = config_from_dict(_skip_config(images_with_a_corrupt_one, tmp_path, "raise"))

@@ -19,7 +19,9 @@ import torch
 import yaml
 
 from align.model.checkpoint import load_training_state, resolve_checkpoint
-from align.config.schema import ConfigError, DatasetSpec, ModelConfig, config_from_dict, load_config
+from align.errors import ConfigError
+from align.config.dataset import DatasetSpec
+from align.config.schema import ModelConfig, config_from_dict, load_config
 from align.errors import SampleError
 from align.model.align_model import AlignModel
 from align.data.shards import main as shards_main, write_shards

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from align.config.schema import DatasetSpec
+from align.config.dataset import DatasetSpec
 from align.data.sources.common import DIGIT_NAMES
 from align.data.sources.sklearn_digits import sklearn_digits
-from align.data.tables import Collator, DataError, PairedDataset, load_table
+from align.data.tables import Collator, PairedDataset, load_table
+from align.errors import DataError
 from align.modalities import build_adapter
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 # ../shared/data beside the checkout (CI has it too)
 MNIST5K = Path(__file__).resolve().parents[3] / "shared" / "data" / "image" / "mnist5k" / "mnist_5k.csv.gz"
@@ -352,7 +353,8 @@ def test_imagefolder_captions_from_label_names(digit_files, tmp_path):
 
 
 def test_caption_templates_need_a_label_column():
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
 
     data = {"model": {"modalities": {"text": {"options": {"text_cfg": TINY_TEXT}}}},
             "data": {"train": {"source": "imagefolder", "columns": {"text": "label_captions"},

@@ -155,7 +155,7 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
     import json
 
     from align.model.checkpoint import load_model
-    from align.app.trainer import flat_eval_metrics
+    from align.training.loop import flat_eval_metrics
     from align.eval.runner import evaluate
 
     env = {k: v for k, v in os.environ.items()

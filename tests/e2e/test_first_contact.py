@@ -148,7 +148,7 @@ def test_encode_raw_items(tmp_path):
     batch = pre.collate([pre(t, train=False) for t in ["a handwritten seven.", "zero"]])
     assert np.allclose(align.encode(model, "text", ["a handwritten seven.", "zero"]), model.encode("text", batch).detach(),
                        atol=1e-5)
-    from align.modalities.base import SampleError
+    from align.errors import SampleError
 
     with pytest.raises(SampleError, match=r"image item 3 .*nope.png"):
         align.encode(model, "image", [str(p) for p in paths] + [str(tmp_path / "nope.png")], batch_size=2)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from align.app.cli import main
-from align.config.schema import DatasetSpec, config_from_dict
+from align.config.dataset import DatasetSpec
+from align.config.schema import config_from_dict
 from align.data.tables import Collator, PairedDataset, load_table
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -114,7 +114,8 @@ def test_weighted_pairs_and_matryoshka(tmp_path):
     ({"matryoshka_dims": [8, 32]}, {}, False, "model.matryoshka_dims"),
 ])
 def test_bad_objective_configs_name_their_key(tmp_path, model, train, three, key):
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
     from align.objectives.task import ContrastiveTask
     from align.model.align_model import AlignModel
 

@@ -19,8 +19,11 @@ import pytest
 
 from align.data.sources.common import DIGIT_NAMES
 from align.data.sources.sklearn_digits import sklearn_digits
-from align.config.schema import ConfigError, DatasetSpec, EvalConfig, config_from_dict
-from align.data.tables import DataError, load_table
+from align.errors import ConfigError
+from align.config.dataset import DatasetSpec
+from align.config.schema import EvalConfig, config_from_dict
+from align.errors import DataError
+from align.data.tables import load_table
 from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -123,7 +123,7 @@ def test_a_plugin_package_adds_a_modality_and_a_source(tmp_path):
 
 def test_reloading_a_checkpoint_resets_nested_pretrained_options():
     """Video's per-frame tower keeps its options nested; a reload must not fetch its weights."""
-    from align.modalities import ADAPTERS
+    from align.registry import ADAPTERS
 
     video = {"image": {"model": "ViT-B-32", "pretrained": "openai"}, "frames": 4}
     assert ADAPTERS.get("video").reload_options(video) == {"image": {"model": "ViT-B-32", "pretrained": None},

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from align.config.schema import DatasetSpec
-from align.data.tables import DataError, PairedDataset, load_table
+from align.config.dataset import DatasetSpec
+from align.errors import DataError
+from align.data.tables import PairedDataset, load_table
 from align.modalities import build_adapter
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 TU = DATA / "graph" / "tu"

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from align.index.embedding_index import EmbeddingIndex, IndexFormatError
+from align.index.embedding_index import EmbeddingIndex
+from align.index.files import IndexFormatError
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from align.app.cli import main
-from align.index.embedding_index import EmbeddingIndex, IndexFormatError
+from align.index.embedding_index import EmbeddingIndex
+from align.index.files import IndexFormatError
 
 DIM, N = 32, 3000  # big enough that writing takes milliseconds, so the two saves overlap
 DATA = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"

@@ -15,9 +15,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from align.modalities import ADAPTERS, build_adapter
+from align.registry import ADAPTERS
+from align.modalities import build_adapter
 from align.modalities.audio_io import crop_or_pad, decode_audio, load_audio
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "audio" / "fsdd" / "recordings"
 WAVS = sorted(FSDD.glob("*.wav"))

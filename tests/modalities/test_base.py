@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from align.modalities import ADAPTERS, build_adapter
-from align.modalities.base import SampleError
+from align.registry import ADAPTERS
+from align.modalities import build_adapter
+from align.errors import SampleError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,8 @@ AUDIO = {"sample_rate": 8000, "clip_seconds": 0.5, "n_mels": 32, "patch_size": 8
 
 @needs_fsdd
 def test_audio_norm_stats_fit_equals_the_clips_statistics():
-    from align.modalities import ADAPTERS, build_adapter
+    from align.registry import ADAPTERS
+    from align.modalities import build_adapter
     from align.modalities.audio import ASTAudioOptions, LogMel
     from align.modalities.audio_io import crop_or_pad, load_audio
 
@@ -47,9 +48,10 @@ def test_audio_norm_stats_fit_equals_the_clips_statistics():
 
 @needs_tu
 def test_graph_vocab_fit_counts_the_training_categories():
-    from align.config.schema import DatasetSpec
+    from align.config.dataset import DatasetSpec
     from align.data.tables import load_table
-    from align.modalities import ADAPTERS, build_adapter
+    from align.registry import ADAPTERS
+    from align.modalities import build_adapter
     from align.modalities.graph_io import to_graph
 
     table = load_table(DatasetSpec(source="tu-dataset", data_dir=str(TU), split="train",

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.config.schema import DatasetSpec
+from align.config.dataset import DatasetSpec
 from align.data.tables import Collator, PairedDataset, load_table
 from align.modalities import build_adapter
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "graph"
 TU, CHEBI = DATA / "tu", DATA / "chebi20"
@@ -248,7 +248,8 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
 def test_pack_columns_and_package_model_paths_name_what_is_wrong():
     import datasets
 
-    from align.data.tables import DataError, pack_columns
+    from align.errors import DataError
+    from align.data.tables import pack_columns
     from align.modalities.base import resolve_model_path
 
     table = datasets.Dataset.from_dict({"edge_index": [[[0], [1]]], "node_feat": [[[1.0], [2.0]]]})

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from align.errors import DataError
-from align.config.schema import DatasetSpec
-from align.modalities import ADAPTERS, build_adapter
-from align.modalities.base import SampleError
+from align.config.dataset import DatasetSpec
+from align.registry import ADAPTERS
+from align.modalities import build_adapter
+from align.errors import SampleError
 from align.modalities.layers import farthest_point_sample as fps_torch
 from align.modalities.pointcloud_io import read_cloud
 

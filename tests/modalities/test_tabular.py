@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from align.config.schema import DatasetSpec, config_from_dict
+from align.config.dataset import DatasetSpec
+from align.config.schema import config_from_dict
 from align.data.tables import Collator, PairedDataset, load_table
 from align.errors import ConfigError, DataError
-from align.modalities import ADAPTERS, build_adapter
-from align.modalities.base import SampleError
+from align.registry import ADAPTERS
+from align.modalities import build_adapter
+from align.errors import SampleError
 
 
 def table(name: str, split: str):
@@ -274,7 +276,7 @@ def test_the_trainer_fits_the_options_and_checkpoints_carry_them(tmp_path, capsy
     assert "fitted on the training data: model.modalities.tabular.options: mean, num_features, std" in capsys.readouterr().out
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["modalities"]["tabular"]["options"]
     from align.data.sources import SOURCES
-    from align.config.schema import DatasetSpec
+    from align.config.dataset import DatasetSpec
 
     table = SOURCES.get("sklearn-table")(DatasetSpec.model_validate(cfg["data"]["train"]))
     x = np.asarray(table["features"], dtype=np.float64)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from align.modalities import build_adapter
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}

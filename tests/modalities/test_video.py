@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from align.data.sources.moving_digits import DIRECTIONS, VIDEO_CAPTIONS, moving_digit_clips
-from align.modalities.base import SampleError
+from align.errors import SampleError
 from align.modalities.video_io import FrameSampler, decode_all, read_video, video_info
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -244,7 +244,8 @@ def _adapter(**options):
 
 
 def test_options_are_validated_by_key():
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
 
     def cfg(video_options):
         mods = {"video": {"options": video_options}, "text": {"options": TINY_TEXT}}
@@ -353,8 +354,9 @@ def test_moving_digit_clips_reverse_into_their_opposite_direction():
 
 
 def test_moving_digits_source():
-    from align.config.schema import DatasetSpec
-    from align.data.tables import DataError, load_table
+    from align.config.dataset import DatasetSpec
+    from align.errors import DataError
+    from align.data.tables import load_table
 
     def spec(split, **kw):
         return DatasetSpec(source="moving-digits", data_files=str(MNIST), split=split,

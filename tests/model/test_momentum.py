@@ -95,7 +95,8 @@ def test_a_checkpoint_with_one_queue_pointer_still_loads():
 
 
 def test_momentum_refuses_other_objectives():
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
 
     with pytest.raises(ConfigError, match=r"model\.momentum"):
         config_from_dict({"model": {"modalities": {"image": {}, "text": {}}, "loss": "dcl", "momentum": MOMENTUM},

@@ -241,7 +241,7 @@ def test_config_selects_loss(model, batch, world, expected):
 
 
 def test_config_tiling_defaults_and_validation():
-    from align.config.schema import ConfigError
+    from align.errors import ConfigError
 
     cfg = _config()(64)
     assert (cfg.model.loss_tiling, cfg.model.loss_tile_size, cfg.model.loss_tile_above) == ("auto", 1024, 8192)

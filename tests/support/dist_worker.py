@@ -84,7 +84,8 @@ def run_case(case: str, workdir: Path) -> dict | None:
 
     from align.objectives.losses import build_loss
     from align.model.align_model import AlignModel, contrastive_loss
-    from align.app.trainer import build_accelerator, param_groups, train_step
+    from align.training.engine import build_accelerator, param_groups
+    from align.training.loop import train_step
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     assert GLOBAL_BATCH % world == 0, (GLOBAL_BATCH, world)
@@ -172,7 +173,7 @@ def probe_without_cpu_flag(workdir: Path) -> int:
     plain ``torchrun`` launch). Runs after the real cases: it resets Accelerate's shared state."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from align.app.trainer import build_accelerator
+    from align.training.engine import build_accelerator
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()

@@ -40,7 +40,8 @@ def main() -> None:
     from align.objectives.losses import build_loss
     from align.model.align_model import AlignModel
     from align.objectives.task import ContrastiveTask
-    from align.training.loop import param_groups, train_step
+    from align.training.engine import param_groups
+    from align.training.loop import train_step
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     accelerator = Accelerator(cpu=True)  # the process group (gloo); the model is sharded below

@@ -70,7 +70,7 @@ def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsy
 
 
 def test_cache_refuses_what_it_cannot_cache_by_key(minilm, tmp_path):
-    from align.config.schema import ConfigError
+    from align.errors import ConfigError
     from align.training.loop import train
 
     with pytest.raises(ConfigError, match=r"model\.modalities\.graph\.cache.*trains"):

@@ -159,7 +159,8 @@ def test_without_randomness_gradients_equal_the_plain_full_batch_step(loss_name)
 
 
 def test_micro_batch_must_divide_the_batch():
-    from align.config.schema import ConfigError, config_from_dict
+    from align.errors import ConfigError
+    from align.config.schema import config_from_dict
 
     with pytest.raises(ConfigError, match=r"train\.micro_batch_size.*does not divide train\.batch_size 10"):
         config_from_dict({"model": {"modalities": {"image": {}, "text": {}}},

@@ -11,7 +11,8 @@ import torch
 from align.model.checkpoint import load_model, load_training_state, resolve_checkpoint
 from align.config.schema import config_from_dict, load_config
 from align.app.demo import demo_config_path
-from align.app.trainer import TrainingError, train
+from align.training.loop import TrainingError
+from align.app.trainer import train
 
 TINY_MODEL = {
     "embed_dim": 32,

@@ -21,7 +21,7 @@ DIGIT_CAPTIONS = [
 ]
 
 
-from align.errors import DataError  # noqa: E402  (re-exported)
+from align.errors import DataError
 
 
 def builtin_options(spec, allowed: dict[str, Any]) -> dict[str, Any]:

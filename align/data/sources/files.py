@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, builtin_options
+from align.errors import DataError
+from align.data.sources.common import builtin_options
 
 
 @SOURCES.register("files")

@@ -38,7 +38,7 @@ SUM_CAPTIONS = [
 def fsdd_rows(fsdd_dir: str | Path, split: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """``(paths, digits, speakers, takes)`` of the recordings on one side of the official split,
     sorted by path, so the pairing below depends on the seed only."""
-    from align.data.sources.common import DataError
+    from align.errors import DataError
 
     folder = Path(fsdd_dir)
     if not folder.is_dir():
@@ -91,8 +91,8 @@ def fsdd_mnist_sum(spec):
     import datasets
     from PIL import Image
 
-    from align.data.sources.common import (DIGIT_NAMES, DataError, builtin_options, check_digit_labels,
-                                      read_pixel_csv, rotated_captions, stratified_split)
+    from align.data.sources.common import DIGIT_NAMES, builtin_options, check_digit_labels, read_pixel_csv, rotated_captions, stratified_split
+    from align.errors import DataError
 
     opts = builtin_options(spec, {"fsdd_dir": None, "mnist_csv": None, "pairs_per_recording": None, "seed": 0})
     for key in ("fsdd_dir", "mnist_csv"):

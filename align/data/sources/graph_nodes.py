@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, builtin_options
+from align.errors import DataError
+from align.data.sources.common import builtin_options
 
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
 PLANETOID_CLASSES = {

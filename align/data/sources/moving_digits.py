@@ -119,8 +119,8 @@ def moving_digits_table(spec):
     """
     import datasets
 
-    from align.data.sources.common import (DIGIT_NAMES, DataError, builtin_options, check_digit_labels,
-                                    read_pixel_csv, rotated_captions, single_file, stratified_split)
+    from align.data.sources.common import DIGIT_NAMES, builtin_options, check_digit_labels, read_pixel_csv, rotated_captions, single_file, stratified_split
+    from align.errors import DataError
 
     opts = builtin_options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1,
                                   "seed": 0, "test_fraction": 0.2, "label": "last", "digits": None})

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, builtin_options, fold_rows, single_file, stratified_split
+from align.errors import DataError
+from align.data.sources.common import builtin_options, fold_rows, single_file, stratified_split
 
 DEFAULTS: dict[str, Any] = {"points": "points", "offsets": "offsets",
                             "columns": {"label": "labels", "id": "ids"}, "per_point": {},

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, _digit_table, stratified_split
+from align.errors import DataError
+from align.data.sources.common import _digit_table, stratified_split
 
 
 @SOURCES.register("sklearn-digits")

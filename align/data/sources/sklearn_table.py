@@ -25,7 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, builtin_options, stratified_split
+from align.errors import DataError
+from align.data.sources.common import builtin_options, stratified_split
 
 # name -> (scikit-learn loader, class names; None: scikit-learn's target_names, already readable)
 TABLES: dict[str, tuple[str, list[str] | None]] = {

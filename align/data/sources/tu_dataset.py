@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.data.sources.common import DataError, builtin_options, fold_rows
+from align.errors import DataError
+from align.data.sources.common import builtin_options, fold_rows
 
 
 def read_tu_graphs(source: Path, name: str, use_node_attr: bool):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from align.config.schema import DatasetSpec
-from align.data.tables import DataError, load_table
+from align.config.dataset import DatasetSpec
+from align.errors import DataError
+from align.data.tables import load_table
 from align.modalities import build_adapter
-from align.modalities.base import SampleError
+from align.errors import SampleError
 
 CITESEER = Path(__file__).resolve().parents[4] / "shared" / "data" / "graph" / "citeseer"
 pytestmark = pytest.mark.skipif(not (CITESEER / "raw" / "ind.citeseer.graph").is_file(),
