@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import align
+
 SCHEMA = "align.eval/v1"
 
 
 def build_report(task: str, metrics: dict[str, Any], model_info: dict[str, Any]) -> dict[str, Any]:
-    import align
-
     metrics = dict(metrics)
     dataset = metrics.pop("dataset", None)
     seconds = metrics.pop("seconds", None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from align.eval.zeroshot_metrics import build_class_embeddings
 
 from align.model.align_model import raw_encoder
 
@@ -17,8 +18,6 @@ def build_classifier(model, classnames: Sequence[str], templates: Sequence[str] 
                      modality: str = "text", batch_size: int = 256) -> torch.Tensor:
     """[C, D] unit-norm class embeddings. ``templates``: shared ``{}`` / ``{c}`` templates, or a
     dict class -> its own prompts (CuPL style)."""
-    from align.eval.zeroshot_metrics import build_class_embeddings
-
     return build_class_embeddings(classnames, templates, raw_encoder(model, modality), batch_size)
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from align.modalities.layers import set_grad_checkpointing_
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
-
 
 
 class AdapterOptions(BaseModel):
@@ -122,8 +122,6 @@ class ModalityAdapter(nn.Module):
         """Recompute this tower's activations in the backward pass (``train.grad_checkpointing``).
         Default: the library hooks and transformer trunks found inside (``layers.set_grad_checkpointing_``);
         an adapter with other heavy blocks (GNN layers) adds them. Returns what was switched."""
-        from align.modalities.layers import set_grad_checkpointing_
-
         return set_grad_checkpointing_(self, enable)
 
     def preprocessor(self) -> Preprocessor:

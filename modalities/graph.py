@@ -33,14 +33,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
+from align.modalities.layers import checkpoint_module_, norm_layer
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.registry import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 from align.errors import SampleError
-from align.modalities.layers import norm_layer
-from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
+from align.registry import ADAPTERS
 
 Vocab = list[int] | Literal["smiles", "fit"] | None
 
@@ -279,8 +279,6 @@ class GraphAdapter(ModalityAdapter):
 
     def set_grad_checkpointing(self, enable: bool = True) -> list[str]:
         """Each message-passing layer recomputed in the backward pass."""
-        from align.modalities.layers import checkpoint_module_
-
         for conv in self.convs:
             checkpoint_module_(conv, enable)
         return [f"convs.{i}" for i in range(len(self.convs))]

@@ -10,13 +10,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-
-from align.errors import ConfigError
 # the dataset part (DatasetSpec, its filters, joins, holdout) is in align/config/dataset.py
 from align.config.dataset import DatasetSpec, MixPart, Strict  # noqa: E402
-from align.config.objectives import PAIRWISE, MomentumSpec, MultiwaySpec, PairSpec, check_objectives, pair_specs
+from align.config.objectives import (
+    PAIRWISE,
+    MomentumSpec,
+    MultiwaySpec,
+    PairSpec,
+    check_objectives,
+    pair_specs,
+)
+from align.errors import ConfigError
+from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
+from align.registry import ADAPTERS
 
 
 class ModalitySpec(Strict):
@@ -157,7 +171,6 @@ class ZeroShotSpec(Strict):
                           "names); a dict maps the data's names to the names put in prompts")
     templates: list[str] | dict[str, list[str]] = Field(
         min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)")
-
 
     @field_validator("classnames")
     @classmethod
@@ -327,9 +340,6 @@ def config_from_dict(data: dict, validate_adapters: bool = True) -> Config:
 
 def validate_adapter_options(cfg: Config) -> None:
     """Check each modality's options against its adapter's schema (imports the adapter module)."""
-    from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
-    from align.registry import ADAPTERS
-
     specs = [(k, spec) for k, spec, _ in cfg.data.train_parts()]
     specs += [("data.val", cfg.data.val), ("eval.data", cfg.eval.data if cfg.eval else None)]
     for key, spec in specs:

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from align.config.schema import Config
 from align.config.dataset import DatasetSpec
-from align.data.tables import describe_spec
-from align.data.labels import class_names
 from align.config.objectives import parts_with
+from align.config.schema import Config
+from align.data.labels import class_names, zeroshot_classes
+from align.data.tables import describe_spec, hf_progress, load_table
 
 
 def show_value(value: Any, width: int = 90) -> str:
@@ -92,8 +92,6 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
         mw = cfg.train.multiway
         out["pairs"].append(f"{mw.loss} over {', '.join(mw.modalities)}: row i's columns together")
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
-        from align.data.labels import zeroshot_classes
-
         spec, table = cfg.eval.data, tables["eval.data"]
         out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,
                                                    class_names(table, spec.label_column),
@@ -103,8 +101,6 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
 
 def load_and_summarize(cfg: Config) -> dict[str, Any]:
     """Load every dataset the config names (no model, no training) and summarise them."""
-    from align.data.tables import hf_progress, load_table
-
     specs = {**{k: s for k, s, _ in cfg.data.train_parts()}, "data.val": cfg.data.val,
              "eval.data": cfg.eval.data if cfg.eval else None}
     with hf_progress(cfg.train.progress):
@@ -144,8 +140,6 @@ def look_at_data(cfg: Config, accelerator, loader, val_loader, fitted: dict[str,
     fails now rather than after training."""
     import json
     from pathlib import Path
-
-    from align.data.tables import load_table
 
     parts = getattr(loader.dataset, "parts", None)  # data.mix: one table per training set
     tables = ({k: p.table for (k, _, _), p in zip(cfg.data.train_parts(), parts)} if parts is not None

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
-from align.errors import DataError, SampleError
 from align.data.labels import class_names, encode_labels
 from align.data.sources import SOURCES
 from align.data.sources.common import rotated_captions
+from align.data.splits import SplitError, split_rows
+from align.errors import DataError, SampleError
 
 log = logging.getLogger("align.data.tables")
 
@@ -104,8 +105,6 @@ def filter_rows(table, where: dict, key: str):
 
 def holdout_rows(table, spec: DatasetSpec, key: str):
     """Keep ``spec.holdout.take``'s side of a seeded split of the loaded rows (see ``align.data.splits``)."""
-    from align.data.splits import SplitError, split_rows
-
     h = spec.holdout
     for name, col in (("label_column", spec.label_column if h.stratify else None), ("holdout.group", h.group)):
         if col is not None and col not in table.column_names:

@@ -21,6 +21,7 @@ DIGIT_CAPTIONS = [
 ]
 
 
+from align.data.splits import SplitError, split_rows
 from align.errors import DataError
 
 
@@ -54,8 +55,6 @@ def fold_rows(labels: np.ndarray, split: str, folds: int, fold: int, seed: int) 
 
 
 def _split(n: int, split: str, **kwargs) -> np.ndarray:
-    from align.data.splits import SplitError, split_rows
-
     try:
         return split_rows(n, split, **kwargs)
     except SplitError as err:

@@ -22,6 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from align.data.sources import SOURCES
+from align.data.sources.common import (
+    DIGIT_NAMES,
+    builtin_options,
+    check_digit_labels,
+    read_pixel_csv,
+    rotated_captions,
+    stratified_split,
+)
+from align.errors import DataError
 
 FSDD_NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 TEST_TAKES = 5  # FSDD's official split: takes 0-4 test, 5-49 train
@@ -38,8 +47,6 @@ SUM_CAPTIONS = [
 def fsdd_rows(fsdd_dir: str | Path, split: str) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
     """``(paths, digits, speakers, takes)`` of the recordings on one side of the official split,
     sorted by path, so the pairing below depends on the seed only."""
-    from align.errors import DataError
-
     folder = Path(fsdd_dir)
     if not folder.is_dir():
         raise DataError(f"fsdd-mnist-sum: load_kwargs.fsdd_dir {str(folder)!r} is not a folder")
@@ -90,9 +97,6 @@ def fsdd_mnist_sum(spec):
     ``SUM_CAPTIONS`` template, rotated per row)."""
     import datasets
     from PIL import Image
-
-    from align.data.sources.common import DIGIT_NAMES, builtin_options, check_digit_labels, read_pixel_csv, rotated_captions, stratified_split
-    from align.errors import DataError
 
     opts = builtin_options(spec, {"fsdd_dir": None, "mnist_csv": None, "pairs_per_recording": None, "seed": 0})
     for key in ("fsdd_dir", "mnist_csv"):

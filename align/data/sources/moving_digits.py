@@ -14,9 +14,19 @@ opposite directions, a temporal model is not.
 """
 from __future__ import annotations
 
-from align.data.sources import SOURCES
-
 import numpy as np
+
+from align.data.sources import SOURCES
+from align.data.sources.common import (
+    DIGIT_NAMES,
+    builtin_options,
+    check_digit_labels,
+    read_pixel_csv,
+    rotated_captions,
+    single_file,
+    stratified_split,
+)
+from align.errors import DataError
 
 DIRECTIONS = ["left", "right", "up", "down"]
 # every template takes one class name, "<digit> moving <direction>" (so zero-shot prompts are the
@@ -33,8 +43,6 @@ VIDEO_CAPTIONS = [
 
 def class_names() -> list[str]:
     """The 40 classes, index digit * 4 + direction: 'zero moving left', ..., 'nine moving down'."""
-    from align.data.sources.common import DIGIT_NAMES
-
     return [f"{d} moving {m}" for d in DIGIT_NAMES for m in DIRECTIONS]
 
 
@@ -118,9 +126,6 @@ def moving_digits_table(spec):
     rotated per row: training draws one, evaluation uses the first).
     """
     import datasets
-
-    from align.data.sources.common import DIGIT_NAMES, builtin_options, check_digit_labels, read_pixel_csv, rotated_captions, single_file, stratified_split
-    from align.errors import DataError
 
     opts = builtin_options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1,
                                   "seed": 0, "test_fraction": 0.2, "label": "last", "digits": None})
