@@ -91,3 +91,41 @@ def test_layers_point_down_on_the_installed_package(tmp_path):
     broken = check(src, "broken")
     assert broken.returncode != 0 and "Layers point down BROKEN" in broken.stdout
     assert "align.config.schema -> align.app.cli" in broken.stdout
+
+
+def layer_entries(pyproject: Path) -> list[str]:
+    """Every package or module the layers contract names."""
+    import re
+    import tomllib
+
+    layers = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
+    return [name for line in layers for name in re.split(r"\s*[:|]\s*", line.strip())]
+
+
+def modules_outside_layers(site: Path, entries: list[str]) -> list[str]:
+    """Modules of the installed ``align`` package that no layer covers (the root package itself
+    is the façade and sits above every layer)."""
+    mods = []
+    for f in sorted((site / "align").rglob("*.py")):
+        parts = f.relative_to(site).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if name != "align" and not any(name == e or name.startswith(e + ".") for e in entries):
+            mods.append(name)
+    return mods
+
+
+def test_every_installed_module_sits_in_a_layer(tmp_path):
+    """A new file is checked by the contract because its package is: no module of the installed
+    wheel is outside every layer, and a module planted beside the layers is caught."""
+    src = copy_source(tmp_path / "src")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(src)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    entries = layer_entries(src / "pyproject.toml")
+    assert all(e.startswith("align") for e in entries) and len(entries) >= 8, entries
+    assert modules_outside_layers(site, entries) == []
+    assert {"align.modalities.image", "align.eval.runner", "align.objectives.losses"} <= {
+        m for m in ("align.modalities.image", "align.eval.runner", "align.objectives.losses")
+        if (site / Path(*m.split("."))).with_suffix(".py").is_file()}
+    (site / "align" / "stray.py").write_text("X = 1\n")  # a module in no layer's package
+    assert modules_outside_layers(site, entries) == ["align.stray"]
