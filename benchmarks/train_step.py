@@ -194,7 +194,7 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     from accelerate import Accelerator
 
     from align.config.schema import ModelConfig
-    from align.objectives.losses import build_loss
+    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel
     from align.config.schema import TrainConfig
     from align.training.loop import TrainingError

@@ -19,6 +19,7 @@ from torch import nn
 
 from align.errors import ConfigError
 from align.config.schema import ModelConfig
+from align.model.cached import CachedFeatures
 
 CLIP_INIT_SCALE = math.log(1 / 0.07)
 SIGLIP_INIT_SCALE = math.log(10.0)
@@ -37,17 +38,6 @@ def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
     raise ConfigError(f"config key '{key}': unknown head '{kind}'")
-
-
-class CachedFeatures:
-    """A batch entry that carries a frozen tower's features [B, feature_dim] instead of its inputs
-    (``align.training.feature_cache``): the model applies only the head."""
-
-    def __init__(self, features: torch.Tensor) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return len(self.features)
 
 
 class AlignModel(nn.Module):

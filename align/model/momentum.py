@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from align.model.cached import CachedFeatures  # a cached frozen tower: its momentum copy is itself
+
 
 class MomentumTowers(nn.Module):
     """EMA copies of the towers and heads, and one queue of past momentum embeddings per modality."""
@@ -60,8 +62,6 @@ class MomentumTowers(nn.Module):
 
     @torch.no_grad()
     def encode(self, inputs: dict) -> dict[str, torch.Tensor]:
-        from align.model.align_model import CachedFeatures  # a cached frozen tower: its momentum copy is itself
-
         return {m: F.normalize(self.heads[m](x.features if isinstance(x, CachedFeatures) else self.adapters[m](x)),
                                dim=-1) for m, x in inputs.items() if m in self.adapters}
 

@@ -8,8 +8,6 @@ process holding the global batch.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,29 +141,3 @@ class SigLipLoss(nn.Module):
         idx = torch.arange(n, device=a.device)
         labels[idx, idx + n * rank] = 1.0
         return -F.logsigmoid(labels * logits).sum() / n
-
-
-def tiling_mode(mode: str, global_batch: int, tile_above: int) -> str:
-    """``model.loss_tiling`` resolved for a global batch: 'auto' below ``tile_above`` is 'off'."""
-    return "off" if mode == "auto" and global_batch < tile_above else mode
-
-
-def build_loss(name: str, tiling: str = "off", tile_size: int = 1024, **kwargs) -> nn.Module:
-    """The loss ``name`` (``LOSSES``); with ``tiling`` 'on' / 'auto' its tiled form
-    (``align.objectives.tiled.TILED``, same values, no [B, B] logits). 'on' for a loss without a tiled
-    form is a ``ConfigError``; 'auto' then falls back to the dense loss."""
-    cls = LOSSES.get(name)
-    if tiling != "off":
-        from align.objectives.tiled import TILED
-
-        if name in TILED:
-            cls = TILED[name]
-            kwargs["tile_size"] = tile_size
-        elif tiling == "on":
-            from align.errors import ConfigError
-
-            raise ConfigError(f"config key 'model.loss_tiling': loss '{name}' has no tiled form (tiled: "
-                              f"{', '.join(sorted(TILED))}); set model.loss_tiling to 'auto' or 'off'")
-    if "local_loss" not in inspect.signature(cls).parameters:  # SigLIP has no local_loss option
-        kwargs.pop("local_loss", None)
-    return cls(**kwargs)

@@ -17,7 +17,8 @@ import align.objectives.variants  # noqa: F401  (registers multi_positive, dcl, 
 import align.objectives.multiway  # noqa: F401  (registers symile, gram)
 from align.config.schema import Config
 from align.errors import ConfigError
-from align.objectives.losses import build_loss, gather_rows, tiling_mode
+from align.objectives.factory import build_loss, tiling_mode
+from align.objectives.losses import gather_rows
 from align.model.align_model import AlignModel
 from align.data.mixture import rows_with, select_rows
 from align.model.momentum import queue_loss

@@ -32,7 +32,8 @@ import torch
 
 from align.config.schema import Config
 from align.errors import ConfigError
-from align.model.align_model import AlignModel, CachedFeatures
+from align.model.align_model import AlignModel
+from align.model.cached import CachedFeatures
 
 log = logging.getLogger(__name__)
 ENCODE_BATCH = 256

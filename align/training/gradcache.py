@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from align.model.align_model import CachedFeatures
+from align.model.cached import CachedFeatures
 from align.objectives.task import ContrastiveTask
 
 

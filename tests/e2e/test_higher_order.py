@@ -136,7 +136,7 @@ def fit_lookups(kind: str, seed: int, steps: int = 300, dim: int = 32) -> list[t
     triple, or ``clip`` averaged over the three pairs."""
     import torch.nn.functional as F
 
-    from align.objectives.losses import build_loss
+    from align.objectives.factory import build_loss
     from align.objectives.multiway import SymileLoss
 
     g = torch.Generator().manual_seed(seed)

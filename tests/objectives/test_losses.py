@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align.objectives import losses
+from align.objectives import factory, losses
 from align.model.align_model import AlignModel, contrastive_loss
 
 RTOL = 1e-6
@@ -187,7 +187,7 @@ def test_contrastive_loss_uses_model_temperature(loss, clip_model, siglip_model)
     emb = {"image": _unit(6, 16, seed=4), "text": _unit(6, 16, seed=5)}
     with torch.no_grad():
         model.logit_scale.fill_(2.1)
-        got = contrastive_loss(model, emb, [("image", "text")], losses.build_loss(loss))
+        got = contrastive_loss(model, emb, [("image", "text")], factory.build_loss(loss))
     ref_fn = oc_loss.ClipLoss() if loss == "clip" else oc_loss.SigLipLoss()
     ref = ref_fn(emb["image"], emb["text"], torch.tensor(math.exp(2.1)),
                  None if model.logit_bias is None else model.logit_bias.detach())
@@ -200,15 +200,15 @@ def test_contrastive_loss_uses_model_temperature(loss, clip_model, siglip_model)
 def test_build_loss_registry():
     known = losses.LOSSES.names()
     assert {"clip", "siglip"} <= set(known)
-    clip = losses.build_loss("clip", local_loss=False, rank=1, world_size=4)
+    clip = factory.build_loss("clip", local_loss=False, rank=1, world_size=4)
     assert isinstance(clip, losses.ClipLoss) and clip.local_loss is False
     assert clip.dist() == (1, 4)
     # the trainer passes local_loss to every loss; SigLIP has no such option and must accept it
-    sig = losses.build_loss("siglip", local_loss=True, rank=2, world_size=4)
+    sig = factory.build_loss("siglip", local_loss=True, rank=2, world_size=4)
     assert isinstance(sig, losses.SigLipLoss)
     assert sig.dist() == (2, 4)
     with pytest.raises(KeyError) as err:
-        losses.build_loss("infonce-typo", local_loss=True)
+        factory.build_loss("infonce-typo", local_loss=True)
     msg = str(err.value)
     assert "infonce-typo" in msg
     for name in known:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align.objectives import losses
+from align.objectives import factory, losses
 from align.objectives.multiway import (GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip,
                                     truncate, volume_matrix)
 from tests.support.gloo_world import run_world, worker_main
@@ -331,10 +331,10 @@ def test_gradcheck():
 
 def test_registered():
     assert losses.LOSSES.get("symile") is SymileLoss and losses.LOSSES.get("gram") is GramLoss
-    built = losses.build_loss("gram", local_loss=True, rank=1, world_size=2)
+    built = factory.build_loss("gram", local_loss=True, rank=1, world_size=2)
     assert isinstance(built, GramLoss) and built.dist() == (1, 2)
-    assert losses.build_loss("gram", anchor=2, label_smoothing=0.1).anchor == 2  # loss_options
-    assert isinstance(losses.build_loss("symile", local_loss=True), SymileLoss)
+    assert factory.build_loss("gram", anchor=2, label_smoothing=0.1).anchor == 2  # loss_options
+    assert isinstance(factory.build_loss("symile", local_loss=True), SymileLoss)
 
 
 # --- Matryoshka ---------------------------------------------------------------------------------

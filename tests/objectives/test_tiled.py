@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align.objectives import losses, tiled as tiled_losses
+from align.objectives import factory, losses, tiled as tiled_losses
 from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
 from tests.support.gloo_world import run_world, worker_main
 
@@ -257,8 +257,8 @@ def test_loss_without_tiled_form(monkeypatch):
 
     monkeypatch.delitem(tiled_losses.TILED, "siglip")
     with pytest.raises(ConfigError, match=r"model\.loss_tiling.*'siglip' has no tiled form"):
-        losses.build_loss("siglip", tiling="on", local_loss=True)
-    assert type(losses.build_loss("siglip", tiling="auto", local_loss=True)) is losses.SigLipLoss
+        factory.build_loss("siglip", tiling="on", local_loss=True)
+    assert type(factory.build_loss("siglip", tiling="auto", local_loss=True)) is losses.SigLipLoss
 
 
 def test_shipped_configs_stay_dense():
@@ -269,7 +269,7 @@ def test_shipped_configs_stay_dense():
     assert paths
     for path in paths:
         cfg = load_config(path, validate_adapters=False)
-        assert losses.tiling_mode(cfg.model.loss_tiling, cfg.train.batch_size, cfg.model.loss_tile_above) == "off"
+        assert factory.tiling_mode(cfg.model.loss_tiling, cfg.train.batch_size, cfg.model.loss_tile_above) == "off"
 
 
 if __name__ == "__main__":  # the 2-process test's worker

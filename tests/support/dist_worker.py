@@ -82,7 +82,7 @@ def run_case(case: str, workdir: Path) -> dict | None:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from align.objectives.losses import build_loss
+    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel, contrastive_loss
     from align.training.engine import build_accelerator, param_groups
     from align.training.loop import train_step

@@ -37,7 +37,7 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     from align.config.schema import ModelConfig
-    from align.objectives.losses import build_loss
+    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel
     from align.objectives.task import ContrastiveTask
     from align.training.engine import param_groups

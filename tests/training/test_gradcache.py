@@ -70,7 +70,7 @@ def setup(modality: str, options: dict, loss: str = "clip"):
     from accelerate import Accelerator
 
     from align.config.schema import ModelConfig
-    from align.objectives.losses import build_loss
+    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel
     from align.objectives.task import ContrastiveTask
 
