@@ -35,7 +35,7 @@ from align.registry import ADAPTERS
 from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
 from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, resolve_model_path
 from align.errors import SampleError
-from align.modalities.layers import freeze_, masked_mean, prenorm_transformer
+from align.modalities.layers import ClsTransformer, freeze_, masked_mean
 
 MEL_FMIN = 20.0
 FIT_CLIPS = 5000  # most training clips read to fit norm_stats
@@ -234,32 +234,23 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 # encoders
 # ------------------------------------------------------------------------------------------------
 
-class ASTEncoder(nn.Module):
-    """AST (Gong et al. 2021) from scratch: conv patches over the log-mel image, CLS token,
-    learned positions, pre-norm transformer, final LayerNorm, CLS or mean pooling."""
+class ASTEncoder(ClsTransformer):
+    """AST (Gong et al. 2021) from scratch: conv patches over the log-mel image, then the shared
+    CLS-token trunk (learned positions, pre-norm transformer, final LayerNorm, CLS or mean pooling)."""
 
     def __init__(self, o: ASTAudioOptions) -> None:
-        super().__init__()
-        self.input_shape = (o.n_mels, o.frames())
-        grid = [(n - o.patch_size) // o.patch_stride + 1 for n in self.input_shape]
-        self.patch = nn.Conv2d(1, o.width, o.patch_size, o.patch_stride)
-        self.cls = nn.Parameter(torch.zeros(1, 1, o.width))
-        self.pos = nn.Parameter(torch.zeros(1, 1 + grid[0] * grid[1], o.width))
-        nn.init.trunc_normal_(self.cls, std=0.02)
-        nn.init.trunc_normal_(self.pos, std=0.02)
-        self.drop = nn.Dropout(o.dropout)
-        self.blocks = prenorm_transformer(o.width, o.heads, o.mlp_ratio, o.dropout, o.layers)
-        self.norm = nn.LayerNorm(o.width)
-        self.pooling = o.pooling
+        input_shape = (o.n_mels, o.frames())
+        grid = [(n - o.patch_size) // o.patch_stride + 1 for n in input_shape]
+        super().__init__({"patch": nn.Conv2d(1, o.width, o.patch_size, o.patch_stride)}, width=o.width,
+                         heads=o.heads, mlp_ratio=o.mlp_ratio, dropout=o.dropout, layers=o.layers,
+                         token_positions=grid[0] * grid[1], pooling=o.pooling)
+        self.input_shape = input_shape
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         if spec.ndim != 3 or tuple(spec.shape[1:]) != self.input_shape:
             raise ValueError(f"audio batch must be [B, n_mels, frames] = [B, {self.input_shape[0]}, "
                              f"{self.input_shape[1]}], got {tuple(spec.shape)}")
-        x = self.patch(spec.unsqueeze(1)).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
-        x = self.norm(self.blocks(self.drop(x)))
-        return x[:, 0] if self.pooling == "cls" else x[:, 1:].mean(1)
+        return self.encode(self.patch(spec.unsqueeze(1)).flatten(2).transpose(1, 2))
 
 
 def load_hf_audio_tower(name: str) -> nn.Module:

@@ -18,6 +18,52 @@ def prenorm_transformer(width: int, heads: int, mlp_ratio: float, dropout: float
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+class ClsTransformer(nn.Module):
+    """A CLS token, learned positions, ``prenorm_transformer``, a final LayerNorm and pooling: the
+    trunk of AST and the point-patch transformer, which subclass it and tokenize in ``stem``.
+
+    ``stem`` holds the subclass's tokenizing modules, built by the caller before this block's own
+    parameters (so the random init keeps its order) and registered under their names first (so
+    ``parameters()`` keeps its order: the optimizer state of a resumed run). Positions:
+    ``token_positions`` > 0 learns ``pos`` [1, 1 + token_positions, width] for the CLS token and
+    each token (AST's fixed patch grid); 0 learns only ``cls_pos`` [1, 1, width] for the CLS token,
+    the stem having placed its tokens itself (the point patches' centre MLP). Parameter names are
+    those the two towers always had, so their checkpoints load unchanged."""
+
+    def __init__(self, stem: dict[str, nn.Module], *, width: int, heads: int, mlp_ratio: float, dropout: float,
+                 layers: int, token_positions: int = 0, pooling: str = "cls") -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean", "max"):
+            raise ValueError(f"pooling must be cls | mean | max, got {pooling!r}")
+        for name, module in stem.items():
+            self.add_module(name, module)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        pos = nn.Parameter(torch.zeros(1, 1 + token_positions, width))
+        if token_positions:
+            self.pos = pos
+        else:
+            self.cls_pos = pos
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        nn.init.trunc_normal_(pos, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = prenorm_transformer(width, heads, mlp_ratio, dropout, layers)
+        self.norm = nn.LayerNorm(width)
+        self.pooling = pooling
+        self.out_dim = width
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T, width] -> the pooled trunk output [B, width]: ``cls`` = the CLS token,
+        ``mean`` / ``max`` over the other tokens."""
+        if hasattr(self, "cls_pos"):
+            x = torch.cat([(self.cls + self.cls_pos).expand(len(tokens), -1, -1), tokens], dim=1)
+        else:
+            x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos
+        h = self.norm(self.blocks(self.drop(x)))
+        if self.pooling == "cls":
+            return h[:, 0]
+        return h[:, 1:].mean(1) if self.pooling == "mean" else h[:, 1:].amax(1)
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden`` [B, T, D] over the positions where ``mask`` [B, T] is set (padding left
     out); a row with no set position gives zeros rather than NaN."""

@@ -41,7 +41,7 @@ from torch import nn
 from align.registry import ADAPTERS
 from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor
 from align.errors import SampleError
-from align.modalities.layers import farthest_point_sample, prenorm_transformer
+from align.modalities.layers import ClsTransformer, farthest_point_sample
 from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
                                       sample_indices)
 
@@ -252,29 +252,20 @@ class GroupTokenizer(nn.Module):
         return self.second(f).amax(2)
 
 
-class PatchTransformer(nn.Module):
+class PatchTransformer(ClsTransformer):
+    """Point-BERT / Point-MAE: kNN groups -> mini-PointNet tokens placed by an MLP of their centre
+    (``pos``), then the shared CLS-token trunk (``cls_pos``, pre-norm transformer, LayerNorm, pooling)."""
+
     def __init__(self, in_ch: int, o: PatchOptions) -> None:
-        super().__init__()
-        self.num_groups, self.group_size, self.pooling = o.num_groups, o.group_size, o.pooling_mode()
-        self.tokenizer = GroupTokenizer(in_ch, o.token_widths, o.width, o.norm)
-        self.pos = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, o.width))
-        self.cls = nn.Parameter(torch.zeros(1, 1, o.width))
-        self.cls_pos = nn.Parameter(torch.zeros(1, 1, o.width))
-        nn.init.trunc_normal_(self.cls, std=0.02)
-        nn.init.trunc_normal_(self.cls_pos, std=0.02)
-        self.drop = nn.Dropout(o.dropout)
-        self.blocks = prenorm_transformer(o.width, o.heads, o.mlp_ratio, o.dropout, o.layers)
-        self.norm = nn.LayerNorm(o.width)
-        self.out_dim = o.width
+        stem = {"tokenizer": GroupTokenizer(in_ch, o.token_widths, o.width, o.norm),
+                "pos": nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, o.width))}
+        super().__init__(stem, width=o.width, heads=o.heads, mlp_ratio=o.mlp_ratio, dropout=o.dropout,
+                         layers=o.layers, pooling=o.pooling_mode())
+        self.num_groups, self.group_size = o.num_groups, o.group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centres, groups = group_points(x, self.num_groups, self.group_size)
-        tokens = self.tokenizer(groups) + self.pos(centres)
-        cls = (self.cls + self.cls_pos).expand(len(x), -1, -1)
-        h = self.norm(self.blocks(self.drop(torch.cat([cls, tokens], dim=1))))
-        if self.pooling == "cls":
-            return h[:, 0]
-        return h[:, 1:].mean(1) if self.pooling == "mean" else h[:, 1:].amax(1)
+        return self.encode(self.tokenizer(groups) + self.pos(centres))
 
 
 @ADAPTERS.register("pointcloud")
