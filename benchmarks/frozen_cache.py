@@ -5,7 +5,7 @@ vs its features computed once (align/training/feature_cache.py) and the SMILES f
     python benchmarks/frozen_cache.py                 # 40 steps each, extrapolated to the config's 600
     python benchmarks/frozen_cache.py --steps 600     # the whole run, both ways (~1.5 h on 2 cores)
 
-Each variant runs ``align.training.loop.train`` (the loop without the final evaluation) in its own
+Each variant runs ``align.training.loop.run_training`` (the loop without the final evaluation) in its own
 process, one after the other. Reported per variant: setup seconds (loading, fitting, and for the
 cached run the one forward over the 3,301 training descriptions), the median step time over the
 steps after the first 5 (from ``train_log.jsonl``'s wall clock, logged every step), and the
@@ -35,9 +35,9 @@ CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
 from align.config.schema import load_config
-from align.training.loop import train
+from align.training.loop import run_training
 cfg = load_config(sys.argv[1], sys.argv[3:])
-result = train(cfg)
+result = run_training(cfg)
 print(json.dumps({"total_s": time.perf_counter() - t0, "losses": result.losses}))
 """
 

@@ -13,7 +13,7 @@ from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
 from align.model.align_model import AlignModel
 from align.training.loop import EvalHooks, TrainResult, flat_eval_metrics
-from align.training.loop import train as train_loop
+from align.training.loop import run_training
 
 
 def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
@@ -40,4 +40,4 @@ def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> Trai
     """Train as configured, evaluating as the config's ``train`` and ``eval`` sections say.
     ``stop_at`` ends the run early after that step (to simulate an interrupted run); ``resume``
     continues from ``output_dir/checkpoints/latest``."""
-    return train_loop(cfg, resume=resume, stop_at=stop_at, hooks=EVAL_HOOKS)
+    return run_training(cfg, resume=resume, stop_at=stop_at, hooks=EVAL_HOOKS)

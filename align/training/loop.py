@@ -128,8 +128,8 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
     return mean_loss
 
 
-def train(cfg: Config, resume: bool = False, stop_at: int | None = None,
-          hooks: EvalHooks | None = None) -> TrainResult:
+def run_training(cfg: Config, resume: bool = False, stop_at: int | None = None,
+                 hooks: EvalHooks | None = None) -> TrainResult:
     """Run training as configured. ``stop_at`` ends the run early after that step (used to
     simulate an interrupted run); ``resume`` continues from ``output_dir/checkpoints/latest``.
     ``hooks`` evaluate during and after training (``align.app.trainer.train`` passes align.eval's);

@@ -51,15 +51,15 @@ def test_a_frozen_tower_stays_in_eval_mode(minilm):
 
 
 def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsys):
-    from align.training.loop import train
+    from align.training.loop import run_training
 
-    plain = train(config(tmp_path, "off", text={"cache": "off"}))
-    memory = train(config(tmp_path, "memory"))  # auto: frozen + single captions -> cached in memory
+    plain = run_training(config(tmp_path, "off", text={"cache": "off"}))
+    memory = run_training(config(tmp_path, "memory"))  # auto: frozen + single captions -> cached in memory
     disk_cfg = config(tmp_path, "disk", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")})
-    disk = train(disk_cfg)
+    disk = run_training(disk_cfg)
     files = list((tmp_path / "fc").rglob("*.f32"))
     assert len(files) == 1 and files[0].stat().st_size == 96 * 384 * 4  # rows x MiniLM width, float32
-    again = train(config(tmp_path, "disk2", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")}))
+    again = run_training(config(tmp_path, "disk2", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")}))
     assert "reused from" in capsys.readouterr().out
     ref = np.array([v for _, v in plain.losses])
     for run in (memory, disk, again):
@@ -71,13 +71,13 @@ def test_cached_features_train_like_the_recomputed_tower(minilm, tmp_path, capsy
 
 def test_cache_refuses_what_it_cannot_cache_by_key(minilm, tmp_path):
     from align.errors import ConfigError
-    from align.training.loop import train
+    from align.training.loop import run_training
 
     with pytest.raises(ConfigError, match=r"model\.modalities\.graph\.cache.*trains"):
-        train(_with(config(tmp_path, "g"), "graph", cache="memory"))
+        run_training(_with(config(tmp_path, "g"), "graph", cache="memory"))
     unfrozen = config(tmp_path, "t", text={"options": {**MINILM, "freeze": False}, "cache": "memory"})
     with pytest.raises(ConfigError, match=r"model\.modalities\.text\.cache.*freeze: true"):
-        train(unfrozen)
+        run_training(unfrozen)
 
 
 def _with(cfg, mod: str, **fields):
@@ -89,7 +89,7 @@ def _with(cfg, mod: str, **fields):
 def test_cache_samples_featurises_each_row_once(tmp_path):
     """Two epochs over 32 molecules with data.cache_samples: each SMILES is parsed once."""
     from align.modalities.graph import GraphPreprocessor
-    from align.training.loop import train
+    from align.training.loop import run_training
 
     calls: list[str] = []
     original = GraphPreprocessor.__call__
@@ -104,7 +104,7 @@ def test_cache_samples_featurises_each_row_once(tmp_path):
                                                           "heads": 2, "layers": 1}, "output_dim": 32}
     GraphPreprocessor.__call__ = counting
     try:
-        result = train(cfg)
+        result = run_training(cfg)
     finally:
         GraphPreprocessor.__call__ = original
     assert len(result.losses) == 4  # 2 epochs of 2 batches
