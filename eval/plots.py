@@ -16,6 +16,20 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (its folder made if missing) and close it, also when
+    writing fails, so no figure is left open; returns ``path``."""
+    plt = _plt()
+    path = Path(path)
+    try:
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path, title: str = "training loss") -> Path:
     plt = _plt()
     steps = np.array([s for s, _ in losses])
@@ -31,10 +45,7 @@ def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path, title
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str | Path,
@@ -55,10 +66,7 @@ def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str |
             if cm[i, j]:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > thresh else "black")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_recall_curve(metrics: dict, path: str | Path, title: str = "retrieval recall@k") -> Path:
@@ -80,10 +88,7 @@ def plot_recall_curve(metrics: dict, path: str | Path, title: str = "retrieval r
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], path: str | Path,
@@ -111,10 +116,7 @@ def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], 
                 spine.set_edgecolor("green" if positive else "red")
                 spine.set_linewidth(2.5)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_pair_heatmap(matrix: Sequence[Sequence[float | None]], names: Sequence[str], path: str | Path,
@@ -138,7 +140,4 @@ def plot_pair_heatmap(matrix: Sequence[Sequence[float | None]], names: Sequence[
                 ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=8,
                         color="black" if m[i, j] > 0.6 else "white")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
