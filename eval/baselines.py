@@ -7,14 +7,13 @@ the stored feature matrix), fitted on one spec's rows and scored on another's. I
 sees the same 120 labelled nodes the aligned model trains on, but with their labels as targets
 rather than as captions.
 
-    python -m align.eval.baselines configs/citeseer-node-text.yaml [dotted.key=value ...]
+    align eval baseline configs/citeseer-node-text.yaml [dotted.key=value ...]
 
-prints the accuracy of a model fitted on ``data.train`` and scored on ``align.eval.data``.
+prints the accuracy of a model fitted on ``data.train`` and scored on ``align.eval.data`` (the command
+is ``align.app.commands.baseline_cli``).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from typing import Any
 
@@ -73,29 +72,3 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
     accuracy = float((clf.predict(x_test) == y_test).mean())
     return {"accuracy": accuracy, "n_train": len(y_train), "n_test": len(y_test),
             "n_classes": len(np.unique(y_train)), "seconds": time.perf_counter() - start}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from align.config.schema import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m align.eval.baselines",
-                                     description="Logistic regression on raw node features: data.train -> eval.data")
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
-    parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    if cfg.eval is None:
-        print(f"{args.config}: no eval section (eval.data is the test table)", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    r = node_feature_logreg(cfg.data.train, cfg.eval.data, C=args.C, seed=cfg.seed)
-    print(f"logistic regression on raw node features (C={args.C}): trained on {r['n_train']} "
-          f"{cfg.data.train.split} rows, accuracy {r['accuracy']:.4f} on {r['n_test']} "
-          f"{cfg.eval.data.split} rows ({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
-          f"fit+predict {r['seconds']:.2f} s, total {time.perf_counter() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,37 +1,36 @@
-"""The ``eval``, ``index build`` and ``query`` subcommands: argument parsing and printing only, on top
-of ``align.eval.commands`` and ``align.index.build`` (the CLI layer; see docs/ARCHITECTURE.md)."""
+"""The ``eval zeroshot | retrieval | pairs | baseline``, ``index build`` and ``query`` subcommands:
+argument parsing and printing only, on top of ``align.eval.commands``, ``align.eval.baselines`` and
+``align.index.build`` (the CLI layer; see docs/ARCHITECTURE.md). Their rows are in
+``align.app.command_table``; everything heavy is imported inside the handlers."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
-from align.eval.commands import run_eval
-from align.index.build import IndexBuildError, build_index, parse_data_spec, query_index
 
-
-def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot classification, retrieval, or "
-                       "retrieval between every pair of its modalities (pairs)")
-    p.add_argument("task", choices=["zeroshot", "retrieval", "pairs"])
+def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
     p.add_argument("--config", action="append", help="YAML whose eval section to use (default: the checkpoint's); "
                    "pairs takes it more than once: one table per file, merged into one report")
     p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
     p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
     p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
-    p.set_defaults(func=_eval_cli)
 
 
-def _eval_cli(args: argparse.Namespace) -> int:
-    if args.task == "pairs":
+def eval_cli(args: argparse.Namespace) -> int:
+    from align.eval.commands import run_eval
+
+    task = args.command_name.split(" ")[1]  # "eval zeroshot" -> "zeroshot"
+    if task == "pairs":
         return _pairs_cli(args)
     if args.config and len(args.config) > 1:
-        raise SystemExit(f"align eval {args.task}: --config once (only `align eval pairs` merges several tables)")
+        raise SystemExit(f"align eval {task}: --config once (only `align eval pairs` merges several tables)")
     config = args.config[0] if args.config else None
-    report = run_eval(args.task, args.checkpoint, config=config, overrides=args.overrides,
+    report = run_eval(task, args.checkpoint, config=config, overrides=args.overrides,
                       templates=args.templates, out=args.out)
     m = report["metrics"]
-    if args.task == "zeroshot":
+    if task == "zeroshot":
         top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
         print(f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
               f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
@@ -58,7 +57,34 @@ def _pairs_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_cli(args: argparse.Namespace) -> int:
+def baseline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config: fitted on data.train, scored on eval.data")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value config overrides")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 strength (default 1.0)")
+
+
+def baseline_cli(args: argparse.Namespace) -> int:
+    from align.config.schema import load_config
+    from align.errors import ConfigError
+    from align.eval.baselines import node_feature_logreg
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.eval is None:
+        raise ConfigError(f"{args.config}: no eval section (eval.data is the test table)")
+    start = time.perf_counter()
+    try:
+        r = node_feature_logreg(cfg.data.train, cfg.eval.data, C=args.C, seed=cfg.seed)
+    except ValueError as err:  # names the column / config key: one line, exit 2
+        raise ConfigError(str(err)) from err
+    print(f"logistic regression on raw node features (C={args.C}): trained on {r['n_train']} "
+          f"{cfg.data.train.split} rows, accuracy {r['accuracy']:.4f} on {r['n_test']} "
+          f"{cfg.eval.data.split} rows ({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
+          f"fit+predict {r['seconds']:.2f} s, total {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def build_cli(args: argparse.Namespace) -> int:
+    from align.index.build import IndexBuildError, build_index, parse_data_spec
     from align.index.files import check_save_target
 
     def check_out() -> None:
@@ -91,7 +117,9 @@ def query_flags() -> list[str]:
     return ADAPTERS.names()
 
 
-def _query_cli(args: argparse.Namespace) -> int:
+def query_cli(args: argparse.Namespace) -> int:
+    from align.index.build import IndexBuildError, query_index
+
     flags = query_flags()
     given = [(m, getattr(args, m, None)) for m in flags if getattr(args, m, None) is not None]
     if args.modality is not None or args.query is not None:
@@ -108,10 +136,7 @@ def _query_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_index_parsers(sub) -> None:
-    p = sub.add_parser("index", help="build a FAISS index of a dataset's embeddings")
-    isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", help="encode a dataset column into an index folder")
+def build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", required=True)
     b.add_argument("--data", required=True, help="dataset spec: YAML file or inline YAML "
                    "(e.g. '{source: sklearn-digits, split: test, columns: {image: image}, label_column: label}')")
@@ -123,8 +148,9 @@ def add_index_parsers(sub) -> None:
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument("--overwrite", action="store_true", help="replace the index folder at --out (checked before "
                    "anything is encoded; a folder that is not an index is never replaced)")
-    b.set_defaults(func=_build_cli)
-    q = sub.add_parser("query", help="search an index with a text / image / ... query")
+
+
+def query_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--index", required=True)
     q.add_argument("--checkpoint", help="default: the checkpoint that built the index")
     q.add_argument("-k", type=int, default=5)
@@ -132,4 +158,3 @@ def add_index_parsers(sub) -> None:
     q.add_argument("--query", help="the raw query: a string, a file path, a SMILES ...")
     for m in query_flags():
         q.add_argument(f"--{m}", help=f"{m} query ({QUERY_HELP.get(m, 'a file path')})")
-    q.set_defaults(func=_query_cli)

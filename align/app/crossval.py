@@ -114,17 +114,15 @@ def fold_setters(specs: dict) -> dict[str, str]:
     return out
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("crossval", help="k-fold cross-validation: train + eval once per fold")
+def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config whose datasets have a holdout section (any source) or a "
                    "builtin fold option (tu-dataset, packed-npz)")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     p.add_argument("--folds", type=int, default=None, help="number of folds (default: the config's, else 10)")
     p.add_argument("--only", type=int, nargs="+", default=None, help="run just these folds")
-    p.set_defaults(func=_cli)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def cli(args: argparse.Namespace) -> int:
     report = run_crossval(args.config, args.overrides, args.folds, args.only)
     for key, s in report["summary"].items():
         if key.count("/") == 1 or key.endswith(("R@1", "R@10", "MRR")):

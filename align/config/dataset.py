@@ -136,7 +136,7 @@ class DatasetSpec(Strict):
         if data.get("source") in _builtin_sources():
             raise ValueError(f"source '{data['source']}' is a builtin that builds its whole table in memory and "
                              "cannot stream; stream a datasets builder instead (webdataset tar shards, parquet, "
-                             "csv, json), e.g. shards written by `python -m align.data.streaming write-shards`")
+                             "csv, json), e.g. shards written by `align shards CONFIG OUT_DIR`")
         whole_table = {
             "holdout": "a seeded, stratified split needs every row's label and group; split the shards instead "
                        "(the train and test shards as different data_files)",

@@ -6,19 +6,17 @@ id, a speaker, a take) as ``.json``; shards are ``PREFIX-000000.tar``, ... of ``
 samples. datasets' ``webdataset`` builder reads them, as a stream (``streaming: true``,
 ``align/data/streaming.py``) or whole. From the checkout root::
 
-    python -m align.data.shards configs/fsdd-audio-text.yaml runs/shards --prefix fsdd --shard-size 225
+    align shards configs/fsdd-audio-text.yaml runs/shards --prefix fsdd --shard-size 225
 
 writes that config's ``data.train`` (FSDD's 2,700 training takes, 12 shards) as ``runs/shards/fsdd-*.tar``,
-which ``configs/fsdd_shards.yaml`` streams.
+which ``configs/fsdd_shards.yaml`` streams (the command is ``align.app.train_commands.shards``).
 """
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import json
 import os
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -112,39 +110,3 @@ def table_rows(table, spec) -> Iterator[dict[str, Any]]:
         if meta:
             sample["json"] = meta
         yield {"__key__": key or f"{i:08d}", **sample}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m align.data.shards",
-                                     description="Write a config's dataset as webdataset tar shards.")
-    parser.add_argument("config", help="a config YAML whose dataset to write")
-    parser.add_argument("out_dir", help="folder for PREFIX-000000.tar, ...")
-    parser.add_argument("--key", default="data.train", choices=["data.train", "data.val", "eval.data"])
-    parser.add_argument("--prefix", default="shard")
-    parser.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    parser.add_argument("--seed", type=int, default=0, help="the rows are shuffled with this seed before "
-                        "writing, so every shard (and a stream's head) mixes the classes")
-    parser.add_argument("--keep-order", action="store_true", help="write the rows in table order")
-    args = parser.parse_args(argv)
-    from align.config.schema import load_config
-    from align.data.tables import load_table
-    from align.errors import AlignError
-
-    try:
-        cfg = load_config(args.config, validate_adapters=False)
-        spec = {"data.train": cfg.data.train, "data.val": cfg.data.val,
-                "eval.data": cfg.eval.data if cfg.eval else None}[args.key]
-        if spec is None:
-            parser.error(f"{args.config} has no {args.key}")
-        table = load_table(spec, args.key)
-        table = table if args.keep_order else table.shuffle(seed=args.seed)
-        paths = write_shards(table_rows(table, spec), args.out_dir, args.shard_size, args.prefix)
-    except (AlignError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(table)} samples of {args.key} in {len(paths)} shards: {paths[0]} .. {paths[-1].name}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

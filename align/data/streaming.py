@@ -65,7 +65,7 @@ def shard_files(spec: DatasetSpec, key: str = "data.train") -> list[str] | None:
     files = DataFilesDict.from_patterns(sanitize_patterns(spec.data_files), base_path=spec.data_dir or "")
     if not files.get(spec.split):
         raise DataError(f"config key '{key}.data_files': no shards match {spec.data_files!r} for split "
-                        f"'{spec.split}' (from {os.getcwd()}); write them first: python -m align.data.shards CONFIG OUT_DIR")
+                        f"'{spec.split}' (from {os.getcwd()}); write them first: align shards CONFIG OUT_DIR")
     return list(files[spec.split])
 
 

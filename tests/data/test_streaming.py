@@ -24,8 +24,9 @@ from align.config.dataset import DatasetSpec
 from align.config.schema import ModelConfig, config_from_dict, load_config
 from align.errors import SampleError
 from align.model.align_model import AlignModel
-from align.data.shards import main as shards_main, write_shards
+from align.data.shards import write_shards
 from align.data.streaming import StreamingLoader
+from align.app.cli import main as align_main
 from align.app.trainer import train
 from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
@@ -330,9 +331,9 @@ def test_two_processes_stay_in_lockstep(tmp_path):
 
 
 def test_fsdd_shards_config_trains(tmp_path, monkeypatch):
-    """configs/fsdd_shards.yaml as documented: write shards with `python -m align.data.shards`, train."""
+    """configs/fsdd_shards.yaml as documented: write shards with `align shards`, train."""
     monkeypatch.chdir(REPO)  # the configs read ../shared/data from the checkout root
-    assert shards_main(["configs/fsdd-audio-text.yaml", str(tmp_path / "shards"), "--key", "eval.data",
+    assert align_main(["shards", "configs/fsdd-audio-text.yaml", str(tmp_path / "shards"), "--key", "eval.data",
                         "--prefix", "fsdd", "--shard-size", "200"]) == 0  # the 600 test takes: 3 shards
     cfg = load_config(REPO / "configs" / "fsdd_shards.yaml", [
         f"output_dir={tmp_path / 'run'}", f"data.train.data_files={tmp_path / 'shards'}/fsdd-*.tar",

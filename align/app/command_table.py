@@ -1,0 +1,69 @@
+"""Every ``align`` subcommand in one table: name -> help, argument builder, handler.
+
+``align.app.cli.build_parser`` builds the parser from this table and nothing else, so a command
+is added by adding a row here. A name with a space is a command of a group (``eval zeroshot``,
+``index build``); ``GROUPS`` gives each group its help line. The modules named here import only
+argparse-level things at module level: the heavy imports (torch, datasets, faiss) happen inside
+the handlers, so ``align --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+from align.app import commands, crossval, train_commands
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # "train", or "GROUP NAME" for a command of a group
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+GROUPS: dict[str, str] = {
+    "eval": "evaluate a checkpoint (zero-shot, retrieval, every pair of modalities) or a baseline",
+    "index": "build a FAISS index of a dataset's embeddings",
+}
+
+COMMANDS: tuple[Command, ...] = (
+    Command("train", "train from a YAML config", train_commands.train_arguments, train_commands.train),
+    Command("data", "show what a config's datasets hold (rows, classes, samples, loss pairs) without "
+            "training", train_commands.config_arguments, train_commands.show_data),
+    Command("demo", "train + evaluate image<->text on scikit-learn's digits", train_commands.demo_arguments,
+            train_commands.demo),
+    Command("shards", "write a config's dataset as webdataset tar shards (for data.*.streaming: true)",
+            train_commands.shards_arguments, train_commands.shards),
+    Command("crossval", "k-fold cross-validation: train + eval once per fold", crossval.arguments, crossval.cli),
+    Command("eval zeroshot", "zero-shot classification of a checkpoint", commands.eval_arguments, commands.eval_cli),
+    Command("eval retrieval", "cross-modal retrieval of a checkpoint", commands.eval_arguments, commands.eval_cli),
+    Command("eval pairs", "retrieval between every pair of a checkpoint's modalities, as one table",
+            commands.eval_arguments, commands.eval_cli),
+    Command("eval baseline", "logistic regression on a node source's raw features: data.train -> eval.data",
+            commands.baseline_arguments, commands.baseline_cli),
+    Command("index build", "encode a dataset column into an index folder", commands.build_arguments,
+            commands.build_cli),
+    Command("query", "search an index with a text / image / ... query", commands.query_arguments,
+            commands.query_cli),
+)
+
+
+def add_commands(parser: argparse.ArgumentParser, table: tuple[Command, ...] = COMMANDS) -> None:
+    """One subparser per row of ``table`` (groups made on first use); each sets ``args.func`` to
+    its handler and ``args.command_name`` to its full name."""
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in table:
+        *group, leaf = cmd.name.split(" ")
+        where = sub
+        if group:
+            (g,) = group
+            if g not in groups:
+                gp = sub.add_parser(g, help=GROUPS[g], description=GROUPS[g])
+                groups[g] = gp.add_subparsers(dest=f"{g}_command", required=True, metavar="COMMAND")
+            where = groups[g]
+        p = where.add_parser(leaf, help=cmd.help, description=cmd.help)
+        cmd.arguments(p)
+        p.set_defaults(func=cmd.handler, command_name=cmd.name)
