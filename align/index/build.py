@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from align.errors import AlignError
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,9 @@ class IndexBuildError(AlignError, ValueError):
 
 
 def model_identity(ckpt: Path) -> str:
-    h = hashlib.sha256()
-    with open(ckpt / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()[:16]} {ckpt.resolve()}"
+    from align.io.hashing import sha256_file
+
+    return f"sha256:{sha256_file(ckpt / 'model.safetensors')[:16]} {ckpt.resolve()}"
 
 
 def parse_data_spec(text: str):

@@ -1,19 +1,18 @@
 """Saving and loading an ``EmbeddingIndex`` folder (``align/index/embedding_index.py``): ``index.faiss``,
-``metadata.jsonl`` and ``manifest.json`` with the size and sha256 of every file, written atomically
-under the folder's lock file and cross-checked on load (see ``align/index/embedding_index.py``'s docstring)."""
+``metadata.jsonl`` and ``manifest.json`` with the bytes and sha256 of every file (``align.io.manifest``),
+written atomically (``align.io.atomic``) under the folder's lock file and cross-checked on load (see
+``align/index/embedding_index.py``'s docstring)."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from align.errors import AlignError
+from align.io.atomic import atomic_folder
+from align.io.manifest import ManifestError, file_entries, read_manifest, verify_file, write_manifest
 
 # 2: the manifest's "files" holds the size and sha256 of every file beside it (1 had index.faiss's only).
 FORMAT_VERSION = 2
@@ -24,14 +23,6 @@ SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the s
 
 class IndexFormatError(AlignError, ValueError):
     """A saved index folder is incomplete, inconsistent, or not what the caller expected."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_save_target(folder: str | Path, overwrite: bool, hint: str = "pass overwrite=True to replace it") -> None:
@@ -69,31 +60,20 @@ def save_folder(idx, folder, *, model: str | None = None, modality: str | None =
     # filelock's Timeout (a TimeoutError) naming <folder>.lock
     with FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S):
         check_save_target(folder, overwrite)  # the check that counts: nobody can save between it and rename
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_folder(folder, exists="replace") as tmp:  # check_save_target allowed any old one
             faiss.write_index(idx.index, str(tmp / "index.faiss"))
             ids = np.sort(idx.ids)
             with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
                 for i in ids.tolist():
                     f.write(json.dumps({"id": i, "metadata": idx._meta.get(i, {})}, ensure_ascii=False) + "\n")
-            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
-            manifest = {"format_version": FORMAT_VERSION, "dim": idx.dim, "count": len(idx), "spec": idx.spec,
-                        "metric": "inner_product", "normalize": idx.normalize, "model": model,
-                        "modality": modality, "nprobe": idx.nprobe, "efSearch": idx.efSearch,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "faiss_version": faiss.__version__, "index_sha256": files["index.faiss"]["sha256"],
-                        "files": files}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-            old = None
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old-{os.getpid()}-{time.time_ns()}"
-                os.rename(folder, old)
-            os.rename(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            files = file_entries(tmp)
+            write_manifest(tmp, {"format_version": FORMAT_VERSION, "dim": idx.dim, "count": len(idx),
+                                 "spec": idx.spec, "metric": "inner_product", "normalize": idx.normalize,
+                                 "model": model, "modality": modality, "nprobe": idx.nprobe,
+                                 "efSearch": idx.efSearch,
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "faiss_version": faiss.__version__,
+                                 "index_sha256": files["index.faiss"]["sha256"]}, files)
     idx.model, idx.modality = model, modality
     return folder
 
@@ -117,8 +97,11 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
     missing = [f for f in _FILES if not (folder / f).is_file()]
     if missing:
         raise fail(f"missing {', '.join(missing)}")
+    try:  # files entries come back as {bytes, sha256} (format 2) or not at all (format 1)
+        m = read_manifest(folder, require_files=False)
+    except ManifestError as e:
+        raise fail(f"manifest.json: {e.detail}") from None
     try:
-        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
         dim, count, spec = int(m["dim"]), int(m["count"]), str(m["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise fail(f"manifest.json is unreadable or lacks dim/count/spec: {e!r}") from e
@@ -132,24 +115,15 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
                       f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
                       stacklevel=2)
     else:
-        files = m.get("files")
-        if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files) or any(
-                not isinstance(e, dict) or n != Path(n).name or n in ("..", "manifest.json")
-                for n, e in files.items()):  # plain names of files beside manifest.json
+        files = m.get("files")  # read_manifest checked the entries and that they name plain files
+        if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files):
             raise fail("manifest.json's \"files\" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}")
 
     def verify(name: str) -> None:
-        path, entry = folder / name, files[name]
-        if not path.is_file():
-            raise fail(f"missing {name} (listed in manifest.json)")
-        size = path.stat().st_size
-        if "bytes" in entry and size != entry["bytes"]:
-            raise fail(f"{name} is {size} bytes but manifest.json says {entry['bytes']} "
-                       f"(file truncated, edited or replaced)")
-        digest = _sha256(path)
-        if digest != entry.get("sha256"):
-            raise fail(f"{name} sha256 {digest[:16]}... does not match manifest.json's "
-                       f"{str(entry.get('sha256'))[:16]}... (file edited, corrupted or replaced)")
+        try:
+            verify_file(folder, name, files[name])
+        except ManifestError as e:
+            raise fail(f"{name}: {e.detail}") from None
 
     verify("index.faiss")  # before faiss parses it
     try:

@@ -6,7 +6,8 @@ Layout of ``<output_dir>/checkpoints/step-000100/``::
     training_state.pt    optimizer, scheduler, step, RNG states (tensors and plain data only;
                          loaded with ``torch.load(weights_only=True)``)
     config.yaml          the run's validated config, so a checkpoint rebuilds its own model
-    manifest.json        size and sha256 of each file above, and the step
+    manifest.json        bytes and sha256 of each file above, and the step (``align.io.manifest``;
+                         manifests of earlier versions, which said ``size``, still load)
 
 Everything is written into a temporary sibling folder first and renamed into place, then the
 ``latest`` pointer file is replaced atomically, so a crash never leaves a half checkpoint named
@@ -20,14 +21,9 @@ from __future__ import annotations
 
 from align.errors import AlignError
 
-import hashlib
-import json
-import os
 import random
 import re
 import shutil
-import tempfile
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,9 +33,12 @@ import numpy as np
 import torch
 
 from align.config.schema import Config, dump_config, load_config
+from align.io import manifest as _manifest
+from align.io.atomic import atomic_folder, write_atomic
+from align.io.manifest import MANIFEST, ManifestError
 
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = "align.model.checkpoint/v1"
+# v2: files entries say "bytes" (v1 said "size"); both are read
+MANIFEST_FORMAT = "align.model.checkpoint/v2"
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
@@ -72,15 +71,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cfg: Config,
                     training_state: dict[str, Any] | None = None, keep: int | None = None,
                     name: str | None = None, update_latest: bool = True,
@@ -94,26 +84,16 @@ def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cf
     root.mkdir(parents=True, exist_ok=True)
     name = name or f"step-{step:06d}"
     final = root / name
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
-    try:
+    # e.g. 'best' is replaced: the old one moves aside so the name is never empty for long
+    with atomic_folder(final, exists="replace") as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(step)})
         state = {"step": step, "rng": rng_state(), **(training_state or {})}
         torch.save(state, tmp / "training_state.pt")
         dump_config(cfg, tmp / "config.yaml")
         write_manifest(tmp, step)
-        if final.exists():  # e.g. 'best': move the old one aside so the name is never empty for long
-            old = root / f".{name}.tmp-old-{os.getpid()}-{time.time_ns()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if update_latest:
-        _atomic_write_text(root / "latest", name + "\n")
+        write_atomic(root / "latest", name + "\n")
     if keep:  # never the one just written, even if an earlier run left higher steps here
         for _, old_step in step_folders(root)[keep:]:
             if old_step != final:
@@ -132,49 +112,24 @@ def step_folders(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, step: int) -> None:
-    """Record size and sha256 of every file in ``folder`` (fsynced first, so what the manifest
-    describes is what is on disk when the folder is renamed into place)."""
-    files = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST):
-        with path.open("rb") as f:
-            os.fsync(f.fileno())
-        files[path.name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    text = json.dumps({"format": MANIFEST_FORMAT, "step": step, "files": files}, indent=1)
-    with (folder / MANIFEST).open("w") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Record bytes and sha256 of every file in ``folder``, and the step (``atomic_folder`` fsyncs
+    them before the folder is renamed into place)."""
+    _manifest.write_manifest(folder, {"format": MANIFEST_FORMAT, "step": step})
 
 
 def read_manifest(ckpt: str | Path) -> dict[str, Any] | None:
-    """The checkpoint's manifest, or None for a checkpoint written before manifests existed."""
-    path = Path(ckpt) / MANIFEST
-    if not path.exists():
-        return None
+    """The checkpoint's manifest (files as ``{bytes, sha256}``, whichever version wrote it), or None
+    for a checkpoint written before manifests existed."""
     try:
-        manifest = json.loads(path.read_text())
-        files = manifest["files"]
-        if not isinstance(files, dict) or not all(
-                isinstance(e, dict) and isinstance(e.get("size"), int) and isinstance(e.get("sha256"), str)
-                for e in files.values()):
-            raise ValueError("'files' is not a map of {size, sha256}")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({type(err).__name__}: {err})") from None
-    return manifest
+        return _manifest.read_manifest(ckpt)
+    except ManifestError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def verify_files(ckpt: str | Path, names: Iterable[str]) -> None:
-    """Check ``names`` in ``ckpt`` against its manifest (present, size, sha256). A checkpoint with
-    no manifest (older code) passes with a warning: it cannot be checked, but refusing it would
+    """Check ``names`` in ``ckpt`` against its manifest (listed, present, bytes, sha256). A checkpoint
+    with no manifest (older code) passes with a warning: it cannot be checked, but refusing it would
     strand every run made before manifests."""
     ckpt = Path(ckpt)
     manifest = read_manifest(ckpt)
@@ -182,20 +137,10 @@ def verify_files(ckpt: str | Path, names: Iterable[str]) -> None:
         warnings.warn(f"checkpoint {ckpt} has no {MANIFEST} (written by an older version of align): its "
                       "files cannot be checked for damage", UserWarning, stacklevel=3)
         return
-    for name in names:
-        path, entry = ckpt / name, manifest["files"].get(name)
-        if entry is None:
-            raise CheckpointError(f"{path}: not listed in {ckpt / MANIFEST}, so it cannot be verified")
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing (listed in {MANIFEST} with {entry['size']} bytes)")
-        size = path.stat().st_size
-        if size != entry["size"]:
-            raise CheckpointError(f"{path}: {size} bytes where {MANIFEST} says {entry['size']} "
-                                  f"({'empty' if size == 0 else 'truncated' if size < entry['size'] else 'grown'})")
-        digest = _sha256(path)
-        if digest != entry["sha256"]:
-            raise CheckpointError(f"{path}: content is damaged (sha256 {digest[:16]}... where {MANIFEST} "
-                                  f"says {entry['sha256'][:16]}...)")
+    try:
+        _manifest.verify_files(ckpt, names, manifest)
+    except ManifestError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def _tensors(obj: Any, prefix: str) -> Iterator[tuple[str, Any]]:

@@ -143,7 +143,7 @@ def test_edited_metadata_is_refused_naming_the_file(tmp_path):
     edited = original.replace(b'"label": "cat"}', b'"label": "dog"}', 1)  # same length, same ids
     assert edited != original and len(edited) == len(original)
     meta.write_bytes(edited)
-    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl sha256 .* does not match manifest"):
+    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl: content is damaged \(sha256 .* does not match manifest"):
         EmbeddingIndex.load(folder)
     meta.write_bytes(original)
     assert EmbeddingIndex.load(folder).get_metadata(0)["label"] == "cat"
@@ -158,6 +158,29 @@ def test_old_manifest_without_file_checksums_loads_with_a_warning(tmp_path):
     (folder / "manifest.json").write_text(json.dumps({**m, "format_version": 1}))
     with pytest.warns(UserWarning, match="no checksum of metadata.jsonl"):
         assert len(EmbeddingIndex.load(folder)) == 100
+
+
+def test_folder_with_the_old_bytes_manifest_loads_and_is_verified(tmp_path):
+    """An index folder as align wrote it before the manifest schemas were one (format_version 2, per-file
+    ``bytes`` + ``sha256``, indent 2) still loads, and a flipped byte is still refused naming the file."""
+    import hashlib
+
+    folder = make("a", 1, n=100).save(tmp_path / "idx")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                  for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
+    assert EmbeddingIndex.load(folder).get_metadata(3)["i"] == 3
+    blob = bytearray((folder / "index.faiss").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (folder / "index.faiss").write_bytes(bytes(blob))
+    with pytest.raises(IndexFormatError, match=r"idx: index.faiss: content is damaged \(sha256"):
+        EmbeddingIndex.load(folder)
+    (folder / "metadata.jsonl").write_bytes((folder / "metadata.jsonl").read_bytes()[:-10])
+    blob[len(blob) // 2] ^= 0x01
+    (folder / "index.faiss").write_bytes(bytes(blob))
+    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl"):
+        EmbeddingIndex.load(folder)
 
 
 def test_missing_manifest_says_so(tmp_path, capsys):
