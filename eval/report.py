@@ -42,7 +42,6 @@ def build_report(task: str, metrics: dict[str, Any], model_info: dict[str, Any])
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
-    return path
+    from align.io.atomic import write_atomic
+
+    return write_atomic(path, json.dumps(report, indent=2))

@@ -85,9 +85,9 @@ def _folds(config, overrides: list[str], folds: int, only, base, set_fold: dict[
     report = {"config": str(config), "overrides": overrides, "folds": folds, "per_fold": per_fold,
               "summary": summary}
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = out_root / f".crossval.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out_root / "crossval.json")  # whole or not there
+    from align.io.atomic import write_atomic
+
+    write_atomic(out_root / "crossval.json", json.dumps(report, indent=2))  # whole or not there
     report["path"] = str(out_root / "crossval.json")
     return report
 

@@ -18,12 +18,13 @@ import itertools
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from align.io.atomic import atomic_file
 
 MEDIA_EXT = {"Image": "png", "Audio": "wav"}  # a table's in-memory media (no file name to take one from)
 
@@ -56,25 +57,19 @@ def write_shards(rows: Iterable[dict[str, Any]], out_dir: str | Path, shard_size
         if not chunk:
             return paths
         path = out / f"{prefix}-{index:06d}.tar"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-                for row in chunk:
-                    key = str(row["__key__"])
-                    if "." in key or "/" in key or key in seen:
-                        raise ValueError(f"sample key {key!r}: keys must be unique and hold no '.' or '/'")
-                    seen.add(key)
-                    for ext, value in row.items():
-                        if ext != "__key__" and value is not None:
-                            data = _encode(value)
-                            info = tarfile.TarInfo(f"{key}.{ext}")
-                            info.size = len(data)
-                            tar.addfile(info, io.BytesIO(data))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # a glob never matches a half shard: written under a .tmp- name, renamed when whole
+        with atomic_file(path, perms=0o644) as tmp, open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+            for row in chunk:
+                key = str(row["__key__"])
+                if "." in key or "/" in key or key in seen:
+                    raise ValueError(f"sample key {key!r}: keys must be unique and hold no '.' or '/'")
+                seen.add(key)
+                for ext, value in row.items():
+                    if ext != "__key__" and value is not None:
+                        data = _encode(value)
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
         paths.append(path)
     return paths
 

@@ -23,9 +23,11 @@ TMP_TAG = ".tmp-"  # in every temporary name: what leftover clean-up (align.trai
 
 
 def temp_sibling(path: str | os.PathLike[str], kind: str = "tmp") -> Path:
-    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random>``."""
+    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random>`` (``<name>.<kind>-...``
+    when the name is hidden already, so ``.lock.json``'s temporaries start with ``.lock.json.``)."""
     path = Path(path)
-    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    hidden = path.name if path.name.startswith(".") else f".{path.name}"
+    return path.parent / f"{hidden}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _fsync_path(path: Path) -> None:

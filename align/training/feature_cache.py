@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +31,7 @@ import torch
 
 from align.config.schema import Config
 from align.errors import ConfigError
+from align.io.atomic import atomic_file
 from align.model.align_model import AlignModel
 from align.model.cached import CachedFeatures
 
@@ -156,14 +156,10 @@ def disk_cache(cfg: Config, model: AlignModel, mod: str, values: list[Any], devi
         say(f"{mod}: frozen tower's features reused from {path}")
         return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out = np.memmap(tmp, np.float32, "w+", shape=shape)
-    try:
+    with atomic_file(path) as tmp:  # complete, or not there: a killed run leaves only a .tmp- file
+        out = np.memmap(tmp, np.float32, "w+", shape=shape)
         encode_rows(model, mod, values, device, writer(out), "data.train")
         out.flush()
         del out  # unmapped before the rename
-        os.replace(tmp, path)  # complete, or not there: a killed run leaves only a .tmp
-    finally:
-        tmp.unlink(missing_ok=True)
     say(f"{mod}: frozen tower's features computed once for {shape[0]} rows ({path})")
     return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))

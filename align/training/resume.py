@@ -10,15 +10,14 @@ the start of a run, which is safe because the run holds the folder's lock (``ali
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from align.io.atomic import write_atomic
 from align.model.checkpoint import CheckpointError, load_training_state, load_weights, step_folders
 
 
@@ -79,13 +78,7 @@ def trim_log(log_path: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        fd, tmp = tempfile.mkstemp(dir=log_path.parent, prefix=f".{log_path.name}.")
-        os.chmod(tmp, log_path.stat().st_mode & 0o777)  # mkstemp's 0600 would hide the log from others
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, log_path)
+        write_atomic(log_path, "".join(line + "\n" for line in kept))  # keeps the log's mode
     return dropped
 
 

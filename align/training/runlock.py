@@ -11,13 +11,13 @@ lock itself cannot say who holds it, and "in use" without a name sends the user 
 from __future__ import annotations
 
 from align.errors import AlignError
+from align.io.atomic import write_atomic
 
 import json
 import os
 import shlex
 import socket
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -148,11 +148,7 @@ class RunLock:
         holder = {"pid": os.getpid(), "hostname": socket.gethostname(),
                   "started": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
                   "command": shlex.join(sys.argv)}
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f"{HOLDER_NAME}.")
-        os.chmod(tmp, 0o644)  # readable by whoever is told the folder is taken
-        with os.fdopen(fd, "w") as f:
-            json.dump(holder, f)
-        os.replace(tmp, self.holder_path)
+        write_atomic(self.holder_path, json.dumps(holder), perms=0o644)  # readable by whoever is told the folder is taken
 
     def release(self) -> None:
         """Drop the holder record (if still ours) and the lock; safe to call twice."""

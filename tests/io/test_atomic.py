@@ -97,3 +97,12 @@ def test_atomic_folder_perms(tmp_path):
     with atomic_folder(tmp_path / "shared", perms=0o755) as tmp:
         (tmp / "x").write_text("x")
     assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+
+
+def test_temporaries_are_hidden_siblings_named_after_the_target(tmp_path):
+    from align.io.atomic import temp_sibling
+
+    assert temp_sibling(tmp_path / "latest").name.startswith(".latest.tmp-")
+    assert temp_sibling(tmp_path / ".lock.json").name.startswith(".lock.json.tmp-")  # not '..lock.json'
+    assert temp_sibling(tmp_path / "x") != temp_sibling(tmp_path / "x")
+    assert temp_sibling(tmp_path / "x").parent == tmp_path

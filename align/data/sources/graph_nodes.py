@@ -43,8 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ import numpy as np
 
 from align.data.sources import SOURCES
 from align.errors import DataError
+from align.io.atomic import atomic_folder
 from align.data.sources.common import builtin_options
 
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
@@ -107,19 +106,9 @@ def write_store(base: Path, key: str, arrays: dict[str, np.ndarray]) -> Path:
     place. A concurrent run that renamed first wins; this one's copy is discarded."""
     final = base / key
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=base))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a shared cache should be readable
-    try:
+    with atomic_folder(final, exists="keep", perms=0o755) as tmp:  # a shared cache should be readable
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", np.asarray(arr), allow_pickle=False)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
