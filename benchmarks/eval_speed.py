@@ -54,7 +54,6 @@ import importlib.metadata as md
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -65,6 +64,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from align.eval.retrieval import retrieval_metrics  # noqa: E402
+from memory import PeakExtra  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 KS = (1, 5, 10)
 DIRS = ("text_to_image", "image_to_text")  # CLIP_benchmark: image_retrieval / text_retrieval
@@ -136,7 +138,6 @@ def make_data(n_items: int, cpi: int, dim: int, clustered: bool, seed: int, cent
 
 
 def run_ours(img, txt, idx, ties="index"):
-    from align.eval.retrieval import retrieval_metrics
     m = retrieval_metrics(img, txt, idx.numpy(), ks=KS, ties=ties)
     n_q = {"text_to_image": len(txt), "image_to_text": len(img)}
     hits = {d: {k: round(m[f"{d}/R@{k}"] * m[f"{d}/n_queries"]) for k in KS} for d in DIRS}
@@ -162,24 +163,6 @@ def run_cb(img, txt, idx, batch_size, recall_at_k, batchify, device="cpu"):
     return metrics, hits
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return _rss_kb("VmHWM") is not None
-    except OSError:
-        return False
-
-
 def worker(args) -> None:
     import gc
 
@@ -197,27 +180,19 @@ def worker(args) -> None:
         source = f"eval.retrieval.retrieval_metrics(chunk_size=1024, ties={ties!r})"
         call = lambda: run_ours(img, txt, idx, ties=ties)  # noqa: E731
         repeats = args.repeats if args.worker == "ours" else 1
-    times, peaks = [], []
-    use_hwm = _reset_hwm()
+    times = []
+    meter = PeakExtra()
     with torch.no_grad():
         for i in range(repeats):
             metrics = hits = None
             gc.collect()
-            if use_hwm:
-                _reset_hwm()
-                rss0 = _rss_kb("VmRSS")
-            maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            t0 = time.perf_counter()
-            metrics, hits = call()
-            times.append(time.perf_counter() - t0)
-            if use_hwm:
-                peaks.append((_rss_kb("VmHWM") - rss0) * 1024)
-            elif i == 0:  # ru_maxrss only ever grows: only the first call's delta means anything
-                peaks.append((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024)
+            with meter.measure():
+                t0 = time.perf_counter()
+                metrics, hits = call()
+                times.append(time.perf_counter() - t0)
             print(f"  [{args.worker}] repeat {i + 1}/{repeats}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
-    out = {"times": times, "peak_bytes": max(peaks) if peaks else None,
-           "peak_method": "VmHWM - VmRSS (reset via /proc/self/clear_refs), max over repeats" if use_hwm
-           else "ru_maxrss delta of the first repeat",
+    out = {"times": times, "peak_bytes": max(meter.peaks) if meter.peaks else None,
+           "peak_method": meter.method + (", max over repeats" if meter.use_hwm else " of the first repeat"),
            "source": source, "metrics": metrics,
            "hits": {d: {str(k): v for k, v in h.items()} for d, h in hits.items()}}
     Path(args.worker_out).write_text(json.dumps(out))

@@ -51,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from align.index.embedding_index import EmbeddingIndex  # noqa: E402
+from memory import mem_available  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 DEFAULT_SPECS = ["Flat", "HNSW32", "IVF{n},Flat", "IVF{n},PQ64"]
 
@@ -96,13 +97,8 @@ def timed_search(index: EmbeddingIndex, q: np.ndarray, k: int, repeats: int):
 
 
 def free_gb() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
+    avail = mem_available()
+    return float("nan") if avail is None else avail / 2**30
 
 
 def main(argv=None) -> None:

@@ -20,12 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from align.config.schema import load_config
+from align.data.tables import load_table
+from align.model.align_model import AlignModel
+from align.objectives.task import ContrastiveTask
+from align.training.engine import build_optimizer
+from align.training.loop import train_step
+from memory import peak_rss_bytes  # benchmarks/memory.py, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,12 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 def setup(batch: int, micro: int | None, tiling: str):
     import torch
     from accelerate import Accelerator
-
-    from align.config.schema import load_config
-    from align.data.tables import load_table
-    from align.model.align_model import AlignModel
-    from align.objectives.task import ContrastiveTask
-    from align.training.engine import build_optimizer
 
     cfg = load_config(REPO / "configs" / "demo-digits.yaml", [
         f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]
@@ -63,8 +64,6 @@ def setup(batch: int, micro: int | None, tiling: str):
 def worker(args) -> None:
     import torch
 
-    from align.training.loop import train_step
-
     torch.set_num_threads(args.threads)
     acc, model, task, batch, opt = setup(args.batch, args.micro, args.tiling)
     times = []
@@ -73,7 +72,7 @@ def worker(args) -> None:
         loss = train_step(acc, model, task, batch, opt, None, grad_clip=1.0)
         times.append(time.perf_counter() - t)
     print(json.dumps({"times": times, "loss": float(loss),
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+                      "peak_rss_gb": peak_rss_bytes() / 2**30}))
 
 
 def run(batch: int, micro: int | None, steps: int, tiling: str = "auto", threads: int = 2) -> dict:

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from align.modalities import build_adapter
+
 CHEBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "graph" / "chebi20" / "validation.txt"
 
 
@@ -36,8 +38,6 @@ def options(encoder: str, width: int, layers: int) -> dict:
 
 
 def preprocess_rate(mols: list[str], batch_size: int) -> float:
-    from align.modalities import build_adapter
-
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()
     t0 = time.perf_counter()
     for s in range(0, len(mols) - batch_size + 1, batch_size):
@@ -46,8 +46,6 @@ def preprocess_rate(mols: list[str], batch_size: int) -> float:
 
 
 def train_rate(encoder: str, batches: list, width: int, layers: int, steps: int, repeats: int) -> list[float]:
-    from align.modalities import build_adapter
-
     torch.manual_seed(0)
     adapter = build_adapter("graph", options(encoder, width, layers))
     head = torch.nn.Linear(adapter.feature_dim, 128, bias=False)
@@ -79,7 +77,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    from align.modalities import build_adapter
 
     mols = smiles(2048)
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()

@@ -39,6 +39,17 @@ from pathlib import Path
 
 import torch
 
+from align.app.trainer import train
+from align.config.dataset import DatasetSpec
+from align.config.schema import config_from_dict
+from align.data.sources.common import DIGIT_NAMES
+from align.data.sources.fsdd_mnist_sum import SUM_CAPTIONS
+from align.data.tables import load_table
+from align.eval.runner import encode_table
+from align.eval.zeroshot import build_classifier
+from align.model.checkpoint import load_model
+from align.objectives.multiway import volume_matrix
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "fsdd-mnist-sum-symile.yaml"
 TRIPLE = ["audio", "image", "text"]
@@ -81,8 +92,6 @@ def sum_scores(audio: torch.Tensor, image: torch.Tensor, classes: torch.Tensor, 
     if rule == "cosine":
         return audio @ classes.T + image @ classes.T
     if rule == "volume":
-        from align.objectives.multiway import volume_matrix
-
         return -volume_matrix(classes.double(), [audio.double(), image.double()]).T.float()
     raise ValueError(f"unknown scoring rule {rule!r} (mip, cosine, volume)")
 
@@ -96,9 +105,6 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
     (DatasetSpec, table): the config's source and options (the training ones exactly as trained),
     with only audio and image encoded (the text side is the 10 class prompts)."""
     import numpy as np
-
-    from align.data.tables import load_table
-    from align.config.dataset import DatasetSpec
 
     out = {}
     for name, split in (("held-out", "test"), ("train", "train")):
@@ -118,12 +124,6 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
 @torch.no_grad()
 def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
     """{split: {rule: top-1}} of a trained run, reloaded from its checkpoint."""
-    from align.model.checkpoint import load_model
-    from align.eval.runner import encode_table
-    from align.data.sources.common import DIGIT_NAMES
-    from align.data.sources.fsdd_mnist_sum import SUM_CAPTIONS
-    from align.eval.zeroshot import build_classifier
-
     model, _ = load_model(run_dir)
     classes = build_classifier(model, DIGIT_NAMES, SUM_CAPTIONS, modality="text")
     out = {}
@@ -160,9 +160,6 @@ def run_config(base: dict, name: str, steps: int, run_dir: Path, aux: bool = Fal
 
 def train_run(data: dict) -> float:
     """Train one run (a config dict); returns wall seconds."""
-    from align.config.schema import config_from_dict
-    from align.app.trainer import train
-
     name, steps = Path(data["output_dir"]).name, data["train"]["steps"]
     start = time.perf_counter()
     result = train(config_from_dict(data))

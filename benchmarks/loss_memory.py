@@ -39,7 +39,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -52,42 +51,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss  # noqa: E402
+from memory import PeakExtra, mem_available  # noqa: E402 -- benchmarks/memory.py, this script's folder
+
 DENSE_FACTOR = 4  # open_clip's peak, in [B, B] float32 matrices (measured ~3.5 for ClipLoss)
 VALUE_RTOL = 1e-4
 
 
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return _rss_kb("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def mem_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def make_loss(impl: str, loss: str, tile_size: int):
     if impl == "ours":
-        from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
-
         return TiledClipLoss(tile_size=tile_size) if loss == "clip" else TiledSigLipLoss(tile_size=tile_size)
     from open_clip import loss as oc_loss
 
@@ -116,28 +88,21 @@ def worker(args) -> None:
 
     small = min(batch, 512)
     fn(a[:small], b[:small], log_scale.exp(), bias).backward()  # warm-up: kernels, thread pool
-    times, peaks, value = [], [], None
-    use_hwm = _reset_hwm()
+    times, value = [], None
+    meter = PeakExtra()
     for i in range(args.repeats if batch <= 16384 else args.big_repeats):
         for t in (a, b, log_scale, bias):
             if t is not None:
                 t.grad = None
         gc.collect()
-        if use_hwm:
-            _reset_hwm()
-            rss0 = _rss_kb("VmRSS")
-        maxrss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        value = call()
-        times.append(time.perf_counter() - t0)
-        if use_hwm:
-            peaks.append((_rss_kb("VmHWM") - rss0) * 1024)
-        elif i == 0:  # ru_maxrss only ever grows: only the first call's delta means anything
-            peaks.append((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss0) * 1024)
+        with meter.measure():
+            t0 = time.perf_counter()
+            value = call()
+            times.append(time.perf_counter() - t0)
         print(f"  [{args.worker}] repeat {i + 1}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
     Path(args.worker_out).write_text(json.dumps({
-        "times": times, "peak_bytes": max(peaks), "value": value, "threads": torch.get_num_threads(),
-        "peak_method": "VmHWM - VmRSS (reset via /proc/self/clear_refs)" if use_hwm else "ru_maxrss delta"}))
+        "times": times, "peak_bytes": max(meter.peaks), "value": value, "threads": torch.get_num_threads(),
+        "peak_method": meter.method}))
 
 
 def spawn(key: str, argv: list[str], tmp: Path) -> dict:

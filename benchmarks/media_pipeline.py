@@ -18,15 +18,16 @@ from pathlib import Path
 
 import torch
 
+from align.config.dataset import DatasetSpec
+from align.data.tables import Collator, PairedDataset, load_table
+from align.modalities import build_adapter
+from align.training.engine import one_thread_per_worker
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
 
 
 def audio_setup(rate: int):
-    from align.config.dataset import DatasetSpec
-    from align.data.tables import load_table
-    from align.modalities import build_adapter
-
     spec = DatasetSpec(source="files", data_files=str(DATA / "audio/fsdd/recordings/*.wav"),
                        load_kwargs={"pattern": FSDD_PATTERN}, where={"take": {"ge": 5}}, columns={"audio": "path"})
     adapter = build_adapter("audio", {"sample_rate": rate, "clip_seconds": 1.0, "n_mels": 64, "freq_mask": 8,
@@ -37,8 +38,6 @@ def audio_setup(rate: int):
 def video_setup():
     import datasets
 
-    from align.modalities import build_adapter
-
     clips = [str(DATA / "video/mmaction2_clips" / n) for n in ("demo.mp4", "test.mp4", "test.avi")]
     table = datasets.Dataset.from_dict({"video": clips * 16})
     adapter = build_adapter("video", {"frames": 8, "image": {
@@ -47,9 +46,6 @@ def video_setup():
 
 
 def samples_per_s(table, columns, pre, batch_size: int, workers: int, max_batches: int) -> float:
-    from align.data.tables import Collator, PairedDataset
-    from align.training.engine import one_thread_per_worker
-
     ds = PairedDataset(table, columns, pre, train=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          collate_fn=Collator(pre), worker_init_fn=one_thread_per_worker)

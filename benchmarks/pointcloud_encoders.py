@@ -30,6 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
+
+from align.modalities import build_adapter  # noqa: E402
+
 NPZ = ROOT.parent / "shared" / "data" / "pointcloud" / "dales_objects" / "dales_objects_499.npz"
 ENCODER_KEYS = ("encoder", "widths", "pooling", "norm", "num_groups", "group_size", "token_widths", "width",
                 "layers", "heads", "mlp_ratio")
@@ -61,8 +64,6 @@ def encoder_variants(num_points: int, with_configs: bool) -> list[tuple[str, dic
 
 def time_train_step(options: dict, batch_size: int, steps: int, warmup: int) -> tuple[float, int]:
     """Median seconds per optimizer step and the parameter count."""
-    from align.modalities import build_adapter
-
     torch.manual_seed(0)
     adapter = build_adapter("pointcloud", options)
     head = torch.nn.Linear(adapter.feature_dim, 64)
@@ -86,8 +87,6 @@ def time_train_step(options: dict, batch_size: int, steps: int, warmup: int) -> 
 
 def time_preprocess(num_points: int) -> list[tuple[str, float]]:
     import numpy as np
-
-    from align.modalities import build_adapter
 
     z = np.load(NPZ)
     off = z["offsets"]

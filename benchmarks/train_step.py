@@ -55,7 +55,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -68,6 +67,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
+
+from align.config.schema import ModelConfig, TrainConfig  # noqa: E402
+from align.model.align_model import AlignModel, contrastive_loss  # noqa: E402
+from align.objectives.factory import build_loss  # noqa: E402
+from align.objectives.task import ContrastiveTask  # noqa: E402
+from align.training.engine import build_optimizer, param_groups  # noqa: E402
+from align.training.loop import TrainingError, train_step  # noqa: E402
+from memory import peak_rss_bytes  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 LOSS_TOL = 1e-5
 OPEN_CLIP, ALIGN, ALIGN_PLAIN = "open_clip", "align", "align, plain torch calls"
@@ -193,13 +200,6 @@ def make_open_clip_step(model, optimizer, loss, scheduler, grad_clip):
 def build_align(a, vision_cfg, text_cfg, clip_model):
     from accelerate import Accelerator
 
-    from align.config.schema import ModelConfig
-    from align.objectives.factory import build_loss
-    from align.model.align_model import AlignModel
-    from align.config.schema import TrainConfig
-    from align.training.loop import TrainingError
-    from align.training.engine import build_optimizer
-
     cfg = ModelConfig(embed_dim=a.embed_dim, loss="clip", modalities={
         "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
         "text": {"options": {"text_cfg": text_cfg, "output_dim": a.embed_dim}, "head": "identity"},
@@ -215,8 +215,6 @@ def build_align(a, vision_cfg, text_cfg, clip_model):
     # the trainer's own optimizer (AdamW, open_clip's decay split, fused kernel)
     tc = TrainConfig(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.98), eps=1e-6)
     if a.plain_adamw:
-        from align.training.engine import param_groups
-
         optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps)
     else:
         optimizer = build_optimizer(model, tc)
@@ -266,9 +264,6 @@ def copy_clip_weights(clip_model, align_model) -> None:
 
 
 def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, nonfinite, grad_clip):
-    from align.objectives.task import ContrastiveTask
-    from align.training.loop import train_step
-
     task = ContrastiveTask(core, loss_fn, [("image", "text")], ["image", "text"])
 
     def step(images, texts):
@@ -281,8 +276,6 @@ def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, non
 def make_align_plain_step(model, core, optimizer, scheduler, loss_fn, grad_clip):
     """train_step's work on align's model and loss with plain torch calls, no accelerate wrappers
     (--profile only: it separates accelerate's per-step cost from align's model/loss)."""
-    from align.model.align_model import contrastive_loss
-
     def unwrap(obj, attr):  # accelerate's AcceleratedOptimizer / AcceleratedScheduler
         return getattr(obj, attr, obj)
 
@@ -325,8 +318,6 @@ def build_impl(impl: str, a):
             return oc_loss(out["image_features"], out["text_features"], out["logit_scale"]).item()
 
         return make_open_clip_step(clip_model, oc_opt, oc_loss, oc_sched, a.grad_clip), eval_loss, n_params
-
-    from align.model.align_model import contrastive_loss
 
     accelerator, model, core, opt, sched, loss_fn, nonfinite = build_align(a, vision_cfg, text_cfg, clip_model)
     del clip_model, oc_opt, oc_loss, oc_sched  # the open_clip model only lent its weights
@@ -392,7 +383,7 @@ def worker(conn, impl: str, argv: list[str]) -> None:
             elif cmd == "profile":
                 result = cprofile_text(step, images, texts, arg)
             elif cmd == "rss":
-                result = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+                result = peak_rss_bytes() / 2**20  # MiB
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             conn.send(("ok", result))
