@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from align.eval.commands import EvalError
+from align.io.atomic import write_atomic
 
 
 class PairsError(EvalError):
@@ -162,9 +163,9 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
     sets, ``data.mix``, has no one table with every modality; pairs no table holds stay blank)."""
     import time
 
-    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
     from align.eval.plots import plot_pair_heatmap
     from align.eval.report import build_report, write_report
+    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
 
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
@@ -191,7 +192,7 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
     out = Path(out or ckpt / "eval")
     path = write_report(report, out / "pairs.json")
     report["markdown"] = markdown_table(mods, matrix, note)
-    (out / "pairs.md").write_text(report["markdown"])
+    write_atomic(out / "pairs.md", report["markdown"])
     plot_pair_heatmap(matrix, mods, out / "pairs_r1.png", title)
     report["path"] = str(path)
     return report
@@ -199,8 +200,8 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
 
 def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str]) -> tuple[dict, dict]:
     """One eval table's pairs: (the dataset's description, the pairs result)."""
-    from align.errors import ConfigError
     from align.data.tables import describe_spec, hf_progress, load_table
+    from align.errors import ConfigError
 
     ecfg, settings_from = pairs_config(cfg, config, overrides)
     columns = list(ecfg.data.columns)

@@ -18,6 +18,7 @@ from align.config.objectives import parts_with
 from align.config.schema import Config
 from align.data.labels import class_names, zeroshot_classes
 from align.data.tables import describe_spec, hf_progress, load_table
+from align.io.atomic import write_atomic
 
 
 def show_value(value: Any, width: int = 90) -> str:
@@ -152,4 +153,4 @@ def look_at_data(cfg: Config, accelerator, loader, val_loader, fitted: dict[str,
     summary["fitted"] = {f"model.modalities.{m}.options": names for m, names in (fitted or {}).items()}
     if accelerator.is_main_process:
         accelerator.print(format_summary(summary))
-        (Path(cfg.output_dir) / "data.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_atomic(Path(cfg.output_dir) / "data.json", json.dumps(summary, indent=2, default=str))
