@@ -7,33 +7,27 @@ would silently shrink the set of negatives.
 """
 from __future__ import annotations
 
-from align.errors import AlignError
-
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from align.model.checkpoint import save_checkpoint, set_rng_state
-from align.config.schema import Config, dump_config
-from align.errors import ConfigError
-from align.data.tables import hf_progress, load_table
-from align.data.summary import look_at_data
-from align.training.engine import (build_accelerator, build_loader, build_mixture_loader, build_optimizer,
-                          leave_cores_for_workers)
-from align.training.feature_cache import build_feature_caches
-from align.training.gradcache import cached_loss
-from align.data.mixture import mixture_columns
-from align.model.align_model import AlignModel, fit_adapters
+from align.config.schema import Config
+from align.data.tables import hf_progress
+from align.errors import AlignError, ConfigError
+from align.model.align_model import AlignModel
+from align.model.checkpoint import save_checkpoint
 from align.objectives.task import ContrastiveTask
-from align.training.resume import clean_leftovers, restore_newest_good, restored_best, set_aside_previous_run, trim_log
+from align.training.engine import build_accelerator, leave_cores_for_workers
+from align.training.gradcache import cached_loss
+from align.training.resume import clean_leftovers, restored_best, set_aside_previous_run
+from align.training.run_state import RunState, open_records, start_run
 from align.training.runlock import lock_run
-from align.data.streaming import head_table
 
 
 class TrainingError(AlignError, RuntimeError):
@@ -167,180 +161,172 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, hooks: EvalHooks | No
 
 
 def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: EvalHooks | None) -> TrainResult:
-    from accelerate.utils import set_seed
+    """The run from top to bottom: set up, open the records, train step by step, finish."""
     from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
+    run = start_run(cfg, accelerator, resume)  # seed, data, model, optimizer, restored state, prepared
+    open_records(run)  # config.yaml, trackers, the log (trimmed to the checkpoint on resume)
+    result = _new_result(run)
     tc = cfg.train
-    set_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    if cfg.data.mix is not None:  # several training sets, each with its modalities (align/data/mixture.py)
-        streaming, caches = False, {}
-        tables = {key: load_table(spec, key) for key, spec, _ in cfg.data.train_parts()}
-        fitted = fit_adapters(cfg.model, *mixture_columns(cfg, tables))
-        model = AlignModel(cfg.model)
-        loader = build_mixture_loader(cfg, model, tables)
-    else:
-        streaming = cfg.data.train.streaming  # fit_adapters and the look before training see the stream's head
-        train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
-        fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
-        model = AlignModel(cfg.model)
-        caches = {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device,
-                                                           accelerator.print)
-        loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table,
-                              cached=set(caches))
-    val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
-    look_at_data(cfg, accelerator, loader, val_loader, fitted)
-    optimizer = build_optimizer(model, tc)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
-    start, skipped_before, log_path = 0, 0, out / "train_log.jsonl"
-    if resume:  # the newest checkpoint that verifies; damaged newer ones are skipped, named
-        ckpt, state = restore_newest_good(out / "checkpoints", model, accelerator.print)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, skipped_before = int(state["step"]), int(state.get("skipped", 0))
-        if streaming:  # where each process and worker was in the stream
-            loader.load_state_dict(state.get("stream"))
-        accelerator.print(f"resumed from {ckpt} at step {start}")
-    if tc.grad_checkpointing:
-        accelerator.print(f"gradient checkpointing: {model.set_grad_checkpointing()}")
-    if tc.compile:
-        model = torch.compile(model)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    # Setup (datasets fingerprints, trackers) may consume global RNGs; fix them right before the
-    # first batch so a run, and a resumed run, draw the same augmentations and captions.
-    if resume:
-        set_rng_state(state["rng"])
-    core: AlignModel = accelerator.unwrap_model(model)
-    if hasattr(core, "_orig_mod"):
-        core = core._orig_mod
-    task = ContrastiveTask.from_config(cfg, core, rank=accelerator.process_index,
-                                       world_size=accelerator.num_processes)
-    task.feature_caches = caches
-    if accelerator.is_main_process:
-        dump_config(cfg, out / "config.yaml")
-    # on resume, TensorBoard drops the killed run's events past the checkpoint, as the log does
-    accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": start + 1}} if resume else {})
-    if accelerator.is_main_process and not resume and log_path.exists():
-        log_path.unlink()
-    elif accelerator.is_main_process and resume:  # the killed run's lines past the checkpoint
-        trim_log(log_path, start)
-
-    def training_state(step: int) -> dict[str, Any]:
-        """Besides optimizer and schedule, the run's records, so a resumed run continues them."""
-        best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
-                                                  "metric": tc.best_metric}
-        return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "skipped": int(accelerator.reduce(skipped.clone(), reduction="sum").item()), "best": best,
-                **({"stream": loader.state_dict()} if streaming else {})}  # every process's stream position
-
-    def checkpoint(step: int, name: str | None = None, update_latest: bool = True) -> Path | None:
-        accelerator.wait_for_everyone()
-        path, state = None, training_state(step)  # every process joins the skipped-count reduce
-        sharded = str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
-        weights = accelerator.get_state_dict(model) if sharded else None  # gathered by every process
-        if accelerator.is_main_process:
-            path = save_checkpoint(out / "checkpoints", step, core, cfg, state, keep=tc.keep_checkpoints,
-                                   name=name, update_latest=update_latest, weights=weights)
-        accelerator.wait_for_everyone()
-        return path
-
-    result = TrainResult(model=core, output_dir=out, is_main_process=accelerator.is_main_process,
-                         skipped=skipped_before)
-    if resume:
-        result.best = restored_best(state, out / "checkpoints", log_path, tc.best_metric, start)
-    steps_per_epoch = None if streaming else len(loader)
+    steps_per_epoch = None if run.streaming else len(run.loader)
     skipping = any(spec.on_error == "skip" for _, spec, _ in cfg.data.train_parts())
-    step = start
-    last_ckpt = None
-    end = min(tc.steps, stop_at) if stop_at else tc.steps
-    bar = tqdm(total=tc.steps, initial=start, disable=not (tc.progress and accelerator.is_main_process),
+    run.step, run.end = run.start, (min(tc.steps, stop_at) if stop_at else tc.steps)
+    bar = tqdm(total=tc.steps, initial=run.start, disable=not (tc.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    model.train()
-    if not resume:
-        set_seed(cfg.seed)
-    t0, seen = time.perf_counter(), 0
-    t_log, seen_at_log = t0, 0
-    # counted per process and summed when logged: the resumed count goes to the main process only
-    skipped = torch.tensor(skipped_before if accelerator.is_main_process else 0, device=accelerator.device)
-
-    def nonfinite(loss: torch.Tensor, batch: dict) -> None:
-        path = checkpoint(step, name=f"nan-step-{step + 1:06d}")
-        raise TrainingError(f"non-finite loss ({loss.item()}) at step {step + 1} "
-                            f"(sample rows {batch['index'][:8].tolist()}...); the state before "
-                            f"this step is saved in {path or out / 'checkpoints'}")
-
-    while step < end:
-        if streaming:  # the stream keeps its own epoch and position
-            epoch_loader = loader.epoch_batches(accelerator.device)
-        else:
-            epoch, skip = divmod(step, steps_per_epoch)
-            loader.set_epoch(epoch)  # the sampler's shuffle ...
-            loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
-            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in epoch_loader:
-            loss_value = train_step(accelerator, model, task, batch, optimizer, scheduler, tc.grad_clip,
-                                    on_nonfinite=nonfinite).item()
-            step += 1
-            seen += tc.batch_size * accelerator.num_processes
-            skipped += batch["skipped"]
-            result.losses.append((step, loss_value))
+    _begin_training(run)
+    on_nonfinite = partial(_stop_on_nonfinite, run, result)
+    while run.step < run.end:
+        for batch in _epoch_batches(run, steps_per_epoch):
+            loss_value = train_step(accelerator, run.model, run.task, batch, run.optimizer, run.scheduler,
+                                    tc.grad_clip, on_nonfinite=on_nonfinite).item()
+            _count_step(run, result, batch, loss_value)
             bar.update(1)
-            if step % tc.log_every == 0 or step == end:
-                now = time.perf_counter()
-                logs = {"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0],
-                        "train/logit_scale": core.logit_scale.exp().item(), "wall_s": round(now - t0, 3),
-                        "samples_per_s": round((seen - seen_at_log) / max(now - t_log, 1e-9), 2)}
-                t_log, seen_at_log = now, seen
-                if len(task.terms) > 1:  # each term's loss on this step's batch (this process's value)
-                    logs.update({f"train/loss/{name}": round(float(v), 6) for name, v in task.term_losses.items()})
-                if skipping:  # samples that failed to load, all processes
-                    result.skipped = int(accelerator.reduce(skipped.clone(), reduction="sum").item())
-                    logs["data/skipped"] = result.skipped
-                accelerator.log(logs, step=step)
+            if run.step % tc.log_every == 0 or run.step == run.end:
+                _log_train(run, result, loss_value, skipping)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, **logs}) + "\n")
-            if val_loader is not None and ((tc.val_every and step % tc.val_every == 0) or step == tc.steps):
-                val = validation_loss(accelerator, model, task, val_loader)
-                result.val_losses.append((step, val))
-                accelerator.log({"val/loss": val}, step=step)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, "val/loss": val}) + "\n")
-            if tc.eval_every and (step % tc.eval_every == 0 or step == tc.steps):
-                result.eval_metrics = hooks.evaluate(core, cfg.eval, accelerator)
-                scores = flat_eval_metrics(result.eval_metrics)
-                model.train()
-                result.eval_history.append((step, scores))
-                accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=step)
-                if accelerator.is_main_process:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in scores.items()}}) + "\n")
-                if tc.best_metric:
-                    if tc.best_metric not in scores:
-                        raise ConfigError(f"config key 'train.best_metric': '{tc.best_metric}' is not an eval "
-                                         f"metric; have {sorted(scores)}")
-                    if result.best is None or scores[tc.best_metric] > result.best[1]:
-                        result.best = (step, scores[tc.best_metric])
-                        checkpoint(step, name="best", update_latest=False)
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                last_ckpt = checkpoint(step)
-            if step >= end:
+            if run.val_loader is not None and ((tc.val_every and run.step % tc.val_every == 0)
+                                               or run.step == tc.steps):
+                _validate(run, result)
+            if tc.eval_every and (run.step % tc.eval_every == 0 or run.step == tc.steps):
+                _evaluate(run, result, hooks)
+            if tc.checkpoint_every and run.step % tc.checkpoint_every == 0:
+                run.last_ckpt = _checkpoint(run, result, run.step)
+            if run.step >= run.end:
                 break
     bar.close()
-    elapsed = time.perf_counter() - t0
-    result.samples_per_s = seen / elapsed if elapsed > 0 else math.nan
-    if step == tc.steps and not (tc.checkpoint_every and step % tc.checkpoint_every == 0):
-        last_ckpt = checkpoint(step)
-    result.final_checkpoint = last_ckpt
-    if cfg.eval is not None and tc.eval_at_end and step == tc.steps and hooks is not None:
-        final_evaluation(cfg, core, accelerator, result, step, hooks)
-    accelerator.end_training()
+    _finish(run, result, hooks)
     return result
+
+
+def _new_result(run: RunState) -> TrainResult:
+    """The run's records; on resume, the best eval score so far comes back with the checkpoint."""
+    result = TrainResult(model=run.core, output_dir=run.out, is_main_process=run.accelerator.is_main_process,
+                         skipped=run.skipped_before)
+    if run.resuming:
+        result.best = restored_best(run.restored, run.out / "checkpoints", run.log_path,
+                                    run.cfg.train.best_metric, run.start)
+    return result
+
+
+def _begin_training(run: RunState) -> None:
+    """Train mode, the seed again for a fresh run (right before the first batch: setup may consume
+    global RNGs), the clocks and the skipped-sample counter."""
+    from accelerate.utils import set_seed
+
+    run.model.train()
+    if not run.resuming:
+        set_seed(run.cfg.seed)
+    run.t0, run.seen = time.perf_counter(), 0
+    run.t_log, run.seen_at_log = run.t0, 0
+    # counted per process and summed when logged: the resumed count goes to the main process only
+    run.skipped = torch.tensor(run.skipped_before if run.accelerator.is_main_process else 0,
+                               device=run.accelerator.device)
+
+
+def _epoch_batches(run: RunState, steps_per_epoch: int | None):
+    """The batches left in the current epoch: the sampler and the augmentations set to that epoch,
+    the ones already trained on skipped (the stream keeps its own epoch and position)."""
+    if run.streaming:
+        return run.loader.epoch_batches(run.accelerator.device)
+    epoch, skip = divmod(run.step, steps_per_epoch)
+    run.loader.set_epoch(epoch)  # the sampler's shuffle ...
+    run.loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
+    return run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+
+
+def _count_step(run: RunState, result: TrainResult, batch: dict, loss_value: float) -> None:
+    run.step += 1
+    run.seen += run.cfg.train.batch_size * run.accelerator.num_processes
+    run.skipped += batch["skipped"]
+    result.losses.append((run.step, loss_value))
+
+
+def _log_train(run: RunState, result: TrainResult, loss_value: float, skipping: bool) -> None:
+    """Loss, learning rate, temperature, throughput since the last log line (and each loss term's
+    value, the samples skipped) to the trackers and ``train_log.jsonl``."""
+    accelerator, now = run.accelerator, time.perf_counter()
+    logs = {"train/loss": loss_value, "train/lr": run.scheduler.get_last_lr()[0],
+            "train/logit_scale": run.core.logit_scale.exp().item(), "wall_s": round(now - run.t0, 3),
+            "samples_per_s": round((run.seen - run.seen_at_log) / max(now - run.t_log, 1e-9), 2)}
+    run.t_log, run.seen_at_log = now, run.seen
+    if len(run.task.terms) > 1:  # each term's loss on this step's batch (this process's value)
+        logs.update({f"train/loss/{name}": round(float(v), 6) for name, v in run.task.term_losses.items()})
+    if skipping:  # samples that failed to load, all processes
+        result.skipped = int(accelerator.reduce(run.skipped.clone(), reduction="sum").item())
+        logs["data/skipped"] = result.skipped
+    accelerator.log(logs, step=run.step)
+    run.write_log({"step": run.step, **logs})
+
+
+def _validate(run: RunState, result: TrainResult) -> None:
+    val = validation_loss(run.accelerator, run.model, run.task, run.val_loader)
+    result.val_losses.append((run.step, val))
+    run.accelerator.log({"val/loss": val}, step=run.step)
+    run.write_log({"step": run.step, "val/loss": val})
+
+
+def _evaluate(run: RunState, result: TrainResult, hooks: EvalHooks) -> None:
+    """The eval section now (``train.eval_every``); a new best ``train.best_metric`` is checkpointed
+    as ``best``, apart from ``latest``."""
+    step, metric = run.step, run.cfg.train.best_metric
+    result.eval_metrics = hooks.evaluate(run.core, run.cfg.eval, run.accelerator)
+    scores = flat_eval_metrics(result.eval_metrics)
+    run.model.train()
+    result.eval_history.append((step, scores))
+    run.accelerator.log({f"eval/{k}": v for k, v in scores.items()}, step=step)
+    run.write_log({"step": step, **{f"eval/{k}": v for k, v in scores.items()}})
+    if metric:
+        if metric not in scores:
+            raise ConfigError(f"config key 'train.best_metric': '{metric}' is not an eval "
+                              f"metric; have {sorted(scores)}")
+        if result.best is None or scores[metric] > result.best[1]:
+            result.best = (step, scores[metric])
+            _checkpoint(run, result, step, name="best", update_latest=False)
+
+
+def _training_state(run: RunState, result: TrainResult, step: int) -> dict[str, Any]:
+    """Besides optimizer and schedule, the run's records, so a resumed run continues them."""
+    best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
+                                              "metric": run.cfg.train.best_metric}
+    return {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "step": step,
+            "skipped": int(run.accelerator.reduce(run.skipped.clone(), reduction="sum").item()), "best": best,
+            **({"stream": run.loader.state_dict()} if run.streaming else {})}  # every process's stream position
+
+
+def _checkpoint(run: RunState, result: TrainResult, step: int, name: str | None = None,
+                update_latest: bool = True) -> Path | None:
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    path, state = None, _training_state(run, result, step)  # every process joins the skipped-count reduce
+    sharded = str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
+    weights = accelerator.get_state_dict(run.model) if sharded else None  # gathered by every process
+    if accelerator.is_main_process:
+        path = save_checkpoint(run.out / "checkpoints", step, run.core, run.cfg, state,
+                               keep=run.cfg.train.keep_checkpoints, name=name, update_latest=update_latest,
+                               weights=weights)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _stop_on_nonfinite(run: RunState, result: TrainResult, loss: torch.Tensor, batch: dict) -> None:
+    """Save the state before the failing step and stop, naming the step and the sample rows."""
+    path = _checkpoint(run, result, run.step, name=f"nan-step-{run.step + 1:06d}")
+    raise TrainingError(f"non-finite loss ({loss.item()}) at step {run.step + 1} "
+                        f"(sample rows {batch['index'][:8].tolist()}...); the state before "
+                        f"this step is saved in {path or run.out / 'checkpoints'}")
+
+
+def _finish(run: RunState, result: TrainResult, hooks: EvalHooks | None) -> None:
+    """Throughput, the final checkpoint (unless the last step just wrote one), the final evaluation."""
+    cfg, tc, step = run.cfg, run.cfg.train, run.step
+    elapsed = time.perf_counter() - run.t0
+    result.samples_per_s = run.seen / elapsed if elapsed > 0 else math.nan
+    if step == tc.steps and not (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+        run.last_ckpt = _checkpoint(run, result, step)
+    result.final_checkpoint = run.last_ckpt
+    if cfg.eval is not None and tc.eval_at_end and step == tc.steps and hooks is not None:
+        final_evaluation(cfg, run.core, run.accelerator, result, step, hooks)
+    run.accelerator.end_training()
 
 
 def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int,
