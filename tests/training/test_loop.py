@@ -89,10 +89,30 @@ def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path, capsys):
     assert resolve_checkpoint(tmp_path).name == "step-000006"
 
 
+def _linear_output_dtypes(cfg) -> tuple[object, set[tuple[bool, torch.dtype]]]:
+    """Train ``cfg``, recording for every ``nn.Linear`` forward (inside the towers) whether CPU
+    autocast was on and the output's dtype."""
+    seen: set[tuple[bool, torch.dtype]] = set()
+
+    def record(module, _inputs, output):
+        if isinstance(module, torch.nn.Linear) and module.training:
+            seen.add((torch.is_autocast_enabled("cpu"), output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        res = train(cfg)
+    finally:
+        handle.remove()
+    return res, seen
+
+
 def test_bf16_autocast_flag_runs(tmp_path):
-    res = train(config_from_dict(tiny_config(tmp_path, steps=2, mixed_precision="bf16")))
+    res, seen = _linear_output_dtypes(config_from_dict(tiny_config(tmp_path, steps=2, mixed_precision="bf16")))
+    assert seen == {(True, torch.bfloat16)}, seen  # every training forward ran under bf16 autocast
     assert all(torch.isfinite(torch.tensor(v)) for _, v in res.losses)
     assert res.model.logit_scale.dtype == torch.float32  # master weights stay fp32
+    _, plain = _linear_output_dtypes(config_from_dict(tiny_config(tmp_path / "fp32", steps=2)))
+    assert plain == {(False, torch.float32)}, plain  # and without the flag, none did
 
 
 def test_nan_loss_stops_with_step_and_saves_state(tmp_path):
