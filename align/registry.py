@@ -3,8 +3,8 @@
 Names are known before anything heavy is imported: a registry lists what is registered, what
 installed packages declare under its entry-point group (``[project.entry-points."align.modalities"]``
 in a pyproject: ``tabular = "my_pkg.tabular"``; align declares its own the same way). So a typo in
-a config lists the real names, and a package outside this repository adds a modality or a data
-source with no fork: install it and use its name.
+a config lists the real names, and a package outside this repository adds a modality, a data
+source or a loss with no fork: install it and use its name.
 """
 from __future__ import annotations
 
@@ -73,3 +73,9 @@ class Registry(Generic[T]):
 # up by name; the adapters themselves (align.modalities.*) are imported only when first asked for.
 ADAPTERS: Registry = Registry("modality adapter", lazy_package="align.modalities",
                               entry_point_group="align.modalities")
+
+# The loss registry, beside the adapters for the same reason: config validation and the model (its
+# initial temperature, its probability kind) ask a loss class by name without importing a layer
+# above theirs. align declares its losses under "align.losses" in pyproject.toml; loading a name
+# imports its module (align.objectives.losses, .variants, .multiway), whose classes register.
+LOSSES: Registry = Registry("loss", entry_point_group="align.losses")

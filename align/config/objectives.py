@@ -2,28 +2,28 @@
 weight, an optional anchor (ImageBind: every modality paired only with the anchor), and an
 optional term over three or more modalities at once (Symile, GRAM).
 
-The loss classes live in ``align.objectives.losses`` (CLIP, SigLIP), ``align.objectives.variants`` (multi-positive
-InfoNCE, DCL, HCL, MoCHi) and ``align.objectives.multiway`` (Symile, GRAM, Matryoshka); this module
-only names them, so the config layer needs no torch.
+Losses are named here and looked up in ``align.registry.LOSSES`` (align's own in
+``align.objectives.losses`` / ``.variants`` / ``.multiway``, declared under the ``align.losses``
+entry points; another package declares its own there): whether a loss scores a pair or three or
+more modalities at once (``multiway``) and whether it needs labels (``needs_labels``) are
+attributes of its class, so validation asks the class (importing its module) instead of keeping
+lists of names.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
 from align.config.dataset import Strict
-
-PAIRWISE = ("clip", "siglip", "multi_positive", "dcl", "hcl", "mochi")
-MULTIWAY = ("symile", "gram")
-NEEDS_LABELS = ("multi_positive",)  # rows sharing a label are positives
+from align.registry import LOSSES
 
 
 class PairSpec(Strict):
     """One aligned pair; ``loss`` / ``loss_options`` default to ``model.loss`` / ``model.loss_options``."""
 
     modalities: tuple[str, str]
-    loss: Literal[PAIRWISE] | None = None  # type: ignore[valid-type]
+    loss: str | None = None  # a pairwise loss in align.registry.LOSSES (checked by check_objectives)
     loss_options: dict[str, Any] | None = None
     weight: float = Field(1.0, gt=0, description="this pair's share of the weighted mean over terms")
 
@@ -47,7 +47,7 @@ class MomentumSpec(Strict):
 class MultiwaySpec(Strict):
     """One term over three or more modalities of the same rows (beyond pairs)."""
 
-    loss: Literal[MULTIWAY]  # type: ignore[valid-type]
+    loss: str  # a multiway loss in align.registry.LOSSES (checked by check_objectives)
     modalities: list[str] = Field(min_length=2, description="the modalities of each tuple (>= 3)")
     loss_options: dict[str, Any] = Field(default_factory=dict)
     weight: float = Field(1.0, gt=0)
@@ -60,6 +60,35 @@ class MultiwaySpec(Strict):
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities repeat: {self.modalities}")
         return self
+
+
+# what align asks a loss class (align.objectives.losses.Loss has each)
+ASKED = ("needs_labels", "multiway", "init_logit_scale", "init_logit_bias", "probability")
+
+
+def loss_class(name: str, key: str, multiway: bool = False) -> type:
+    """The class registered as loss ``name``; an unknown name, or a pairwise loss where a multiway
+    one belongs (or the other way round), is a ValueError naming ``key`` and the losses that fit."""
+    kind = "multiway" if multiway else "pairwise"
+    if name not in LOSSES.names():
+        raise ValueError(f"config key '{key}': unknown loss '{name}'; {kind} losses: "
+                         f"{', '.join(loss_names(multiway))}")
+    cls = LOSSES.get(name)
+    missing = [a for a in ASKED if not hasattr(cls, a)]
+    if missing:
+        raise ValueError(f"config key '{key}': loss '{name}' ({cls!r}) has no {', '.join(missing)}: a loss "
+                         "subclasses align.objectives.losses.Loss")
+    if cls.multiway != multiway:
+        where = ("a pair (model.loss, train.pairs[].loss)" if not cls.multiway
+                 else "three or more modalities at once (train.multiway.loss)")
+        raise ValueError(f"config key '{key}': loss '{name}' scores {where}, not a {kind} term; "
+                         f"{kind} losses: {', '.join(loss_names(multiway))}")
+    return cls
+
+
+def loss_names(multiway: bool = False) -> list[str]:
+    """The registered losses of one kind (imports their modules: only to word an error)."""
+    return [n for n in LOSSES.names() if bool(getattr(LOSSES.get(n), "multiway", False)) == multiway]
 
 
 def pair_specs(cfg) -> list[PairSpec]:
@@ -100,6 +129,12 @@ def check_objectives(cfg) -> None:
     known, cols = set(cfg.model.modalities), set(cfg.data.train_modalities())
     tc = cfg.train
     where = "data.train.columns" if cfg.data.mix is None else "any data.mix[].data.columns"
+    loss_class(cfg.model.loss, "model.loss")
+    for i, pair in enumerate(tc.pairs or []):
+        if pair.loss is not None:
+            loss_class(pair.loss, f"train.pairs[{i}].loss")
+    if tc.multiway is not None:
+        loss_class(tc.multiway.loss, "train.multiway.loss", multiway=True)
 
     def exists(key: str, mod: str) -> None:
         if mod not in known:
@@ -138,11 +173,13 @@ def check_objectives(cfg) -> None:
                              f"cannot be combined with {other or 'train.micro_batch_size (GradCache)'}")
     for i, p in enumerate(specs):
         unlabelled = [k for k, s in parts_with(cfg, p.modalities) if s.label_column is None]
-        if p.loss in NEEDS_LABELS and unlabelled:
+        if LOSSES.get(p.loss).needs_labels and unlabelled:
             key = f"train.pairs[{i}].loss" if tc.pairs and tc.pairs[i].loss else "model.loss"
             raise ValueError(f"config key '{key}': loss '{p.loss}' treats rows that share a label as "
                              f"positives and needs {unlabelled[0]}.label_column")
 
 
 def needs_labels(cfg) -> bool:
-    return any(p.loss in NEEDS_LABELS for p in pair_specs(cfg))
+    """Whether a pairwise term's loss treats rows that share a label as positives (its class's
+    ``needs_labels``), so the loaders must carry the label column."""
+    return any(LOSSES.get(p.loss).needs_labels for p in pair_specs(cfg))

@@ -21,7 +21,6 @@ from pydantic import (
 # the dataset part (DatasetSpec, its filters, joins, holdout) is in align/config/dataset.py
 from align.config.dataset import DatasetSpec, MixPart, Strict  # noqa: E402
 from align.config.objectives import (
-    PAIRWISE,
     MomentumSpec,
     MultiwaySpec,
     PairSpec,
@@ -30,6 +29,7 @@ from align.config.objectives import (
 )
 from align.errors import ConfigError
 from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
+from align.io.atomic import write_atomic
 from align.registry import ADAPTERS
 
 
@@ -58,7 +58,9 @@ class ModalitySpec(Strict):
 class ModelConfig(Strict):
     embed_dim: int = Field(512, gt=0)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
-    loss: Literal[PAIRWISE] = Field("clip", description="the pairwise objective (align.objectives.losses, align.objectives.variants)")  # type: ignore[valid-type]
+    loss: str = Field("clip", description="the pairwise objective, a name in align.registry.LOSSES "
+                      "(clip, siglip, multi_positive, dcl, hcl, mochi; a package adds its own under the "
+                      "align.losses entry points)")
     loss_options: dict[str, Any] = Field(default_factory=dict, description="the loss's own options, e.g. "
                                          "{beta: 1.0, tau_plus: 0.1} for hcl")
     pair_temperatures: bool | list[tuple[str, str]] = Field(
@@ -379,4 +381,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))

@@ -5,8 +5,12 @@ of three things it is:
 
 * ``"cosine"``      raw cosine similarity in [-1, 1] (what retrieval ranks by);
 * ``"logits"``      ``exp(logit_scale) * cosine (+ logit_bias for SigLIP)``, what the loss saw;
-* ``"probability"`` CLIP: softmax of the logits over the candidates (each row sums to 1);
+* ``"probability"`` as the loss turns logits into probabilities (its class's ``probability``):
+                    CLIP: softmax of the logits over the candidates (each row sums to 1);
                     SigLIP: sigmoid of the logits, an independent match probability per pair.
+
+The initial temperature and bias come from the loss class too (``init_logit_scale`` /
+``init_logit_bias``, looked up by name in ``align.registry.LOSSES``), unless the config sets them.
 """
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.errors import ConfigError
 from align.config.schema import ModelConfig
+from align.errors import ConfigError, SampleError
+from align.modalities import build_adapter
+from align.modalities.base import ModalityAdapter
+from align.modalities.layers import is_frozen
 from align.model.cached import CachedFeatures
+from align.model.momentum import MomentumTowers
+from align.registry import ADAPTERS, LOSSES
 
-CLIP_INIT_SCALE = math.log(1 / 0.07)
-SIGLIP_INIT_SCALE = math.log(10.0)
-SIGLIP_INIT_BIAS = -10.0
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
@@ -43,8 +49,6 @@ def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
 class AlignModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        from align.modalities import build_adapter
-
         self.cfg = cfg
         self.output_dim: int | None = None  # encode only the first output_dim dims (Matryoshka), None = all
         self.adapters = nn.ModuleDict()
@@ -56,18 +60,18 @@ class AlignModel(nn.Module):
                                          f"model.modalities.{mod}.head")
         self.momentum = None
         if cfg.momentum is not None:  # EMA towers and queues (align.model.momentum), saved with the model
-            from align.model.momentum import MomentumTowers
-
             mc = cfg.momentum
             self.momentum = MomentumTowers(self.adapters, self.heads, cfg.embed_dim, mc.queue_size, mc.momentum,
                                            mc.distill)
-        siglip = cfg.loss == "siglip"
-        scale = cfg.init_logit_scale
-        if scale is None:
-            scale = SIGLIP_INIT_SCALE if siglip else CLIP_INIT_SCALE
+        loss = LOSSES.get(cfg.loss)  # its temperature / bias to start from, its probability kind
+        if loss.probability not in ("softmax", "sigmoid"):
+            raise ConfigError(f"config key 'model.loss': loss '{cfg.loss}' has probability "
+                              f"{loss.probability!r}; it must be 'softmax' or 'sigmoid'")
+        self.probability = loss.probability
+        scale = cfg.init_logit_scale if cfg.init_logit_scale is not None else loss.init_logit_scale
         # shape [1], not a scalar: FSDP2's fully_shard refuses 0-d parameters (the losses get scalars)
         self.logit_scale = nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
-        bias = cfg.init_logit_bias if cfg.init_logit_bias is not None else (SIGLIP_INIT_BIAS if siglip else None)
+        bias = cfg.init_logit_bias if cfg.init_logit_bias is not None else loss.init_logit_bias
         self.logit_bias = nn.Parameter(torch.full((1,), float(bias))) if bias is not None else None
         pairs = cfg.pair_temperatures if isinstance(cfg.pair_temperatures, list) else []
         # one temperature per aligned pair (model.pair_temperatures), initialised like the shared one
@@ -97,14 +101,10 @@ class AlignModel(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> dict[str, list[str]]:
         """``train.grad_checkpointing``: each trainable tower recomputes its activations in the
         backward pass (a frozen one keeps none). Returns modality -> the blocks switched."""
-        from align.modalities.layers import is_frozen
-
         return {mod: a.set_grad_checkpointing(enable) for mod, a in self.adapters.items() if not is_frozen(a)}
 
     def train(self, mode: bool = True) -> "AlignModel":
         """Like ``nn.Module.train``, but a frozen tower (``layers.freeze_``) stays in eval mode."""
-        from align.modalities.layers import is_frozen
-
         super().train(mode)
         for module in self.modules():
             if module is not self and getattr(module, "align_frozen", False) and is_frozen(module):
@@ -151,7 +151,7 @@ class AlignModel(nn.Module):
         if kind == "logits":
             return logits
         if kind == "probability":
-            return torch.sigmoid(logits) if self.cfg.loss == "siglip" else logits.softmax(dim=-1)
+            return torch.sigmoid(logits) if self.probability == "sigmoid" else logits.softmax(dim=-1)
         raise ValueError(f"unknown score kind '{kind}' (cosine, logits, probability)")
 
 
@@ -159,10 +159,8 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
     """Let each adapter learn what it needs from the training table before the model is built
     (``ModalityAdapter.fit``: normalisation statistics, vocabularies, input widths) and write it
     into ``cfg``'s options, so the run's config.yaml and every checkpoint carry it. Options the
-    user set are kept (an option set to ``"fit"`` asks for the fitted value). Returns modality -> the option names that were fitted."""
-    from align.registry import ADAPTERS
-    from align.modalities.base import ModalityAdapter
-
+    user set are kept (an option set to ``"fit"`` asks for the fitted value). Returns modality -> the
+    option names that were fitted."""
     fitted = {}
     for mod, spec in cfg.modalities.items():
         cls = ADAPTERS.get(spec.adapter_name(mod))
@@ -189,8 +187,6 @@ def raw_encoder(model, modality: str) -> Callable[[list], torch.Tensor]:
     """``f(raw samples) -> unit-norm embeddings [n, D]`` with eval preprocessing, on the model's device.
     A sample that cannot be read raises ``SampleError`` naming its position in the list."""
     from accelerate.utils import send_to_device as to_device
-
-    from align.errors import SampleError
 
     if modality not in model.adapters:
         raise KeyError(f"model has no modality '{modality}'; it has {list(model.adapters)}")

@@ -74,16 +74,12 @@ class MomentumTowers(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, keys: dict[str, torch.Tensor]) -> None:
-        """The newest momentum embeddings (every process's, in rank order) replace the oldest of
-        their modality's queue. Every modality takes part on every process, with zero rows when
-        its batch had none (``data.mix``): the gather is a collective."""
-        from align.objectives.losses import _dist_info, gather_rows
-
-        _, world = _dist_info()
-        like = next(iter(keys.values()))
+        """The newest momentum embeddings replace the oldest of their modality's queue. Under data
+        parallelism the caller hands every process's, gathered in rank order
+        (``align.objectives.task.gather_keys``), so every process's queues stay the same."""
         for mod in self.adapters:
-            k = gather_rows(keys.get(mod, like[:0]).contiguous(), world)[-self.queue_size:]
-            if not len(k):
+            k = keys[mod][-self.queue_size:] if mod in keys else None
+            if k is None or not len(k):
                 continue
             ptr = self.queue_ptr(mod)
             idx = (torch.arange(len(k), device=k.device) + ptr) % self.queue_size

@@ -5,16 +5,23 @@ Both losses take ``logit_scale`` already exponentiated, as open_clip's do, so va
 processes' features are gathered *with gradients* (``torch.distributed.nn.all_gather``), so each
 process sees the whole global batch as negatives and the averaged gradients equal those of one
 process holding the global batch.
+
+``Loss`` is what every loss shares: its process rank / world size (``dist``) and, as class
+attributes, what the rest of align asks a loss by name (``align.registry.LOSSES``): whether it needs
+labels, whether it scores a pair or three or more modalities at once, the temperature (and bias)
+a model using it starts from and how its logits become probabilities (``AlignModel.score``).
+A loss from another package subclasses it and registers under the ``align.losses`` entry points.
 """
 from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.registry import Registry
-
-LOSSES: Registry = Registry("loss")
+from align.registry import LOSSES
 
 
 def gather_features(features: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -67,7 +74,11 @@ def _rows_group():
     return _ROWS_GROUP[key]
 
 
-def _dist_info() -> tuple[int, int]:
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): the given ones when ``world_size`` is set, else the default process
+    group's, else (0, 1) (one process, or torch.distributed not started)."""
+    if world_size is not None:
+        return rank or 0, world_size
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -75,20 +86,32 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+class Loss(nn.Module):
+    """Base of every loss: the process rank / world size it was built for (``None``: asked of
+    torch.distributed at each call) and what align asks the class by name."""
+
+    needs_labels: ClassVar[bool] = False  # forward takes labels=: rows sharing a label are positives
+    multiway: ClassVar[bool] = False  # forward(embeddings, logit_scale) over >= 3 modalities (train.multiway)
+    init_logit_scale: ClassVar[float] = math.log(1 / 0.07)  # ln(1 / temperature) a model starts from (CLIP)
+    init_logit_bias: ClassVar[float | None] = None  # a learnable bias on the logits, its start (SigLIP)
+    probability: ClassVar[Literal["softmax", "sigmoid"]] = "softmax"  # logits -> probabilities (AlignModel.score)
+
+    def __init__(self, rank: int | None = None, world_size: int | None = None):
+        super().__init__()
+        self._rank, self._world = rank, world_size
+
+    def dist(self) -> tuple[int, int]:
+        return dist_info(self._rank, self._world)
+
+
 @LOSSES.register("clip")
-class ClipLoss(nn.Module):
+class ClipLoss(Loss):
     """Symmetric InfoNCE. With ``local_loss`` each process scores its own rows against the global
     batch (same gradients, 1/world_size of the logits memory)."""
 
     def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None):
-        super().__init__()
+        super().__init__(rank, world_size)
         self.local_loss = local_loss
-        self._rank, self._world = rank, world_size
-
-    def dist(self) -> tuple[int, int]:
-        if self._world is not None:
-            return self._rank or 0, self._world
-        return _dist_info()
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -114,7 +137,7 @@ class ClipLoss(nn.Module):
 
 
 @LOSSES.register("siglip")
-class SigLipLoss(nn.Module):
+class SigLipLoss(Loss):
     """Pairwise sigmoid loss (SigLIP): every (a_i, b_j) is a binary match / non-match.
 
     The sum runs over this process's rows of ``a`` against every ``b`` in the global batch and is
@@ -123,11 +146,9 @@ class SigLipLoss(nn.Module):
     ring to save memory; gathering gives the same sums.)
     """
 
-    def __init__(self, rank: int | None = None, world_size: int | None = None):
-        super().__init__()
-        self._rank, self._world = rank, world_size
-
-    dist = ClipLoss.dist
+    init_logit_scale = math.log(10.0)
+    init_logit_bias = -10.0
+    probability = "sigmoid"  # an independent match probability per pair
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:

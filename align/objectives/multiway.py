@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from align.objectives.losses import LOSSES, _dist_info, gather_features
+from align.objectives.losses import Loss, gather_features
+from align.registry import LOSSES
 
 
 def mip(*vectors: torch.Tensor) -> torch.Tensor:
@@ -42,19 +43,15 @@ def _check_batch(embeddings: Sequence[torch.Tensor], least: int, message: str) -
     return embeddings
 
 
-class _Distributed(nn.Module):
-    def __init__(self, rank: int | None = None, world_size: int | None = None):
-        super().__init__()
-        self._rank, self._world = rank, world_size
+class _Multiway(Loss):
+    """A term over three or more modalities at once (``train.multiway``):
+    ``forward(embeddings, logit_scale)``, ``embeddings`` one [B, d] tensor per modality."""
 
-    def dist(self) -> tuple[int, int]:
-        if self._world is not None:
-            return self._rank or 0, self._world
-        return _dist_info()
+    multiway = True
 
 
 @LOSSES.register("symile")
-class SymileLoss(_Distributed):
+class SymileLoss(_Multiway):
     """Symile: contrastive loss over M >= 3 modalities scored by the multilinear inner product.
 
     For each modality ``a`` in turn as the *anchor*, row i's anchor ``x_a[i]`` must pick its own
@@ -169,7 +166,7 @@ def volume_matrix(anchor: torch.Tensor, others: Sequence[torch.Tensor], eps: flo
 
 
 @LOSSES.register("gram")
-class GramLoss(_Distributed):
+class GramLoss(_Multiway):
     """GRAM: contrastive loss scored by the Gramian volume of the M embeddings of a tuple.
 
     ``Vol(v_1..v_M) = sqrt(det G)``, ``G = A A^T`` the M x M Gram matrix of the (unit) embeddings;

@@ -13,16 +13,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-import align.objectives.variants  # noqa: F401  (registers multi_positive, dcl, hcl, mochi)
-import align.objectives.multiway  # noqa: F401  (registers symile, gram)
+from align.config.objectives import pair_specs
 from align.config.schema import Config
-from align.errors import ConfigError
-from align.objectives.factory import build_loss, tiling_mode
-from align.objectives.losses import gather_rows
-from align.model.align_model import AlignModel
 from align.data.mixture import rows_with, select_rows
+from align.errors import ConfigError
+from align.model.align_model import AlignModel
 from align.model.momentum import queue_loss
-from align.config.objectives import NEEDS_LABELS, pair_specs
+from align.objectives.factory import build_loss, tiling_mode
+from align.objectives.losses import dist_info, gather_rows
+from align.objectives.multiway import MatryoshkaLoss
+from align.registry import LOSSES
 
 
 @dataclass
@@ -71,8 +71,8 @@ class ContrastiveTask:
             fn = _build(key, spec.loss, spec.loss_options, tiling=tiling, tile_size=m.loss_tile_size,
                         local_loss=cfg.train.local_loss, **dist)
             if m.matryoshka_dims:
-                fn = align.objectives.multiway.MatryoshkaLoss(fn, m.matryoshka_dims)
-            terms.append(Term(spec.modalities, fn, spec.weight, spec.loss in NEEDS_LABELS))
+                fn = MatryoshkaLoss(fn, m.matryoshka_dims)
+            terms.append(Term(spec.modalities, fn, spec.weight, LOSSES.get(spec.loss).needs_labels))
         mw = cfg.train.multiway
         if mw is not None:
             fn = _build("train.multiway.loss_options", mw.loss, mw.loss_options, **dist)
@@ -200,8 +200,18 @@ class ContrastiveTask:
         mom = self.model.momentum
         if mom is not None and getattr(self, "pending_keys", None) is not None:
             mom.update(self.model.adapters, self.model.heads)
-            mom.enqueue(self.pending_keys)
+            mom.enqueue(gather_keys(self.pending_keys, list(mom.adapters)))
             self.pending_keys = None
+
+
+def gather_keys(keys: dict[str, torch.Tensor], modalities: list[str]) -> dict[str, torch.Tensor]:
+    """Every process's momentum embeddings per modality, in rank order, for the shared queues.
+    Every modality takes part on every process, with zero rows when its batch had none
+    (``data.mix``): the gather is a collective, issued in the same order everywhere."""
+    _, world = dist_info()
+    like = next(iter(keys.values()))
+    with torch.no_grad():
+        return {m: gather_rows(keys.get(m, like[:0]).contiguous(), world) for m in modalities}
 
 
 def _build(key: str, name: str, options: dict[str, Any] | None, **kwargs) -> nn.Module:

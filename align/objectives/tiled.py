@@ -32,10 +32,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.autograd.function import once_differentiable
 
-from align.objectives.losses import ClipLoss, gather_features
+from align.objectives.losses import Loss, SigLipLoss, gather_features
 
 Tensor = torch.Tensor
 
@@ -192,7 +191,7 @@ def _check_tile(tile_size: int) -> int:
     return int(tile_size)
 
 
-class TiledClipLoss(nn.Module):
+class TiledClipLoss(Loss):
     """``ClipLoss`` computed in [tile_size, tile_size] blocks (same arguments, same values).
 
     One process, or ``local_loss=False``: one matrix (``a @ all_b^T``) gives both directions.
@@ -201,12 +200,9 @@ class TiledClipLoss(nn.Module):
 
     def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
                  tile_size: int = 1024):
-        super().__init__()
+        super().__init__(rank, world_size)
         self.local_loss = local_loss
-        self._rank, self._world = rank, world_size
         self.tile_size = _check_tile(tile_size)
-
-    dist = ClipLoss.dist
 
     def forward(self, a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None) -> Tensor:
         rank, world = self.dist()
@@ -221,16 +217,16 @@ class TiledClipLoss(nn.Module):
         return _InfoNCE.apply(a, b, logit_scale, logit_bias, 0, True, tile)
 
 
-class TiledSigLipLoss(nn.Module):
+class TiledSigLipLoss(Loss):
     """``SigLipLoss`` computed in [tile_size, tile_size] blocks (same arguments, same values):
     this process's rows of a against the gathered b, divided by the local batch size."""
 
-    def __init__(self, rank: int | None = None, world_size: int | None = None, tile_size: int = 1024):
-        super().__init__()
-        self._rank, self._world = rank, world_size
-        self.tile_size = _check_tile(tile_size)
+    init_logit_scale, init_logit_bias = SigLipLoss.init_logit_scale, SigLipLoss.init_logit_bias
+    probability = SigLipLoss.probability
 
-    dist = ClipLoss.dist
+    def __init__(self, rank: int | None = None, world_size: int | None = None, tile_size: int = 1024):
+        super().__init__(rank, world_size)
+        self.tile_size = _check_tile(tile_size)
 
     def forward(self, a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None) -> Tensor:
         rank, world = self.dist()
@@ -241,4 +237,4 @@ class TiledSigLipLoss(nn.Module):
 
 
 # dense loss name (``model.loss``) -> its tiled form; build_loss picks from here
-TILED: dict[str, type[nn.Module]] = {"clip": TiledClipLoss, "siglip": TiledSigLipLoss}
+TILED: dict[str, type[Loss]] = {"clip": TiledClipLoss, "siglip": TiledSigLipLoss}

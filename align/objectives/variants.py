@@ -1,5 +1,5 @@
 """Pairwise contrastive objectives beyond CLIP / SigLIP (open_clip ``loss.py`` style): one small
-class per objective, each registered in ``align.objectives.losses.LOSSES``.
+class per objective, each registered in ``align.registry.LOSSES``.
 
 Common call: ``loss(a, b, logit_scale, logit_bias=None, *, labels=None) -> scalar``, with ``a``,
 ``b`` [B, d] L2-normalised embeddings whose row i is a positive pair, ``logit_scale`` already
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from align.objectives.losses import LOSSES, ClipLoss, gather_features
+from align.objectives.losses import Loss, gather_features
+from align.registry import LOSSES
 
 Tensor = torch.Tensor
 
@@ -42,17 +42,12 @@ def gather_labels(labels: Tensor, world_size: int) -> Tensor:
     return torch.cat(parts)
 
 
-class _Pairwise(nn.Module):
+class _Pairwise(Loss):
     """Gathering, the two directions and the masks; subclasses define ``direction``."""
 
-    needs_labels = False
-
     def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None):
-        super().__init__()
+        super().__init__(rank, world_size)
         self.local_loss = local_loss
-        self._rank, self._world = rank, world_size
-
-    dist = ClipLoss.dist
 
     def forward(self, a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None, *,
                 labels: Tensor | None = None) -> Tensor:

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align.objectives import factory, losses
 from align.model.align_model import AlignModel, contrastive_loss
+from align.objectives import factory, losses
+from align.registry import LOSSES
+from tests.support.tiny import TINY_MODALITIES as TINY
 
 RTOL = 1e-6
 ATOL = 1e-12  # float64: only matters where both sides are (numerically) zero
@@ -198,7 +200,7 @@ def test_contrastive_loss_uses_model_temperature(loss, clip_model, siglip_model)
 
 
 def test_build_loss_registry():
-    known = losses.LOSSES.names()
+    known = LOSSES.names()
     assert {"clip", "siglip"} <= set(known)
     clip = factory.build_loss("clip", local_loss=False, rank=1, world_size=4)
     assert isinstance(clip, losses.ClipLoss) and clip.local_loss is False
@@ -213,3 +215,90 @@ def test_build_loss_registry():
     assert "infonce-typo" in msg
     for name in known:
         assert name in msg
+
+
+def test_loss_classes_carry_what_align_asks(tiny_model_config):
+    """What config validation, the task and the model ask a loss by name lives on its class; a model
+    starts from its loss's temperature and bias (CLIP ln(1/0.07), SigLIP ln 10 and -10) and turns
+    logits into probabilities its way."""
+    pairwise = {"clip", "siglip", "multi_positive", "dcl", "hcl", "mochi"}
+    assert set(LOSSES.names()) == pairwise | {"symile", "gram"}
+    for name in LOSSES.names():
+        cls = LOSSES.get(name)
+        assert issubclass(cls, losses.Loss), name
+        assert cls.multiway == (name not in pairwise), name
+        assert cls.needs_labels == (name == "multi_positive"), name
+        siglip = name == "siglip"
+        assert cls.init_logit_scale == (math.log(10.0) if siglip else math.log(1 / 0.07)), name
+        assert cls.init_logit_bias == (-10.0 if siglip else None), name
+        assert cls.probability == ("sigmoid" if siglip else "softmax"), name
+    torch.manual_seed(0)
+    dcl = AlignModel(tiny_model_config("dcl"))
+    assert dcl.logit_scale.item() == torch.tensor(math.log(1 / 0.07)).item() and dcl.logit_bias is None
+    sig = AlignModel(tiny_model_config("siglip"))
+    assert sig.logit_scale.item() == torch.tensor(math.log(10.0)).item() and sig.logit_bias.item() == -10.0
+
+
+def test_loss_names_are_known_before_their_modules_are_imported():
+    """The entry points name every loss; asking for one imports its module (no side-effect imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from align.registry import LOSSES\n"
+            "assert 'dcl' in LOSSES.names() and 'symile' in LOSSES.names()\n"
+            "assert not any(m.startswith('align.objectives') for m in sys.modules), sorted(sys.modules)\n"
+            "assert LOSSES.get('dcl').__module__ == 'align.objectives.variants'\n"
+            "assert 'align.objectives.multiway' not in sys.modules\n"
+            "assert LOSSES.get('gram').__module__ == 'align.objectives.multiway'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def _loss_config(model: dict | None = None, train: dict | None = None):
+    from align.config.schema import config_from_dict
+
+    return config_from_dict({
+        "model": {"embed_dim": 16, "modalities": dict(TINY), **(model or {})},
+        "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"},
+                           "label_column": "label"}},
+        "train": dict(train or {})}, validate_adapters=False)
+
+
+@pytest.mark.parametrize("model, train, message", [
+    ({"loss": "clipp"}, {}, "config key 'model.loss': unknown loss 'clipp'; pairwise losses: "
+                            "clip, dcl, hcl, mochi, multi_positive, siglip"),
+    ({"loss": "symile"}, {}, "config key 'model.loss': loss 'symile' scores three or more modalities at once"),
+    ({}, {"pairs": [["image", "text"], {"modalities": ["text", "image"], "loss": "gram"}]},
+     "config key 'train.pairs[1].loss': loss 'gram' scores three or more modalities at once"),
+    ({}, {"pairs": [{"modalities": ["image", "text"], "loss": "hlc"}]},
+     "config key 'train.pairs[0].loss': unknown loss 'hlc'; pairwise losses: clip, dcl"),
+    ({}, {"pairs": [], "multiway": {"loss": "clip", "modalities": ["image", "text", "image2"]}},
+     "config key 'train.multiway.loss': loss 'clip' scores a pair"),
+    ({}, {"pairs": [], "multiway": {"loss": "symle", "modalities": ["image", "text", "image2"]}},
+     "config key 'train.multiway.loss': unknown loss 'symle'; multiway losses: gram, symile"),
+])
+def test_a_bad_loss_name_names_its_key_and_the_real_losses(model, train, message):
+    from align.errors import ConfigError
+
+    if "multiway" in train:  # a third modality for the multiway term
+        model = {**model, "modalities": {**TINY, "image2": TINY["image"]}}
+    with pytest.raises(ConfigError) as err:
+        _loss_config(model, train)
+    assert message in str(err.value)
+
+
+def test_validation_asks_the_class_for_labels():
+    """``multi_positive``'s class needs labels: without a label column its config fails naming the key."""
+    from align.config.objectives import needs_labels
+    from align.errors import ConfigError
+
+    assert needs_labels(_loss_config({"loss": "multi_positive"})) and not needs_labels(_loss_config())
+    from align.config.schema import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"'model.loss': loss 'multi_positive' .* needs data.train.label_column"):
+        config_from_dict({"model": {"embed_dim": 16, "modalities": dict(TINY), "loss": "multi_positive"},
+                          "data": {"train": {"source": "sklearn-digits",
+                                             "columns": {"image": "image", "text": "caption"}}}},
+                         validate_adapters=False)

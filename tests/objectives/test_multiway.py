@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
 from align.objectives import factory, losses
-from align.objectives.multiway import (GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip,
-                                    truncate, volume_matrix)
+from align.objectives.multiway import GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip, truncate, volume_matrix
+from align.registry import LOSSES
 from tests.support.gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -330,7 +330,7 @@ def test_gradcheck():
 
 
 def test_registered():
-    assert losses.LOSSES.get("symile") is SymileLoss and losses.LOSSES.get("gram") is GramLoss
+    assert LOSSES.get("symile") is SymileLoss and LOSSES.get("gram") is GramLoss
     built = factory.build_loss("gram", local_loss=True, rank=1, world_size=2)
     assert isinstance(built, GramLoss) and built.dist() == (1, 2)
     assert factory.build_loss("gram", anchor=2, label_smoothing=0.1).anchor == 2  # loss_options

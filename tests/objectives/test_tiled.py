@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
-from align.objectives import factory, losses, tiled as tiled_losses
+from align.objectives import factory, losses
+from align.objectives import tiled as tiled_losses
 from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
 from tests.support.gloo_world import run_world, worker_main
 
@@ -203,9 +204,8 @@ def test_memory_never_holds_the_logit_matrix():
 
 
 def _config(**model):
-    from tests.support.tiny import TINY_MODALITIES
-
     from align.config.schema import config_from_dict
+    from tests.support.tiny import TINY_MODALITIES
 
     def make(batch_size: int):
         return config_from_dict({

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.objectives import factory, losses
+from align.objectives import factory
 from align.objectives.variants import DecoupledContrastiveLoss, HardNegativeLoss, MoCHiLoss, MultiPositiveLoss
+from align.registry import LOSSES
 from tests.support.gloo_world import run_world, worker_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -365,7 +366,7 @@ def test_arguments_and_registry():
         MoCHiLoss(s1=-1)
     for name, cls in [("multi_positive", MultiPositiveLoss), ("dcl", DecoupledContrastiveLoss),
                       ("hcl", HardNegativeLoss), ("mochi", MoCHiLoss)]:
-        assert losses.LOSSES.get(name) is cls
+        assert LOSSES.get(name) is cls
         built = factory.build_loss(name, local_loss=False, rank=1, world_size=2)
         assert type(built) is cls and built.local_loss is False and built.dist() == (1, 2)
 
