@@ -1,35 +1,54 @@
 """align: train encoders for many modalities into one shared embedding space.
 
-Imports are lazy so that ``align --help`` does not pay for torch/open_clip start-up.
+The public Python API is this curated façade; each name is a pointer to its one home, imported on
+first use (module ``__getattr__``), so ``import align`` and ``align --help`` load no torch::
+
+    import align
+
+    cfg = align.load_config("configs/demo-digits.yaml", ["train.steps=200", "output_dir=runs/api"])
+    result = align.train(cfg)                              # align.app.trainer.train
+    model, cfg = align.load_model("runs/api")              # align.model.checkpoint.load_model
+    emb = align.encode(model, "text", ["a handwritten seven."])
+    report = align.evaluate("zeroshot", "runs/api")        # align.eval.commands.run_eval
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:
-    import torch
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "encode"]
+# public name -> "module:attribute", its one home. Strings, not imports (not even under
+# TYPE_CHECKING): the package root imports no layer, so the layer contract sees no upward edge.
+_API: dict[str, str] = {
+    "load_config": "align.config.schema:load_config",
+    "Config": "align.config.schema:Config",
+    "DatasetSpec": "align.config.dataset:DatasetSpec",
+    "train": "align.app.trainer:train",
+    "crossval": "align.app.crossval:run_crossval",
+    "load_model": "align.model.checkpoint:load_model",
+    "AlignModel": "align.model.align_model:AlignModel",
+    "encode": "align.model.encode:encode",
+    "evaluate": "align.eval.commands:run_eval",
+    "evaluate_pairs": "align.eval.pairs:run_pairs",
+    "build_index": "align.index.build:build_index",
+    "query_index": "align.index.build:query_index",
+    "EmbeddingIndex": "align.index.embedding_index:EmbeddingIndex",
+    "AlignError": "align.errors:AlignError",
+}
+
+__all__ = ["__version__", *_API]
 
 
-def encode(model: Any, modality: str, items: Sequence[Any], batch_size: int = 256) -> "torch.Tensor":
-    """Unit-norm embeddings ``[len(items), embed_dim]`` of raw items of one modality, with the
-    model's evaluation preprocessing: file paths, strings, arrays, PIL images, SMILES, ... whatever
-    that modality's preprocessor reads. (``model.encode(modality, batch)`` takes an already
-    preprocessed and collated batch; this is the one to call on raw data.)
+def __getattr__(name: str) -> Any:
+    home = _API.get(name)
+    if home is None:
+        raise AttributeError(f"module 'align' has no attribute {name!r}")
+    module, attr = home.split(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # resolved once
+    return value
 
-    >>> from align.model.checkpoint import load_model
-    >>> model, cfg = load_model("runs/demo")
-    >>> align.encode(model, "text", ["a handwritten seven."]).shape
-    torch.Size([1, 64])
-    """
-    import torch
 
-    from align.model.align_model import raw_encoder
-
-    items = list(items)
-    run = raw_encoder(model, modality)
-    outs = [run(items[i:i + batch_size], i) for i in range(0, len(items), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0, model.cfg.embed_dim)
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

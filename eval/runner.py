@@ -66,7 +66,7 @@ def sharded(items: list, fn, accelerator=None) -> list:
 
 
 def encode_items(model, modality: str, items: list, batch_size: int, accelerator=None) -> torch.Tensor:
-    from align import encode
+    from align.model.encode import encode
 
     parts = sharded(items, lambda chunk: encode(model, modality, chunk, batch_size), accelerator)
     return torch.cat([p for p in parts if p.numel()])
