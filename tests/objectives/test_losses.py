@@ -12,49 +12,23 @@ from open_clip import loss as oc_loss
 from align.model.align_model import AlignModel, contrastive_loss
 from align.objectives import factory, losses
 from align.registry import LOSSES
+from tests.support.losses import pair_inputs, value_and_grads
 from tests.support.tiny import TINY_MODALITIES as TINY
 
 RTOL = 1e-6
 ATOL = 1e-12  # float64: only matters where both sides are (numerically) zero
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny; on a shared 2-core box OpenMP's spinning threads make each op ~100x
-    slower than running single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     torch.testing.assert_close(actual, expected, rtol=RTOL, atol=ATOL, msg=lambda m: f"{what}: {m}")
 
 
-def _inputs(batch: int, dim: int, seed: int, bias: bool):
-    """Leaf tensors: unit-norm features, a log temperature in [0, ln 100] and maybe a bias."""
-    g = torch.Generator().manual_seed(seed)
-    a = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-    b = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-    log_scale = (torch.rand((), generator=g, dtype=torch.float64) * math.log(100.0)).requires_grad_()
-    logit_bias = None
-    if bias:
-        logit_bias = (torch.randn((), generator=g, dtype=torch.float64) * 5).requires_grad_()
-    return a, b, log_scale, logit_bias
-
-
-def _value_and_grads(loss_fn, a, b, log_scale, logit_bias):
-    leaves = [a, b, log_scale] + ([logit_bias] if logit_bias is not None else [])
-    value = loss_fn(a, b, log_scale.exp(), logit_bias)
-    grads = torch.autograd.grad(value, leaves)
-    return value.detach(), grads
-
-
 def _check_parity(ours, reference, batch, dim, seed, bias):
-    a, b, log_scale, logit_bias = _inputs(batch, dim, seed, bias)
-    v_ours, g_ours = _value_and_grads(ours, a, b, log_scale, logit_bias)
-    v_ref, g_ref = _value_and_grads(reference, a, b, log_scale, logit_bias)
+    a, b, log_scale, logit_bias = pair_inputs(batch, dim, seed, bias)
+    v_ours, g_ours = value_and_grads(ours, a, b, log_scale, logit_bias)
+    v_ref, g_ref = value_and_grads(reference, a, b, log_scale, logit_bias)
     assert v_ours.dtype == torch.float64
     assert torch.isfinite(v_ref)
     _close(v_ours, v_ref, "loss value")
@@ -92,7 +66,7 @@ def test_siglip_loss_matches_open_clip(batch, dim):
 def test_losses_default_to_single_process_without_dist():
     """With no rank/world given and no process group, the losses behave as world_size 1."""
     assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    a, b, log_scale, bias = _inputs(9, 16, seed=3, bias=True)
+    a, b, log_scale, bias = pair_inputs(9, 16, seed=3, bias=True)
     scale = log_scale.exp()
     _close(losses.ClipLoss()(a, b, scale), oc_loss.ClipLoss()(a, b, scale), "clip value")
     _close(losses.SigLipLoss()(a, b, scale, bias), oc_loss.SigLipLoss()(a, b, scale, bias), "siglip value")

@@ -18,6 +18,7 @@ from align.objectives import factory, losses
 from align.objectives.multiway import GramLoss, MatryoshkaLoss, SymileLoss, gram_volume, mip, truncate, volume_matrix
 from align.registry import LOSSES
 from tests.support.gloo_world import run_world, worker_main
+from tests.support.losses import tuple_inputs, tuple_value_and_grads
 
 REPO = Path(__file__).resolve().parents[2]
 VALUE_ATOL, GRAD_ATOL = 1e-10, 1e-8
@@ -25,22 +26,8 @@ VALUE_ATOL, GRAD_ATOL = 1e-10, 1e-8
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _inputs(m: int, batch: int, dim: int, seed: int):
-    """M leaf tensors of unit-norm rows and a log temperature in [0, ln 100]."""
-    g = torch.Generator().manual_seed(seed)
-    xs = [F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-          for _ in range(m)]
-    log_scale = (torch.rand((), generator=g, dtype=torch.float64) * math.log(100.0)).requires_grad_()
-    return xs, log_scale
-
-
 def _perms(m: int, n: int, seed: int) -> torch.Tensor:
     return SymileLoss(generator=torch.Generator().manual_seed(seed)).sample_perms(n, m)
-
-
-def _value_and_grads(fn, xs, log_scale):
-    value = fn(xs, log_scale.exp())
-    return value.detach(), torch.autograd.grad(value, [*xs, log_scale])
 
 
 def _assert_same(ours, ref, what: str) -> None:
@@ -129,32 +116,32 @@ def ref_gram(xs, scale, anchor: int = 0, sign: float = -1.0, both: bool = True):
 
 @pytest.mark.parametrize("m,batch,dim", [(3, 1, 8), (3, 5, 16), (3, 8, 8), (4, 4, 16), (4, 7, 8)])
 def test_symile_n_matches_reference(m, batch, dim):
-    xs, log_scale = _inputs(m, batch, dim, seed=100 * m + batch)
+    xs, log_scale = tuple_inputs(m, batch, dim, seed=100 * m + batch)
     perms = _perms(m, batch, seed=batch)
-    ours = _value_and_grads(lambda x, s: SymileLoss("n", rank=0, world_size=1)(x, s, perms), xs, log_scale)
-    ref = _value_and_grads(lambda x, s: ref_symile(x, s, perms), xs, log_scale)
+    ours = tuple_value_and_grads(lambda x, s: SymileLoss("n", rank=0, world_size=1)(x, s, perms), xs, log_scale)
+    ref = tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms), xs, log_scale)
     if batch == 1:  # one candidate: the loss is identically 0
         assert ours[0] == 0
         return
     _assert_same(ours, ref, f"symile n M={m} B={batch}")
-    _differs(ours, _value_and_grads(lambda x, s: ref_symile(x, s, perms, sign=-1.0), xs, log_scale), "sign")
-    _differs(ours, _value_and_grads(lambda x, s: ref_symile(x, s, perms, insert_positive=False), xs, log_scale),
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, sign=-1.0), xs, log_scale), "sign")
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, insert_positive=False), xs, log_scale),
              "positive not inserted")
-    _differs(ours, _value_and_grads(lambda x, s: ref_symile(x, s, perms, anchors=range(m - 1)), xs, log_scale),
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, anchors=range(m - 1)), xs, log_scale),
              "an anchor dropped")
 
 
 @pytest.mark.parametrize("m,batch,dim", [(3, 3, 8), (3, 6, 16), (4, 3, 8), (4, 4, 16)])
 def test_symile_n_squared_matches_reference(m, batch, dim):
-    xs, log_scale = _inputs(m, batch, dim, seed=200 * m + batch)
-    ours = _value_and_grads(SymileLoss("n_squared", rank=0, world_size=1), xs, log_scale)
-    ref = _value_and_grads(ref_symile, xs, log_scale)
+    xs, log_scale = tuple_inputs(m, batch, dim, seed=200 * m + batch)
+    ours = tuple_value_and_grads(SymileLoss("n_squared", rank=0, world_size=1), xs, log_scale)
+    ref = tuple_value_and_grads(ref_symile, xs, log_scale)
     _assert_same(ours, ref, f"symile n_squared M={m} B={batch}")
-    _differs(ours, _value_and_grads(lambda x, s: ref_symile(x, s, sign=-1.0), xs, log_scale), "sign")
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, sign=-1.0), xs, log_scale), "sign")
 
 
 def test_symile_random_perms_come_from_the_generator():
-    xs, log_scale = _inputs(3, 6, 8, seed=1)
+    xs, log_scale = tuple_inputs(3, 6, 8, seed=1)
     seeded = SymileLoss(generator=torch.Generator().manual_seed(7))
     v1 = seeded(xs, log_scale.exp())
     again = SymileLoss(generator=torch.Generator().manual_seed(7))(xs, log_scale.exp())
@@ -165,7 +152,7 @@ def test_symile_random_perms_come_from_the_generator():
 
 
 def test_symile_needs_three_modalities():
-    xs, log_scale = _inputs(2, 4, 8, seed=0)
+    xs, log_scale = tuple_inputs(2, 4, 8, seed=0)
     with pytest.raises(ValueError, match="Symile needs three or more modalities; for two use clip"):
         SymileLoss()(xs, log_scale.exp())
     with pytest.raises(ValueError, match="negative_sampling"):
@@ -173,7 +160,7 @@ def test_symile_needs_three_modalities():
 
 
 def test_mip_of_two_is_the_dot_product_and_symmetric():
-    (x, y, z), _ = _inputs(3, 5, 16, seed=3)
+    (x, y, z), _ = tuple_inputs(3, 5, 16, seed=3)
     torch.testing.assert_close(mip(x, y), (x @ y.T).diagonal(), rtol=0, atol=1e-15)
     for perm in itertools.permutations((x, y, z)):
         torch.testing.assert_close(mip(*perm), mip(x, y, z), rtol=0, atol=1e-15)
@@ -189,7 +176,7 @@ def test_symile_with_a_constant_modality_reduces_to_clip(third):
     With O(N^2) every (y_j, c_k) repeats x_i.y_j N times (+ log N), and c's row spans all (j, k):
         L = 1/3 (2 ClipLoss(x, y, s') + 2 log N + logsumexp(s' X Y^T) - mean_i s' x_i.y_i)."""
     batch, dim = 6, 16
-    (x, y), log_scale = _inputs(2, batch, dim, seed=11)
+    (x, y), log_scale = tuple_inputs(2, batch, dim, seed=11)
     c = torch.full((batch, dim), dim ** -0.5, dtype=torch.float64)
     xs = [x, y]
     xs.insert(third, c)
@@ -243,20 +230,21 @@ def test_symile_sees_a_higher_order_dependency_pairwise_scores_cannot():
 @pytest.mark.parametrize("m,batch,dim,anchor", [(3, 1, 8, 0), (3, 5, 16, 0), (3, 7, 8, 2), (4, 4, 16, 1),
                                                 (4, 6, 8, 3)])
 def test_gram_matches_reference(m, batch, dim, anchor):
-    xs, log_scale = _inputs(m, batch, dim, seed=300 * m + batch)
-    ours = _value_and_grads(lambda x, s: GramLoss(rank=0, world_size=1)(x, s, anchor=anchor), xs, log_scale)
-    ref = _value_and_grads(lambda x, s: ref_gram(x, s, anchor), xs, log_scale)
+    xs, log_scale = tuple_inputs(m, batch, dim, seed=300 * m + batch)
+    ours = tuple_value_and_grads(lambda x, s: GramLoss(rank=0, world_size=1)(x, s, anchor=anchor), xs, log_scale)
+    ref = tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor), xs, log_scale)
     if batch == 1:
         assert ours[0] == 0
         return
     _assert_same(ours, ref, f"gram M={m} B={batch} anchor={anchor}")
-    _differs(ours, _value_and_grads(lambda x, s: ref_gram(x, s, anchor, sign=1.0), xs, log_scale), "sign")
-    _differs(ours, _value_and_grads(lambda x, s: ref_gram(x, s, anchor, both=False), xs, log_scale), "one direction")
-    _differs(ours, _value_and_grads(lambda x, s: ref_gram(x, s, (anchor + 1) % m), xs, log_scale), "other anchor")
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor, sign=1.0), xs, log_scale), "sign")
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor, both=False), xs, log_scale),
+             "one direction")
+    _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, (anchor + 1) % m), xs, log_scale), "other anchor")
 
 
 def test_gram_label_smoothing_is_the_official_option():
-    xs, log_scale = _inputs(3, 5, 8, seed=5)
+    xs, log_scale = tuple_inputs(3, 5, 8, seed=5)
     s = log_scale.exp()
     vol = volume_matrix(xs[0], xs[1:])
     labels = torch.arange(5)
@@ -297,7 +285,7 @@ def test_gram_degenerate_tuples_have_finite_gradients():
 def test_gram_two_modalities_is_clip_with_minus_sine_logits():
     """M = 2: V = sqrt(1 - (a b^T)^2) and V^T is the other direction, so GRAM is CLIP's symmetric
     cross-entropy with the logits s cos replaced by -s |sin|."""
-    (a, b), log_scale = _inputs(2, 6, 16, seed=9)
+    (a, b), log_scale = tuple_inputs(2, 6, 16, seed=9)
     s = log_scale.exp()
     cos = a @ b.T
     labels = torch.arange(6)
@@ -308,7 +296,7 @@ def test_gram_two_modalities_is_clip_with_minus_sine_logits():
 
 
 def test_gram_argument_checks():
-    xs, log_scale = _inputs(3, 4, 8, seed=0)
+    xs, log_scale = tuple_inputs(3, 4, 8, seed=0)
     with pytest.raises(ValueError, match="two or more"):
         GramLoss()(xs[:1], log_scale.exp())
     with pytest.raises(ValueError, match="anchor"):
@@ -341,7 +329,7 @@ def test_registered():
 
 
 def test_matryoshka_is_the_weighted_sum_over_prefixes():
-    (a, b), log_scale = _inputs(2, 6, 16, seed=21)
+    (a, b), log_scale = tuple_inputs(2, 6, 16, seed=21)
     dims, weights = (2, 4, 8, 16), (1.0, 0.5, 2.0, 1.0)
     inner = losses.ClipLoss(rank=0, world_size=1)
 
@@ -349,8 +337,8 @@ def test_matryoshka_is_the_weighted_sum_over_prefixes():
         return sum(wi * oc_loss.ClipLoss()(F.normalize(xs[0][:, :m], dim=-1), F.normalize(xs[1][:, :m], dim=-1), s)
                    for m, wi in zip(dims, w))
 
-    ours = _value_and_grads(lambda xs, s: MatryoshkaLoss(inner, dims, weights)(xs[0], xs[1], s), [a, b], log_scale)
-    ref = _value_and_grads(reference, [a, b], log_scale)
+    ours = tuple_value_and_grads(lambda xs, s: MatryoshkaLoss(inner, dims, weights)(xs[0], xs[1], s), [a, b], log_scale)
+    ref = tuple_value_and_grads(reference, [a, b], log_scale)
     _assert_same(ours, ref, "matryoshka")
     assert (ours[1][0] != 0).all() and (ours[1][1] != 0).all()  # every coordinate gets a gradient
     unit = MatryoshkaLoss(inner, dims)(a, b, log_scale.exp())
@@ -364,7 +352,7 @@ def test_matryoshka_is_the_weighted_sum_over_prefixes():
 
 
 def test_matryoshka_checks_and_truncate():
-    (a, b), log_scale = _inputs(2, 4, 16, seed=0)
+    (a, b), log_scale = tuple_inputs(2, 4, 16, seed=0)
     inner = losses.ClipLoss(rank=0, world_size=1)
     with pytest.raises(ValueError, match="exceeds the embedding dim 16"):
         MatryoshkaLoss(inner, (8, 32))(a, b, log_scale.exp())
@@ -394,7 +382,7 @@ DIST_CASES = {  # name -> (factory(rank, world), number of modalities)
 
 
 def _global(m: int):
-    return _inputs(m, PER_PROCESS * WORLD, DIM, seed=77 + m)
+    return tuple_inputs(m, PER_PROCESS * WORLD, DIM, seed=77 + m)
 
 
 def _worker(rank: int, world: int) -> dict:
@@ -403,7 +391,7 @@ def _worker(rank: int, world: int) -> dict:
         xs, log_scale = _global(m)
         rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
         local = [x.detach()[rows].clone().requires_grad_() for x in xs]
-        results[case] = _value_and_grads(make(rank, world), local, log_scale.detach().clone().requires_grad_())
+        results[case] = tuple_value_and_grads(make(rank, world), local, log_scale.detach().clone().requires_grad_())
     return results
 
 
@@ -411,7 +399,7 @@ def test_two_process_gather_matches_one_process(tmp_path):
     per_rank = run_world(__file__, WORLD, tmp_path)
     for case, (make, m) in DIST_CASES.items():
         xs, log_scale = _global(m)
-        value, grads = _value_and_grads(make(0, 1), xs, log_scale)
+        value, grads = tuple_value_and_grads(make(0, 1), xs, log_scale)
         mean = sum(r[case][0] for r in per_rank) / WORLD
         torch.testing.assert_close(mean, value, rtol=0, atol=VALUE_ATOL, msg=lambda msg: f"{case}: {msg}")
         # all_gather's backward sums every process's gradient of its own loss: WORLD x the mean's

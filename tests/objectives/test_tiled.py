@@ -17,35 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from open_clip import loss as oc_loss
 
 from align.objectives import factory, losses
 from align.objectives import tiled as tiled_losses
 from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss
 from tests.support.gloo_world import run_world, worker_main
+from tests.support.losses import pair_inputs, value_and_grads
 
 REPO = Path(__file__).resolve().parents[2]
 RTOL, ATOL = 1e-6, 1e-12  # float64, as tests/objectives/test_losses.py
 F32_RTOL = 1e-4  # float32, relative to the norm of the reference
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _inputs(batch: int, dim: int, seed: int, bias: bool, dtype=torch.float64):
-    """Leaf tensors: unit-norm features, a log temperature in [0, ln 100], maybe a bias."""
-    g = torch.Generator().manual_seed(seed)
-    a = F.normalize(torch.randn(batch, dim, generator=g, dtype=dtype), dim=-1).requires_grad_()
-    b = F.normalize(torch.randn(batch, dim, generator=g, dtype=dtype), dim=-1).requires_grad_()
-    log_scale = (torch.rand((), generator=g, dtype=dtype) * math.log(100.0)).requires_grad_()
-    logit_bias = (torch.randn((), generator=g, dtype=dtype) * 5).requires_grad_() if bias else None
-    return a, b, log_scale, logit_bias
-
-
-def _value_and_grads(loss_fn, a, b, log_scale, logit_bias):
-    leaves = [a, b, log_scale] + ([logit_bias] if logit_bias is not None else [])
-    value = loss_fn(a, b, log_scale.exp(), logit_bias)
-    return value.detach(), torch.autograd.grad(value, leaves)
 
 
 NAMES = ["value", "d/d a", "d/d b", "d/d log(logit_scale)", "d/d logit_bias"]
@@ -76,10 +60,10 @@ TILES = [1, 3, 7]
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_tiled_clip_matches_open_clip(batch, tile, bias):
-    a, b, log_scale, logit_bias = _inputs(batch, 16, seed=100 * batch + tile, bias=bias)
-    ref = _value_and_grads(oc_loss.ClipLoss(), a, b, log_scale, logit_bias)
+    a, b, log_scale, logit_bias = pair_inputs(batch, 16, seed=100 * batch + tile, bias=bias)
+    ref = value_and_grads(oc_loss.ClipLoss(), a, b, log_scale, logit_bias)
     for local in (True, False):  # one process: local_loss must not matter
-        ours = _value_and_grads(TiledClipLoss(local_loss=local, rank=0, world_size=1, tile_size=tile),
+        ours = value_and_grads(TiledClipLoss(local_loss=local, rank=0, world_size=1, tile_size=tile),
                                 a, b, log_scale, logit_bias)
         _compare(ours, ref, _close64)
     if batch > 1:  # the check has teeth
@@ -90,9 +74,9 @@ def test_tiled_clip_matches_open_clip(batch, tile, bias):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
 def test_tiled_siglip_matches_open_clip(batch, tile, bias):
-    a, b, log_scale, logit_bias = _inputs(batch, 16, seed=7 + 100 * batch + tile, bias=bias)
-    ref = _value_and_grads(oc_loss.SigLipLoss(), a, b, log_scale, logit_bias)
-    ours = _value_and_grads(TiledSigLipLoss(rank=0, world_size=1, tile_size=tile), a, b, log_scale, logit_bias)
+    a, b, log_scale, logit_bias = pair_inputs(batch, 16, seed=7 + 100 * batch + tile, bias=bias)
+    ref = value_and_grads(oc_loss.SigLipLoss(), a, b, log_scale, logit_bias)
+    ours = value_and_grads(TiledSigLipLoss(rank=0, world_size=1, tile_size=tile), a, b, log_scale, logit_bias)
     _compare(ours, ref, _close64)
     assert ref[0] > 0 and all(g.abs().max() > 0 for g in ref[1])
 
@@ -100,19 +84,19 @@ def test_tiled_siglip_matches_open_clip(batch, tile, bias):
 @pytest.mark.parametrize("tile", [1024, 1000])
 def test_float32_large_batch(tile):
     """B=4096, float32: relative error <= 1e-4 against open_clip (tile 1000 leaves a ragged edge)."""
-    a, b, log_scale, logit_bias = _inputs(4096, 64, seed=tile, bias=True, dtype=torch.float32)
+    a, b, log_scale, logit_bias = pair_inputs(4096, 64, seed=tile, bias=True, dtype=torch.float32)
     with torch.no_grad():
         log_scale.fill_(math.log(100.0))  # the sharpest temperature CLIP training allows
     pairs = [(TiledClipLoss(tile_size=tile), oc_loss.ClipLoss(), None),
              (TiledSigLipLoss(tile_size=tile), oc_loss.SigLipLoss(), logit_bias)]
     for ours, ref, bias in pairs:
-        _compare(_value_and_grads(ours, a, b, log_scale, bias),
-                 _value_and_grads(ref, a, b, log_scale, bias), _close32)
+        _compare(value_and_grads(ours, a, b, log_scale, bias),
+                 value_and_grads(ref, a, b, log_scale, bias), _close32)
 
 
 def test_no_grad_and_mixed_requires_grad():
     """Under no_grad only the value is computed; a frozen temperature gets no gradient."""
-    a, b, log_scale, logit_bias = _inputs(9, 8, seed=5, bias=True)
+    a, b, log_scale, logit_bias = pair_inputs(9, 8, seed=5, bias=True)
     for ours, ref in [(TiledClipLoss(tile_size=4), oc_loss.ClipLoss()),
                       (TiledSigLipLoss(tile_size=4), oc_loss.SigLipLoss())]:
         with torch.no_grad():
@@ -139,7 +123,7 @@ DIST_CASES = {  # name -> (dense, tiled, bias)
 def _local_leaves(rank: int, bias: bool):
     """This rank's rows of a fixed global batch, as fresh leaves."""
     a, b, log_scale, logit_bias = (t.detach() if t is not None else None
-                                   for t in _inputs(2 * PER_PROCESS, DIM, seed=42, bias=bias))
+                                   for t in pair_inputs(2 * PER_PROCESS, DIM, seed=42, bias=bias))
     rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
     leaf = lambda t: None if t is None else t.clone().requires_grad_()  # noqa: E731
     return leaf(a[rows]), leaf(b[rows]), leaf(log_scale), leaf(logit_bias)
@@ -148,7 +132,7 @@ def _local_leaves(rank: int, bias: bool):
 def _worker(rank: int, world: int) -> dict:
     results = {}
     for case, (dense, tiled, bias) in DIST_CASES.items():
-        results[case] = {kind: _value_and_grads(make(rank, world), *_local_leaves(rank, bias))
+        results[case] = {kind: value_and_grads(make(rank, world), *_local_leaves(rank, bias))
                          for kind, make in (("dense", dense), ("tiled", tiled))}
     return results
 
@@ -160,7 +144,7 @@ def test_two_process_gather_matches_dense(tmp_path):
             _compare(results[case]["tiled"], results[case]["dense"],
                      lambda x, y, name: _close64(x, y, f"{case} rank {rank} {name}"))
     # and the processes' mean is the one-process loss of the global batch
-    a, b, log_scale, bias = _inputs(2 * PER_PROCESS, DIM, seed=42, bias=True)
+    a, b, log_scale, bias = pair_inputs(2 * PER_PROCESS, DIM, seed=42, bias=True)
     for case, ref in [("clip-local", oc_loss.ClipLoss()), ("siglip", oc_loss.SigLipLoss())]:
         value = ref(a, b, log_scale.exp(), bias if case == "siglip" else None).detach()
         _close64(sum(r[case]["tiled"][0] for r in per_rank) / 2, value, f"{case} mean over processes")

@@ -8,17 +8,16 @@ Run as a script, this file is the worker of the 2-process test (see ``_worker``)
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from align.objectives import factory
 from align.objectives.variants import DecoupledContrastiveLoss, HardNegativeLoss, MoCHiLoss, MultiPositiveLoss
 from align.registry import LOSSES
 from tests.support.gloo_world import run_world, worker_main
+from tests.support.losses import pair_inputs, value_and_grads
 
 REPO = Path(__file__).resolve().parents[2]
 VALUE_ATOL, GRAD_ATOL = 1e-10, 1e-8
@@ -34,13 +33,8 @@ def _open_clip_loss():
 
 
 def _inputs(batch: int, dim: int, seed: int, bias: bool):
-    """Leaf tensors: unit-norm features, a log temperature in [0, ln 100], maybe a bias."""
-    g = torch.Generator().manual_seed(seed)
-    a = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-    b = F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-    log_scale = (torch.rand((), generator=g, dtype=torch.float64) * math.log(100.0)).requires_grad_()
-    logit_bias = (torch.randn((), generator=g, dtype=torch.float64) * 3).requires_grad_() if bias else None
-    return a, b, log_scale, logit_bias
+    """``pair_inputs`` with a bias ~ N(0, 3^2) (every objective here must cancel it)."""
+    return pair_inputs(batch, dim, seed, bias, bias_std=3.0)
 
 
 def _labels(batch: int, kind: str | None, seed: int) -> torch.Tensor | None:
@@ -56,10 +50,7 @@ def _labels(batch: int, kind: str | None, seed: int) -> torch.Tensor | None:
 
 
 def _value_and_grads(fn, a, b, log_scale, logit_bias, labels):
-    leaves = [a, b, log_scale] + ([logit_bias] if logit_bias is not None else [])
-    value = fn(a, b, log_scale.exp(), logit_bias, labels=labels)
-    grads = torch.autograd.grad(value, leaves, allow_unused=True)
-    return value.detach(), tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+    return value_and_grads(fn, a, b, log_scale, logit_bias, allow_unused=True, labels=labels)
 
 
 def _close(x, y, what, atol):
