@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from align.data.labels import class_names
+from align.data.tables import load_table
+
 
 def node_features(table, column: str) -> np.ndarray:
     """float32 [rows, F]: the stored features of each row's centre node."""
@@ -49,9 +52,6 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
 
     Returns ``accuracy``, ``n_train``, ``n_test``, ``n_classes`` and ``seconds`` (fit + predict)."""
     from sklearn.linear_model import LogisticRegression
-
-    from align.data.labels import class_names
-    from align.data.tables import load_table
 
     tables = {}
     for key, spec in (("data.train", train_spec), ("eval.data", test_spec)):

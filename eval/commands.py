@@ -4,7 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from align.errors import AlignError
+from align.config.schema import EvalConfig, _format_validation_error, parse_overrides, set_dotted
+from align.data.tables import hf_progress
+from align.errors import AlignError, ConfigError
+from align.eval.plots import plot_confusion_matrix, plot_query_grid, plot_recall_curve
+from align.eval.report import build_report, write_report
+from align.eval.runner import evaluate
+from align.eval.zeroshot_metrics import load_templates
+from align.index.embedding_index import EmbeddingIndex
+from align.modalities.image import load_image
+from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
 
 
 class EvalError(AlignError, ValueError):
@@ -16,9 +25,6 @@ def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, confi
     """The eval section: from ``config`` (a YAML file) if given, else the checkpoint's own; then the
     ``eval.*`` dotted overrides and a templates file."""
     import yaml
-
-    from align.errors import ConfigError
-    from align.config.schema import EvalConfig, _format_validation_error, parse_overrides, set_dotted
 
     if config:
         data = yaml.safe_load(Path(config).read_text()) or {}
@@ -39,8 +45,6 @@ def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, confi
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "eval.")) from None
     if templates:
-        from align.eval.zeroshot_metrics import load_templates
-
         if ecfg.zeroshot is None:
             raise ConfigError("config key 'eval.zeroshot': --templates needs a zeroshot section")
         ecfg.zeroshot.templates = load_templates(templates)
@@ -60,10 +64,6 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
              out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a checkpoint, its checkpoints/ root or a run folder) and write the
     report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots."""
-    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
-    from align.eval.report import build_report, write_report
-    from align.eval.runner import evaluate
-
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
     ecfg = eval_config(task, cfg, config, overrides, templates)
@@ -72,7 +72,6 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
         if mod not in model.adapters:
             raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
     keep: dict = {}
-    from align.data.tables import hf_progress
 
     with hf_progress(cfg.train.progress):  # the run's own setting
         metrics = evaluate(model, ecfg, keep=keep)
@@ -83,14 +82,10 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
     out = Path(out or ckpt / "eval")
     path = write_report(report, out / f"{task}.json")
     if task == "zeroshot":
-        from align.eval.plots import plot_confusion_matrix
-
         zs = report["metrics"]
         plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
                               f"zero-shot top-1 {zs['top1']:.3f}")
     else:
-        from align.eval.plots import plot_recall_curve
-
         plot_recall_curve(report["metrics"], out / "recall_at_k.png")
         if "image" in (ecfg.retrieval.a, ecfg.retrieval.b):
             query_grid(keep, ecfg, out / "queries.png")
@@ -101,10 +96,6 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
 def query_grid(keep: dict, ecfg, path: Path, n_queries: int = 6, k: int = 5) -> None:
     """Top-k images for the first few queries of the other modality (text captions as queries)."""
     import numpy as np
-
-    from align.index.embedding_index import EmbeddingIndex
-    from align.eval.plots import plot_query_grid
-    from align.modalities.image import load_image
 
     r = ecfg.retrieval
     image_side, query_side = (r.a, r.b) if r.a == "image" else (r.b, r.a)

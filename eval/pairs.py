@@ -26,8 +26,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from align.eval.commands import EvalError
+from align.config.schema import RetrievalSpec
+from align.data.tables import describe_spec, hf_progress, load_table
+from align.errors import ConfigError
+from align.eval.commands import EvalError, eval_config
+from align.eval.plots import plot_pair_heatmap
+from align.eval.report import build_report, write_report
+from align.eval.retrieval import retrieval_metrics
+from align.eval.runner import dedupe_items, encode_items, encode_table, expand_rows, index_retrieval
 from align.io.atomic import write_atomic
+from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
 
 
 class PairsError(EvalError):
@@ -37,9 +45,6 @@ class PairsError(EvalError):
 def pairs_config(ckpt_cfg, config: str | Path | None, overrides: Sequence[str]):
     """The eval section and where its retrieval settings came from: the config's ``retrieval``
     section, or defaults (ks [1, 5, 10]; positives ``label`` when the data has a label column)."""
-    from align.config.schema import RetrievalSpec
-    from align.eval.commands import eval_config
-
     # a task that is neither zeroshot nor retrieval: no section is required, zeroshot is dropped
     ecfg = eval_config("pairs", ckpt_cfg, config, overrides)  # type: ignore[arg-type]
     if ecfg.retrieval is not None:
@@ -62,8 +67,6 @@ def _is_list_column(table, column: str) -> bool:
 def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
     """Every modality's embeddings from one encoding of its column: ``rows[m]`` (one per kept row,
     the a side) and ``items[m]`` (expanded rows, distinct item embeddings and their inverse)."""
-    from align.eval.runner import dedupe_items, encode_items, encode_table, expand_rows
-
     spec = ecfg.data
     listed = [m for m in mods if _is_list_column(table, spec.columns[m])]
     scalar = [m for m in mods if m not in listed]
@@ -98,9 +101,6 @@ def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
 
 def pair_metrics(enc: dict[str, Any], a: str, b: str, r) -> dict[str, Any]:
     """One pair as ``evaluate`` scores it for ``eval.retrieval.a=a b=b``, from embeddings at hand."""
-    from align.eval.retrieval import retrieval_metrics
-    from align.eval.runner import dedupe_items, index_retrieval
-
     labels, it = enc["labels"], enc["items"][b]
     source = it["source"]
     if r.positives == "label":
@@ -163,10 +163,6 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
     sets, ``data.mix``, has no one table with every modality; pairs no table holds stay blank)."""
     import time
 
-    from align.eval.plots import plot_pair_heatmap
-    from align.eval.report import build_report, write_report
-    from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoint
-
     t0 = time.perf_counter()
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
@@ -200,9 +196,6 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
 
 def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str]) -> tuple[dict, dict]:
     """One eval table's pairs: (the dataset's description, the pairs result)."""
-    from align.data.tables import describe_spec, hf_progress, load_table
-    from align.errors import ConfigError
-
     ecfg, settings_from = pairs_config(cfg, config, overrides)
     columns = list(ecfg.data.columns)
     mods = [m for m in columns if m in model.adapters]

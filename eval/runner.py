@@ -8,13 +8,15 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device as to_device  # tensors, dicts, BatchEncodings
 
-from align.errors import ConfigError
 from align.config.schema import EvalConfig
-from align.data.tables import Collator, PairedDataset, describe_spec, load_table
 from align.data.labels import class_names, zeroshot_classes
-from align.eval.zeroshot import build_classifier, classify
+from align.data.tables import Collator, PairedDataset, describe_spec, load_table
+from align.errors import ConfigError
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
+from align.eval.zeroshot import build_classifier, classify
 from align.eval.zeroshot_metrics import zeroshot_classification_metrics
+from align.index.embedding_index import EmbeddingIndex
+from align.model.encode import encode
 
 
 @torch.no_grad()
@@ -66,8 +68,6 @@ def sharded(items: list, fn, accelerator=None) -> list:
 
 
 def encode_items(model, modality: str, items: list, batch_size: int, accelerator=None) -> torch.Tensor:
-    from align.model.encode import encode
-
     parts = sharded(items, lambda chunk: encode(model, modality, chunk, batch_size), accelerator)
     return torch.cat([p for p in parts if p.numel()])
 
@@ -102,8 +102,6 @@ def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.nd
                     ks, names: tuple[str, str], spec: str = "Flat") -> dict[str, Any]:
     """R@k in both directions through a FAISS index of each gallery (``spec``: Flat = exact; an
     ANN spec shows what approximate search costs in recall)."""
-    from align.index.embedding_index import EmbeddingIndex
-
     a_idx, b_idx = pairs
     out: dict[str, Any] = {"spec": spec}
     for q, g, qi, gi, prefix in ((a_emb, b_emb, a_idx, b_idx, f"{names[0]}_to_{names[1]}"),

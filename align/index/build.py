@@ -6,10 +6,18 @@ and path), so querying it with another model's embeddings fails instead of retur
 """
 from __future__ import annotations
 
-from align.errors import AlignError
-
 from pathlib import Path
 from typing import Any
+
+from align.config.dataset import DatasetSpec
+from align.config.schema import _format_validation_error
+from align.data.labels import class_names
+from align.data.tables import Collator, PairedDataset, load_table
+from align.errors import AlignError, ConfigError
+from align.index.embedding_index import EmbeddingIndex
+from align.io.hashing import sha256_file
+from align.model.align_model import raw_encoder
+from align.model.checkpoint import load_model, resolve_checkpoint
 
 
 class IndexBuildError(AlignError, ValueError):
@@ -17,8 +25,6 @@ class IndexBuildError(AlignError, ValueError):
 
 
 def model_identity(ckpt: Path) -> str:
-    from align.io.hashing import sha256_file
-
     return f"sha256:{sha256_file(ckpt / 'model.safetensors')[:16]} {ckpt.resolve()}"
 
 
@@ -26,10 +32,6 @@ def parse_data_spec(text: str):
     """``--data`` is a YAML file holding a dataset spec, or the spec inline as YAML."""
     import yaml
     from pydantic import ValidationError
-
-    from align.errors import ConfigError
-    from align.config.dataset import DatasetSpec
-    from align.config.schema import _format_validation_error
 
     path = Path(text)
     data = yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(text)
@@ -62,13 +64,8 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
     """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
     whose metadata holds each item's row, path, label and caption where the data has them."""
     import torch
-    from tqdm.auto import tqdm
-
-    from align.model.checkpoint import load_model, resolve_checkpoint
-    from align.data.tables import Collator, PairedDataset, load_table
-    from align.data.labels import class_names
-    from align.index.embedding_index import EmbeddingIndex
     from accelerate.utils import send_to_device as to_device
+    from tqdm.auto import tqdm
 
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
@@ -101,10 +98,6 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
 
 def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, checkpoint: str | None = None):
     """Top-k ``(score, id, metadata)`` for one raw query (a string, a file path, ...)."""
-    from align.model.checkpoint import load_model, resolve_checkpoint
-    from align.index.embedding_index import EmbeddingIndex
-    from align.model.align_model import raw_encoder
-
     # the index first: a folder that is no index (no manifest.json, an edited file) is reported as that,
     # not as a missing checkpoint at the model path an absent manifest could not give
     index = EmbeddingIndex.load(index_dir)
