@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -168,21 +168,18 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     open_records(run)  # config.yaml, trackers, the log (trimmed to the checkpoint on resume)
     result = _new_result(run)
     tc = cfg.train
-    steps_per_epoch = None if run.streaming else len(run.loader)
-    skipping = any(spec.on_error == "skip" for _, spec, _ in cfg.data.train_parts())
-    run.step, run.end = run.start, (min(tc.steps, stop_at) if stop_at else tc.steps)
     bar = tqdm(total=tc.steps, initial=run.start, disable=not (tc.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    _begin_training(run)
+    _begin_training(run, stop_at)  # train mode, the seed again for a fresh run, the clocks
     on_nonfinite = partial(_stop_on_nonfinite, run, result)
     while run.step < run.end:
-        for batch in _epoch_batches(run, steps_per_epoch):
+        for batch in _epoch_batches(run):
             loss_value = train_step(accelerator, run.model, run.task, batch, run.optimizer, run.scheduler,
                                     tc.grad_clip, on_nonfinite=on_nonfinite).item()
             _count_step(run, result, batch, loss_value)
             bar.update(1)
             if run.step % tc.log_every == 0 or run.step == run.end:
-                _log_train(run, result, loss_value, skipping)
+                _log_train(run, result, loss_value)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
             if run.val_loader is not None and ((tc.val_every and run.step % tc.val_every == 0)
                                                or run.step == tc.steps):
@@ -208,11 +205,15 @@ def _new_result(run: RunState) -> TrainResult:
     return result
 
 
-def _begin_training(run: RunState) -> None:
-    """Train mode, the seed again for a fresh run (right before the first batch: setup may consume
-    global RNGs), the clocks and the skipped-sample counter."""
+def _begin_training(run: RunState, stop_at: int | None) -> None:
+    """Where the run starts and ends, train mode, the seed again for a fresh run (right before the
+    first batch: setup may consume global RNGs), the clocks and the skipped-sample counter."""
     from accelerate.utils import set_seed
 
+    tc = run.cfg.train
+    run.steps_per_epoch = None if run.streaming else len(run.loader)
+    run.skipping = any(spec.on_error == "skip" for _, spec, _ in run.cfg.data.train_parts())
+    run.step, run.end = run.start, (min(tc.steps, stop_at) if stop_at else tc.steps)
     run.model.train()
     if not run.resuming:
         set_seed(run.cfg.seed)
@@ -223,12 +224,12 @@ def _begin_training(run: RunState) -> None:
                                device=run.accelerator.device)
 
 
-def _epoch_batches(run: RunState, steps_per_epoch: int | None):
+def _epoch_batches(run: RunState) -> Iterable[dict]:
     """The batches left in the current epoch: the sampler and the augmentations set to that epoch,
     the ones already trained on skipped (the stream keeps its own epoch and position)."""
     if run.streaming:
         return run.loader.epoch_batches(run.accelerator.device)
-    epoch, skip = divmod(run.step, steps_per_epoch)
+    epoch, skip = divmod(run.step, run.steps_per_epoch)
     run.loader.set_epoch(epoch)  # the sampler's shuffle ...
     run.loader.dataset.set_epoch(epoch)  # ... and the per-sample augmentation seeds
     return run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
@@ -241,7 +242,7 @@ def _count_step(run: RunState, result: TrainResult, batch: dict, loss_value: flo
     result.losses.append((run.step, loss_value))
 
 
-def _log_train(run: RunState, result: TrainResult, loss_value: float, skipping: bool) -> None:
+def _log_train(run: RunState, result: TrainResult, loss_value: float) -> None:
     """Loss, learning rate, temperature, throughput since the last log line (and each loss term's
     value, the samples skipped) to the trackers and ``train_log.jsonl``."""
     accelerator, now = run.accelerator, time.perf_counter()
@@ -251,7 +252,7 @@ def _log_train(run: RunState, result: TrainResult, loss_value: float, skipping: 
     run.t_log, run.seen_at_log = now, run.seen
     if len(run.task.terms) > 1:  # each term's loss on this step's batch (this process's value)
         logs.update({f"train/loss/{name}": round(float(v), 6) for name, v in run.task.term_losses.items()})
-    if skipping:  # samples that failed to load, all processes
+    if run.skipping:  # samples that failed to load, all processes
         result.skipped = int(accelerator.reduce(run.skipped.clone(), reduction="sum").item())
         logs["data/skipped"] = result.skipped
     accelerator.log(logs, step=run.step)

@@ -47,6 +47,8 @@ class RunState:
     skipped_before: int = 0  # samples skipped before the checkpoint
     step: int = 0
     end: int = 0  # the step this process stops after (``train.steps``, or ``stop_at``)
+    steps_per_epoch: int | None = None  # None when streaming
+    skipping: bool = False  # some training set replaces samples that fail to load (``on_error: skip``)
     last_ckpt: Path | None = None
     skipped: torch.Tensor | None = None  # samples this process skipped (the resumed count on the main process)
     seen: int = 0  # samples trained on, all processes
