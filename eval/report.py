@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import align
+from align.io.atomic import write_atomic
 
 SCHEMA = "align.eval/v1"
 
@@ -42,6 +43,5 @@ def build_report(task: str, metrics: dict[str, Any], model_info: dict[str, Any])
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from align.io.atomic import write_atomic
 
     return write_atomic(path, json.dumps(report, indent=2))

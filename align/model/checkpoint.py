@@ -19,8 +19,6 @@ before manifests existed still load, with a warning.
 """
 from __future__ import annotations
 
-from align.errors import AlignError
-
 import random
 import re
 import shutil
@@ -33,9 +31,12 @@ import numpy as np
 import torch
 
 from align.config.schema import Config, dump_config, load_config
+from align.errors import AlignError
 from align.io import manifest as _manifest
 from align.io.atomic import atomic_folder, write_atomic
 from align.io.manifest import MANIFEST, ManifestError
+from align.model.align_model import AlignModel
+from align.registry import ADAPTERS
 
 # v2: files entries say "bytes" (v1 said "size"); both are read
 MANIFEST_FORMAT = "align.model.checkpoint/v2"
@@ -240,12 +241,9 @@ def checkpoint_step(ckpt: str | Path) -> int | None:
 
 def load_model(path: str | Path):
     """Rebuild an ``AlignModel`` from a checkpoint (its own config + weights), in eval mode."""
-    from align.model.align_model import AlignModel
-
     ckpt = resolve_checkpoint(path)
     verify_files(ckpt, ["config.yaml"])
     cfg = load_config(ckpt / "config.yaml")
-    from align.registry import ADAPTERS
 
     for mod, spec in cfg.model.modalities.items():  # weights come from the checkpoint, not a download
         spec.options = ADAPTERS.get(spec.adapter_name(mod)).reload_options(spec.options)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from align.model.align_model import raw_encoder
+
 if TYPE_CHECKING:
     import torch
 
@@ -19,8 +21,6 @@ def encode(model: Any, modality: str, items: Sequence[Any], batch_size: int = 25
     torch.Size([1, 64])
     """
     import torch
-
-    from align.model.align_model import raw_encoder
 
     items = list(items)
     run = raw_encoder(model, modality)

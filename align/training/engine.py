@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from align.config.schema import Config
-from align.errors import ConfigError
-from align.data.tables import Collator, PairedDataset, load_table
-from align.model.align_model import AlignModel
 from align.config.objectives import needs_labels
+from align.config.schema import Config
+from align.data.mixture import MixedDataset, MixtureSampler
 from align.data.streaming import streaming_loader
+from align.data.tables import Collator, PairedDataset, load_table
+from align.errors import ConfigError
+from align.model.align_model import AlignModel
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -101,8 +102,6 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
 
 def build_mixture_loader(cfg: Config, model: AlignModel, tables: dict[str, object]) -> torch.utils.data.DataLoader:
     """``data.mix``: every training set's rows in one loader, drawn by weight (``align.data.mixture``)."""
-    from align.data.mixture import MixedDataset, MixtureSampler
-
     parts = cfg.data.train_parts()
     ds = MixedDataset([paired_dataset(cfg, model, spec, key, True, tables[key], check_size=False)
                        for key, spec, _ in parts])

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from align.config.schema import Config
-from align.errors import ConfigError
+from align.errors import ConfigError, SampleError
 from align.io.atomic import atomic_file
+from align.modalities.layers import is_frozen
 from align.model.align_model import AlignModel
 from align.model.cached import CachedFeatures
 
@@ -58,8 +59,6 @@ class FeatureCache:
 
 def qualifies(model: AlignModel, mod: str, values: list[Any]) -> str | None:
     """Why ``mod``'s tower cannot be cached (None when it can)."""
-    from align.modalities.layers import is_frozen
-
     adapter = model.adapters[mod]
     if not is_frozen(adapter):
         return "its tower trains (set freeze: true in its options to freeze it)"
@@ -95,8 +94,6 @@ def encode_rows(model: AlignModel, mod: str, values: list[Any], device, write: C
                 name: str) -> None:
     """Features of every row, in batches, evaluation preprocessing; ``write(start, features)``."""
     from accelerate.utils import send_to_device
-
-    from align.errors import SampleError
 
     adapter = model.adapters[mod]
     pre = adapter.preprocessor()

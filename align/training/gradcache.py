@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from align.errors import ConfigError
 from align.model.cached import CachedFeatures
 from align.objectives.task import ContrastiveTask
 
@@ -92,8 +93,6 @@ def cached_loss(accelerator, model, task: ContrastiveTask, batch: dict, micro: i
     """Steps 1-2 above: the full-batch loss from embeddings computed without autograd, and a
     ``backward()`` that runs steps 2-3 (call it after checking the loss is finite)."""
     if str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED")):
-        from align.errors import ConfigError
-
         raise ConfigError("config key 'train.micro_batch_size': GradCache runs under DDP (or one process); "
                           f"under {accelerator.distributed_type} each micro-batch's backward would reduce "
                           "the gradients again. Use DDP, or leave micro_batch_size out")

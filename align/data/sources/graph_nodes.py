@@ -49,9 +49,10 @@ from typing import Any
 import numpy as np
 
 from align.data.sources import SOURCES
+from align.data.sources.common import builtin_options
 from align.errors import DataError
 from align.io.atomic import atomic_folder
-from align.data.sources.common import builtin_options
+from align.io.safe_pickle import restricted_pickle
 
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
 PLANETOID_CLASSES = {
@@ -165,10 +166,9 @@ def _planetoid(spec, opts: dict[str, Any]):
 
 
 def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
-    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
     import torch_geometric.io.planetoid as planetoid_io
 
-    from align.io.safe_pickle import restricted_pickle
+    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
 
     try:
         with restricted_pickle(planetoid_io):  # the raw files are pickles: let them hold data only
