@@ -18,10 +18,10 @@ from align.config.schema import Config
 from align.data.mixture import rows_with, select_rows
 from align.errors import ConfigError
 from align.model.align_model import AlignModel
-from align.model.momentum import queue_loss
 from align.objectives.factory import build_loss, tiling_mode
 from align.objectives.losses import dist_info, gather_rows
 from align.objectives.multiway import MatryoshkaLoss
+from align.objectives.queue import queue_loss
 from align.registry import LOSSES
 
 
