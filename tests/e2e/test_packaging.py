@@ -65,8 +65,9 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
 
 
 def test_layers_point_down_on_the_installed_package(tmp_path):
-    """import-linter's layers contract (pyproject.toml) holds on the installed package, and breaks
-    when a lower layer imports a higher one (config importing the CLI), so it is really checked."""
+    """import-linter's contracts (pyproject.toml) hold on the installed package: the layers contract
+    breaks when a lower layer imports a higher one (config importing the CLI), and the no-cycles
+    contract when two modules of one package import each other, so both are really checked."""
     import importlib.util
 
     if importlib.util.find_spec("importlinter") is None:
@@ -86,11 +87,19 @@ def test_layers_point_down_on_the_installed_package(tmp_path):
     src = copy_source(tmp_path / "src")
     kept = check(src, "as-is")
     assert kept.returncode == 0 and "Layers point down KEPT" in kept.stdout, kept.stdout[-3000:] + kept.stderr[-2000:]
+    assert "No import cycles KEPT" in kept.stdout
     with open(src / "align" / "config" / "schema.py", "a") as f:
         f.write("\nimport align.app.cli  # an upward import\n")
     broken = check(src, "broken")
     assert broken.returncode != 0 and "Layers point down BROKEN" in broken.stdout
     assert "align.config.schema -> align.app.cli" in broken.stdout
+
+    cyclic = copy_source(tmp_path / "src-cyclic")  # a circle inside one layer: losses <-> task
+    with open(cyclic / "align" / "objectives" / "losses.py", "a") as f:
+        f.write("\nimport align.objectives.task  # closes a circle\n")
+    circle = check(cyclic, "cyclic")
+    assert circle.returncode != 0 and "No import cycles BROKEN" in circle.stdout, circle.stdout[-3000:]
+    assert "Layers point down KEPT" in circle.stdout
 
 
 def layer_entries(pyproject: Path) -> list[str]:
