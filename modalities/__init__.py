@@ -1,6 +1,6 @@
 """Modality adapters: raw sample -> tensors -> encoder features, one file per modality.
 
-``ADAPTERS.get("image")`` imports ``align.modalities.image`` on first use, so adding a modality is one
+``align.registry.ADAPTERS.get("image")`` imports ``align.modalities.image`` on first use, so adding a modality is one
 file that registers an adapter under its module name, plus a config that uses it.
 """
 from align.registry import ADAPTERS
@@ -12,4 +12,4 @@ def build_adapter(name: str, options: dict | None = None):
     return cls(cls.Options.model_validate(options or {}))
 
 
-__all__ = ["ADAPTERS", "build_adapter"]
+__all__ = ["build_adapter"]

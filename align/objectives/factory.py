@@ -10,7 +10,7 @@ import inspect
 from torch import nn
 
 from align.errors import ConfigError
-from align.objectives.losses import LOSSES
+from align.registry import LOSSES
 from align.objectives.tiled import TILED
 
 

@@ -50,7 +50,7 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
         (project / pkg / "__init__.py").write_text(f"OWNER = 'user {pkg}'\n")
     code = (
         "import eval, modalities, align, align.eval.runner, align.modalities.base, align.configs\n"
-        "from align.modalities import ADAPTERS\n"
+        "from align.registry import ADAPTERS\n"
         "assert eval.OWNER == 'user eval' and modalities.OWNER == 'user modalities'\n"
         f"assert align.__file__.startswith({str(site)!r}), align.__file__\n"
         f"assert align.eval.runner.__file__.startswith({str(site)!r})\n"

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from align.errors import SampleError
-from align.modalities import ADAPTERS
+from align.registry import ADAPTERS
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 
 
@@ -133,7 +133,7 @@ def test_a_plugin_package_adds_a_modality_a_source_and_a_loss(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     code = (
         "import sys\n"
-        "from align.modalities import ADAPTERS\n"
+        "from align.registry import ADAPTERS\n"
         "from align.data.sources import SOURCES\n"
         "assert 'scalar' in ADAPTERS.names() and 'ramp' in SOURCES.names()\n"
         "assert 'align_plugin_demo.scalar' not in sys.modules  # listed, not imported\n"
