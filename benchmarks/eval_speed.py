@@ -46,6 +46,7 @@ summed -- about 9 minutes per evaluation at 10k x 50k on 2 CPU cores. It therefo
     python benchmarks/eval_speed.py --clustered              # Gaussian-mixture embeddings: R@k well above chance
     python benchmarks/eval_speed.py --n-items 2000 --repeats 3 --cb-repeats 3   # quick
     python benchmarks/eval_speed.py --json out.json
+    python benchmarks/eval_speed.py --smoke                  # 200 items x 400 captions, 32-d: seconds (CI)
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ KS = (1, 5, 10)
 DIRS = ("text_to_image", "image_to_text")  # CLIP_benchmark: image_retrieval / text_retrieval
 IMPLS = ("ours", "cb")
 LABEL = {"ours": "align (ours) `retrieval_metrics`", "cb": "CLIP_benchmark-style dense"}
+SMOKE = {"n_items": 200, "captions_per_item": 2, "dim": 32, "repeats": 1, "cb_repeats": 1}  # --smoke defaults
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,9 +249,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cb-batch-size", type=int, default=64, help="CLIP_benchmark batch_size (its CLI default 64)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny run of the same path, both sides (CI): {SMOKE}")
     ap.add_argument("--worker", choices=("ours", "ours-topk", "cb"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:  # the workers get --smoke too (passthrough), so they draw the same data
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     if args.centers is None:
         args.centers = max(1, args.n_items // 10)
     if args.worker:

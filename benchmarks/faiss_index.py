@@ -33,6 +33,7 @@ many minutes (use ``--specs`` to leave it out).
     python benchmarks/faiss_index.py --clustered               # Gaussian-mixture data
     python benchmarks/faiss_index.py --sizes 1m --specs Flat --specs 'IVF{n},Flat' --specs 'IVF{n},PQ64'
     python benchmarks/faiss_index.py --json out.json           # rows as JSON too
+    python benchmarks/faiss_index.py --smoke                   # 2,000 x 64-d, all 4 types: seconds (CI)
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ from align.index.embedding_index import EmbeddingIndex  # noqa: E402
 from memory import mem_available  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 DEFAULT_SPECS = ["Flat", "HNSW32", "IVF{n},Flat", "IVF{n},PQ64"]
+SMOKE = {"sizes": "2000", "dim": 64, "queries": 50, "nprobe": "4,16", "ef": "16,64", "train_per_list": 40,
+         "repeats": 1}  # --smoke defaults: every index type, tiny
 
 
 def parse_size(s: str) -> int:
@@ -120,7 +123,11 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny run of every index type (CI): {SMOKE}")
     args = ap.parse_args(argv)
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     import faiss
 
     if args.threads:

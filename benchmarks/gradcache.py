@@ -2,6 +2,7 @@
 
     python benchmarks/gradcache.py                       # both parts below, ~10 min on 2 cores
     python benchmarks/gradcache.py --skip-large          # only the overhead part (~1 min)
+    python benchmarks/gradcache.py --smoke               # both parts at 64 / 256 rows, 1 thread: seconds (CI)
 
 1. Overhead: ``align.training.loop.train_step`` at a batch both can run (default 1024 rows), plain
    (the whole batch in one graph) against GradCache (micro-batches of 256), alternating blocks
@@ -35,15 +36,18 @@ from align.training.loop import train_step
 from memory import peak_rss_bytes  # benchmarks/memory.py, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = {"batch": 64, "overhead_micro": 16, "steps": 2, "blocks": 1, "threads": 1, "large_plain": 0,
+         "large_batch": 256, "large_micro": 64, "max_rows": 128}  # --smoke defaults: both parts, tiny
 
 
-def setup(batch: int, micro: int | None, tiling: str):
+def setup(batch: int, micro: int | None, tiling: str, max_rows: int | None = None):
     import torch
     from accelerate import Accelerator
 
     cfg = load_config(REPO / "configs" / "demo-digits.yaml", [
         f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]
-        + ([f"train.micro_batch_size={micro}"] if micro else []))
+        + ([f"train.micro_batch_size={micro}"] if micro else [])
+        + ([f"data.train.max_samples={max_rows}"] if max_rows else []))
     torch.manual_seed(0)
     model = AlignModel(cfg.model)
     table = load_table(cfg.data.train)
@@ -65,7 +69,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    acc, model, task, batch, opt = setup(args.batch, args.micro, args.tiling)
+    acc, model, task, batch, opt = setup(args.batch, args.micro, args.tiling, args.max_rows)
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
@@ -75,9 +79,11 @@ def worker(args) -> None:
                       "peak_rss_gb": peak_rss_bytes() / 2**30}))
 
 
-def run(batch: int, micro: int | None, steps: int, tiling: str = "auto", threads: int = 2) -> dict:
+def run(batch: int, micro: int | None, steps: int, tiling: str = "auto", threads: int = 2,
+        max_rows: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps),
-           "--tiling", tiling, "--threads", str(threads)] + (["--micro", str(micro)] if micro else [])
+           "--tiling", tiling, "--threads", str(threads)] + (["--micro", str(micro)] if micro else []) \
+        + (["--max-rows", str(max_rows)] if max_rows else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -95,32 +101,44 @@ def main() -> None:
     p.add_argument("--blocks", type=int, default=3, help="alternating plain / GradCache blocks")
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--overhead-micro", type=int, default=256, help="GradCache micro-batch of the overhead part")
+    p.add_argument("--large-batch", type=int, default=65536, help="effective batch of the large GradCache step")
+    p.add_argument("--large-micro", type=int, default=1024, help="its micro-batch")
+    p.add_argument("--large-plain", type=int, default=4096, help="rows of the plain step shown for scale (0: none)")
+    p.add_argument("--max-rows", type=int, default=None, help="distinct digits preprocessed (default: all 1,437)")
+    p.add_argument("--smoke", action="store_true", help=f"tiny run of both parts (CI): {SMOKE}")
     args = p.parse_args()
+    if args.smoke:
+        p.set_defaults(**SMOKE)
+        args = p.parse_args()
     if args.worker:
         return worker(args)
     print(f"load average {os.getloadavg()[0]:.2f}, {time.strftime('%Y-%m-%d %H:%M')}, {args.threads} threads")
     plain_t, cached_t = [], []
     for i in range(0 if args.skip_overhead else args.blocks):  # ABBA: drift of the machine cancels
-        order = [("plain", None), ("cached", 256)] if i % 2 == 0 else [("cached", 256), ("plain", None)]
+        m = args.overhead_micro
+        order = [("plain", None), ("cached", m)] if i % 2 == 0 else [("cached", m), ("plain", None)]
         for name, micro in order:
-            r = run(args.batch, micro, args.steps, threads=args.threads)
+            r = run(args.batch, micro, args.steps, threads=args.threads, max_rows=args.max_rows)
             (plain_t if micro is None else cached_t).extend(r["times"][1:])  # first step: warm-up
     if plain_t:
         plain, cached = statistics.median(plain_t), statistics.median(cached_t)
         print(f"\n| batch {args.batch} | median step s | samples/s |\n|---|---:|---:|")
         print(f"| plain | {plain:.3f} | {args.batch / plain:.0f} |")
-        print(f"| GradCache, micro 256 | {cached:.3f} | {args.batch / cached:.0f} |")
+        print(f"| GradCache, micro {args.overhead_micro} | {cached:.3f} | {args.batch / cached:.0f} |")
         print(f"overhead GradCache / plain: {cached / plain:.2f}x (target <= 1.4)")
     if not args.skip_large:
         print("\n| step | rows | wall s | samples/s | peak RSS GB |\n|---|---:|---:|---:|---:|")
-        plain4k = run(4096, None, 1, threads=args.threads)
-        print(f"| plain | 4096 | {plain4k['times'][0]:.1f} | {4096 / plain4k['times'][0]:.0f} | "
-              f"{plain4k['peak_rss_gb']:.2f} |")
-        big = run(65536, 1024, 1, tiling="on", threads=args.threads)
-        print(f"| GradCache, micro 1024, tiled loss | 65536 | {big['times'][0]:.1f} | "
-              f"{65536 / big['times'][0]:.0f} | {big['peak_rss_gb']:.2f} |")
+        n, big_n = args.large_plain, args.large_batch
+        if n:  # --smoke leaves it out: the same path as the overhead part's plain step, one process less
+            plain4k = run(n, None, 1, threads=args.threads, max_rows=args.max_rows)
+            print(f"| plain | {n} | {plain4k['times'][0]:.1f} | {n / plain4k['times'][0]:.0f} | "
+                  f"{plain4k['peak_rss_gb']:.2f} |")
+        big = run(big_n, args.large_micro, 1, tiling="on", threads=args.threads, max_rows=args.max_rows)
+        print(f"| GradCache, micro {args.large_micro}, tiled loss | {big_n} | {big['times'][0]:.1f} | "
+              f"{big_n / big['times'][0]:.0f} | {big['peak_rss_gb']:.2f} |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
-    print("rerun: python benchmarks/gradcache.py")
+    print("rerun: python benchmarks/gradcache.py" + "".join(" " + a for a in sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/graph_encoders.py                      # batch 64, width 128, 4 layers, 5 repeats
     python benchmarks/graph_encoders.py --width 256 --layers 5 --batch-size 64 --repeats 5
+    python benchmarks/graph_encoders.py --smoke              # 64 molecules, width 16, 2 steps: seconds (CI)
 
 Molecules: ChEBI-20 validation SMILES (../shared/data/graph/chebi20; median ~25 heavy atoms),
 parsed once with from_smiles and batched with PyG (no padding). A step is what the trainer does
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from align.modalities import build_adapter
 
 CHEBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "graph" / "chebi20" / "validation.txt"
+SMOKE = {"molecules": 64, "batch_size": 16, "width": 16, "layers": 2, "steps": 2, "repeats": 1}  # --smoke defaults
 
 
 def smiles(n: int) -> list[str]:
@@ -76,9 +78,14 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--molecules", type=int, default=2048, help="ChEBI-20 validation molecules used")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny run of every encoder (CI): {SMOKE}")
     args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args()
 
-    mols = smiles(2048)
+    mols = smiles(args.molecules)
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()
     data = [pre(m, train=True) for m in mols]
     bs = args.batch_size

@@ -25,6 +25,7 @@ Top-1 accuracy of the argmax class; chance is 0.10. Every model is also scored w
     python benchmarks/higher_order.py                       # clip, symile, gram; ~15-20 min on 2 cores
     python benchmarks/higher_order.py --runs clip,symile --steps 300
     python benchmarks/higher_order.py --runs clip,symile --digits   # + towers that know the digits (data.mix)
+    python benchmarks/higher_order.py --smoke     # all three, tiny towers, 2 steps, 32-row tables: seconds (CI)
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,6 +61,15 @@ RUNS = {  # run -> its train section's objective (everything else is the config'
     "gram": {"pairs": [], "multiway": {"loss": "gram", "modalities": ["text", "audio", "image"]}},
 }
 OWN_SCORE = {"clip": "cosine", "symile": "mip", "gram": "volume"}
+SMOKE_ROWS = 32  # --smoke: rows of each scored table
+SMOKE_MODALITIES = {  # --smoke: the config's towers at their smallest (same adapters, same front ends)
+    "audio": {"sample_rate": 8000, "clip_seconds": 0.5, "n_mels": 32, "patch_size": 16, "patch_stride": 16,
+              "width": 32, "layers": 1, "heads": 2},
+    "image": {"vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 1, "head_width": 16},
+              "output_dim": 32},
+    "text": {"text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+             "output_dim": 32},
+}
 # --aux: instance discrimination against a second, smaller tower of the same modality reading the
 # same column (its own augmentation draw), added to every run alike. It carries nothing about the
 # sum; it only keeps each tower's embeddings input-dependent (see benchmarks/README.md)
@@ -100,10 +111,11 @@ def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float((scores.argmax(-1) == labels).float().mean())
 
 
-def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
-    """{"held-out": every test triple, "train": ``train_rows`` seeded random training triples}, as
-    (DatasetSpec, table): the config's source and options (the training ones exactly as trained),
-    with only audio and image encoded (the text side is the 10 class prompts)."""
+def triple_tables(base: dict, train_rows: int = 900, seed: int = 0, held_out_rows: int | None = None) -> dict:
+    """{"held-out": every test triple (or ``held_out_rows`` seeded random ones), "train": ``train_rows``
+    seeded random training triples}, as (DatasetSpec, table): the config's source and options (the
+    training ones exactly as trained), with only audio and image encoded (the text side is the 10
+    class prompts)."""
     import numpy as np
 
     out = {}
@@ -114,8 +126,9 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0) -> dict:
         spec = DatasetSpec(source="fsdd-mnist-sum", split=split, load_kwargs=kwargs, label_column="label",
                            columns={"audio": "path", "image": "image"})
         table = load_table(spec, f"{name} triples")
-        if split == "train":
-            rows = np.random.default_rng(seed).choice(len(table), size=min(train_rows, len(table)), replace=False)
+        keep = train_rows if split == "train" else held_out_rows
+        if keep is not None:
+            rows = np.random.default_rng(seed).choice(len(table), size=min(keep, len(table)), replace=False)
             table = table.select(np.sort(rows))
         out[name] = (spec, table)
     return out
@@ -181,16 +194,32 @@ def main(argv: list[str] | None = None) -> int:
                    "image-image2: second, smaller towers on the same columns) to every run")
     p.add_argument("--digits", action="store_true", help="train every run on a mixture (data.mix): the triples "
                    "plus FSDD audio <-> spoken-digit words and MNIST image <-> digit words (batch 96, a third each)")
+    p.add_argument("--smoke", action="store_true", help="tiny run of the same path (CI): the config's towers at "
+                   "their smallest, 2 steps of batch 16 on 300 recordings, 32-row scored tables, "
+                   "--out a temporary folder")
     args = p.parse_args(argv)
     os.chdir(REPO)  # the config's data paths are relative to the checkout root
     base = yaml.safe_load(CONFIG.read_text())
+    tmp = None
+    if args.smoke:
+        for mod, options in SMOKE_MODALITIES.items():
+            base["model"]["modalities"][mod]["options"].update(copy.deepcopy(options))
+        base["model"]["embed_dim"] = 32
+        base["data"]["num_workers"] = 0
+        base["data"]["train"]["where"] = {"take": {"ge": 45}}  # 300 recordings: every digit and speaker
+        base["data"]["train"]["load_kwargs"]["pairs_per_recording"] = 1
+        base["train"].update(batch_size=16, warmup_steps=0, log_every=1)
+        args.steps = args.steps or 2
+        if not any(a == "--out" or a.startswith("--out=") for a in (argv if argv is not None else sys.argv[1:])):
+            tmp = tempfile.TemporaryDirectory(prefix="higher-order-smoke-")
+            args.out = tmp.name
     steps = args.steps or base["train"]["steps"]
     names = [n.strip() for n in args.runs.split(",") if n.strip()]
     unknown = sorted(set(names) - set(RUNS))
     if unknown:
         p.error(f"unknown runs {unknown}; known: {sorted(RUNS)}")
     out = Path(args.out)
-    tables = triple_tables(base)
+    tables = triple_tables(base, SMOKE_ROWS, held_out_rows=SMOKE_ROWS) if args.smoke else triple_tables(base)
     load_before = os.getloadavg()
     rows, walls = {}, {}
     for name in names:
@@ -223,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.")
     command = ["python", "benchmarks/higher_order.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"Rerun: `{shlex.join(command)}`")
+    if tmp is not None:
+        tmp.cleanup()
     return 0
 
 

@@ -30,6 +30,7 @@ Rerun::
     python benchmarks/loss_memory.py                                  # all sizes, CLIP + SigLIP at 16384
     python benchmarks/loss_memory.py --batches 4096,8192 --siglip-batches 8192 --repeats 5
     python benchmarks/loss_memory.py --tile-size 512 --threads 1 --json out.json
+    python benchmarks/loss_memory.py --smoke                          # B=256, 32-d, tile 64, both losses: seconds (CI)
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ from memory import PeakExtra, mem_available  # noqa: E402 -- benchmarks/memory.p
 
 DENSE_FACTOR = 4  # open_clip's peak, in [B, B] float32 matrices (measured ~3.5 for ClipLoss)
 VALUE_RTOL = 1e-4
+SMOKE = {"batches": [256], "siglip_batches": [256], "dim": 32, "tile_size": 64, "repeats": 1,
+         "big_repeats": 1}  # --smoke defaults: both losses, both implementations, tiny (4 tiles a side)
 
 
 def make_loss(impl: str, loss: str, tile_size: int):
@@ -117,11 +120,13 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def versions() -> str:
-    import open_clip
+    from importlib.metadata import version
+
     import torch
 
+    # open_clip's version from its metadata: importing it here would cost the parent seconds
     return (f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"open_clip {open_clip.__version__}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs")
+            f"open_clip {version('open_clip_torch')}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs")
 
 
 def _ints(text: str) -> list[int]:
@@ -142,9 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny run of the same path, both sides (CI): {SMOKE}")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.smoke:  # the workers get every setting explicitly (passthrough below)
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
 
@@ -182,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
             if rel > VALUE_RTOL:
                 raise SystemExit(f"{loss} B={n}: loss values differ: ours {ours['value']} vs open_clip {ref['value']}")
             t_ref = statistics.median(ref["times"])
-            cells = [fmt_bytes(ref["peak_bytes"]), fmt_bytes(ours["peak_bytes"]),
-                     f"{ours['peak_bytes'] / ref['peak_bytes']:.3f}", f"{t_ref:.2f}", f"{t_ours:.2f}",
-                     f"{t_ours / t_ref:.2f}"]
+            mem_ratio = f"{ours['peak_bytes'] / ref['peak_bytes']:.3f}" if ref["peak_bytes"] else "n/a"
+            cells = [fmt_bytes(ref["peak_bytes"]), fmt_bytes(ours["peak_bytes"]), mem_ratio, f"{t_ref:.2f}",
+                     f"{t_ours:.2f}", f"{t_ours / t_ref:.2f}"]
         lines.append(f"| {loss} | {n} | " + " | ".join(cells) + f" | {len(ours['times'])} |")
     cmd = "python benchmarks/loss_memory.py" + ("" if not raw else " " + shlex.join(raw))
     load_after = os.getloadavg()

@@ -3,6 +3,7 @@ trainer runs them: PairedDataset in DataLoader workers, training-mode augmentati
 
     python benchmarks/media_pipeline.py                 # workers 0, 1, 2; 3 repeats; medians
     python benchmarks/media_pipeline.py --workers 2 --repeats 5
+    python benchmarks/media_pipeline.py --smoke         # workers 0, 1; batch 2; 1 batch: seconds (CI)
 
 audio: the 2,700 FSDD training recordings (8 kHz WAV), the fsdd-audio-text.yaml front end (1 s,
 64 mel bins, SpecAugment) and the same at 16 kHz (resampling included). video: the three real
@@ -25,6 +26,7 @@ from align.training.engine import one_thread_per_worker
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FSDD_PATTERN = r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"
+SMOKE = {"workers": [0, 1], "repeats": 1, "batches": 1, "batch_size": 2}  # --smoke defaults: every pipeline, tiny
 
 
 def audio_setup(rate: int):
@@ -62,13 +64,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=None, help="samples per batch (default: audio 64, video 8)")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny run of every pipeline (CI): {SMOKE}")
     args = ap.parse_args()
+    if args.smoke:
+        ap.set_defaults(**SMOKE)
+        args = ap.parse_args()
     cases = {"audio FSDD 8 kHz (ast front end)": lambda: audio_setup(8000),
              "audio FSDD -> 16 kHz (resample + ast front end)": lambda: audio_setup(16000),
              "video mmaction2 8 frames @224": video_setup}
     print(f"{'pipeline':50s} {'workers':>7s} {'samples/s (median)':>19s}  runs")
     for name, setup in cases.items():
         table, columns, pre, bs = setup()
+        bs = args.batch_size or bs
         for w in args.workers:
             runs = [samples_per_s(table, columns, pre, bs, w, args.batches) for _ in range(args.repeats)]
             print(f"{name:50s} {w:7d} {statistics.median(runs):19.1f}  {[round(r, 1) for r in runs]}")

@@ -15,6 +15,7 @@ Rerun (about 1-2 minutes on 2 idle cores)::
 
     python benchmarks/pointcloud_encoders.py
     python benchmarks/pointcloud_encoders.py --batch-size 64 --num-points 512 --threads 2 --preprocess
+    python benchmarks/pointcloud_encoders.py --smoke   # batch 4, 128 points, 1 step, 20 objects: seconds (CI)
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from align.modalities import build_adapter  # noqa: E402
 NPZ = ROOT.parent / "shared" / "data" / "pointcloud" / "dales_objects" / "dales_objects_499.npz"
 ENCODER_KEYS = ("encoder", "widths", "pooling", "norm", "num_groups", "group_size", "token_widths", "width",
                 "layers", "heads", "mlp_ratio")
+SMOKE = {"batch_size": 4, "num_points": 128, "steps": 1, "warmup": 1, "preprocess": True,
+         "objects": 20}  # --smoke defaults: every encoder variant, tiny
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +51,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-configs", action="store_true", help="only the encoders' default options")
     p.add_argument("--preprocess", action="store_true", help="also time the preprocessor on DALES")
-    return p.parse_args(argv)
+    p.add_argument("--objects", type=int, default=None, help="--preprocess: the first N DALES objects (default all)")
+    p.add_argument("--smoke", action="store_true", help=f"tiny run of the same path (CI): {SMOKE}")
+    args = p.parse_args(argv)
+    if args.smoke:
+        p.set_defaults(**SMOKE)
+        args = p.parse_args(argv)
+    return args
 
 
 def encoder_variants(num_points: int, with_configs: bool) -> list[tuple[str, dict]]:
@@ -85,12 +94,12 @@ def time_train_step(options: dict, batch_size: int, steps: int, warmup: int) -> 
     return statistics.median(times), sum(p.numel() for p in params)
 
 
-def time_preprocess(num_points: int) -> list[tuple[str, float]]:
+def time_preprocess(num_points: int, objects: int | None = None) -> list[tuple[str, float, float]]:
     import numpy as np
 
     z = np.load(NPZ)
-    off = z["offsets"]
-    clouds = [z["points"][off[i]:off[i + 1]] for i in range(len(off) - 1)]
+    off, points = z["offsets"], z["points"]  # one read: every z[...] reloads the whole array
+    clouds = [points[off[i]:off[i + 1]] for i in range(len(off) - 1)][:objects]
     out = []
     for sampling in ("fps", "random"):
         pre = build_adapter("pointcloud", {"num_points": num_points, "sampling": sampling}).preprocessor()
@@ -121,9 +130,10 @@ def main(argv=None) -> int:
         if not NPZ.is_file():
             print(f"\n(no DALES data at {NPZ}: preprocessing not timed)")
             return 0
-        print(f"\n| preprocess (train, {args.num_points} points, 499 DALES objects) | median ms | mean ms |")
+        print(f"\n| preprocess (train, {args.num_points} points, {args.objects or 499} DALES objects) "
+              "| median ms | mean ms |")
         print("|---|---:|---:|")
-        for sampling, med, mean in time_preprocess(args.num_points):
+        for sampling, med, mean in time_preprocess(args.num_points, args.objects):
             print(f"| {sampling} | {med:.2f} | {mean:.2f} |")
     return 0
 

@@ -45,6 +45,7 @@ Rerun (defaults: about 1 minute on 2 idle CPU cores, 2-3 when the machine is bus
     python benchmarks/train_step.py
     python benchmarks/train_step.py --batch-size 128 --repeats 7 --steps 10 --json bench.json
     python benchmarks/train_step.py --profile   # + align without accelerate's wrappers, + cProfile
+    python benchmarks/train_step.py --smoke     # batch 4, 1-layer towers, 2 x 1 timed steps: seconds (CI)
 """
 from __future__ import annotations
 
@@ -78,6 +79,10 @@ from memory import peak_rss_bytes  # noqa: E402 -- benchmarks/memory.py, this sc
 
 LOSS_TOL = 1e-5
 OPEN_CLIP, ALIGN, ALIGN_PLAIN = "open_clip", "align", "align, plain torch calls"
+SMOKE = {"batch_size": 4, "warmup": 1, "repeats": 2, "steps": 1, "time_budget": 0.0, "threads": 1,
+         "profile_steps": 1, "embed_dim": 32, "image_size": 32, "patch_size": 16, "vision_width": 32,
+         "vision_layers": 1, "vision_head_width": 16, "context_length": 8, "vocab_size": 1000,
+         "text_width": 32, "text_layers": 1}  # --smoke defaults: both sides, tiny towers
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,6 +109,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"also time '{ALIGN_PLAIN}' (align's model and loss stepped without accelerate's "
                         "wrappers) in the rotation, and print a cProfile of align's train_step")
     g.add_argument("--profile-steps", type=int, default=10, help="steps under cProfile for --profile")
+    g.add_argument("--smoke", action="store_true", help=f"tiny run of the same path, both sides (CI): {SMOKE}")
     o = p.add_argument_group("optimizer (same on both sides)")
     o.add_argument("--lr", type=float, default=5e-4)
     o.add_argument("--weight-decay", type=float, default=0.2)
@@ -120,7 +126,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--text-width", type=int, default=128)
     m.add_argument("--text-heads", type=int, default=2)
     m.add_argument("--text-layers", type=int, default=3)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.smoke:  # the workers parse the same argv, so they build the same tiny towers
+        p.set_defaults(**SMOKE)
+        args = p.parse_args(argv)
+    return args
 
 
 def tower_cfgs(a: argparse.Namespace) -> tuple[dict, dict]:
@@ -250,6 +260,8 @@ def copy_clip_weights(clip_model, align_model) -> None:
             nk = "adapters.text.tower." + k
         if nk not in dst:
             raise RuntimeError(f"weight mapping: open_clip key {k!r} -> {nk!r} has no place in AlignModel")
+        if k == "logit_scale" and v.numel() == dst[nk].numel() == 1:
+            v = v.reshape(dst[nk].shape)  # align keeps it [1] (FSDP2 refuses 0-d parameters), open_clip 0-d
         if dst[nk].shape != v.shape:
             raise RuntimeError(f"weight mapping: {k!r} {tuple(v.shape)} vs {nk!r} {tuple(dst[nk].shape)}")
         mapped[nk] = v
@@ -429,9 +441,9 @@ class Worker:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
-    import accelerate
-    import open_clip
+    from importlib.metadata import version  # not the packages themselves: the parent never steps a model
 
+    oc_version, acc_version = version("open_clip_torch"), version("accelerate")
     t_start = time.perf_counter()
     load_start = os.getloadavg()[0]
     impls = [OPEN_CLIP, ALIGN] + ([ALIGN_PLAIN] if a.profile else [])
@@ -516,7 +528,7 @@ def main(argv=None) -> int:
     print("- loss after the first step / all steps: " + "; ".join(
         f"{impl} {first[impl]:.6f} / {last[impl]:.6f}" for impl in impls))
     print("- worker peak RSS MiB: " + ", ".join(f"{impl} {rss[impl]:.0f}" for impl in impls))
-    print(f"- torch {torch.__version__}, open_clip {open_clip.__version__}, accelerate {accelerate.__version__}, "
+    print(f"- torch {torch.__version__}, open_clip {oc_version}, accelerate {acc_version}, "
           f"python {platform.python_version()}; CPUs {os.cpu_count()}, torch threads {threads}; "
           f"{platform.processor() or platform.machine()}")
     print(f"- wall time {wall:.0f} s; 1-min load average {load_start:.1f} at start, {load_end:.1f} at end "
@@ -530,8 +542,8 @@ def main(argv=None) -> int:
             "command": cmd, "results": results, "ratio": ratio, "batch_size": a.batch_size,
             "warmup": a.warmup, "repeats": repeats_done, "steps": a.steps, "scheduler": a.scheduler,
             "vision_cfg": vision_cfg, "text_cfg": text_cfg, "embed_dim": a.embed_dim, "params": n_params,
-            "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "accelerate": accelerate.__version__, "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "torch": torch.__version__, "open_clip": oc_version,
+            "accelerate": acc_version, "cpu_count": os.cpu_count(), "torch_threads": threads,
             "wall_s": wall, "loadavg_start": load_start, "loadavg_end": load_end,
         }, indent=2))
         print(f"- results written to {a.json}")
