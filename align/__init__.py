@@ -11,6 +11,7 @@ first use (module ``__getattr__``), so ``import align`` and ``align --help`` loa
     emb = align.encode(model, "text", ["a handwritten seven."])
     report = align.evaluate("zeroshot", "runs/api")        # align.eval.commands.run_eval
 """
+
 from __future__ import annotations
 
 import importlib

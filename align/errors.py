@@ -6,6 +6,7 @@ traceback only with ``--debug``); anything else is a bug and says so. The concre
 beside the code that raises them (``ConfigError`` in ``align.config.schema``, ``SampleError`` in
 ``align.modalities.base``, ...); the ones below are shared by several layers.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@ modality's readers come with an extra. A config that names a modality or a sourc
 are missing fails at validation, naming the extra to install, instead of with an ImportError deep
 inside a DataLoader worker.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,5 +38,7 @@ def require(table: dict[str, tuple[str, tuple[str, ...]]], name: str, key: str) 
     extra, modules = table.get(name, (None, ()))
     missing = [m for m in modules if not installed(m)]
     if missing:
-        raise ConfigError(f"config key '{key}': '{name}' needs {', '.join(missing)}, which "
-                          f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'align[{extra}]'")
+        raise ConfigError(
+            f"config key '{key}': '{name}' needs {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'align[{extra}]'"
+        )

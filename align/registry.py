@@ -6,6 +6,7 @@ in a pyproject: ``tabular = "my_pkg.tabular"``; align declares its own the same 
 a config lists the real names, and a package outside this repository adds a modality, a data
 source or a loss with no fork: install it and use its name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -71,8 +72,7 @@ class Registry(Generic[T]):
 
 # The modality registry lives here, at the bottom layer, so config validation can look adapters
 # up by name; the adapters themselves (align.modalities.*) are imported only when first asked for.
-ADAPTERS: Registry = Registry("modality adapter", lazy_package="align.modalities",
-                              entry_point_group="align.modalities")
+ADAPTERS: Registry = Registry("modality adapter", lazy_package="align.modalities", entry_point_group="align.modalities")
 
 # The loss registry, beside the adapters for the same reason: config validation and the model (its
 # initial temperature, its probability kind) ask a loss class by name without importing a layer

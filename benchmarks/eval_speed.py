@@ -48,6 +48,7 @@ summed -- about 9 minutes per evaluation at 10k x 50k on 2 CPU cores. It therefo
     python benchmarks/eval_speed.py --json out.json
     python benchmarks/eval_speed.py --smoke                  # 200 items x 400 captions, 32-d: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from align.eval.retrieval import retrieval_metrics  # noqa: E402
 from memory import PeakExtra  # noqa: E402 -- benchmarks/memory.py, this script's folder
+
+from align.eval.retrieval import retrieval_metrics  # noqa: E402
 
 KS = (1, 5, 10)
 DIRS = ("text_to_image", "image_to_text")  # CLIP_benchmark: image_retrieval / text_retrieval
@@ -81,6 +83,7 @@ SMOKE = {"n_items": 200, "captions_per_item": 2, "dim": 32, "repeats": 1, "cb_re
 # when the package cannot be imported.
 def _recall_at_k_copy(scores, positive_pairs, k):
     import torch
+
     nb_texts, nb_images = scores.shape
     # for each text, sort according to image scores in decreasing order
     topk_indices = torch.topk(scores, k, dim=1)[1]
@@ -91,14 +94,15 @@ def _recall_at_k_copy(scores, positive_pairs, k):
     # compute number of true positives
     positive_pairs_reshaped = positive_pairs.view(nb_texts, 1, nb_images)
     # a true positive means a positive among the topk
-    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1,2))
+    nb_true_positive = (topk_indices_onehot * positive_pairs_reshaped).sum(dim=(1, 2))
     # compute recall at k
-    recall_at_k = (nb_true_positive / nb_positive)
+    recall_at_k = nb_true_positive / nb_positive
     return recall_at_k
 
 
 def _batchify_copy(func, X, Y, batch_size, device, *args, **kwargs):
     import torch
+
     results = []
     for start in range(0, len(X), batch_size):
         end = start + batch_size
@@ -113,17 +117,24 @@ def clip_benchmark_functions():
     """(recall_at_k, batchify, source description)."""
     try:
         from clip_benchmark.metrics.zeroshot_retrieval import batchify, recall_at_k
+
         return recall_at_k, batchify, f"imported from clip_benchmark {md.version('clip_benchmark')}"
     except Exception as e:  # noqa: BLE001 - any import failure falls back to the copy
-        return _recall_at_k_copy, _batchify_copy, f"verbatim copy of clip_benchmark 1.6.2 ({type(e).__name__} on import)"
+        return (
+            _recall_at_k_copy,
+            _batchify_copy,
+            f"verbatim copy of clip_benchmark 1.6.2 ({type(e).__name__} on import)",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
-def make_data(n_items: int, cpi: int, dim: int, clustered: bool, seed: int, centers: int,
-              spread: float, caption_noise: float):
+def make_data(
+    n_items: int, cpi: int, dim: int, clustered: bool, seed: int, centers: int, spread: float, caption_noise: float
+):
     """Unit image / caption embeddings (float32) and each caption's image index."""
     import torch
     import torch.nn.functional as F
+
     g = torch.Generator().manual_seed(seed)
     idx = torch.arange(n_items * cpi) // cpi
     if not clustered:
@@ -134,8 +145,8 @@ def make_data(n_items: int, cpi: int, dim: int, clustered: bool, seed: int, cent
         # + noise; a caption is closest to its own image, then to images of the same centre.
         c = F.normalize(torch.randn(centers, dim, generator=g), dim=-1)
         assign = torch.randint(0, centers, (n_items,), generator=g)
-        img = F.normalize(c[assign] + spread * torch.randn(n_items, dim, generator=g) / dim ** 0.5, dim=-1)
-        txt = img[idx] + caption_noise * torch.randn(n_items * cpi, dim, generator=g) / dim ** 0.5
+        img = F.normalize(c[assign] + spread * torch.randn(n_items, dim, generator=g) / dim**0.5, dim=-1)
+        txt = img[idx] + caption_noise * torch.randn(n_items * cpi, dim, generator=g) / dim**0.5
     return F.normalize(img, dim=-1).contiguous(), F.normalize(txt, dim=-1).contiguous(), idx
 
 
@@ -150,6 +161,7 @@ def run_ours(img, txt, idx, ties="index"):
 def run_cb(img, txt, idx, batch_size, recall_at_k, batchify, device="cpu"):
     """CLIP_benchmark ``evaluate`` after the encoding loop (images_emb / texts_emb are normalised)."""
     import torch
+
     images_emb, texts_emb, texts_image_index = img, txt, idx.tolist()
     scores = texts_emb @ images_emb.t()
     positive_pairs = torch.zeros_like(scores, dtype=bool)
@@ -169,10 +181,19 @@ def worker(args) -> None:
     import gc
 
     import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    img, txt, idx = make_data(args.n_items, args.captions_per_item, args.dim, args.clustered,
-                              args.seed, args.centers, args.spread, args.caption_noise)
+    img, txt, idx = make_data(
+        args.n_items,
+        args.captions_per_item,
+        args.dim,
+        args.clustered,
+        args.seed,
+        args.centers,
+        args.spread,
+        args.caption_noise,
+    )
     if args.worker == "cb":
         recall_at_k, batchify, source = clip_benchmark_functions()
         call = lambda: run_cb(img, txt, idx, args.cb_batch_size, recall_at_k, batchify)  # noqa: E731
@@ -193,10 +214,14 @@ def worker(args) -> None:
                 metrics, hits = call()
                 times.append(time.perf_counter() - t0)
             print(f"  [{args.worker}] repeat {i + 1}/{repeats}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
-    out = {"times": times, "peak_bytes": max(meter.peaks) if meter.peaks else None,
-           "peak_method": meter.method + (", max over repeats" if meter.use_hwm else " of the first repeat"),
-           "source": source, "metrics": metrics,
-           "hits": {d: {str(k): v for k, v in h.items()} for d, h in hits.items()}}
+    out = {
+        "times": times,
+        "peak_bytes": max(meter.peaks) if meter.peaks else None,
+        "peak_method": meter.method + (", max over repeats" if meter.use_hwm else " of the first repeat"),
+        "source": source,
+        "metrics": metrics,
+        "hits": {d: {str(k): v for k, v in h.items()} for d, h in hits.items()},
+    }
     Path(args.worker_out).write_text(json.dumps(out))
 
 
@@ -223,29 +248,47 @@ def versions() -> str:
             return md.version(p)
         except md.PackageNotFoundError:
             return "not installed"
+
     import numpy as np
     import torch
-    return (f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"numpy {np.__version__}, clip_benchmark {v('clip_benchmark')}, {platform.machine()} "
-            f"{platform.system()}, {os.cpu_count()} CPUs")
+
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"numpy {np.__version__}, clip_benchmark {v('clip_benchmark')}, {platform.machine()} "
+        f"{platform.system()}, {os.cpu_count()} CPUs"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n-items", type=int, default=10_000, help="images (default 10000)")
     ap.add_argument("--captions-per-item", type=int, default=5, help="captions per image (default 5)")
     ap.add_argument("--dim", type=int, default=512, help="embedding dimension (default 512)")
-    ap.add_argument("--clustered", action="store_true",
-                    help="Gaussian-mixture embeddings with captions near their image, so R@k is well above chance")
+    ap.add_argument(
+        "--clustered",
+        action="store_true",
+        help="Gaussian-mixture embeddings with captions near their image, so R@k is well above chance",
+    )
     ap.add_argument("--centers", type=int, default=None, help="--clustered: mixture components (default n_items/10)")
-    ap.add_argument("--spread", type=float, default=0.5, help="--clustered: image noise around its centre (default 0.5)")
-    ap.add_argument("--caption-noise", type=float, default=6.0,
-                    help="--clustered: caption noise around its image (default 6.0: R@1 ~0.3-0.5)")
+    ap.add_argument(
+        "--spread", type=float, default=0.5, help="--clustered: image noise around its centre (default 0.5)"
+    )
+    ap.add_argument(
+        "--caption-noise",
+        type=float,
+        default=6.0,
+        help="--clustered: caption noise around its image (default 6.0: R@1 ~0.3-0.5)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed calls of ours (median reported; default 3)")
-    ap.add_argument("--cb-repeats", type=int, default=1,
-                    help="timed calls of the CLIP_benchmark-style evaluation (~9 min each at the default size; default 1)")
+    ap.add_argument(
+        "--cb-repeats",
+        type=int,
+        default=1,
+        help="timed calls of the CLIP_benchmark-style evaluation (~9 min each at the default size; default 1)",
+    )
     ap.add_argument("--cb-batch-size", type=int, default=64, help="CLIP_benchmark batch_size (its CLI default 64)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
@@ -265,16 +308,20 @@ def main(argv: list[str] | None = None) -> None:
     n_items, n_caps = args.n_items, args.n_items * args.captions_per_item
     dense = n_items * n_caps * 5  # float32 scores + bool positives
     avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
-    print(f"{n_items} items x {n_caps} captions, dim {args.dim}, "
-          f"{'clustered' if args.clustered else 'random'} embeddings, seed {args.seed}; "
-          f"CLIP_benchmark-style needs ~{fmt_bytes(dense)} for scores + positives"
-          + (f" ({fmt_bytes(avail)} free)" if avail else ""), file=sys.stderr, flush=True)
+    print(
+        f"{n_items} items x {n_caps} captions, dim {args.dim}, "
+        f"{'clustered' if args.clustered else 'random'} embeddings, seed {args.seed}; "
+        f"CLIP_benchmark-style needs ~{fmt_bytes(dense)} for scores + positives"
+        + (f" ({fmt_bytes(avail)} free)" if avail else ""),
+        file=sys.stderr,
+        flush=True,
+    )
     if avail and dense * 1.3 > avail:
         print("warning: the dense evaluation may not fit in free memory", file=sys.stderr)
     passthrough = [a for a in raw if not a.startswith("--json")]
     if "--json" in raw:  # drop the path following a bare --json
         i = raw.index("--json")
-        passthrough = raw[:i] + raw[i + 2:]
+        passthrough = raw[:i] + raw[i + 2 :]
     passthrough = [a for a in passthrough if not a.startswith("--json=")]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,39 +338,64 @@ def main(argv: list[str] | None = None) -> None:
 
     med = {k: statistics.median(r["times"]) for k, r in res.items()}
     ratio = med["cb"] / med["ours"]
-    lines = ["| implementation | median seconds | peak extra memory | text→image R@1/5/10 | image→text R@1/5/10 | ratio (CLIP_benchmark-style / ours) |",
-             "|---|---:|---:|---|---|---:|"]
-    rows = [("ours", LABEL["ours"] + f" (×{len(res['ours']['times'])})"), ("cb", LABEL["cb"] + f" (×{len(res['cb']['times'])})")]
+    lines = [
+        "| implementation | median seconds | peak extra memory | text→image R@1/5/10 | image→text R@1/5/10 "
+        "| ratio (CLIP_benchmark-style / ours) |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    rows = [
+        ("ours", LABEL["ours"] + f" (×{len(res['ours']['times'])})"),
+        ("cb", LABEL["cb"] + f" (×{len(res['cb']['times'])})"),
+    ]
     if "ours-topk" in res:
-        rows.insert(1, ("ours-topk", "align (ours), `ties=\"topk\"` (×1)"))
+        rows.insert(1, ("ours-topk", 'align (ours), `ties="topk"` (×1)'))
     for kind, label in rows:
         t2i, i2t = recall_cells(res[kind]["hits"], n_items, n_caps)
         r = f"{med['cb'] / med[kind]:.1f}×" if kind != "cb" else "1.0×"
         lines.append(f"| {label} | {med[kind]:.2f} | {fmt_bytes(res[kind]['peak_bytes'])} | {t2i} | {i2t} | {r} |")
     table = "\n".join(lines)
-    hits_line = "hits " + ", ".join(f"{d} R@{k}: {res['ours']['hits'][d][str(k)]} vs {res['cb']['hits'][d][str(k)]}"
-                                   for d in DIRS for k in KS)
+    hits_line = "hits " + ", ".join(
+        f"{d} R@{k}: {res['ours']['hits'][d][str(k)]} vs {res['cb']['hits'][d][str(k)]}" for d in DIRS for k in KS
+    )
     cmd = "python benchmarks/eval_speed.py" + ("" if not raw else " " + shlex.join(raw))
     print(table)
     print()
-    print(f"Identical hit counts (ours ties='index' vs CLIP_benchmark topk): {same_index}"
-          + ("" if same_topk is None else f"; with ours ties='topk': {same_topk}"))
+    print(
+        f"Identical hit counts (ours ties='index' vs CLIP_benchmark topk): {same_index}"
+        + ("" if same_topk is None else f"; with ours ties='topk': {same_topk}")
+    )
     print(hits_line)
     m = res["ours"]["metrics"]
-    print("ours also computed: " + ", ".join(f"{d}/{x}={m[f'{d}/{x}']:.4g}" for d in DIRS
-                                              for x in ("mAP", "median_rank", "mean_rank")))
+    print(
+        "ours also computed: "
+        + ", ".join(f"{d}/{x}={m[f'{d}/{x}']:.4g}" for d in DIRS for x in ("mAP", "median_rank", "mean_rank"))
+    )
     print(f"CLIP_benchmark functions: {res['cb']['source']}; batch_size {args.cb_batch_size}")
-    print(f"times: ours {[round(t, 2) for t in res['ours']['times']]} s, "
-          f"CLIP_benchmark-style {[round(t, 2) for t in res['cb']['times']]} s; "
-          f"memory: {res['ours']['peak_method']}")
-    print(f"{n_items} items x {n_caps} captions x {args.dim}-d float32, "
-          f"{'clustered' if args.clustered else 'random'}, seed {args.seed}")
+    print(
+        f"times: ours {[round(t, 2) for t in res['ours']['times']]} s, "
+        f"CLIP_benchmark-style {[round(t, 2) for t in res['cb']['times']]} s; "
+        f"memory: {res['ours']['peak_method']}"
+    )
+    print(
+        f"{n_items} items x {n_caps} captions x {args.dim}-d float32, "
+        f"{'clustered' if args.clustered else 'random'}, seed {args.seed}"
+    )
     print(f"versions: {versions()}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"rerun: {cmd}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                         "results": res, "ratio": ratio, "identical_hits": same_index,
-                                         "identical_hits_topk": same_topk, "versions": versions()}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "results": res,
+                    "ratio": ratio,
+                    "identical_hits": same_index,
+                    "identical_hits_topk": same_topk,
+                    "versions": versions(),
+                },
+                indent=1,
+            )
+        )
     if not (same_index or same_topk):
         sys.exit("R@k hit counts differ between ours and CLIP_benchmark-style")
 

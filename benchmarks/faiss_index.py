@@ -29,12 +29,14 @@ the index being built are alive together, ~3-4 copies at peak. The script checks
 HNSW32 build time grows ~N log N and is single-threaded-bound per insert: on 2 cores 1M takes
 many minutes (use ``--specs`` to leave it out).
 
-    python benchmarks/faiss_index.py                           # 100k uniform, all 4 types, ~4 min on 2 busy CPUs (HNSW build ~90 s)
+    # 100k uniform, all 4 types, ~4 min on 2 busy CPUs (HNSW build ~90 s):
+    python benchmarks/faiss_index.py
     python benchmarks/faiss_index.py --clustered               # Gaussian-mixture data
     python benchmarks/faiss_index.py --sizes 1m --specs Flat --specs 'IVF{n},Flat' --specs 'IVF{n},PQ64'
     python benchmarks/faiss_index.py --json out.json           # rows as JSON too
     python benchmarks/faiss_index.py --smoke                   # 2,000 x 64-d, all 4 types: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,12 +53,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from align.index.embedding_index import EmbeddingIndex  # noqa: E402
 from memory import mem_available  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
+from align.index.embedding_index import EmbeddingIndex  # noqa: E402
+
 DEFAULT_SPECS = ["Flat", "HNSW32", "IVF{n},Flat", "IVF{n},PQ64"]
-SMOKE = {"sizes": "2000", "dim": 64, "queries": 50, "nprobe": "4,16", "ef": "16,64", "train_per_list": 40,
-         "repeats": 1}  # --smoke defaults: every index type, tiny
+SMOKE = {
+    "sizes": "2000",
+    "dim": 64,
+    "queries": 50,
+    "nprobe": "4,16",
+    "ef": "16,64",
+    "train_per_list": 40,
+    "repeats": 1,
+}  # --smoke defaults: every index type, tiny
 
 
 def parse_size(s: str) -> int:
@@ -105,14 +115,18 @@ def free_gb() -> float:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", default="100k", help="comma-separated gallery sizes, e.g. 100k,1m")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--specs", action="append", help=f"index spec, repeatable; {{n}} = IVF list count "
-                    f"(default: {' '.join(DEFAULT_SPECS)})")
+    ap.add_argument(
+        "--specs",
+        action="append",
+        help=f"index spec, repeatable; {{n}} = IVF list count (default: {' '.join(DEFAULT_SPECS)})",
+    )
     ap.add_argument("--nprobe", default="8,32,128", help="IVF nprobe values to search with")
     ap.add_argument("--ef", default="64,256", help="HNSW efSearch values to search with")
     ap.add_argument("--train-per-list", type=int, default=64, help="IVF training vectors per list")
@@ -167,26 +181,48 @@ def main(argv=None) -> None:
                 if exact is None and spec == "Flat":
                     exact = ids
                 rec = recall_at_k(ids, exact) if exact is not None else float("nan")
-                rows.append({"N": n, "data": "clustered" if args.clustered else "uniform", "spec": spec,
-                             "build_s": round(build, 2), "param": f"{name}={value}" if name else "exact",
-                             "qps": round(len(q) / secs, 1), f"recall@{args.k}": round(rec, 4)})
-                print(f"  {spec:>16} {rows[-1]['param']:>12} build {build:7.1f}s  {rows[-1]['qps']:9.1f} q/s"
-                      f"  recall@{args.k} {rec:.3f}", file=sys.stderr)
+                rows.append(
+                    {
+                        "N": n,
+                        "data": "clustered" if args.clustered else "uniform",
+                        "spec": spec,
+                        "build_s": round(build, 2),
+                        "param": f"{name}={value}" if name else "exact",
+                        "qps": round(len(q) / secs, 1),
+                        f"recall@{args.k}": round(rec, 4),
+                    }
+                )
+                print(
+                    f"  {spec:>16} {rows[-1]['param']:>12} build {build:7.1f}s  {rows[-1]['qps']:9.1f} q/s"
+                    f"  recall@{args.k} {rec:.3f}",
+                    file=sys.stderr,
+                )
             del index
     print(f"\n| N | data | index | build s (incl. train) | search param | queries/s | recall@{args.k} |")
     print("|---:|---|---|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['N']:,} | {r['data']} | `{r['spec']}` | {r['build_s']:.1f} | {r['param']} | "
-              f"{r['qps']:,.0f} | {r[f'recall@{args.k}']:.3f} |")
-    env = {"faiss": faiss.__version__, "numpy": np.__version__, "python": platform.python_version(),
-           "cpus": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
-           "loadavg": os.getloadavg(), "dim": args.dim, "queries": args.queries, "k": args.k}
-    print(f"\n{args.queries} queries in one batch, {args.dim}-d, best of {args.repeats}; "
-          f"faiss {env['faiss']} with {env['faiss_threads']} OpenMP threads on {env['cpus']} CPUs, "
-          f"load average {' '.join(f'{x:.2f}' for x in env['loadavg'])}. recall is vs the Flat (exact) ids.")
+        print(
+            f"| {r['N']:,} | {r['data']} | `{r['spec']}` | {r['build_s']:.1f} | {r['param']} | "
+            f"{r['qps']:,.0f} | {r[f'recall@{args.k}']:.3f} |"
+        )
+    env = {
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "loadavg": os.getloadavg(),
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": args.k,
+    }
+    print(
+        f"\n{args.queries} queries in one batch, {args.dim}-d, best of {args.repeats}; "
+        f"faiss {env['faiss']} with {env['faiss_threads']} OpenMP threads on {env['cpus']} CPUs, "
+        f"load average {' '.join(f'{x:.2f}' for x in env['loadavg'])}. recall is vs the Flat (exact) ids."
+    )
     if not args.clustered:
-        print("Uniform random vectors are the worst case for ANN indexes (no cluster structure); "
-              "see --clustered.")
+        print("Uniform random vectors are the worst case for ANN indexes (no cluster structure); see --clustered.")
     print("rerun: python benchmarks/faiss_index.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

@@ -16,6 +16,7 @@ Towers: ``configs/demo-digits.yaml`` (ViT 32 px / patch 4 / width 96 / 3 layers,
 2 layers, embed 64). Rows: scikit-learn's 1,437 training digits and their captions, preprocessed
 once (evaluation transforms) and repeated to fill the batch, so no data loading is timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,27 +28,39 @@ import sys
 import time
 from pathlib import Path
 
+from memory import peak_rss_bytes  # benchmarks/memory.py, this script's folder
+
 from align.config.schema import load_config
 from align.data.tables import load_table
 from align.model.align_model import AlignModel
 from align.objectives.task import ContrastiveTask
 from align.training.engine import build_optimizer
 from align.training.loop import train_step
-from memory import peak_rss_bytes  # benchmarks/memory.py, this script's folder
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = {"batch": 64, "overhead_micro": 16, "steps": 2, "blocks": 1, "threads": 1, "large_plain": 0,
-         "large_batch": 256, "large_micro": 64, "max_rows": 128}  # --smoke defaults: both parts, tiny
+SMOKE = {
+    "batch": 64,
+    "overhead_micro": 16,
+    "steps": 2,
+    "blocks": 1,
+    "threads": 1,
+    "large_plain": 0,
+    "large_batch": 256,
+    "large_micro": 64,
+    "max_rows": 128,
+}  # --smoke defaults: both parts, tiny
 
 
 def setup(batch: int, micro: int | None, tiling: str, max_rows: int | None = None):
     import torch
     from accelerate import Accelerator
 
-    cfg = load_config(REPO / "configs" / "demo-digits.yaml", [
-        f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]
+    cfg = load_config(
+        REPO / "configs" / "demo-digits.yaml",
+        [f"train.batch_size={batch}", f"model.loss_tiling={tiling}", "output_dir=/tmp/align-gradcache-bench"]
         + ([f"train.micro_batch_size={micro}"] if micro else [])
-        + ([f"data.train.max_samples={max_rows}"] if max_rows else []))
+        + ([f"data.train.max_samples={max_rows}"] if max_rows else []),
+    )
     torch.manual_seed(0)
     model = AlignModel(cfg.model)
     table = load_table(cfg.data.train)
@@ -75,15 +88,29 @@ def worker(args) -> None:
         t = time.perf_counter()
         loss = train_step(acc, model, task, batch, opt, None, grad_clip=1.0)
         times.append(time.perf_counter() - t)
-    print(json.dumps({"times": times, "loss": float(loss),
-                      "peak_rss_gb": peak_rss_bytes() / 2**30}))
+    print(json.dumps({"times": times, "loss": float(loss), "peak_rss_gb": peak_rss_bytes() / 2**30}))
 
 
-def run(batch: int, micro: int | None, steps: int, tiling: str = "auto", threads: int = 2,
-        max_rows: int | None = None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--batch", str(batch), "--steps", str(steps),
-           "--tiling", tiling, "--threads", str(threads)] + (["--micro", str(micro)] if micro else []) \
+def run(
+    batch: int, micro: int | None, steps: int, tiling: str = "auto", threads: int = 2, max_rows: int | None = None
+) -> dict:
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--batch",
+            str(batch),
+            "--steps",
+            str(steps),
+            "--tiling",
+            tiling,
+            "--threads",
+            str(threads),
+        ]
+        + (["--micro", str(micro)] if micro else [])
         + (["--max-rows", str(max_rows)] if max_rows else [])
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -132,11 +159,15 @@ def main() -> None:
         n, big_n = args.large_plain, args.large_batch
         if n:  # --smoke leaves it out: the same path as the overhead part's plain step, one process less
             plain4k = run(n, None, 1, threads=args.threads, max_rows=args.max_rows)
-            print(f"| plain | {n} | {plain4k['times'][0]:.1f} | {n / plain4k['times'][0]:.0f} | "
-                  f"{plain4k['peak_rss_gb']:.2f} |")
+            print(
+                f"| plain | {n} | {plain4k['times'][0]:.1f} | {n / plain4k['times'][0]:.0f} | "
+                f"{plain4k['peak_rss_gb']:.2f} |"
+            )
         big = run(big_n, args.large_micro, 1, tiling="on", threads=args.threads, max_rows=args.max_rows)
-        print(f"| GradCache, micro {args.large_micro}, tiled loss | {big_n} | {big['times'][0]:.1f} | "
-              f"{big_n / big['times'][0]:.0f} | {big['peak_rss_gb']:.2f} |")
+        print(
+            f"| GradCache, micro {args.large_micro}, tiled loss | {big_n} | {big['times'][0]:.1f} | "
+            f"{big_n / big['times'][0]:.0f} | {big['peak_rss_gb']:.2f} |"
+        )
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     print("rerun: python benchmarks/gradcache.py" + "".join(" " + a for a in sys.argv[1:]))
 

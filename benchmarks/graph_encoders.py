@@ -10,6 +10,7 @@ for the graph side: adapter -> linear head -> L2 norm -> CLIP loss against a bat
 text embeddings -> backward -> AdamW step. Also: preprocessing samples/s (SMILES -> checked Data ->
 Batch, as in a DataLoader worker). Medians over repeats of ``--steps`` steps each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ def preprocess_rate(mols: list[str], batch_size: int) -> float:
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()
     t0 = time.perf_counter()
     for s in range(0, len(mols) - batch_size + 1, batch_size):
-        pre.collate([pre(m, train=True) for m in mols[s:s + batch_size]])
+        pre.collate([pre(m, train=True) for m in mols[s : s + batch_size]])
     return (len(mols) // batch_size) * batch_size / (time.perf_counter() - t0)
 
 
@@ -89,10 +90,12 @@ def main() -> None:
     pre = build_adapter("graph", options("gin", 8, 1)).preprocessor()
     data = [pre(m, train=True) for m in mols]
     bs = args.batch_size
-    batches = [pre.collate(data[s:s + bs]) for s in range(0, len(data) - bs + 1, bs)]
+    batches = [pre.collate(data[s : s + bs]) for s in range(0, len(data) - bs + 1, bs)]
     nodes = statistics.median(d.num_nodes for d in data)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(data)} ChEBI-20 molecules "
-          f"(median {nodes:.0f} atoms), batch {bs}, width {args.width}, {args.layers} layers")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(data)} ChEBI-20 molecules "
+        f"(median {nodes:.0f} atoms), batch {bs}, width {args.width}, {args.layers} layers"
+    )
     print(f"preprocessing (SMILES -> Data -> Batch), 1 process: {preprocess_rate(mols, bs):,.0f} molecules/s")
     print(f"\n| encoder | training samples/s (median of {args.repeats}) | min | max |\n|---|---:|---:|---:|")
     for enc in ("gin", "gcn", "gat", "gatv2"):

@@ -27,6 +27,7 @@ Top-1 accuracy of the argmax class; chance is 0.10. Every model is also scored w
     python benchmarks/higher_order.py --runs clip,symile --digits   # + towers that know the digits (data.mix)
     python benchmarks/higher_order.py --smoke     # all three, tiny towers, 2 steps, 32-row tables: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,18 +64,32 @@ RUNS = {  # run -> its train section's objective (everything else is the config'
 OWN_SCORE = {"clip": "cosine", "symile": "mip", "gram": "volume"}
 SMOKE_ROWS = 32  # --smoke: rows of each scored table
 SMOKE_MODALITIES = {  # --smoke: the config's towers at their smallest (same adapters, same front ends)
-    "audio": {"sample_rate": 8000, "clip_seconds": 0.5, "n_mels": 32, "patch_size": 16, "patch_stride": 16,
-              "width": 32, "layers": 1, "heads": 2},
-    "image": {"vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 1, "head_width": 16},
-              "output_dim": 32},
-    "text": {"text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-             "output_dim": 32},
+    "audio": {
+        "sample_rate": 8000,
+        "clip_seconds": 0.5,
+        "n_mels": 32,
+        "patch_size": 16,
+        "patch_stride": 16,
+        "width": 32,
+        "layers": 1,
+        "heads": 2,
+    },
+    "image": {
+        "vision_cfg": {"image_size": 28, "patch_size": 7, "width": 32, "layers": 1, "head_width": 16},
+        "output_dim": 32,
+    },
+    "text": {
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "output_dim": 32,
+    },
 }
 # --aux: instance discrimination against a second, smaller tower of the same modality reading the
 # same column (its own augmentation draw), added to every run alike. It carries nothing about the
 # sum; it only keeps each tower's embeddings input-dependent (see benchmarks/README.md)
-AUX = {"audio2": ("audio", "path", {"width": 64, "layers": 2, "heads": 2}),
-       "image2": ("image", "image", {"vision_cfg": {"width": 32, "layers": 1, "head_width": 16}, "output_dim": 32})}
+AUX = {
+    "audio2": ("audio", "path", {"width": 64, "layers": 2, "heads": 2}),
+    "image2": ("image", "image", {"vision_cfg": {"width": 32, "layers": 1, "head_width": 16}, "output_dim": 32}),
+}
 
 
 # --digits: the towers also learn what digit they hear / see, from two more training sets in the same
@@ -83,15 +98,25 @@ AUX = {"audio2": ("audio", "path", {"width": 64, "layers": 2, "heads": 2}),
 # Every run gets them alike; they say nothing about the sum, only what each digit is -- the
 # pretrained-encoder setting of the Symile paper, learnt in the same run (see benchmarks/README.md)
 DIGIT_SETS = [
-    {"source": "files", "data_files": "../shared/data/audio/fsdd/recordings/*.wav",
-     "load_kwargs": {"pattern": r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"},
-     "where": {"take": {"ge": 5}}, "columns": {"audio": "path", "words": "label_captions"}, "label_column": "label",
-     "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
-     "caption_templates": ["the spoken word {}.", "someone saying {}."]},
-    {"source": "pixel-csv", "data_files": "../shared/data/image/mnist5k/mnist_5k.csv.gz", "split": "train",
-     "columns": {"image": "image", "words": "label_captions"}, "label_column": "label",
-     "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
-     "caption_templates": ["the digit {}.", "a handwritten {}."]},
+    {
+        "source": "files",
+        "data_files": "../shared/data/audio/fsdd/recordings/*.wav",
+        "load_kwargs": {"pattern": r"^(?P<label>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)\.wav$"},
+        "where": {"take": {"ge": 5}},
+        "columns": {"audio": "path", "words": "label_captions"},
+        "label_column": "label",
+        "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+        "caption_templates": ["the spoken word {}.", "someone saying {}."],
+    },
+    {
+        "source": "pixel-csv",
+        "data_files": "../shared/data/image/mnist5k/mnist_5k.csv.gz",
+        "split": "train",
+        "columns": {"image": "image", "words": "label_captions"},
+        "label_column": "label",
+        "label_names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"],
+        "caption_templates": ["the digit {}.", "a handwritten {}."],
+    },
 ]
 
 
@@ -123,8 +148,13 @@ def triple_tables(base: dict, train_rows: int = 900, seed: int = 0, held_out_row
         kwargs = dict(base["data"]["train"]["load_kwargs"])
         if split == "test":
             kwargs.pop("pairs_per_recording", None)  # the source's test default: 3 images per recording
-        spec = DatasetSpec(source="fsdd-mnist-sum", split=split, load_kwargs=kwargs, label_column="label",
-                           columns={"audio": "path", "image": "image"})
+        spec = DatasetSpec(
+            source="fsdd-mnist-sum",
+            split=split,
+            load_kwargs=kwargs,
+            label_column="label",
+            columns={"audio": "path", "image": "image"},
+        )
         table = load_table(spec, f"{name} triples")
         keep = train_rows if split == "train" else held_out_rows
         if keep is not None:
@@ -143,8 +173,9 @@ def score_run(run_dir: Path, tables: dict) -> dict[str, dict[str, float]]:
     for split, (spec, table) in tables.items():
         embs, labels, _ = encode_table(model, table, spec.columns, "label", batch_size=256)
         labels = torch.as_tensor(labels)
-        out[split] = {rule: top1(sum_scores(embs["audio"], embs["image"], classes, rule), labels)
-                      for rule in OWN_SCORE.values()}
+        out[split] = {
+            rule: top1(sum_scores(embs["audio"], embs["image"], classes, rule), labels) for rule in OWN_SCORE.values()
+        }
     return out
 
 
@@ -177,8 +208,11 @@ def train_run(data: dict) -> float:
     start = time.perf_counter()
     result = train(config_from_dict(data))
     losses = [v for _, v in result.losses]
-    print(f"{name}: {steps} steps in {time.perf_counter() - start:.0f} s, loss first {losses[0]:.3f} "
-          f"last {losses[-1]:.3f}", flush=True)
+    print(
+        f"{name}: {steps} steps in {time.perf_counter() - start:.0f} s, loss first {losses[0]:.3f} "
+        f"last {losses[-1]:.3f}",
+        flush=True,
+    )
     return time.perf_counter() - start
 
 
@@ -190,13 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
     p.add_argument("--out", default="runs/higher-order", help="folder of the runs (relative to the checkout)")
     p.add_argument("--score-only", action="store_true", help="rescore runs already trained in --out")
-    p.add_argument("--aux", action="store_true", help="add instance-discrimination pairs (audio-audio2, "
-                   "image-image2: second, smaller towers on the same columns) to every run")
-    p.add_argument("--digits", action="store_true", help="train every run on a mixture (data.mix): the triples "
-                   "plus FSDD audio <-> spoken-digit words and MNIST image <-> digit words (batch 96, a third each)")
-    p.add_argument("--smoke", action="store_true", help="tiny run of the same path (CI): the config's towers at "
-                   "their smallest, 2 steps of batch 16 on 300 recordings, 32-row scored tables, "
-                   "--out a temporary folder")
+    p.add_argument(
+        "--aux",
+        action="store_true",
+        help="add instance-discrimination pairs (audio-audio2, "
+        "image-image2: second, smaller towers on the same columns) to every run",
+    )
+    p.add_argument(
+        "--digits",
+        action="store_true",
+        help="train every run on a mixture (data.mix): the triples "
+        "plus FSDD audio <-> spoken-digit words and MNIST image <-> digit words (batch 96, a third each)",
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny run of the same path (CI): the config's towers at "
+        "their smallest, 2 steps of batch 16 on 300 recordings, 32-row scored tables, "
+        "--out a temporary folder",
+    )
     args = p.parse_args(argv)
     os.chdir(REPO)  # the config's data paths are relative to the checkout root
     base = yaml.safe_load(CONFIG.read_text())
@@ -232,12 +278,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n### Text from audio + image: top-1 of the sum (a + b) mod 10, chance 0.10\n")
     aux = " + instance-discrimination pairs (audio-audio2, image-image2) in every run" if args.aux else ""
-    aux += (" + digit sets (data.mix: FSDD audio <-> words, MNIST image <-> words; a third of each batch "
-            "is triples)") if args.digits else ""
+    aux += (
+        (" + digit sets (data.mix: FSDD audio <-> words, MNIST image <-> words; a third of each batch is triples)")
+        if args.digits
+        else ""
+    )
     batch = 96 if args.digits else base["train"]["batch_size"]
-    print(f"{steps} steps per run{aux}, batch {batch}; held-out: "
-          f"{len(tables['held-out'][1])} test triples (FSDD takes 0-4, MNIST test images); train: "
-          f"{len(tables['train'][1])} of the training triples.\n")
+    print(
+        f"{steps} steps per run{aux}, batch {batch}; held-out: "
+        f"{len(tables['held-out'][1])} test triples (FSDD takes 0-4, MNIST test images); train: "
+        f"{len(tables['train'][1])} of the training triples.\n"
+    )
     print("| objective | scored by | held-out top-1 | train top-1 | train time |")
     print("|---|---|---:|---:|---:|")
     for name in names:
@@ -245,11 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             own = rule == OWN_SCORE[name]
             mark = "**" if own else ""
             wall = f"{walls[name] / 60:.1f} min" if own and name in walls else ""
-            print(f"| {name} | {rule}{' (own)' if own else ''} | {mark}{rows[name]['held-out'][rule]:.3f}{mark} | "
-                  f"{rows[name]['train'][rule]:.3f} | {wall} |")
+            print(
+                f"| {name} | {rule}{' (own)' if own else ''} | {mark}{rows[name]['held-out'][rule]:.3f}{mark} | "
+                f"{rows[name]['train'][rule]:.3f} | {wall} |"
+            )
     print("| chance | | 0.100 | 0.100 | |")
-    print(f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
-          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.")
+    print(
+        f"\n{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after."
+    )
     command = ["python", "benchmarks/higher_order.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"Rerun: `{shlex.join(command)}`")
     if tmp is not None:

@@ -32,6 +32,7 @@ Rerun::
     python benchmarks/loss_memory.py --tile-size 512 --threads 1 --json out.json
     python benchmarks/loss_memory.py --smoke                          # B=256, 32-d, tile 64, both losses: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss  # noqa: E402
 from memory import PeakExtra, mem_available  # noqa: E402 -- benchmarks/memory.py, this script's folder
+
+from align.objectives.tiled import TiledClipLoss, TiledSigLipLoss  # noqa: E402
 
 DENSE_FACTOR = 4  # open_clip's peak, in [B, B] float32 matrices (measured ~3.5 for ClipLoss)
 VALUE_RTOL = 1e-4
-SMOKE = {"batches": [256], "siglip_batches": [256], "dim": 32, "tile_size": 64, "repeats": 1,
-         "big_repeats": 1}  # --smoke defaults: both losses, both implementations, tiny (4 tiles a side)
+SMOKE = {
+    "batches": [256],
+    "siglip_batches": [256],
+    "dim": 32,
+    "tile_size": 64,
+    "repeats": 1,
+    "big_repeats": 1,
+}  # --smoke defaults: both losses, both implementations, tiny (4 tiles a side)
 
 
 def make_loss(impl: str, loss: str, tile_size: int):
@@ -103,9 +111,17 @@ def worker(args) -> None:
             value = call()
             times.append(time.perf_counter() - t0)
         print(f"  [{args.worker}] repeat {i + 1}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
-    Path(args.worker_out).write_text(json.dumps({
-        "times": times, "peak_bytes": max(meter.peaks), "value": value, "threads": torch.get_num_threads(),
-        "peak_method": meter.method}))
+    Path(args.worker_out).write_text(
+        json.dumps(
+            {
+                "times": times,
+                "peak_bytes": max(meter.peaks),
+                "value": value,
+                "threads": torch.get_num_threads(),
+                "peak_method": meter.method,
+            }
+        )
+    )
 
 
 def spawn(key: str, argv: list[str], tmp: Path) -> dict:
@@ -125,8 +141,10 @@ def versions() -> str:
     import torch
 
     # open_clip's version from its metadata: importing it here would cost the parent seconds
-    return (f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"open_clip {version('open_clip_torch')}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs")
+    return (
+        f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"open_clip {version('open_clip_torch')}, {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs"
+    )
 
 
 def _ints(text: str) -> list[int]:
@@ -134,16 +152,21 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--batches", type=_ints, default=[4096, 8192, 16384, 32768, 65536], help="CLIP batch sizes")
     ap.add_argument("--siglip-batches", type=_ints, default=[16384], help="SigLIP batch sizes")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--tile-size", type=int, default=1024, help="ours: rows / columns per block (default 1024)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats up to B=16384 (default 3)")
     ap.add_argument("--big-repeats", type=int, default=1, help="timed repeats above B=16384 (default 1)")
-    ap.add_argument("--dense-fraction", type=float, default=0.5,
-                    help="skip open_clip when B^2*16 bytes exceed this share of MemAvailable (default 0.5)")
+    ap.add_argument(
+        "--dense-fraction",
+        type=float,
+        default=0.5,
+        help="skip open_clip when B^2*16 bytes exceed this share of MemAvailable (default 0.5)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write results as JSON here")
@@ -158,8 +181,18 @@ def main(argv: list[str] | None = None) -> None:
         return worker(args)
 
     raw = sys.argv[1:] if argv is None else argv
-    passthrough = ["--dim", str(args.dim), "--tile-size", str(args.tile_size), "--repeats", str(args.repeats),
-                   "--big-repeats", str(args.big_repeats), "--seed", str(args.seed)]
+    passthrough = [
+        "--dim",
+        str(args.dim),
+        "--tile-size",
+        str(args.tile_size),
+        "--repeats",
+        str(args.repeats),
+        "--big-repeats",
+        str(args.big_repeats),
+        "--seed",
+        str(args.seed),
+    ]
     if args.threads:
         passthrough += ["--threads", str(args.threads)]
     cases = [("clip", n) for n in args.batches] + [("siglip", n) for n in args.siglip_batches]
@@ -171,16 +204,17 @@ def main(argv: list[str] | None = None) -> None:
                 key = f"{impl}:{loss}:{n}"
                 need, avail = DENSE_FACTOR * 4 * n * n, mem_available()
                 if impl == "open_clip" and avail is not None and need > args.dense_fraction * avail:
-                    results[key] = {"skipped": f"skipped: would need ~{fmt_bytes(need)} "
-                                               f"({fmt_bytes(avail)} available)"}
+                    results[key] = {"skipped": f"skipped: would need ~{fmt_bytes(need)} ({fmt_bytes(avail)} available)"}
                     print(f"{key}: {results[key]['skipped']}", file=sys.stderr, flush=True)
                     continue
                 print(f"running {key} ...", file=sys.stderr, flush=True)
                 results[key] = spawn(key, passthrough, Path(tmp))
 
-    lines = ["| loss | B | open_clip peak extra | ours peak extra | memory ours/open_clip "
-             "| open_clip median s | ours median s | time ours/open_clip | repeats |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| loss | B | open_clip peak extra | ours peak extra | memory ours/open_clip "
+        "| open_clip median s | ours median s | time ours/open_clip | repeats |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for loss, n in cases:
         ours, ref = results[f"ours:{loss}:{n}"], results[f"open_clip:{loss}:{n}"]
         t_ours = statistics.median(ours["times"])
@@ -192,24 +226,43 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit(f"{loss} B={n}: loss values differ: ours {ours['value']} vs open_clip {ref['value']}")
             t_ref = statistics.median(ref["times"])
             mem_ratio = f"{ours['peak_bytes'] / ref['peak_bytes']:.3f}" if ref["peak_bytes"] else "n/a"
-            cells = [fmt_bytes(ref["peak_bytes"]), fmt_bytes(ours["peak_bytes"]), mem_ratio, f"{t_ref:.2f}",
-                     f"{t_ours:.2f}", f"{t_ours / t_ref:.2f}"]
+            cells = [
+                fmt_bytes(ref["peak_bytes"]),
+                fmt_bytes(ours["peak_bytes"]),
+                mem_ratio,
+                f"{t_ref:.2f}",
+                f"{t_ours:.2f}",
+                f"{t_ours / t_ref:.2f}",
+            ]
         lines.append(f"| {loss} | {n} | " + " | ".join(cells) + f" | {len(ours['times'])} |")
     cmd = "python benchmarks/loss_memory.py" + ("" if not raw else " " + shlex.join(raw))
     load_after = os.getloadavg()
     print("\n".join(lines))
     print()
-    print(f"d={args.dim} float32, tile {args.tile_size}, seed {args.seed}; memory: "
-          f"{next(iter(r['peak_method'] for r in results.values() if 'peak_method' in r))}, max over repeats")
-    print("times (s): " + "; ".join(f"{k} {[round(t, 2) for t in r['times']]}"
-                                    for k, r in results.items() if "times" in r))
-    print(f"versions: {versions()}; load average before {' '.join(f'{x:.2f}' for x in load_before)}, "
-          f"after {' '.join(f'{x:.2f}' for x in load_after)}")
+    print(
+        f"d={args.dim} float32, tile {args.tile_size}, seed {args.seed}; memory: "
+        f"{next(iter(r['peak_method'] for r in results.values() if 'peak_method' in r))}, max over repeats"
+    )
+    print(
+        "times (s): "
+        + "; ".join(f"{k} {[round(t, 2) for t in r['times']]}" for k, r in results.items() if "times" in r)
+    )
+    print(
+        f"versions: {versions()}; load average before {' '.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {' '.join(f'{x:.2f}' for x in load_after)}"
+    )
     print(f"rerun: {cmd}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()},
-                                         "results": results, "versions": versions()}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "results": results,
+                    "versions": versions(),
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ audio: the 2,700 FSDD training recordings (8 kHz WAV), the fsdd-audio-text.yaml 
 mmaction2 clips (h264 mp4 340x256, mpeg4 avi 320x240) repeated, 8 frames uniformly sampled,
 random resized crop to 224 px.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,26 @@ SMOKE = {"workers": [0, 1], "repeats": 1, "batches": 1, "batch_size": 2}  # --sm
 
 
 def audio_setup(rate: int):
-    spec = DatasetSpec(source="files", data_files=str(DATA / "audio/fsdd/recordings/*.wav"),
-                       load_kwargs={"pattern": FSDD_PATTERN}, where={"take": {"ge": 5}}, columns={"audio": "path"})
-    adapter = build_adapter("audio", {"sample_rate": rate, "clip_seconds": 1.0, "n_mels": 64, "freq_mask": 8,
-                                      "time_mask": 10, "width": 32, "layers": 1, "heads": 2})
+    spec = DatasetSpec(
+        source="files",
+        data_files=str(DATA / "audio/fsdd/recordings/*.wav"),
+        load_kwargs={"pattern": FSDD_PATTERN},
+        where={"take": {"ge": 5}},
+        columns={"audio": "path"},
+    )
+    adapter = build_adapter(
+        "audio",
+        {
+            "sample_rate": rate,
+            "clip_seconds": 1.0,
+            "n_mels": 64,
+            "freq_mask": 8,
+            "time_mask": 10,
+            "width": 32,
+            "layers": 1,
+            "heads": 2,
+        },
+    )
     return load_table(spec), {"audio": "path"}, {"audio": adapter.preprocessor()}, 64
 
 
@@ -42,15 +59,26 @@ def video_setup():
 
     clips = [str(DATA / "video/mmaction2_clips" / n) for n in ("demo.mp4", "test.mp4", "test.avi")]
     table = datasets.Dataset.from_dict({"video": clips * 16})
-    adapter = build_adapter("video", {"frames": 8, "image": {
-        "vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "layers": 1, "head_width": 32}}})
+    adapter = build_adapter(
+        "video",
+        {
+            "frames": 8,
+            "image": {"vision_cfg": {"image_size": 224, "patch_size": 32, "width": 64, "layers": 1, "head_width": 32}},
+        },
+    )
     return table, {"video": "video"}, {"video": adapter.preprocessor()}, 8
 
 
 def samples_per_s(table, columns, pre, batch_size: int, workers: int, max_batches: int) -> float:
     ds = PairedDataset(table, columns, pre, train=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         collate_fn=Collator(pre), worker_init_fn=one_thread_per_worker)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=Collator(pre),
+        worker_init_fn=one_thread_per_worker,
+    )
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t0, n = time.perf_counter(), 0
@@ -70,9 +98,11 @@ def main() -> None:
     if args.smoke:
         ap.set_defaults(**SMOKE)
         args = ap.parse_args()
-    cases = {"audio FSDD 8 kHz (ast front end)": lambda: audio_setup(8000),
-             "audio FSDD -> 16 kHz (resample + ast front end)": lambda: audio_setup(16000),
-             "video mmaction2 8 frames @224": video_setup}
+    cases = {
+        "audio FSDD 8 kHz (ast front end)": lambda: audio_setup(8000),
+        "audio FSDD -> 16 kHz (resample + ast front end)": lambda: audio_setup(16000),
+        "video mmaction2 8 frames @224": video_setup,
+    }
     print(f"{'pipeline':50s} {'workers':>7s} {'samples/s (median)':>19s}  runs")
     for name, setup in cases.items():
         table, columns, pre, bs = setup()

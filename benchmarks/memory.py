@@ -7,6 +7,7 @@
 * ``mem_available``: ``MemAvailable`` of ``/proc/meminfo`` (what the machine can still give).
 
 Benchmarks import it as ``from memory import ...`` (a script's own folder is first on sys.path)."""
+
 from __future__ import annotations
 
 import resource

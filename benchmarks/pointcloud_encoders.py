@@ -17,6 +17,7 @@ Rerun (about 1-2 minutes on 2 idle cores)::
     python benchmarks/pointcloud_encoders.py --batch-size 64 --num-points 512 --threads 2 --preprocess
     python benchmarks/pointcloud_encoders.py --smoke   # batch 4, 128 points, 1 step, 20 objects: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,33 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from align.modalities import build_adapter  # noqa: E402
 
 NPZ = ROOT.parent / "shared" / "data" / "pointcloud" / "dales_objects" / "dales_objects_499.npz"
-ENCODER_KEYS = ("encoder", "widths", "pooling", "norm", "num_groups", "group_size", "token_widths", "width",
-                "layers", "heads", "mlp_ratio")
-SMOKE = {"batch_size": 4, "num_points": 128, "steps": 1, "warmup": 1, "preprocess": True,
-         "objects": 20}  # --smoke defaults: every encoder variant, tiny
+ENCODER_KEYS = (
+    "encoder",
+    "widths",
+    "pooling",
+    "norm",
+    "num_groups",
+    "group_size",
+    "token_widths",
+    "width",
+    "layers",
+    "heads",
+    "mlp_ratio",
+)
+SMOKE = {
+    "batch_size": 4,
+    "num_points": 128,
+    "steps": 1,
+    "warmup": 1,
+    "preprocess": True,
+    "objects": 20,
+}  # --smoke defaults: every encoder variant, tiny
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-points", type=int, default=1024)
     p.add_argument("--steps", type=int, default=8, help="timed steps per encoder")
@@ -99,7 +118,7 @@ def time_preprocess(num_points: int, objects: int | None = None) -> list[tuple[s
 
     z = np.load(NPZ)
     off, points = z["offsets"], z["points"]  # one read: every z[...] reloads the whole array
-    clouds = [points[off[i]:off[i + 1]] for i in range(len(off) - 1)][:objects]
+    clouds = [points[off[i] : off[i + 1]] for i in range(len(off) - 1)][:objects]
     out = []
     for sampling in ("fps", "random"):
         pre = build_adapter("pointcloud", {"num_points": num_points, "sampling": sampling}).preprocessor()
@@ -116,22 +135,29 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, {args.num_points} points, "
-          f"median of {args.steps} steps\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}; batch {args.batch_size}, {args.num_points} points, "
+        f"median of {args.steps} steps\n"
+    )
     print("| encoder | options | params | step ms | samples/s |")
     print("|---|---|---:|---:|---:|")
     for name, opts in encoder_variants(args.num_points, not args.no_configs):
         step, n_params = time_train_step(opts, args.batch_size, args.steps, args.warmup)
         shown = ", ".join(f"{k}={v}" for k, v in opts.items() if k not in ("encoder", "num_points"))
-        print(f"| {name} | {shown or 'defaults'} | {n_params / 1e6:.2f} M | {1000 * step:.0f} | "
-              f"{args.batch_size / step:.1f} |", flush=True)
+        print(
+            f"| {name} | {shown or 'defaults'} | {n_params / 1e6:.2f} M | {1000 * step:.0f} | "
+            f"{args.batch_size / step:.1f} |",
+            flush=True,
+        )
     if args.preprocess:
         if not NPZ.is_file():
             print(f"\n(no DALES data at {NPZ}: preprocessing not timed)")
             return 0
-        print(f"\n| preprocess (train, {args.num_points} points, {args.objects or 499} DALES objects) "
-              "| median ms | mean ms |")
+        print(
+            f"\n| preprocess (train, {args.num_points} points, {args.objects or 499} DALES objects) "
+            "| median ms | mean ms |"
+        )
         print("|---|---:|---:|")
         for sampling, med, mean in time_preprocess(args.num_points, args.objects):
             print(f"| {sampling} | {med:.2f} | {mean:.2f} |")

@@ -47,6 +47,7 @@ Rerun (defaults: about 1 minute on 2 idle CPU cores, 2-3 when the machine is bus
     python benchmarks/train_step.py --profile   # + align without accelerate's wrappers, + cProfile
     python benchmarks/train_step.py --smoke     # batch 4, 1-layer towers, 2 x 1 timed steps: seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,45 +70,76 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from memory import peak_rss_bytes  # noqa: E402 -- benchmarks/memory.py, this script's folder
+
 from align.config.schema import ModelConfig, TrainConfig  # noqa: E402
 from align.model.align_model import AlignModel, contrastive_loss  # noqa: E402
 from align.objectives.factory import build_loss  # noqa: E402
 from align.objectives.task import ContrastiveTask  # noqa: E402
 from align.training.engine import build_optimizer, param_groups  # noqa: E402
 from align.training.loop import TrainingError, train_step  # noqa: E402
-from memory import peak_rss_bytes  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 LOSS_TOL = 1e-5
 OPEN_CLIP, ALIGN, ALIGN_PLAIN = "open_clip", "align", "align, plain torch calls"
-SMOKE = {"batch_size": 4, "warmup": 1, "repeats": 2, "steps": 1, "time_budget": 0.0, "threads": 1,
-         "profile_steps": 1, "embed_dim": 32, "image_size": 32, "patch_size": 16, "vision_width": 32,
-         "vision_layers": 1, "vision_head_width": 16, "context_length": 8, "vocab_size": 1000,
-         "text_width": 32, "text_layers": 1}  # --smoke defaults: both sides, tiny towers
+SMOKE = {
+    "batch_size": 4,
+    "warmup": 1,
+    "repeats": 2,
+    "steps": 1,
+    "time_budget": 0.0,
+    "threads": 1,
+    "profile_steps": 1,
+    "embed_dim": 32,
+    "image_size": 32,
+    "patch_size": 16,
+    "vision_width": 32,
+    "vision_layers": 1,
+    "vision_head_width": 16,
+    "context_length": 8,
+    "vocab_size": 1000,
+    "text_width": 32,
+    "text_layers": 1,
+}  # --smoke defaults: both sides, tiny towers
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("run")
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation")
     g.add_argument("--repeats", type=int, default=12, help="timed blocks per implementation (interleaved)")
     g.add_argument("--steps", type=int, default=5, help="timed steps per block")
-    g.add_argument("--time-budget", type=float, default=100.0,
-                   help="stop timing after the repeat (one block of each) that passes this many seconds "
-                        "(at least 2 repeats run); 0 = no limit. Keeps a run on a busy machine short")
+    g.add_argument(
+        "--time-budget",
+        type=float,
+        default=100.0,
+        help="stop timing after the repeat (one block of each) that passes this many seconds "
+        "(at least 2 repeats run); 0 = no limit. Keeps a run on a busy machine short",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    g.add_argument("--scheduler", choices=["none", "cosine"], default="none",
-                   help="none: no LR scheduler on either side; cosine: open_clip_train's cosine_lr vs "
-                        "align's transformers cosine schedule (prepared by accelerate)")
-    g.add_argument("--plain-adamw", action="store_true",
-                   help="give align open_clip's unfused AdamW instead of the trainer's fused one, to see "
-                        "the toolkit's own overhead alone")
+    g.add_argument(
+        "--scheduler",
+        choices=["none", "cosine"],
+        default="none",
+        help="none: no LR scheduler on either side; cosine: open_clip_train's cosine_lr vs "
+        "align's transformers cosine schedule (prepared by accelerate)",
+    )
+    g.add_argument(
+        "--plain-adamw",
+        action="store_true",
+        help="give align open_clip's unfused AdamW instead of the trainer's fused one, to see "
+        "the toolkit's own overhead alone",
+    )
     g.add_argument("--json", type=Path, default=None, help="also write the results here")
-    g.add_argument("--profile", action="store_true",
-                   help=f"also time '{ALIGN_PLAIN}' (align's model and loss stepped without accelerate's "
-                        "wrappers) in the rotation, and print a cProfile of align's train_step")
+    g.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"also time '{ALIGN_PLAIN}' (align's model and loss stepped without accelerate's "
+        "wrappers) in the rotation, and print a cProfile of align's train_step",
+    )
     g.add_argument("--profile-steps", type=int, default=10, help="steps under cProfile for --profile")
     g.add_argument("--smoke", action="store_true", help=f"tiny run of the same path, both sides (CI): {SMOKE}")
     o = p.add_argument_group("optimizer (same on both sides)")
@@ -134,10 +166,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def tower_cfgs(a: argparse.Namespace) -> tuple[dict, dict]:
-    vision_cfg = {"image_size": a.image_size, "patch_size": a.patch_size, "width": a.vision_width,
-                  "layers": a.vision_layers, "head_width": a.vision_head_width}
-    text_cfg = {"context_length": a.context_length, "vocab_size": a.vocab_size, "width": a.text_width,
-                "heads": a.text_heads, "layers": a.text_layers}
+    vision_cfg = {
+        "image_size": a.image_size,
+        "patch_size": a.patch_size,
+        "width": a.vision_width,
+        "layers": a.vision_layers,
+        "head_width": a.vision_head_width,
+    }
+    text_cfg = {
+        "context_length": a.context_length,
+        "vocab_size": a.vocab_size,
+        "width": a.text_width,
+        "heads": a.text_heads,
+        "layers": a.text_layers,
+    }
     return vision_cfg, text_cfg
 
 
@@ -157,6 +199,7 @@ def make_batch(a) -> tuple[torch.Tensor, torch.Tensor]:
 # open_clip side
 # ---------------------------------------------------------------------------------------------
 
+
 def build_open_clip(a, vision_cfg, text_cfg):
     import open_clip
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
@@ -168,9 +211,12 @@ def build_open_clip(a, vision_cfg, text_cfg):
     named = list(model.named_parameters())
     gain_or_bias = [p for n, p in named if exclude(n, p) and p.requires_grad]
     rest = [p for n, p in named if not exclude(n, p) and p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": gain_or_bias, "weight_decay": 0.0},
-                                   {"params": rest, "weight_decay": a.weight_decay}],
-                                  lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = torch.optim.AdamW(
+        [{"params": gain_or_bias, "weight_decay": 0.0}, {"params": rest, "weight_decay": a.weight_decay}],
+        lr=a.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     loss = open_clip.ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=0, world_size=1)
     scheduler = None
     if a.scheduler == "cosine":
@@ -207,21 +253,27 @@ def make_open_clip_step(model, optimizer, loss, scheduler, grad_clip):
 # align side
 # ---------------------------------------------------------------------------------------------
 
+
 def build_align(a, vision_cfg, text_cfg, clip_model):
     from accelerate import Accelerator
 
-    cfg = ModelConfig(embed_dim=a.embed_dim, loss="clip", modalities={
-        "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
-        "text": {"options": {"text_cfg": text_cfg, "output_dim": a.embed_dim}, "head": "identity"},
-    })
+    cfg = ModelConfig(
+        embed_dim=a.embed_dim,
+        loss="clip",
+        modalities={
+            "image": {"options": {"vision_cfg": vision_cfg, "output_dim": a.embed_dim}, "head": "identity"},
+            "text": {"options": {"text_cfg": text_cfg, "output_dim": a.embed_dim}, "head": "identity"},
+        },
+    )
     model = AlignModel(cfg)
     copy_clip_weights(clip_model, model)
 
     threads = torch.get_num_threads()
     accelerator = Accelerator(cpu=True, step_scheduler_with_optimizer=False)  # as align.app.trainer.build_accelerator
     if torch.get_num_threads() != threads:
-        raise RuntimeError(f"accelerate changed torch threads {threads} -> {torch.get_num_threads()}; "
-                           "the comparison would not be fair")
+        raise RuntimeError(
+            f"accelerate changed torch threads {threads} -> {torch.get_num_threads()}; the comparison would not be fair"
+        )
     # the trainer's own optimizer (AdamW, open_clip's decay split, fused kernel)
     tc = TrainConfig(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.98), eps=1e-6)
     if a.plain_adamw:
@@ -255,7 +307,7 @@ def copy_clip_weights(clip_model, align_model) -> None:
         if k == "logit_scale":
             nk = "logit_scale"
         elif k.startswith("visual."):
-            nk = "adapters.image.tower." + k[len("visual."):]
+            nk = "adapters.image.tower." + k[len("visual.") :]
         else:
             nk = "adapters.text.tower." + k
         if nk not in dst:
@@ -288,6 +340,7 @@ def make_align_step(accelerator, model, core, optimizer, scheduler, loss_fn, non
 def make_align_plain_step(model, core, optimizer, scheduler, loss_fn, grad_clip):
     """train_step's work on align's model and loss with plain torch calls, no accelerate wrappers
     (--profile only: it separates accelerate's per-step cost from align's model/loss)."""
+
     def unwrap(obj, attr):  # accelerate's AcceleratedOptimizer / AcceleratedScheduler
         return getattr(obj, attr, obj)
 
@@ -316,6 +369,7 @@ def make_align_plain_step(model, core, optimizer, scheduler, loss_fn, grad_clip)
 # worker process: one implementation, driven by the parent over a pipe
 # ---------------------------------------------------------------------------------------------
 
+
 def build_impl(impl: str, a):
     """-> (step(images, texts) -> loss, eval_loss(images, texts) -> float, n_params)."""
     vision_cfg, text_cfg = tower_cfgs(a)
@@ -326,8 +380,9 @@ def build_impl(impl: str, a):
 
         @torch.no_grad()
         def eval_loss(images, texts):
-            out = clip_model(images, texts)
-            return oc_loss(out["image_features"], out["text_features"], out["logit_scale"]).item()
+            # ruff sees the `del` on the other branch below; these names are bound here
+            out = clip_model(images, texts)  # noqa: F821
+            return oc_loss(out["image_features"], out["text_features"], out["logit_scale"]).item()  # noqa: F821
 
         return make_open_clip_step(clip_model, oc_opt, oc_loss, oc_sched, a.grad_clip), eval_loss, n_params
 
@@ -438,6 +493,7 @@ class Worker:
 # parent
 # ---------------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -455,11 +511,17 @@ def main(argv=None) -> int:
         # step 1 of each, from identical weights and batch, is the correctness check (and warm-up step 1)
         first = {impl: w.ask("first") for impl, w in workers.items()}
         diffs = {impl: abs(first[impl] - first[OPEN_CLIP]) for impl in impls}
-        print("first-step loss: " + "  ".join(f"{impl} {first[impl]:.8f}" for impl in impls)
-              + f"  max |diff| {max(diffs.values()):.2e}")
+        print(
+            "first-step loss: "
+            + "  ".join(f"{impl} {first[impl]:.8f}" for impl in impls)
+            + f"  max |diff| {max(diffs.values()):.2e}"
+        )
         if not max(diffs.values()) <= LOSS_TOL:
-            print(f"ABORT: first-step losses differ by more than {LOSS_TOL}; the steps do not compute the "
-                  "same thing, timings would be meaningless", file=sys.stderr)
+            print(
+                f"ABORT: first-step losses differ by more than {LOSS_TOL}; the steps do not compute the "
+                "same thing, timings would be meaningless",
+                file=sys.stderr,
+            )
             return 1
         for _ in range(max(a.warmup - 1, 0)):
             for w in workers.values():
@@ -470,7 +532,7 @@ def main(argv=None) -> int:
         t_timing = time.perf_counter()
         repeats_done = 0
         for r in range(a.repeats):
-            for impl in (impls if r % 2 == 0 else impls[::-1]):
+            for impl in impls if r % 2 == 0 else impls[::-1]:
                 ts = workers[impl].ask("steps", a.steps)
                 times[impl] += ts
                 block_medians[impl].append(statistics.median(ts))
@@ -489,16 +551,22 @@ def main(argv=None) -> int:
     results = {}
     for impl in impls:
         med = statistics.median(times[impl])
-        results[impl] = {"median_step_ms": med * 1e3, "samples_per_s": a.batch_size / med,
-                         "min_step_ms": min(times[impl]) * 1e3, "peak_rss_mb": rss[impl],
-                         "block_median_ms": [t * 1e3 for t in block_medians[impl]],
-                         "first_step_loss": first[impl], "last_loss": last[impl]}
+        results[impl] = {
+            "median_step_ms": med * 1e3,
+            "samples_per_s": a.batch_size / med,
+            "min_step_ms": min(times[impl]) * 1e3,
+            "peak_rss_mb": rss[impl],
+            "block_median_ms": [t * 1e3 for t in block_medians[impl]],
+            "first_step_loss": first[impl],
+            "last_loss": last[impl],
+        }
     base = results[OPEN_CLIP]["samples_per_s"]
     for impl in impls:
         results[impl]["ratio"] = results[impl]["samples_per_s"] / base
         # each repeat times the implementations back to back: their ratio cancels slow drift
         results[impl]["paired_ratio"] = statistics.median(
-            o / x for o, x in zip(block_medians[OPEN_CLIP], block_medians[impl]))
+            o / x for o, x in zip(block_medians[OPEN_CLIP], block_medians[impl])
+        )
     ratio = results[ALIGN]["ratio"]
     wall = time.perf_counter() - t_start
     load_end = os.getloadavg()[0]
@@ -509,8 +577,10 @@ def main(argv=None) -> int:
 
     cut = "" if repeats_done == a.repeats else f"; time budget: {repeats_done} of {a.repeats} repeats"
     print()
-    print(f"## Training step: align vs open_clip (CPU, batch {a.batch_size}, {repeats_done} x {a.steps} "
-          f"timed steps each, interleaved, after {a.warmup} warm-up{cut})")
+    print(
+        f"## Training step: align vs open_clip (CPU, batch {a.batch_size}, {repeats_done} x {a.steps} "
+        f"timed steps each, interleaved, after {a.warmup} warm-up{cut})"
+    )
     print()
     print("| implementation | median step ms | median samples/s | ratio |")
     print("|---|---:|---:|---:|")
@@ -518,38 +588,71 @@ def main(argv=None) -> int:
         r = results[impl]
         print(f"| {impl} | {r['median_step_ms']:.1f} | {r['samples_per_s']:.1f} | {r['ratio']:.3f} |")
     print()
-    print(f"- paired estimate (median over repeats of the back-to-back block time ratio open_clip / align): "
-          f"{results[ALIGN]['paired_ratio']:.3f}")
-    print("- per-block median ms: " + "; ".join(
-        f"{impl} {[round(x) for x in results[impl]['block_median_ms']]}" for impl in impls))
-    print(f"- towers: vision {vision_cfg}, text {text_cfg}, embed_dim {a.embed_dim}; "
-          f"{n_params / 1e6:.2f} M parameters; AdamW lr {a.lr} wd {a.weight_decay}, grad clip {a.grad_clip}, "
-          f"scheduler {a.scheduler}")
-    print("- loss after the first step / all steps: " + "; ".join(
-        f"{impl} {first[impl]:.6f} / {last[impl]:.6f}" for impl in impls))
+    print(
+        f"- paired estimate (median over repeats of the back-to-back block time ratio open_clip / align): "
+        f"{results[ALIGN]['paired_ratio']:.3f}"
+    )
+    print(
+        "- per-block median ms: "
+        + "; ".join(f"{impl} {[round(x) for x in results[impl]['block_median_ms']]}" for impl in impls)
+    )
+    print(
+        f"- towers: vision {vision_cfg}, text {text_cfg}, embed_dim {a.embed_dim}; "
+        f"{n_params / 1e6:.2f} M parameters; AdamW lr {a.lr} wd {a.weight_decay}, grad clip {a.grad_clip}, "
+        f"scheduler {a.scheduler}"
+    )
+    print(
+        "- loss after the first step / all steps: "
+        + "; ".join(f"{impl} {first[impl]:.6f} / {last[impl]:.6f}" for impl in impls)
+    )
     print("- worker peak RSS MiB: " + ", ".join(f"{impl} {rss[impl]:.0f}" for impl in impls))
-    print(f"- torch {torch.__version__}, open_clip {oc_version}, accelerate {acc_version}, "
-          f"python {platform.python_version()}; CPUs {os.cpu_count()}, torch threads {threads}; "
-          f"{platform.processor() or platform.machine()}")
-    print(f"- wall time {wall:.0f} s; 1-min load average {load_start:.1f} at start, {load_end:.1f} at end "
-          f"(this run adds about {threads}; more means other processes competed for the CPUs)")
+    print(
+        f"- torch {torch.__version__}, open_clip {oc_version}, accelerate {acc_version}, "
+        f"python {platform.python_version()}; CPUs {os.cpu_count()}, torch threads {threads}; "
+        f"{platform.processor() or platform.machine()}"
+    )
+    print(
+        f"- wall time {wall:.0f} s; 1-min load average {load_start:.1f} at start, {load_end:.1f} at end "
+        f"(this run adds about {threads}; more means other processes competed for the CPUs)"
+    )
     print(f"- rerun: `{cmd}`")
     print(f"- target ratio >= 0.95: {'OK' if ratio >= 0.95 else 'BELOW TARGET'}")
 
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({
-            "command": cmd, "results": results, "ratio": ratio, "batch_size": a.batch_size,
-            "warmup": a.warmup, "repeats": repeats_done, "steps": a.steps, "scheduler": a.scheduler,
-            "vision_cfg": vision_cfg, "text_cfg": text_cfg, "embed_dim": a.embed_dim, "params": n_params,
-            "torch": torch.__version__, "open_clip": oc_version,
-            "accelerate": acc_version, "cpu_count": os.cpu_count(), "torch_threads": threads,
-            "wall_s": wall, "loadavg_start": load_start, "loadavg_end": load_end,
-        }, indent=2))
+        a.json.write_text(
+            json.dumps(
+                {
+                    "command": cmd,
+                    "results": results,
+                    "ratio": ratio,
+                    "batch_size": a.batch_size,
+                    "warmup": a.warmup,
+                    "repeats": repeats_done,
+                    "steps": a.steps,
+                    "scheduler": a.scheduler,
+                    "vision_cfg": vision_cfg,
+                    "text_cfg": text_cfg,
+                    "embed_dim": a.embed_dim,
+                    "params": n_params,
+                    "torch": torch.__version__,
+                    "open_clip": oc_version,
+                    "accelerate": acc_version,
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": threads,
+                    "wall_s": wall,
+                    "loadavg_start": load_start,
+                    "loadavg_end": load_end,
+                },
+                indent=2,
+            )
+        )
         print(f"- results written to {a.json}")
     if profile:
-        print(f"\n### cProfile of align.app.trainer.train_step, {a.profile_steps} steps "
-              "(accelerate / align / importlib frames)\n")
+        print(
+            f"\n### cProfile of align.app.trainer.train_step, {a.profile_steps} steps "
+            "(accelerate / align / importlib frames)\n"
+        )
         print(profile)
     return 0
 

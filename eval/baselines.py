@@ -12,6 +12,7 @@ rather than as captions.
 prints the accuracy of a model fitted on ``data.train`` and scored on ``align.eval.data`` (the command
 is ``align.app.commands.baseline_cli``).
 """
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,10 @@ def node_features(table, column: str) -> np.ndarray:
 
     refs = table[column]
     if not len(refs) or not all(is_store_ref(r) for r in refs):
-        raise ValueError(f"column '{column}' must hold graph store references {{store, center}} "
-                         f"(the graph-nodes source), got {str(refs[0] if len(refs) else None):.80}")
+        raise ValueError(
+            f"column '{column}' must hold graph store references {{store, center}} "
+            f"(the graph-nodes source), got {str(refs[0] if len(refs) else None):.80}"
+        )
     stores = {s: load_store(s) for s in sorted({r["store"] for r in refs})}
     bare = [s for s, g in stores.items() if getattr(g, "x", None) is None]
     if bare:
@@ -46,8 +49,9 @@ def _graph_column(spec) -> str:
     raise ValueError(f"cannot tell which of columns {spec.columns} holds the graph; name its modality 'graph'")
 
 
-def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int = 2000,
-                        seed: int = 0) -> dict[str, Any]:
+def node_feature_logreg(
+    train_spec, test_spec, *, C: float = 1.0, max_iter: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Fit LogisticRegression(C) on ``train_spec``'s rows, score ``test_spec``'s (same label names).
 
     Returns ``accuracy``, ``n_train``, ``n_test``, ``n_classes`` and ``seconds`` (fit + predict)."""
@@ -70,5 +74,10 @@ def node_feature_logreg(train_spec, test_spec, *, C: float = 1.0, max_iter: int 
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     clf.fit(x_train, y_train)
     accuracy = float((clf.predict(x_test) == y_test).mean())
-    return {"accuracy": accuracy, "n_train": len(y_train), "n_test": len(y_test),
-            "n_classes": len(np.unique(y_train)), "seconds": time.perf_counter() - start}
+    return {
+        "accuracy": accuracy,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "n_classes": len(np.unique(y_train)),
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,4 +1,5 @@
 """``align eval zeroshot|retrieval``: evaluate a checkpoint and write a report + plots."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,13 @@ class EvalError(AlignError, ValueError):
     """The evaluation asked for something the checkpoint or data cannot give; names what."""
 
 
-def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, config: str | Path | None = None,
-                overrides: Sequence[str] = (), templates: str | Path | None = None):
+def eval_config(
+    task: Literal["zeroshot", "retrieval", "pairs"],
+    ckpt_cfg,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    templates: str | Path | None = None,
+):
     """The eval section: from ``config`` (a YAML file) if given, else the checkpoint's own; then the
     ``eval.*`` dotted overrides and a templates file."""
     import yaml
@@ -59,16 +65,23 @@ def eval_config(task: Literal["zeroshot", "retrieval", "pairs"], ckpt_cfg, confi
     return ecfg
 
 
-def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, config: str | Path | None = None,
-             overrides: Sequence[str] = (), templates: str | Path | None = None,
-             out: str | Path | None = None) -> dict[str, Any]:
+def run_eval(
+    task: Literal["zeroshot", "retrieval"],
+    checkpoint: str | Path,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    templates: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a checkpoint, its checkpoints/ root or a run folder) and write the
     report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots."""
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
     ecfg = eval_config(task, cfg, config, overrides, templates)
-    for mod in ([ecfg.zeroshot.query, ecfg.zeroshot.prompt_modality] if ecfg.zeroshot else
-                [ecfg.retrieval.a, ecfg.retrieval.b]):
+    for mod in (
+        [ecfg.zeroshot.query, ecfg.zeroshot.prompt_modality] if ecfg.zeroshot else [ecfg.retrieval.a, ecfg.retrieval.b]
+    ):
         if mod not in model.adapters:
             raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
     keep: dict = {}
@@ -76,15 +89,21 @@ def run_eval(task: Literal["zeroshot", "retrieval"], checkpoint: str | Path, *, 
     with hf_progress(cfg.train.progress):  # the run's own setting
         metrics = evaluate(model, ecfg, keep=keep)
     step = checkpoint_step(ckpt)  # from the weights' metadata: training_state.pt is not needed to evaluate
-    info = {"checkpoint": str(ckpt), "step": -1 if step is None else step,
-            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
+    info = {
+        "checkpoint": str(ckpt),
+        "step": -1 if step is None else step,
+        "embed_dim": cfg.model.embed_dim,
+        "loss": cfg.model.loss,
+        "modalities": model.modalities,
+    }
     report = build_report(task, metrics, info)
     out = Path(out or ckpt / "eval")
     path = write_report(report, out / f"{task}.json")
     if task == "zeroshot":
         zs = report["metrics"]
-        plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
-                              f"zero-shot top-1 {zs['top1']:.3f}")
+        plot_confusion_matrix(
+            zs["confusion_matrix"], zs["classnames"], out / "confusion.png", f"zero-shot top-1 {zs['top1']:.3f}"
+        )
     else:
         plot_recall_curve(report["metrics"], out / "recall_at_k.png")
         if "image" in (ecfg.retrieval.a, ecfg.retrieval.b):

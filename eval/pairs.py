@@ -17,6 +17,7 @@ when an encoder's output for an item does not depend on its batch-mates (true on
 GPU, batch-size-dependent kernels may move scores in the last float bits). Not the same: a caption
 that fails to load raises here, where the one-pair command's ``on_error: skip`` drops its row.
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -60,8 +61,11 @@ def _is_list_column(table, column: str) -> bool:
     if not len(table):
         return False
     value = table[0][column]
-    return (isinstance(value, (list, tuple)) and len(value) > 0
-            and not isinstance(value[0], (int, float, list, tuple, np.ndarray, np.generic)))
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and not isinstance(value[0], (int, float, list, tuple, np.ndarray, np.generic))
+    )
 
 
 def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
@@ -72,8 +76,15 @@ def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
     scalar = [m for m in mods if m not in listed]
     rows: dict[str, torch.Tensor] = {}
     if scalar:
-        rows, labels, kept = encode_table(model, table, {m: spec.columns[m] for m in scalar}, spec.label_column,
-                                          ecfg.batch_size, name=f"eval.data ({spec.source})", on_error=spec.on_error)
+        rows, labels, kept = encode_table(
+            model,
+            table,
+            {m: spec.columns[m] for m in scalar},
+            spec.label_column,
+            ecfg.batch_size,
+            name=f"eval.data ({spec.source})",
+            on_error=spec.on_error,
+        )
     else:
         labels = np.asarray(table[spec.label_column]) if spec.label_column else None
         kept = np.arange(len(table))
@@ -90,13 +101,25 @@ def encode_once(model, table, ecfg, mods: list[str]) -> dict[str, Any]:
             present, first = np.unique(source, return_index=True)  # each row's first item
             if len(present) < len(table):
                 row = int(np.setdiff1d(np.arange(len(table)), present)[0])
-                raise PairsError(f"config key 'eval.data.columns.{m}': row {row} of column '{spec.columns[m]}' "
-                                 "has no items")
+                raise PairsError(
+                    f"config key 'eval.data.columns.{m}': row {row} of column '{spec.columns[m]}' has no items"
+                )
             rows[m] = emb[torch.from_numpy(inverse[first])]
         items[m] = {"values": values, "source": source, "emb": emb, "inverse": inverse, "list": m in listed}
-    return {"table": table, "labels": labels, "kept": kept, "rows": rows, "items": items,
-            "encoded": {m: {"items": len(items[m]["emb"]) if m in listed else len(rows[m]),
-                            "level": "distinct items" if m in listed else "rows"} for m in mods}}
+    return {
+        "table": table,
+        "labels": labels,
+        "kept": kept,
+        "rows": rows,
+        "items": items,
+        "encoded": {
+            m: {
+                "items": len(items[m]["emb"]) if m in listed else len(rows[m]),
+                "level": "distinct items" if m in listed else "rows",
+            }
+            for m in mods
+        },
+    }
 
 
 def pair_metrics(enc: dict[str, Any], a: str, b: str, r) -> dict[str, Any]:
@@ -119,11 +142,21 @@ def pair_metrics(enc: dict[str, Any], a: str, b: str, r) -> dict[str, Any]:
     directions = {}
     for q, g in ((a, b), (b, a)):
         p = f"{q}_to_{g}"
-        directions[p] = {**{f"R@{k}": full[f"{p}/R@{k}"] for k in r.ks}, "MRR": full[f"{p}/MRR"],
-                         "n": full[f"{p}/n_queries"]}
-    return {"a": a, "b": b, "n_a": len(a_emb), "n_b": len(b_emb), "n_b_items": len(source),
-            "directions": directions, "metrics": full,
-            "faiss": index_retrieval(a_emb, b_emb, pairs, r.ks, (a, b), r.index)}
+        directions[p] = {
+            **{f"R@{k}": full[f"{p}/R@{k}"] for k in r.ks},
+            "MRR": full[f"{p}/MRR"],
+            "n": full[f"{p}/n_queries"],
+        }
+    return {
+        "a": a,
+        "b": b,
+        "n_a": len(a_emb),
+        "n_b": len(b_emb),
+        "n_b_items": len(source),
+        "directions": directions,
+        "metrics": full,
+        "faiss": index_retrieval(a_emb, b_emb, pairs, r.ks, (a, b), r.index),
+    }
 
 
 def orient(mods: list[str], enc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -147,14 +180,22 @@ def r1_table(mods: list[str], result: dict[str, Any]) -> list[list[float | None]
 def markdown_table(mods: list[str], matrix: list[list[float | None]], note: str) -> str:
     head = "| query \\ gallery | " + " | ".join(mods) + " |"
     rule = "|---|" + "---:|" * len(mods)
-    body = ["| " + q + " | " + " | ".join("—" if v is None else f"{v:.4f}" for v in row) + " |"
-            for q, row in zip(mods, matrix)]
-    return "\n".join([f"R@1, query modality (rows) -> gallery modality (columns); {note}", "",
-                      head, rule, *body]) + "\n"
+    body = [
+        "| " + q + " | " + " | ".join("—" if v is None else f"{v:.4f}" for v in row) + " |"
+        for q, row in zip(mods, matrix)
+    ]
+    return (
+        "\n".join([f"R@1, query modality (rows) -> gallery modality (columns); {note}", "", head, rule, *body]) + "\n"
+    )
 
 
-def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Path] | None = None,
-              overrides: Sequence[str] = (), out: str | Path | None = None) -> dict[str, Any]:
+def run_pairs(
+    checkpoint: str | Path,
+    *,
+    config: str | Path | Sequence[str | Path] | None = None,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Evaluate retrieval between every modality pair of ``checkpoint``; write ``pairs.json``,
     ``pairs.md`` and ``pairs_r1.png`` under ``out`` (default ``<checkpoint>/eval``).
 
@@ -168,8 +209,13 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
     model, cfg = load_model(ckpt)
     configs = [config] if config is None or isinstance(config, (str, Path)) else list(config)
     scored = [score_table(model, cfg, c, overrides) for c in configs]
-    info = {"checkpoint": str(ckpt), "step": -1 if (s := checkpoint_step(ckpt)) is None else s,
-            "embed_dim": cfg.model.embed_dim, "loss": cfg.model.loss, "modalities": model.modalities}
+    info = {
+        "checkpoint": str(ckpt),
+        "step": -1 if (s := checkpoint_step(ckpt)) is None else s,
+        "embed_dim": cfg.model.embed_dim,
+        "loss": cfg.model.loss,
+        "modalities": model.modalities,
+    }
     if len(scored) == 1:
         dataset, result = scored[0]
         title = f"R@1 ({result['settings']['positives']} positives)"
@@ -179,7 +225,8 @@ def run_pairs(checkpoint: str | Path, *, config: str | Path | Sequence[str | Pat
         result = merge_tables([str(c) for c in configs], scored)
         title = "R@1 (each pair on the eval table that holds it)"
         note = "each pair on the eval table that holds both: " + "; ".join(
-            f"{t['config']} ({t['settings']['positives']} positives)" for t in result["tables"])
+            f"{t['config']} ({t['settings']['positives']} positives)" for t in result["tables"]
+        )
         payload = {"dataset": [d for d, _ in scored], "seconds": time.perf_counter() - t0, "pairs": result}
     mods = result["modalities"]
     matrix = r1_table(mods, result)
@@ -201,8 +248,10 @@ def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str])
     mods = [m for m in columns if m in model.adapters]
     if len(mods) < 2:
         where = f" ({config})" if config else ""
-        raise PairsError(f"config key 'eval.data.columns'{where}: pairs needs columns for at least 2 of the "
-                         f"checkpoint's modalities {model.modalities}; the eval data has {columns}")
+        raise PairsError(
+            f"config key 'eval.data.columns'{where}: pairs needs columns for at least 2 of the "
+            f"checkpoint's modalities {model.modalities}; the eval data has {columns}"
+        )
     dim = getattr(ecfg, "dim", None)
     if dim is not None and dim > cfg.model.embed_dim:
         raise ConfigError(f"config key 'eval.dim': {dim} is more than the model's embed_dim {cfg.model.embed_dim}")
@@ -216,12 +265,25 @@ def score_table(model, cfg, config: str | Path | None, overrides: Sequence[str])
         model.output_dim = previous
     dataset = describe_spec(ecfg.data, table)
     if len(enc["kept"]) < len(table):
-        dataset.update(skipped=len(table) - len(enc["kept"]), evaluated=len(enc["kept"]),
-                       skipped_rows=sorted(set(range(len(table))) - set(enc["kept"].tolist()))[:100])
-    result = {"settings": {"ks": list(r.ks), "positives": r.positives, "dedupe": bool(r.dedupe), "index": r.index,
-                           "dim": dim, "from": settings_from},
-              "modalities": mods, "ignored_columns": [m for m in columns if m not in mods],
-              "encoded": enc["encoded"], "pairs": [pair_metrics(enc, a, b, r) for a, b in orient(mods, enc)]}
+        dataset.update(
+            skipped=len(table) - len(enc["kept"]),
+            evaluated=len(enc["kept"]),
+            skipped_rows=sorted(set(range(len(table))) - set(enc["kept"].tolist()))[:100],
+        )
+    result = {
+        "settings": {
+            "ks": list(r.ks),
+            "positives": r.positives,
+            "dedupe": bool(r.dedupe),
+            "index": r.index,
+            "dim": dim,
+            "from": settings_from,
+        },
+        "modalities": mods,
+        "ignored_columns": [m for m in columns if m not in mods],
+        "encoded": enc["encoded"],
+        "pairs": [pair_metrics(enc, a, b, r) for a, b in orient(mods, enc)],
+    }
     return dataset, result
 
 
@@ -236,7 +298,20 @@ def merge_tables(configs: list[str], scored: list[tuple[dict, dict]]) -> dict[st
             key = frozenset((p["a"], p["b"]))
             (repeated if key in seen else pairs).append({**p, "table": i})
             seen.add(key)
-    tables = [{"config": c, "settings": res["settings"], "modalities": res["modalities"], "encoded": res["encoded"],
-               "ignored_columns": res["ignored_columns"]} for c, (_, res) in zip(configs, scored)]
-    return {"settings": tables[0]["settings"], "modalities": mods, "tables": tables, "pairs": pairs,
-            "repeated": repeated}
+    tables = [
+        {
+            "config": c,
+            "settings": res["settings"],
+            "modalities": res["modalities"],
+            "encoded": res["encoded"],
+            "ignored_columns": res["ignored_columns"],
+        }
+        for c, (_, res) in zip(configs, scored)
+    ]
+    return {
+        "settings": tables[0]["settings"],
+        "modalities": mods,
+        "tables": tables,
+        "pairs": pairs,
+        "repeated": repeated,
+    }

@@ -1,4 +1,5 @@
 """PNG plots a person would rather look at than read (matplotlib, headless Agg backend)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,7 @@ def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path, title
     if len(values) >= 10:
         w = max(5, len(values) // 30)
         smooth = np.convolve(values, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], smooth, lw=1.6, label=f"mean of {w}")
+        ax.plot(steps[w - 1 :], smooth, lw=1.6, label=f"mean of {w}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)
@@ -48,8 +49,9 @@ def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path, title
     return save_figure(fig, path)
 
 
-def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str | Path,
-                          title: str = "zero-shot confusion matrix") -> Path:
+def plot_confusion_matrix(
+    cm: np.ndarray, classnames: Sequence[str], path: str | Path, title: str = "zero-shot confusion matrix"
+) -> Path:
     plt = _plt()
     cm = np.asarray(cm)
     n = len(classnames)
@@ -64,8 +66,15 @@ def plot_confusion_matrix(cm: np.ndarray, classnames: Sequence[str], path: str |
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > thresh else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > thresh else "black",
+                )
     return save_figure(fig, path)
 
 
@@ -91,14 +100,17 @@ def plot_recall_curve(metrics: dict, path: str | Path, title: str = "retrieval r
     return save_figure(fig, path)
 
 
-def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], path: str | Path,
-                    title: str = "text -> image: top results") -> Path:
+def plot_query_grid(
+    queries: Sequence[str],
+    results: Sequence[Sequence[tuple]],
+    path: str | Path,
+    title: str = "text -> image: top results",
+) -> Path:
     """One row per text query: the query, then its top images as ``(PIL image, score, is_positive)``;
     positives get a green frame, misses a red one."""
     plt = _plt()
     k = max(len(r) for r in results)
-    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(queries)), dpi=110,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.6 * (k + 1), 1.7 * len(queries)), dpi=110, squeeze=False)
     for row, (query, hits) in enumerate(zip(queries, results)):
         axes[row, 0].text(0.0, 0.5, query, wrap=True, fontsize=8, va="center")
         axes[row, 0].axis("off")
@@ -119,8 +131,12 @@ def plot_query_grid(queries: Sequence[str], results: Sequence[Sequence[tuple]], 
     return save_figure(fig, path)
 
 
-def plot_pair_heatmap(matrix: Sequence[Sequence[float | None]], names: Sequence[str], path: str | Path,
-                      title: str = "R@1 between modalities") -> Path:
+def plot_pair_heatmap(
+    matrix: Sequence[Sequence[float | None]],
+    names: Sequence[str],
+    path: str | Path,
+    title: str = "R@1 between modalities",
+) -> Path:
     """Query modality (rows) x gallery modality (columns), one value per direction, annotated in
     its cell; ``None`` (the diagonal: a modality against itself is not a pair) stays blank."""
     plt = _plt()
@@ -137,7 +153,14 @@ def plot_pair_heatmap(matrix: Sequence[Sequence[float | None]], names: Sequence[
     for i in range(n):
         for j in range(n):
             if np.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.3f}", ha="center", va="center", fontsize=8,
-                        color="black" if m[i, j] > 0.6 else "white")
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if m[i, j] > 0.6 else "white",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return save_figure(fig, path)

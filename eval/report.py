@@ -18,6 +18,7 @@
 Beside it ``align eval`` writes ``confusion.png`` (zero-shot) or ``recall_at_k.png`` and, when one
 side is images, ``queries.png`` (top-k images for a few queries; green frame = positive).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,16 @@ def build_report(task: str, metrics: dict[str, Any], model_info: dict[str, Any])
     metrics = dict(metrics)
     dataset = metrics.pop("dataset", None)
     seconds = metrics.pop("seconds", None)
-    return {"schema": SCHEMA, "task": task, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "align_version": align.__version__, "model": model_info, "dataset": dataset,
-            "metrics": metrics.get(task, metrics), "timing": {"seconds": seconds}}
+    return {
+        "schema": SCHEMA,
+        "task": task,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "align_version": align.__version__,
+        "model": model_info,
+        "dataset": dataset,
+        "metrics": metrics.get(task, metrics),
+        "timing": {"seconds": seconds},
+    }
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:

@@ -23,6 +23,7 @@ and ``mean_rank``, and ``n_queries``. Queries without any positive are left out 
 counted in ``n_queries_without_positives``; CLIP_benchmark counts them as misses (0/0 -> nan, and
 ``nan > 0`` is False), which only differs when such queries exist.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -34,7 +35,9 @@ import torch.nn.functional as F
 Positives = np.ndarray | torch.Tensor | Sequence[tuple[int, int]]
 
 
-def positive_pairs(positives: Positives, n_a: int | None = None, n_b: int | None = None) -> tuple[np.ndarray, np.ndarray, int, int]:
+def positive_pairs(
+    positives: Positives, n_a: int | None = None, n_b: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Normalise positives to unique sorted (a_idx, b_idx) pairs plus the set sizes.
 
     Accepts a boolean matrix [n_a, n_b], a list / [P, 2] array of (a_idx, b_idx) pairs, or a 1-D
@@ -54,8 +57,10 @@ def positive_pairs(positives: Positives, n_a: int | None = None, n_b: int | None
     elif p.size == 0:
         a = b = np.zeros(0, dtype=np.int64)
     else:
-        raise TypeError("positives must be a bool matrix [n_a, n_b], (a_idx, b_idx) pairs, or an int "
-                        f"array with each b row's a index; got dtype {p.dtype}, shape {p.shape}")
+        raise TypeError(
+            "positives must be a bool matrix [n_a, n_b], (a_idx, b_idx) pairs, or an int "
+            f"array with each b row's a index; got dtype {p.dtype}, shape {p.shape}"
+        )
     n_a = int(a.max()) + 1 if n_a is None else int(n_a)
     n_b = int(b.max()) + 1 if n_b is None else int(n_b)
     if len(a) and (a.min() < 0 or a.max() >= n_a or b.min() < 0 or b.max() >= n_b):
@@ -64,8 +69,9 @@ def positive_pairs(positives: Positives, n_a: int | None = None, n_b: int | None
     return key // n_b, key % n_b, n_a, n_b
 
 
-def _pair_ranks(score_rows: Callable[[int, int], torch.Tensor], n_q: int, n_g: int, q: np.ndarray,
-                g: np.ndarray, chunk_size: int) -> np.ndarray:
+def _pair_ranks(
+    score_rows: Callable[[int, int], torch.Tensor], n_q: int, n_g: int, q: np.ndarray, g: np.ndarray, chunk_size: int
+) -> np.ndarray:
     """1-based rank of every positive pair (q, g) among its query's gallery: 1 + #(higher score) +
     #(equal score and lower index). Scores are materialised ``chunk_size`` query rows at a time."""
     ranks = np.zeros(len(q), dtype=np.int64)
@@ -88,8 +94,14 @@ def _pair_ranks(score_rows: Callable[[int, int], torch.Tensor], n_q: int, n_g: i
     return ranks
 
 
-def _summarise(prefix: str, q: np.ndarray, ranks: np.ndarray, n_q: int, ks: Sequence[int],
-               recall_hits: dict[int, np.ndarray] | None = None) -> dict[str, float | int]:
+def _summarise(
+    prefix: str,
+    q: np.ndarray,
+    ranks: np.ndarray,
+    n_q: int,
+    ks: Sequence[int],
+    recall_hits: dict[int, np.ndarray] | None = None,
+) -> dict[str, float | int]:
     """Per-query first rank and AP from the ranks of all positives, then means over queries."""
     o = np.lexsort((ranks, q))
     q, ranks = q[o], ranks[o]
@@ -111,8 +123,9 @@ def _summarise(prefix: str, q: np.ndarray, ranks: np.ndarray, n_q: int, ks: Sequ
     return out
 
 
-def _topk_hits(score_rows, n_q: int, q: np.ndarray, g: np.ndarray, n_g: int, ks: Sequence[int],
-               chunk_size: int) -> dict[int, np.ndarray]:
+def _topk_hits(
+    score_rows, n_q: int, q: np.ndarray, g: np.ndarray, n_g: int, ks: Sequence[int], chunk_size: int
+) -> dict[int, np.ndarray]:
     """CLIP_benchmark's hit test: any positive among ``torch.topk(scores, k)`` indices."""
     keys = np.sort(q * n_g + g)
     hits = {k: np.zeros(n_q, dtype=bool) for k in ks}
@@ -128,23 +141,41 @@ def _topk_hits(score_rows, n_q: int, q: np.ndarray, g: np.ndarray, n_g: int, ks:
     return hits
 
 
-def _both_directions(rows_ab, rows_ba, positives: Positives, n_a: int, n_b: int, ks: Sequence[int],
-                     names: tuple[str, str], chunk_size: int, ties: str) -> dict[str, float | int]:
+def _both_directions(
+    rows_ab,
+    rows_ba,
+    positives: Positives,
+    n_a: int,
+    n_b: int,
+    ks: Sequence[int],
+    names: tuple[str, str],
+    chunk_size: int,
+    ties: str,
+) -> dict[str, float | int]:
     if ties not in ("index", "topk"):
         raise ValueError(f"ties must be 'index' or 'topk', got {ties!r}")
     a, b, n_a, n_b = positive_pairs(positives, n_a, n_b)
     out: dict[str, float | int] = {}
-    for (qn, gn), rows, q, g, n_q, n_g in (((names[0], names[1]), rows_ab, a, b, n_a, n_b),
-                                           ((names[1], names[0]), rows_ba, b, a, n_b, n_a)):
+    for (qn, gn), rows, q, g, n_q, n_g in (
+        ((names[0], names[1]), rows_ab, a, b, n_a, n_b),
+        ((names[1], names[0]), rows_ba, b, a, n_b, n_a),
+    ):
         ranks = _pair_ranks(rows, n_q, n_g, q, g, chunk_size)
         hits = _topk_hits(rows, n_q, q, g, n_g, ks, chunk_size) if ties == "topk" else None
         out.update(_summarise(f"{qn}_to_{gn}", q, ranks, n_q, ks, hits))
     return out
 
 
-def retrieval_metrics(a_emb: torch.Tensor, b_emb: torch.Tensor, positives: Positives,
-                      ks: Sequence[int] = (1, 5, 10), names: tuple[str, str] = ("image", "text"),
-                      chunk_size: int = 1024, ties: str = "index", normalize: bool = True) -> dict[str, float | int]:
+def retrieval_metrics(
+    a_emb: torch.Tensor,
+    b_emb: torch.Tensor,
+    positives: Positives,
+    ks: Sequence[int] = (1, 5, 10),
+    names: tuple[str, str] = ("image", "text"),
+    chunk_size: int = 1024,
+    ties: str = "index",
+    normalize: bool = True,
+) -> dict[str, float | int]:
     """Both retrieval directions from embeddings (a = images, b = captions by default).
 
     Cosine scores are computed ``chunk_size`` query rows at a time, so 10k images x 50k captions
@@ -153,25 +184,52 @@ def retrieval_metrics(a_emb: torch.Tensor, b_emb: torch.Tensor, positives: Posit
     if normalize:
         a_emb, b_emb = F.normalize(a_emb, dim=-1), F.normalize(b_emb, dim=-1)
     with torch.no_grad():
-        return _both_directions(lambda s, e: a_emb[s:e] @ b_emb.T,
-                                lambda s, e: b_emb[s:e] @ a_emb.T, positives, len(a_emb), len(b_emb),
-                                ks, names, chunk_size, ties)
+        return _both_directions(
+            lambda s, e: a_emb[s:e] @ b_emb.T,
+            lambda s, e: b_emb[s:e] @ a_emb.T,
+            positives,
+            len(a_emb),
+            len(b_emb),
+            ks,
+            names,
+            chunk_size,
+            ties,
+        )
 
 
-def retrieval_metrics_from_scores(scores: np.ndarray | torch.Tensor, positives: Positives,
-                                  ks: Sequence[int] = (1, 5, 10), names: tuple[str, str] = ("image", "text"),
-                                  chunk_size: int = 1024, ties: str = "index") -> dict[str, float | int]:
+def retrieval_metrics_from_scores(
+    scores: np.ndarray | torch.Tensor,
+    positives: Positives,
+    ks: Sequence[int] = (1, 5, 10),
+    names: tuple[str, str] = ("image", "text"),
+    chunk_size: int = 1024,
+    ties: str = "index",
+) -> dict[str, float | int]:
     """Both directions from a dense score matrix [n_a, n_b] (a tensor, array or ``np.memmap``);
     only ``chunk_size`` rows (or columns) are turned into a float32 tensor at a time."""
     n_a, n_b = scores.shape
     as_t = lambda x: torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).float()
-    return _both_directions(lambda s, e: as_t(scores[s:e]), lambda s, e: as_t(scores[:, s:e].T),
-                            positives, n_a, n_b, ks, names, chunk_size, ties)
+    return _both_directions(
+        lambda s, e: as_t(scores[s:e]),
+        lambda s, e: as_t(scores[:, s:e].T),
+        positives,
+        n_a,
+        n_b,
+        ks,
+        names,
+        chunk_size,
+        ties,
+    )
 
 
-def ranked_retrieval_metrics(ranked_ids: np.ndarray | torch.Tensor, positives: Positives, n_gallery: int,
-                             ks: Sequence[int] = (1, 5, 10), prefix: str = "image_to_text",
-                             n_queries: int | None = None) -> tuple[dict[str, float | int | None], dict[str, str]]:
+def ranked_retrieval_metrics(
+    ranked_ids: np.ndarray | torch.Tensor,
+    positives: Positives,
+    n_gallery: int,
+    ks: Sequence[int] = (1, 5, 10),
+    prefix: str = "image_to_text",
+    n_queries: int | None = None,
+) -> tuple[dict[str, float | int | None], dict[str, str]]:
     """One direction from top-K gallery ids per query (e.g. FAISS ``search``; -1 = no result).
 
     ``positives`` is given query x gallery (matrix [n_q, n_gallery], (query, gallery) pairs, or
@@ -225,8 +283,10 @@ def clip_benchmark_names(metrics: dict[str, float | int | None]) -> dict[str, fl
     """Rename ``text_to_image/R@k`` / ``image_to_text/R@k`` to CLIP_benchmark's keys."""
     out = {}
     for key, v in metrics.items():
-        for ours, theirs in (("text_to_image/R@", "image_retrieval_recall@"),
-                             ("image_to_text/R@", "text_retrieval_recall@")):
+        for ours, theirs in (
+            ("text_to_image/R@", "image_retrieval_recall@"),
+            ("image_to_text/R@", "text_retrieval_recall@"),
+        ):
             if key.startswith(ours):
-                out[theirs + key[len(ours):]] = v
+                out[theirs + key[len(ours) :]] = v
     return out

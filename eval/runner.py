@@ -1,4 +1,5 @@
 """Evaluate a model on a config's ``eval`` section: zero-shot classification and retrieval."""
+
 from __future__ import annotations
 
 import time
@@ -20,21 +21,28 @@ from align.model.encode import encode
 
 
 @torch.no_grad()
-def encode_table(model, table, columns: dict[str, str], label_column: str | None, batch_size: int,
-                 name: str = "data.eval", accelerator=None,
-                 on_error: str = "raise") -> tuple[dict[str, torch.Tensor], np.ndarray | None, np.ndarray]:
+def encode_table(
+    model,
+    table,
+    columns: dict[str, str],
+    label_column: str | None,
+    batch_size: int,
+    name: str = "data.eval",
+    accelerator=None,
+    on_error: str = "raise",
+) -> tuple[dict[str, torch.Tensor], np.ndarray | None, np.ndarray]:
     """Embeddings for every modality column of a table (eval preprocessing), labels, and the rows
     they belong to (rows that failed to load are left out when ``on_error="skip"``). With an
     ``accelerator``, each process encodes its contiguous share of rows and all get the whole."""
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
-    ds = PairedDataset(table, columns, pre, train=False, label_column=label_column, name=name,
-                       on_error=on_error)
+    ds = PairedDataset(table, columns, pre, train=False, label_column=label_column, name=name, on_error=on_error)
     device = next(model.parameters()).device
     model.eval()
 
     def encode_rows(rows: list[int]):
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, rows), batch_size=batch_size,
-                                             shuffle=False, collate_fn=Collator(pre))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ds, rows), batch_size=batch_size, shuffle=False, collate_fn=Collator(pre)
+        )
         out: dict[str, list[torch.Tensor]] = {m: [torch.empty(0)] for m in columns}
         labels = [torch.empty(0, dtype=torch.long)]
         kept = [torch.empty(0, dtype=torch.long)]
@@ -46,8 +54,11 @@ def encode_table(model, table, columns: dict[str, str], label_column: str | None
                 out[m].append(model.encode(m, to_device(batch[m], device)).float().cpu())
             if "label" in batch:
                 labels.append(batch["label"])
-        return ({m: torch.cat(v) for m, v in out.items()}, (torch.cat(labels) if label_column else None),
-                torch.cat(kept))
+        return (
+            {m: torch.cat(v) for m, v in out.items()},
+            (torch.cat(labels) if label_column else None),
+            torch.cat(kept),
+        )
 
     parts = sharded(list(range(len(ds))), encode_rows, accelerator)
     embs = {m: torch.cat([p[0][m] for p in parts]) for m in columns}
@@ -92,25 +103,32 @@ def expand_rows(table, column: str) -> tuple[list[Any], np.ndarray]:
     query); returns the items and each item's source row."""
     items, source = [], []
     for i, value in enumerate(table[column]):
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             items.append(v)
             source.append(i)
     return items, np.asarray(source, dtype=np.int64)
 
 
-def index_retrieval(a_emb: torch.Tensor, b_emb: torch.Tensor, pairs: tuple[np.ndarray, np.ndarray],
-                    ks, names: tuple[str, str], spec: str = "Flat") -> dict[str, Any]:
+def index_retrieval(
+    a_emb: torch.Tensor,
+    b_emb: torch.Tensor,
+    pairs: tuple[np.ndarray, np.ndarray],
+    ks,
+    names: tuple[str, str],
+    spec: str = "Flat",
+) -> dict[str, Any]:
     """R@k in both directions through a FAISS index of each gallery (``spec``: Flat = exact; an
     ANN spec shows what approximate search costs in recall)."""
     a_idx, b_idx = pairs
     out: dict[str, Any] = {"spec": spec}
-    for q, g, qi, gi, prefix in ((a_emb, b_emb, a_idx, b_idx, f"{names[0]}_to_{names[1]}"),
-                                 (b_emb, a_emb, b_idx, a_idx, f"{names[1]}_to_{names[0]}")):
+    for q, g, qi, gi, prefix in (
+        (a_emb, b_emb, a_idx, b_idx, f"{names[0]}_to_{names[1]}"),
+        (b_emb, a_emb, b_idx, a_idx, f"{names[1]}_to_{names[0]}"),
+    ):
         index = EmbeddingIndex(g.shape[1], spec)
         index.add(g)
         _, ids = index.search(q, max(ks))
-        got, _ = ranked_retrieval_metrics(ids, np.stack([qi, gi], 1), len(g), ks=ks, prefix=prefix,
-                                          n_queries=len(q))
+        got, _ = ranked_retrieval_metrics(ids, np.stack([qi, gi], 1), len(g), ks=ks, prefix=prefix, n_queries=len(q))
         out.update({k: v for k, v in got.items() if "/R@" in k})
     return out
 
@@ -137,15 +155,26 @@ def _evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = Non
     if ecfg.zeroshot is not None:  # check the classes before encoding everything
         if not spec.label_column:
             raise ConfigError("config key 'eval.data.label_column': zero-shot evaluation needs labels")
-        prompt_names = zeroshot_classes(ecfg.zeroshot.classnames, class_names(table, spec.label_column),
-                                        np.asarray(table[spec.label_column]))
-    embs, labels, kept = encode_table(model, table, spec.columns, spec.label_column, ecfg.batch_size,
-                                      name=f"eval.data ({spec.source})", accelerator=accelerator,
-                                      on_error=spec.on_error)
+        prompt_names = zeroshot_classes(
+            ecfg.zeroshot.classnames, class_names(table, spec.label_column), np.asarray(table[spec.label_column])
+        )
+    embs, labels, kept = encode_table(
+        model,
+        table,
+        spec.columns,
+        spec.label_column,
+        ecfg.batch_size,
+        name=f"eval.data ({spec.source})",
+        accelerator=accelerator,
+        on_error=spec.on_error,
+    )
     metrics: dict[str, Any] = {"dataset": describe_spec(spec, table)}
     if len(kept) < len(table):  # on_error: skip left rows out: say how many, evaluate the rest
-        metrics["dataset"].update(skipped=len(table) - len(kept), evaluated=len(kept),
-                                  skipped_rows=sorted(set(range(len(table))) - set(kept.tolist()))[:100])
+        metrics["dataset"].update(
+            skipped=len(table) - len(kept),
+            evaluated=len(kept),
+            skipped_rows=sorted(set(range(len(table))) - set(kept.tolist()))[:100],
+        )
         table = table.select(kept)
     if ecfg.zeroshot is not None:
         zs = ecfg.zeroshot
@@ -170,11 +199,17 @@ def _evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = Non
             items, inverse, pairs = dedupe_items(items, pairs)
             source = source[np.unique(inverse, return_index=True)[1]]  # each distinct item's first row
         b_emb = encode_items(model, r.b, items, ecfg.batch_size, accelerator)
-        metrics["retrieval"] = {"a": r.a, "b": r.b, "positives": r.positives, "n_a": len(embs[r.a]),
-                                "n_b": len(b_emb), "n_b_items": n_items, "deduplicated": bool(r.dedupe),
-                                **retrieval_metrics(embs[r.a], b_emb, np.stack(pairs, 1), ks=r.ks,
-                                                    names=(r.a, r.b)),
-                                "faiss": index_retrieval(embs[r.a], b_emb, pairs, r.ks, (r.a, r.b), r.index)}
+        metrics["retrieval"] = {
+            "a": r.a,
+            "b": r.b,
+            "positives": r.positives,
+            "n_a": len(embs[r.a]),
+            "n_b": len(b_emb),
+            "n_b_items": n_items,
+            "deduplicated": bool(r.dedupe),
+            **retrieval_metrics(embs[r.a], b_emb, np.stack(pairs, 1), ks=r.ks, names=(r.a, r.b)),
+            "faiss": index_retrieval(embs[r.a], b_emb, pairs, r.ks, (r.a, r.b), r.index),
+        }
     if keep is not None:
         keep.update(table=table, embeddings=embs, labels=labels)
         if ecfg.retrieval is not None:

@@ -9,6 +9,7 @@ writes nan; it must never read as 1.0), and ties are broken by the lower class i
 of ``torch.argmax`` and of a stable sort) unless ``ties="topk"`` asks for ``torch.topk``'s own,
 implementation-defined, choice. Scale (CLIP's ×100) does not change any of these metrics.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int, ties: str = "index",
-                 k_max: int | None = None) -> torch.Tensor:
+def topk_correct(
+    logits: torch.Tensor, labels: torch.Tensor, k: int, ties: str = "index", k_max: int | None = None
+) -> torch.Tensor:
     """Bool [N]: the true class is among the k best. ``index`` ties: a class beats an equal-scored
     one with a higher index, so the true class's rank is 1 + #(higher) + #(equal, lower index).
     ``topk``: the first k of ``torch.topk(logits, k_max)`` — CLIP_benchmark takes one top-max(k)
@@ -50,9 +52,9 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, n_classes: int) -> np
     return cm
 
 
-def zeroshot_classification_metrics(logits: Any, labels: Any, ks: Sequence[int] = (1, 5),
-                                    classnames: Sequence[str] | None = None,
-                                    ties: str = "index") -> dict[str, Any]:
+def zeroshot_classification_metrics(
+    logits: Any, labels: Any, ks: Sequence[int] = (1, 5), classnames: Sequence[str] | None = None, ties: str = "index"
+) -> dict[str, Any]:
     """Metrics from logits [N, C] (any monotone scale of cosine scores) and integer labels [N].
 
     Returns ``top{k}`` (None when C < k, with the reason under ``undefined``),
@@ -128,23 +130,27 @@ def class_prompts(classnames: Sequence[str], templates: Templates) -> list[list[
 
 
 @torch.no_grad()
-def build_class_embeddings(classnames: Sequence[str], templates: Templates,
-                           encode_texts: Callable[[list[str]], torch.Tensor],
-                           batch_size: int = 256) -> torch.Tensor:
+def build_class_embeddings(
+    classnames: Sequence[str],
+    templates: Templates,
+    encode_texts: Callable[[list[str]], torch.Tensor],
+    batch_size: int = 256,
+) -> torch.Tensor:
     """[C, D] float32 class embeddings: per class, the mean of its L2-normalised prompt embeddings,
     renormalised (CLIP_benchmark's ``zero_shot_classifier``, transposed). ``encode_texts`` maps a
     list of strings to [n, D], so this works with any model; prompts are encoded in batches
     across classes."""
     prompts = class_prompts(classnames, templates)
     flat = [p for row in prompts for p in row]
-    embs = torch.cat([_as_tensor(encode_texts(flat[i:i + batch_size])).float()
-                      for i in range(0, len(flat), batch_size)])
+    embs = torch.cat(
+        [_as_tensor(encode_texts(flat[i : i + batch_size])).float() for i in range(0, len(flat), batch_size)]
+    )
     if len(embs) != len(flat):
         raise ValueError(f"encode_texts returned {len(embs)} rows for {len(flat)} prompts")
     embs = F.normalize(embs, dim=-1)
     out, start = [], 0
     for row in prompts:
-        out.append(F.normalize(embs[start:start + len(row)].mean(0), dim=-1))
+        out.append(F.normalize(embs[start : start + len(row)].mean(0), dim=-1))
         start += len(row)
     return torch.stack(out)
 
@@ -167,8 +173,9 @@ def load_templates(path: str | Path) -> list[str] | dict[str, list[str]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, list) and all(isinstance(t, str) for t in data):
             return data
-        if isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(t, str) for t in v)
-                                          for v in data.values()):
+        if isinstance(data, dict) and all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) for v in data.values()
+        ):
             return {str(k): list(v) for k, v in data.items()}
         raise ValueError(f"{path}: expected a JSON list of strings or an object class -> list of strings")
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]

@@ -3,6 +3,7 @@
 ``align.registry.ADAPTERS.get("image")`` imports ``align.modalities.image`` on first use, so adding a modality is one
 file that registers an adapter under its module name, plus a config that uses it.
 """
+
 from align.registry import ADAPTERS
 
 

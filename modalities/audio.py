@@ -21,6 +21,7 @@ encoder "hf": the (cropped, not padded) waveform at the feature extractor's own 
   ``pooler_output``. Encoder-decoder models (Whisper) use their encoder; dual models with an
   ``audio_model`` (CLAP) use that.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -31,21 +32,24 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.registry import ADAPTERS
+from align.errors import SampleError
 from align.modalities.audio_io import DEFAULT_SILENCE_THRESHOLD, crop_or_pad, load_audio
 from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor, resolve_model_path
-from align.errors import SampleError
 from align.modalities.layers import ClsTransformer, freeze_, masked_mean
+from align.registry import ADAPTERS
 
 MEL_FMIN = 20.0
 FIT_CLIPS = 5000  # most training clips read to fit norm_stats
+
+
 class _AudioCommon(AdapterOptions):
     """Options both encoder variants read."""
 
     sample_rate: int = Field(16000, gt=0, description="'ast' only; 'hf' uses its feature extractor's rate")
     clip_seconds: float = Field(1.0, gt=0, description="crop (and for 'ast' pad) every clip to this")
-    silence_threshold: float | None = Field(DEFAULT_SILENCE_THRESHOLD, ge=0,
-                                            description="peak |x| below this is an error; None disables")
+    silence_threshold: float | None = Field(
+        DEFAULT_SILENCE_THRESHOLD, ge=0, description="peak |x| below this is an error; None disables"
+    )
     freeze: bool = False
 
     def clip_samples(self, sample_rate: int | None = None) -> int:
@@ -64,9 +68,11 @@ class ASTAudioOptions(_AudioCommon):
     hop_length: int | None = Field(None, gt=0, description="default: 10 ms")
     top_db: float | None = Field(80.0, gt=0, description="log-mel dynamic range below the clip's peak")
     norm_stats: tuple[float, float] | Literal["fit"] | None = Field(
-        None, description="fixed (mean, std) of the log-mel in dB; 'fit' = measured on the training "
+        None,
+        description="fixed (mean, std) of the log-mel in dB; 'fit' = measured on the training "
         "clips before training (AST's dataset statistics, stored in the run's config); None = "
-        "per-utterance normalisation")
+        "per-utterance normalisation",
+    )
     freq_mask: int = Field(0, ge=0, description="SpecAugment: max mel bins per mask (0 = off)")
     time_mask: int = Field(0, ge=0, description="SpecAugment: max frames per mask (0 = off)")
     num_masks: int = Field(2, ge=0, description="SpecAugment: masks of each kind")
@@ -91,8 +97,10 @@ class ASTAudioOptions(_AudioCommon):
         if self.stft()["win_length"] > self.stft()["n_fft"]:
             raise ValueError(f"win_length {self.stft()['win_length']} > n_fft {self.stft()['n_fft']}")
         if min(self.n_mels, self.frames()) < self.patch_size:
-            raise ValueError(f"log-mel [{self.n_mels} x {self.frames()}] is smaller than patch_size "
-                             f"{self.patch_size}; raise n_mels / clip_seconds or lower patch_size")
+            raise ValueError(
+                f"log-mel [{self.n_mels} x {self.frames()}] is smaller than patch_size "
+                f"{self.patch_size}; raise n_mels / clip_seconds or lower patch_size"
+            )
         return self
 
     def stft(self) -> dict[str, int]:
@@ -112,8 +120,9 @@ class HFAudioOptions(_AudioCommon):
     """encoder "hf": a transformers audio encoder and its own feature extractor."""
 
     encoder: Literal["hf"] = "hf"
-    hf_model: str | None = Field(None, description="transformers audio model: hub id, local folder or "
-                                 "package:<module>/<folder>")
+    hf_model: str | None = Field(
+        None, description="transformers audio model: hub id, local folder or package:<module>/<folder>"
+    )
     pooling: Literal["mean", "cls", "pooler"] = "mean"
 
     @model_validator(mode="after")
@@ -130,6 +139,7 @@ AudioOptions = EncoderVariants("ast", ast=ASTAudioOptions, hf=HFAudioOptions)
 # preprocessing (DataLoader workers)
 # ------------------------------------------------------------------------------------------------
 
+
 class LogMel:
     """Normalised log-mel spectrogram of one waveform via ``transformers.audio_utils``."""
 
@@ -138,11 +148,20 @@ class LogMel:
 
         self.stft = o.stft()
         self.window = window_function(self.stft["win_length"], "hann")
-        self.mel_filters = mel_filter_bank(self.stft["n_fft"] // 2 + 1, o.n_mels, MEL_FMIN,
-                                           o.sample_rate / 2, o.sample_rate, norm=None, mel_scale="htk")
+        self.mel_filters = mel_filter_bank(
+            self.stft["n_fft"] // 2 + 1,
+            o.n_mels,
+            MEL_FMIN,
+            o.sample_rate / 2,
+            o.sample_rate,
+            norm=None,
+            mel_scale="htk",
+        )
         if o.norm_stats == "fit":
-            raise ValueError("norm_stats 'fit' is measured on the training clips by AudioAdapter.fit "
-                             "(align train runs it); give (mean, std) to build the adapter directly")
+            raise ValueError(
+                "norm_stats 'fit' is measured on the training clips by AudioAdapter.fit "
+                "(align train runs it); give (mean, std) to build the adapter directly"
+            )
         self.norm_stats = o.norm_stats
         self.top_db = o.top_db
 
@@ -150,10 +169,19 @@ class LogMel:
         """Un-normalised mel power in dB, at most ``top_db`` below the clip's peak, [n_mels, frames]."""
         from transformers.audio_utils import spectrogram
 
-        return spectrogram(wave, self.window, frame_length=self.stft["win_length"],
-                           hop_length=self.stft["hop_length"], fft_length=self.stft["n_fft"], power=2.0,
-                           mel_filters=self.mel_filters, mel_floor=1e-10, log_mel="dB",
-                           min_value=1e-10, db_range=self.top_db)
+        return spectrogram(
+            wave,
+            self.window,
+            frame_length=self.stft["win_length"],
+            hop_length=self.stft["hop_length"],
+            fft_length=self.stft["n_fft"],
+            power=2.0,
+            mel_filters=self.mel_filters,
+            mel_floor=1e-10,
+            log_mel="dB",
+            min_value=1e-10,
+            db_range=self.top_db,
+        )
 
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         spec = self.log_mel(wave)
@@ -234,6 +262,7 @@ def pad_stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 # encoders
 # ------------------------------------------------------------------------------------------------
 
+
 class ASTEncoder(ClsTransformer):
     """AST (Gong et al. 2021) from scratch: conv patches over the log-mel image, then the shared
     CLS-token trunk (learned positions, pre-norm transformer, final LayerNorm, CLS or mean pooling)."""
@@ -241,15 +270,24 @@ class ASTEncoder(ClsTransformer):
     def __init__(self, o: ASTAudioOptions) -> None:
         input_shape = (o.n_mels, o.frames())
         grid = [(n - o.patch_size) // o.patch_stride + 1 for n in input_shape]
-        super().__init__({"patch": nn.Conv2d(1, o.width, o.patch_size, o.patch_stride)}, width=o.width,
-                         heads=o.heads, mlp_ratio=o.mlp_ratio, dropout=o.dropout, layers=o.layers,
-                         token_positions=grid[0] * grid[1], pooling=o.pooling)
+        super().__init__(
+            {"patch": nn.Conv2d(1, o.width, o.patch_size, o.patch_stride)},
+            width=o.width,
+            heads=o.heads,
+            mlp_ratio=o.mlp_ratio,
+            dropout=o.dropout,
+            layers=o.layers,
+            token_positions=grid[0] * grid[1],
+            pooling=o.pooling,
+        )
         self.input_shape = input_shape
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         if spec.ndim != 3 or tuple(spec.shape[1:]) != self.input_shape:
-            raise ValueError(f"audio batch must be [B, n_mels, frames] = [B, {self.input_shape[0]}, "
-                             f"{self.input_shape[1]}], got {tuple(spec.shape)}")
+            raise ValueError(
+                f"audio batch must be [B, n_mels, frames] = [B, {self.input_shape[0]}, "
+                f"{self.input_shape[1]}], got {tuple(spec.shape)}"
+            )
         return self.encode(self.patch(spec.unsqueeze(1)).flatten(2).transpose(1, 2))
 
 
@@ -271,8 +309,10 @@ def hf_feature_dim(tower: nn.Module) -> int:
     cfg = getattr(cfg, "audio_config", None) or cfg
     dim = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
     if dim is None:
-        raise ValueError(f"cannot tell the feature width of {type(tower).__name__}: its config has "
-                         "neither 'hidden_size' nor 'd_model'")
+        raise ValueError(
+            f"cannot tell the feature width of {type(tower).__name__}: its config has "
+            "neither 'hidden_size' nor 'd_model'"
+        )
     return int(dim)
 
 
@@ -292,8 +332,10 @@ class AudioAdapter(ModalityAdapter):
             fe_rate = int(self.feature_extractor.sampling_rate)
             default_rate = type(options).model_fields["sample_rate"].default  # not model_fields_set: see above
             if options.sample_rate not in (default_rate, fe_rate):
-                raise ValueError(f"sample_rate {options.sample_rate} differs from {options.hf_model}'s "
-                                 f"feature extractor ({fe_rate} Hz); leave it out for encoder 'hf'")
+                raise ValueError(
+                    f"sample_rate {options.sample_rate} differs from {options.hf_model}'s "
+                    f"feature extractor ({fe_rate} Hz); leave it out for encoder 'hf'"
+                )
             self.feature_dim = hf_feature_dim(self.tower)
             self._inputs = set(inspect.signature(self.tower.forward).parameters)
         else:
@@ -325,7 +367,7 @@ class AudioAdapter(ModalityAdapter):
         if not count:
             raise ValueError("audio fit (norm_stats: fit): the training column has no clips")
         mean = total / count
-        return {"norm_stats": [float(mean), float(np.sqrt(max(total_sq / count - mean ** 2, 1e-12)))]}
+        return {"norm_stats": [float(mean), float(np.sqrt(max(total_sq / count - mean**2, 1e-12)))]}
 
     def preprocessor(self) -> Preprocessor:
         if self.options.encoder == "hf":

@@ -23,6 +23,7 @@ Every failure is a ``SampleError`` whose message names the sample ("audio file P
 "audio bytes [from PATH]" or "audio array"): unreadable, corrupt or truncated files, zero-length,
 silent (peak below ``silence_threshold``) or non-finite audio, unsupported types.
 """
+
 from __future__ import annotations
 
 import io
@@ -37,15 +38,15 @@ from align.errors import SampleError
 DEFAULT_SILENCE_THRESHOLD = 1e-4
 
 
-def load_audio(raw: Any, target_sr: int, *,
-               silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD) -> np.ndarray:
+def load_audio(raw: Any, target_sr: int, *, silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD) -> np.ndarray:
     """Decode, check, mix to mono and resample one raw audio sample -> float32 ``[samples]``."""
     data, sr, where = decode_audio(raw)
     return prepare_waveform(data, sr, target_sr, where, silence_threshold)
 
 
-def prepare_waveform(data: np.ndarray, sr: int, target_sr: int, where: str,
-                     silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD) -> np.ndarray:
+def prepare_waveform(
+    data: np.ndarray, sr: int, target_sr: int, where: str, silence_threshold: float | None = DEFAULT_SILENCE_THRESHOLD
+) -> np.ndarray:
     """Checks before resampling, so errors describe the audio as it came in."""
     if data.size == 0:
         raise SampleError(f"{where}: zero-length audio")
@@ -54,8 +55,7 @@ def prepare_waveform(data: np.ndarray, sr: int, target_sr: int, where: str,
     wave = data.mean(axis=1) if data.ndim == 2 else data
     peak = float(np.abs(wave).max())
     if silence_threshold is not None and peak < silence_threshold:
-        raise SampleError(f"{where}: silent audio (peak |x| {peak:.3g} < silence_threshold "
-                          f"{silence_threshold:g})")
+        raise SampleError(f"{where}: silent audio (peak |x| {peak:.3g} < silence_threshold {silence_threshold:g})")
     return resample(wave, sr, target_sr)
 
 
@@ -69,17 +69,19 @@ def resample(wave: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(wave, int(target_sr) // g, int(sr) // g).astype(np.float32)
 
 
-def crop_or_pad(wave: np.ndarray, n: int, train: bool, rng: np.random.Generator | None = None,
-                pad: Literal["end", "center"] = "end") -> np.ndarray:
+def crop_or_pad(
+    wave: np.ndarray, n: int, train: bool, rng: np.random.Generator | None = None, pad: Literal["end", "center"] = "end"
+) -> np.ndarray:
     """Exactly ``n`` samples (policy in the module docstring). ``rng`` defaults to ``np.random``."""
     length = len(wave)
     if length > n:
         if train:
-            start = int(rng.integers(0, length - n + 1)) if rng is not None else \
-                int(np.random.randint(0, length - n + 1))
+            start = (
+                int(rng.integers(0, length - n + 1)) if rng is not None else int(np.random.randint(0, length - n + 1))
+            )
         else:
             start = (length - n) // 2
-        return wave[start:start + n]
+        return wave[start : start + n]
     if length < n:
         before = (n - length) // 2 if pad == "center" else 0
         return np.pad(wave, (before, n - length - before))
@@ -89,6 +91,7 @@ def crop_or_pad(wave: np.ndarray, n: int, train: bool, rng: np.random.Generator 
 # ------------------------------------------------------------------------------------------------
 # decoding: raw sample -> (float32 [frames, channels] or [frames], sample rate, description)
 # ------------------------------------------------------------------------------------------------
+
 
 def decode_audio(raw: Any) -> tuple[np.ndarray, int, str]:
     """Dispatch on the raw sample's type; returns float32 samples, their rate and a description."""
@@ -100,8 +103,10 @@ def decode_audio(raw: Any) -> tuple[np.ndarray, int, str]:
         return (*decode_bytes(bytes(raw), "audio bytes"), "audio bytes")
     if isinstance(raw, tuple) and len(raw) == 2:
         return (*array_samples(raw[0], raw[1]), "audio array")
-    raise SampleError(f"cannot read audio from {type(raw).__name__}; expected a path, bytes, "
-                      "an HF Audio dict or an (array, sample_rate) tuple")
+    raise SampleError(
+        f"cannot read audio from {type(raw).__name__}; expected a path, bytes, "
+        "an HF Audio dict or an (array, sample_rate) tuple"
+    )
 
 
 def _decode_dict(raw: dict) -> tuple[np.ndarray, int, str]:
@@ -117,8 +122,7 @@ def _decode_dict(raw: dict) -> tuple[np.ndarray, int, str]:
 
 def array_samples(array: Any, sr: Any) -> tuple[np.ndarray, int]:
     """An in-memory array + rate -> float32 [frames] or [frames, channels]."""
-    if sr is None or isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float)) or sr <= 0 \
-            or int(sr) != sr:
+    if sr is None or isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float)) or sr <= 0 or int(sr) != sr:
         raise SampleError(f"audio array: sample rate must be a positive integer, got {sr!r}")
     if hasattr(array, "detach"):  # torch tensor
         array = array.detach().cpu().numpy()
@@ -171,8 +175,9 @@ def _decode(src, reopen, where: str) -> tuple[np.ndarray, int]:
     except SampleError as err:
         raise SampleError(f"{where}: cannot decode audio (soundfile: {sf_error}; av: {err})") from None
     except Exception as err:  # FFmpeg raises many OSError/ValueError subclasses
-        raise SampleError(f"{where}: cannot decode audio (soundfile: {sf_error}; "
-                          f"av: {type(err).__name__}: {err})") from None
+        raise SampleError(
+            f"{where}: cannot decode audio (soundfile: {sf_error}; av: {type(err).__name__}: {err})"
+        ) from None
 
 
 def _read_soundfile(src, where: str) -> tuple[np.ndarray, int]:
@@ -184,16 +189,14 @@ def _read_soundfile(src, where: str) -> tuple[np.ndarray, int]:
         log = f.extra_info
         rate = int(f.samplerate)
     if len(data) < expected or _header_says_truncated(log):
-        raise SampleError(f"{where}: truncated audio file (decoded {len(data)} frames; "
-                          "the header promises more)")
+        raise SampleError(f"{where}: truncated audio file (decoded {len(data)} frames; the header promises more)")
     return data, rate
 
 
 def _header_says_truncated(log: str) -> bool:
     """libsndfile clamps a WAV/AIFF whose data chunk runs past the end of the file and logs
     'data : N (should be M)'; we treat that as a truncated (partly downloaded/written) file."""
-    return any(line.strip().lower().startswith(("data", "ssnd")) and "should be" in line
-               for line in log.splitlines())
+    return any(line.strip().lower().startswith(("data", "ssnd")) and "should be" in line for line in log.splitlines())
 
 
 def _read_av(src) -> tuple[np.ndarray, int]:

@@ -6,14 +6,16 @@
 
 The preprocessor is a separate light object so workers never pickle the encoder weights.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import torch
-from align.modalities.layers import set_grad_checkpointing_
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
+
+from align.modalities.layers import set_grad_checkpointing_
 
 
 class AdapterOptions(BaseModel):
@@ -55,9 +57,13 @@ class EncoderVariants:
                         foreign.setdefault(key, other_name)
         if foreign:
             others = sorted(set(foreign.values()))
-            raise _error(self, data, f"option(s) {sorted(foreign)} do not apply to encoder '{name}'; they "
-                         f"only apply to encoder {' / '.join(repr(o) for o in others)} (a config that sets "
-                         f"them needs encoder: {others[0]})")
+            raise _error(
+                self,
+                data,
+                f"option(s) {sorted(foreign)} do not apply to encoder '{name}'; they "
+                f"only apply to encoder {' / '.join(repr(o) for o in others)} (a config that sets "
+                f"them needs encoder: {others[0]})",
+            )
         return own.model_validate(data)
 
     def __call__(self, **options: Any) -> AdapterOptions:
@@ -67,8 +73,9 @@ class EncoderVariants:
 def _error(variants: EncoderVariants, data: dict, message: str) -> ValidationError:
     """A pydantic ValidationError (what every options schema raises) carrying ``message``."""
     title = " | ".join(c.__name__ for c in variants.variants.values())
-    return ValidationError.from_exception_data(title, [{"type": "value_error", "loc": (), "input": data,
-                                                        "ctx": {"error": ValueError(message)}}])
+    return ValidationError.from_exception_data(
+        title, [{"type": "value_error", "loc": (), "input": data, "ctx": {"error": ValueError(message)}}]
+    )
 
 
 class Preprocessor:
@@ -140,7 +147,7 @@ def resolve_model_path(name: str) -> str:
     import importlib.util
     from pathlib import Path
 
-    module, _, sub = name[len("package:"):].partition("/")
+    module, _, sub = name[len("package:") :].partition("/")
     spec = importlib.util.find_spec(module) if module else None
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"model '{name}': no installed package '{module}' (pip install it)")
@@ -148,4 +155,3 @@ def resolve_model_path(name: str) -> str:
     if not path.exists():
         raise ValueError(f"model '{name}': {path} does not exist")
     return str(path)
-

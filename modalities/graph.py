@@ -28,18 +28,19 @@ build). ``k_hop_subgraph`` costs O(E * k) per sample (boolean masks over all edg
 Planetoid-sized graphs (CiteSeer's 9k edges, PubMed's 89k); for graphs with many millions of
 edges a CSR neighbour sampler would be the next step.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
 
 import torch
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
-from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
-from align.modalities.layers import checkpoint_module_, norm_layer
 from pydantic import Field, model_validator
 from torch import nn
 
 from align.errors import SampleError
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
+from align.modalities.graph_io import check_graph, is_store_ref, smiles_vocab, to_graph
+from align.modalities.layers import checkpoint_module_, norm_layer
 from align.registry import ADAPTERS
 
 Vocab = list[int] | Literal["smiles", "fit"] | None
@@ -53,20 +54,28 @@ class GraphOptions(AdapterOptions):
     dropout: float = Field(0.0, ge=0, lt=1)
     norm: Literal["batch", "layer", "none"] = "batch"
     pooling: Literal["mean", "sum", "max", "attention", "center"] = "mean"
-    jk: Literal["last", "cat"] = Field("last", description="read out the last layer, or all layers "
-                                       "concatenated (feature_dim = width * (layers + 1))")
+    jk: Literal["last", "cat"] = Field(
+        "last", description="read out the last layer, or all layers concatenated (feature_dim = width * (layers + 1))"
+    )
     node_dim: int | None = Field(None, gt=0, description="width of float node features x [N, node_dim]")
-    node_vocab: Vocab = Field(None, description="category counts of integer node feature columns, "
-                              "'smiles' (from_smiles' 9 atom features), or 'fit' (1 + the largest "
-                              "category of each column in the training graphs, stored in the run's config)")
+    node_vocab: Vocab = Field(
+        None,
+        description="category counts of integer node feature columns, "
+        "'smiles' (from_smiles' 9 atom features), or 'fit' (1 + the largest "
+        "category of each column in the training graphs, stored in the run's config)",
+    )
     edge_dim: int | None = Field(None, gt=0, description="width of float edge features")
-    edge_vocab: Vocab = Field(None, description="category counts of integer edge feature columns, "
-                              "'smiles' (from_smiles' 3 bond features), or 'fit' (as node_vocab)")
+    edge_vocab: Vocab = Field(
+        None,
+        description="category counts of integer edge feature columns, "
+        "'smiles' (from_smiles' 3 bond features), or 'fit' (as node_vocab)",
+    )
     node_attrs: list[str] | None = Field(None, description="networkx node attributes stacked into x")
     edge_attrs: list[str] | None = Field(None, description="networkx edge attributes stacked into edge_attr")
     require_edges: bool = Field(False, description="treat a graph without edges as a bad sample")
-    ego_hops: int | None = Field(None, gt=0, description="node-level: keep only the k-hop subgraph "
-                                 "around each sample's center node")
+    ego_hops: int | None = Field(
+        None, gt=0, description="node-level: keep only the k-hop subgraph around each sample's center node"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "GraphOptions":
@@ -84,8 +93,10 @@ class GraphOptions(AdapterOptions):
     def vocab(self, kind: str) -> list[int] | None:
         v = getattr(self, f"{kind}_vocab")
         if v == "fit":
-            raise ValueError(f"{kind}_vocab 'fit' is counted on the training graphs by GraphAdapter.fit "
-                             f"(align train runs it); give the category counts to build the adapter directly")
+            raise ValueError(
+                f"{kind}_vocab 'fit' is counted on the training graphs by GraphAdapter.fit "
+                f"(align train runs it); give the category counts to build the adapter directly"
+            )
         if v == "smiles":
             return smiles_vocab()[0 if kind == "node" else 1]
         return v
@@ -98,6 +109,7 @@ class GraphOptions(AdapterOptions):
 # preprocessing (DataLoader workers)
 # ------------------------------------------------------------------------------------------------
 
+
 def _conform(t: torch.Tensor | None, dim: int | None, vocab: list[int] | None, rows: int, what: str):
     """Features as the encoder reads them: float [rows, dim], int64 [rows, len(vocab)], or None."""
     if dim is None and vocab is None:
@@ -106,8 +118,10 @@ def _conform(t: torch.Tensor | None, dim: int | None, vocab: list[int] | None, r
     if t is None:
         if rows == 0:
             return torch.zeros(0, width, dtype=torch.float32 if dim is not None else torch.long)
-        raise SampleError(f"graph has no {what} features, but the encoder expects "
-                          f"{'dim ' + str(dim) if dim is not None else 'vocab ' + str(vocab)}")
+        raise SampleError(
+            f"graph has no {what} features, but the encoder expects "
+            f"{'dim ' + str(dim) if dim is not None else 'vocab ' + str(vocab)}"
+        )
     if t.dim() != 2 or t.shape[1] != width:
         raise SampleError(f"{what} features have shape {list(t.shape)}, expected [{rows}, {width}]")
     if dim is not None:
@@ -116,8 +130,9 @@ def _conform(t: torch.Tensor | None, dim: int | None, vocab: list[int] | None, r
         raise SampleError(f"{what} features must be integer categories for {what}_vocab")
     t = t.long()
     if rows and ((t < 0).any() or (t >= torch.tensor(vocab)).any()):
-        raise SampleError(f"{what} feature categories out of range for vocab {vocab}: "
-                          f"max per column {t.max(0).values.tolist()}")
+        raise SampleError(
+            f"{what} feature categories out of range for vocab {vocab}: max per column {t.max(0).values.tolist()}"
+        )
     return t
 
 
@@ -134,9 +149,11 @@ class GraphPreprocessor(Preprocessor):
         g = to_graph(raw, node_attrs=self.o.node_attrs, edge_attrs=self.o.edge_attrs)
         stored = is_store_ref(raw)
         if stored and self.o.ego_hops is None:
-            raise SampleError(f"graph sample refers to a stored graph of {g.num_nodes} nodes ({raw['store']}); "
-                              "set the graph options pooling: center and ego_hops: k (e.g. 2) so a sample "
-                              "is its centre's k-hop neighbourhood, not the whole graph")
+            raise SampleError(
+                f"graph sample refers to a stored graph of {g.num_nodes} nodes ({raw['store']}); "
+                "set the graph options pooling: center and ego_hops: k (e.g. 2) so a sample "
+                "is its centre's k-hop neighbourhood, not the whole graph"
+            )
         if self.o.ego_hops is not None:
             g = self._ego(g, checked=stored)
         check_graph(g, require_edges=self.o.require_edges)
@@ -165,8 +182,9 @@ class GraphPreprocessor(Preprocessor):
             check_graph(g)
         elif not 0 <= int(g.center) < g.num_nodes:
             raise SampleError(f"center node {int(g.center)} is outside the graph's {g.num_nodes} nodes")
-        subset, ei, mapping, edge_mask = k_hop_subgraph(int(g.center), self.o.ego_hops, g.edge_index,
-                                                        relabel_nodes=True, num_nodes=g.num_nodes)
+        subset, ei, mapping, edge_mask = k_hop_subgraph(
+            int(g.center), self.o.ego_hops, g.edge_index, relabel_nodes=True, num_nodes=g.num_nodes
+        )
         sub = g.__class__(edge_index=ei, num_nodes=len(subset), center=mapping.reshape(1))
         if getattr(g, "x", None) is not None:
             sub.x = g.x[subset]
@@ -183,6 +201,7 @@ class GraphPreprocessor(Preprocessor):
 # ------------------------------------------------------------------------------------------------
 # encoder
 # ------------------------------------------------------------------------------------------------
+
 
 class FeatureEncoder(nn.Module):
     """Float features -> Linear; integer category columns -> sum of embeddings (OGB's AtomEncoder);
@@ -227,17 +246,22 @@ class GraphAdapter(ModalityAdapter):
 
         o = self.options
         self.node_encoder = FeatureEncoder(o.node_dim, o.vocab("node"), o.width)
-        self.edge_encoders = nn.ModuleList(  # one per layer, as in GINE / OGB
-            FeatureEncoder(o.edge_dim, o.vocab("edge"), o.width) for _ in range(o.layers)
-        ) if o.has_edge_features() else None
+        self.edge_encoders = (
+            nn.ModuleList(  # one per layer, as in GINE / OGB
+                FeatureEncoder(o.edge_dim, o.vocab("edge"), o.width) for _ in range(o.layers)
+            )
+            if o.has_edge_features()
+            else None
+        )
         self.convs = nn.ModuleList(_conv(o) for _ in range(o.layers))
         self.norms = nn.ModuleList(norm_layer(o.norm, o.width) for _ in range(o.layers))
         self.dropout = nn.Dropout(o.dropout)
         self.feature_dim = o.width * (o.layers + 1 if o.jk == "cat" else 1)
         self.pool = None
         if o.pooling == "attention":
-            self.pool = gnn.AttentionalAggregation(nn.Sequential(
-                nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU(), nn.Linear(self.feature_dim, 1)))
+            self.pool = gnn.AttentionalAggregation(
+                nn.Sequential(nn.Linear(self.feature_dim, self.feature_dim), nn.ReLU(), nn.Linear(self.feature_dim, 1))
+            )
 
     @classmethod
     def fit(cls, options: GraphOptions | dict, values: list[Any]) -> dict[str, Any]:
@@ -265,8 +289,10 @@ class GraphAdapter(ModalityAdapter):
                 if t is None or t.numel() == 0:
                     continue
                 if t.dim() != 2 or (t.is_floating_point() and not torch.equal(t, t.round())) or (t < 0).any():
-                    raise ValueError(f"graph fit, training row {i}: {kind} features must be non-negative "
-                                     f"integer categories [rows, columns] for {kind}_vocab: fit")
+                    raise ValueError(
+                        f"graph fit, training row {i}: {kind} features must be non-negative "
+                        f"integer categories [rows, columns] for {kind}_vocab: fit"
+                    )
                 m = t.long().amax(0)
                 top[kind] = m if top[kind] is None else torch.maximum(top[kind], m)
         missing = [k for k in kinds if top[k] is None]

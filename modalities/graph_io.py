@@ -21,6 +21,7 @@ Undirected graphs keep both directions of every edge, as PyG does. A graph with 
 error; a graph with nodes but no edges (a single ion, an isolated atom) is legal data for message
 passing (each node keeps its own features) unless ``require_edges`` is set.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -112,8 +113,11 @@ def graph_from_networkx(graph, node_attrs: Sequence[str] | None, edge_attrs: Seq
     from torch_geometric.utils import from_networkx
 
     try:
-        return from_networkx(graph, group_node_attrs=list(node_attrs) if node_attrs else None,
-                             group_edge_attrs=list(edge_attrs) if edge_attrs else None)
+        return from_networkx(
+            graph,
+            group_node_attrs=list(node_attrs) if node_attrs else None,
+            group_edge_attrs=list(edge_attrs) if edge_attrs else None,
+        )
     except (KeyError, ValueError, TypeError) as err:
         raise SampleError(f"networkx graph: cannot read attributes {node_attrs} / {edge_attrs}: {err!r}") from None
 
@@ -154,8 +158,10 @@ def load_store(path: str | Path):
         n = int(np.load(folder / "num_nodes.npy", allow_pickle=False))
         x = np.load(folder / "x.npy", mmap_mode="r", allow_pickle=False) if (folder / "x.npy").is_file() else None
     except (OSError, ValueError) as err:
-        raise SampleError(f"graph store {folder}: cannot read it ({err}); was the cache folder removed? "
-                          f"Loading the table again rebuilds it") from None
+        raise SampleError(
+            f"graph store {folder}: cannot read it ({err}); was the cache folder removed? "
+            f"Loading the table again rebuilds it"
+        ) from None
     if ei.ndim != 2 or ei.shape[0] != 2 or ei.dtype != np.int64:
         raise SampleError(f"graph store {folder}: edge_index is {ei.dtype} {list(ei.shape)}, expected int64 [2, E]")
     with warnings.catch_warnings():  # read-only mmap -> torch warns that the tensor is not writable
@@ -200,8 +206,10 @@ def to_graph(raw: Any, *, node_attrs: Sequence[str] | None = None, edge_attrs: S
         return graph_from_dict(raw)
     if hasattr(raw, "nodes") and hasattr(raw, "edges") and hasattr(raw, "is_directed"):
         return graph_from_networkx(raw, node_attrs, edge_attrs)
-    raise SampleError(f"graph sample must be a SMILES string, a torch_geometric Data, a networkx graph "
-                      f"or a dict with edge_index, got {type(raw).__name__}")
+    raise SampleError(
+        f"graph sample must be a SMILES string, a torch_geometric Data, a networkx graph "
+        f"or a dict with edge_index, got {type(raw).__name__}"
+    )
 
 
 def check_graph(data, *, require_edges: bool = False) -> None:
@@ -214,8 +222,10 @@ def check_graph(data, *, require_edges: bool = False) -> None:
         if require_edges:
             raise SampleError(f"graph has {n} nodes and no edges (require_edges is set)")
     elif int(ei.min()) < 0 or int(ei.max()) >= n:
-        raise SampleError(f"edge_index refers to node {int(ei.max()) if int(ei.max()) >= n else int(ei.min())} "
-                          f"but the graph has {n} nodes")
+        raise SampleError(
+            f"edge_index refers to node {int(ei.max()) if int(ei.max()) >= n else int(ei.min())} "
+            f"but the graph has {n} nodes"
+        )
     for name in ("x", "edge_attr"):
         t = getattr(data, name, None)
         if t is None:

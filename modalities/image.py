@@ -4,6 +4,7 @@ from an open_clip ``CLIPVisionCfg`` for CPU training. Preprocessing is open_clip
 Raw samples may be a file path, raw bytes, a PIL image, a HF ``Image`` feature dict
 (``{"bytes": ..., "path": ...}``), or an ``HxW`` / ``HxWxC`` array.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from align.registry import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 from align.errors import SampleError
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 from align.modalities.layers import freeze_
+from align.registry import ADAPTERS
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -26,8 +27,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 class ImageOptions(AdapterOptions):
     model: str | None = Field(None, description="open_clip model name, e.g. ViT-B-32")
     pretrained: str | None = Field(None, description="open_clip pretrained tag or a local checkpoint file")
-    vision_cfg: dict[str, Any] | None = Field(None, description="open_clip CLIPVisionCfg fields for a "
-                                              "tower built from scratch")
+    vision_cfg: dict[str, Any] | None = Field(
+        None, description="open_clip CLIPVisionCfg fields for a tower built from scratch"
+    )
     output_dim: int = Field(512, gt=0, description="tower output width when built from vision_cfg")
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -59,8 +61,9 @@ def check_dataclass_keys(field: str, cls_name: str, data: dict) -> None:
     known = {f.name for f in dataclasses.fields(getattr(oc_model, cls_name))}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) {[f'{field}.{k}' for k in unknown]} (not {cls_name} fields); "
-                         f"known: {sorted(known)}")
+        raise ValueError(
+            f"unknown key(s) {[f'{field}.{k}' for k in unknown]} (not {cls_name} fields); known: {sorted(known)}"
+        )
 
 
 def load_image(raw: Any):

@@ -1,5 +1,6 @@
 """Building blocks several modalities share (timm's ``layers/``): one definition each, so two
 towers that mean the same block build the same block."""
+
 from __future__ import annotations
 
 import functools
@@ -13,8 +14,9 @@ def prenorm_transformer(width: int, heads: int, mlp_ratio: float, dropout: float
     """The ViT-style trunk of the from-scratch towers (AST, the point-patch transformer, video's
     temporal model): pre-norm blocks, GELU MLP of ``mlp_ratio * width``, batch-first
     [B, tokens, width]."""
-    layer = nn.TransformerEncoderLayer(width, heads, round(width * mlp_ratio), dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
+    layer = nn.TransformerEncoderLayer(
+        width, heads, round(width * mlp_ratio), dropout, activation="gelu", batch_first=True, norm_first=True
+    )
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
@@ -30,8 +32,18 @@ class ClsTransformer(nn.Module):
     the stem having placed its tokens itself (the point patches' centre MLP). Parameter names are
     those the two towers always had, so their checkpoints load unchanged."""
 
-    def __init__(self, stem: dict[str, nn.Module], *, width: int, heads: int, mlp_ratio: float, dropout: float,
-                 layers: int, token_positions: int = 0, pooling: str = "cls") -> None:
+    def __init__(
+        self,
+        stem: dict[str, nn.Module],
+        *,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        layers: int,
+        token_positions: int = 0,
+        pooling: str = "cls",
+    ) -> None:
         super().__init__()
         if pooling not in ("cls", "mean", "max"):
             raise ValueError(f"pooling must be cls | mean | max, got {pooling!r}")
@@ -73,8 +85,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def norm_layer(kind: str, width: int) -> nn.Module:
     """``batch`` | ``layer`` | ``none`` -> BatchNorm1d / LayerNorm / Identity over ``width`` features."""
-    return {"batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width),
-            "none": nn.Identity}[kind]()
+    return {"batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width), "none": nn.Identity}[kind]()
 
 
 def freeze_(module: nn.Module) -> None:

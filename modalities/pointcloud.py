@@ -28,6 +28,7 @@ trunk (``forward``, vectorised over the batch, no loop over clouds):
     positional embedding of the centre, a CLS token, a pre-norm ``nn.TransformerEncoder``, final
     LayerNorm, and ``cls`` / ``mean`` / ``max`` pooling.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,12 +39,11 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from align.registry import ADAPTERS
-from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor
 from align.errors import SampleError
+from align.modalities.base import AdapterOptions, EncoderVariants, ModalityAdapter, Preprocessor
 from align.modalities.layers import ClsTransformer, farthest_point_sample
-from align.modalities.pointcloud_io import (FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud,
-                                      sample_indices)
+from align.modalities.pointcloud_io import FEATURE_DIMS, augment, check_cloud, normalize_xyz, read_cloud, sample_indices
+from align.registry import ADAPTERS
 
 Feature = Literal["rgb", "normal", "intensity"]
 
@@ -56,17 +56,23 @@ class _PointCloudCommon(AdapterOptions):
     num_points: int = Field(1024, gt=0, description="points per sample after sampling / padding")
     sampling: Literal["fps", "random"] = "fps"
     min_points: int = Field(1, ge=1, description="clouds with fewer raw points are bad samples")
-    mesh_points: int | None = Field(None, gt=0, description="surface samples drawn from a mesh before "
-                                    "num_points are chosen (default 2 * num_points)")
+    mesh_points: int | None = Field(
+        None,
+        gt=0,
+        description="surface samples drawn from a mesh before num_points are chosen (default 2 * num_points)",
+    )
     features: list[Feature] = Field(default_factory=list, description="per-point channels after xyz")
     point_columns: list[Literal["rgb", "normal", "intensity", "_"]] | None = Field(
-        None, description="names of the columns after x y z in arrays / text / npy files; default: guess")
-    intensity_scale: float | None = Field(None, gt=0, description="divide intensity by this; None: by "
-                                          "the cloud's largest |intensity|")
+        None, description="names of the columns after x y z in arrays / text / npy files; default: guess"
+    )
+    intensity_scale: float | None = Field(
+        None, gt=0, description="divide intensity by this; None: by the cloud's largest |intensity|"
+    )
     drop_nonfinite: bool = Field(False, description="drop points with NaN / inf instead of failing")
     normalize: Literal["sphere", "center", "none"] = "sphere"
-    unit: float = Field(1.0, gt=0, description="'center' / 'none' divide coordinates by this (e.g. "
-                        "10 for metres -> tens of metres)")
+    unit: float = Field(
+        1.0, gt=0, description="'center' / 'none' divide coordinates by this (e.g. 10 for metres -> tens of metres)"
+    )
     radius_feature: bool = Field(False, description="append log(1 + radius/unit) as a channel")
     # augmentation (training only)
     rotate_up: bool = False
@@ -77,7 +83,8 @@ class _PointCloudCommon(AdapterOptions):
     # both encoders
     norm: Literal["batch", "layer", "none"] = "batch"
     pooling: Literal["max", "maxmean", "cls", "mean"] | None = Field(
-        None, description="pointnet: max | maxmean (default max); patch: cls | mean | max (default cls)")
+        None, description="pointnet: max | maxmean (default max); patch: cls | mean | max (default cls)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "_PointCloudCommon":
@@ -86,8 +93,9 @@ class _PointCloudCommon(AdapterOptions):
         if len(set(self.features)) != len(self.features):
             raise ValueError(f"features has duplicates: {self.features}")
         if self.normalize == "sphere" and self.unit != 1.0 and not self.radius_feature:
-            raise ValueError("'unit' applies to normalize center / none and to radius_feature (sphere "
-                             "scales the points to radius 1)")
+            raise ValueError(
+                "'unit' applies to normalize center / none and to radius_feature (sphere scales the points to radius 1)"
+            )
         allowed = self.POOLINGS
         if self.pooling is not None and self.pooling not in allowed:
             raise ValueError(f"pooling '{self.pooling}' is not for encoder '{self.encoder}'; use {allowed}")
@@ -105,8 +113,9 @@ class PointNetOptions(_PointCloudCommon):
 
     POOLINGS: ClassVar[tuple[str, ...]] = ("max", "maxmean")
     encoder: Literal["pointnet"] = "pointnet"
-    widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128, 256], min_length=1,
-                                      description="per-point MLP widths")
+    widths: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 128, 256], min_length=1, description="per-point MLP widths"
+    )
 
 
 class PatchOptions(_PointCloudCommon):
@@ -116,8 +125,9 @@ class PatchOptions(_PointCloudCommon):
     encoder: Literal["patch"] = "patch"
     num_groups: int = Field(64, gt=0, description="number of FPS centres / tokens")
     group_size: int = Field(32, gt=0, description="nearest points per group")
-    token_widths: list[PositiveInt] = Field(default_factory=lambda: [64, 128], min_length=1,
-                                            description="first-stage mini-PointNet widths")
+    token_widths: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 128], min_length=1, description="first-stage mini-PointNet widths"
+    )
     width: int = Field(192, gt=0)
     layers: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
@@ -129,8 +139,9 @@ class PatchOptions(_PointCloudCommon):
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if max(self.num_groups, self.group_size) > self.num_points:
-            raise ValueError(f"num_groups {self.num_groups} and group_size {self.group_size} must be "
-                             f"<= num_points {self.num_points}")
+            raise ValueError(
+                f"num_groups {self.num_groups} and group_size {self.group_size} must be <= num_points {self.num_points}"
+            )
         return self
 
 
@@ -141,6 +152,7 @@ PointCloudOptions = EncoderVariants("pointnet", pointnet=PointNetOptions, patch=
 # preprocessing (DataLoader workers)
 # ------------------------------------------------------------------------------------------------
 
+
 class PointCloudPreprocessor(Preprocessor):
     """raw -> checked cloud -> num_points sampled -> normalised -> (augmented) -> [num_points, 3+F]."""
 
@@ -149,19 +161,28 @@ class PointCloudPreprocessor(Preprocessor):
 
     def __call__(self, raw: Any, *, train: bool) -> torch.Tensor:
         o = self.o
-        cloud = read_cloud(raw, mesh_points=o.mesh_points or 2 * o.num_points, train=train,
-                           point_columns=o.point_columns)
+        cloud = read_cloud(
+            raw, mesh_points=o.mesh_points or 2 * o.num_points, train=train, point_columns=o.point_columns
+        )
         cloud = check_cloud(cloud, o.min_points, o.drop_nonfinite)
         missing = [f for f in o.features if f not in cloud.features]
         if missing:
-            raise SampleError(f"{cloud.where}: has no {missing} (requested features {o.features}; it "
-                              f"has {sorted(cloud.features) or 'xyz only'})")
+            raise SampleError(
+                f"{cloud.where}: has no {missing} (requested features {o.features}; it "
+                f"has {sorted(cloud.features) or 'xyz only'})"
+            )
         idx = sample_indices(cloud.xyz, o.num_points, o.sampling, train)
         xyz, radius = normalize_xyz(cloud.xyz[idx], o.normalize, o.unit)
         feats = {f: cloud.features[f][idx] for f in o.features}
         if train:
-            xyz, normal = augment(xyz, feats.get("normal"), rotate_axis=o.up_axis if o.rotate_up else None,
-                                  scale=o.scale, jitter=o.jitter, jitter_clip=o.jitter_clip)
+            xyz, normal = augment(
+                xyz,
+                feats.get("normal"),
+                rotate_axis=o.up_axis if o.rotate_up else None,
+                scale=o.scale,
+                jitter=o.jitter,
+                jitter_clip=o.jitter_clip,
+            )
             if normal is not None:
                 feats["normal"] = normal
         if "intensity" in feats:
@@ -180,6 +201,7 @@ class PointCloudPreprocessor(Preprocessor):
 # encoders
 # ------------------------------------------------------------------------------------------------
 
+
 class ChannelNorm(nn.Module):
     """BatchNorm / LayerNorm over the last (channel) axis of [..., C], every point one sample for
     BatchNorm, as Conv1d + BatchNorm1d does in PointNet."""
@@ -187,8 +209,11 @@ class ChannelNorm(nn.Module):
     def __init__(self, kind: str, channels: int) -> None:
         super().__init__()
         self.kind = kind
-        self.norm = {"batch": lambda: nn.BatchNorm1d(channels), "layer": lambda: nn.LayerNorm(channels),
-                     "none": nn.Identity}[kind]()
+        self.norm = {
+            "batch": lambda: nn.BatchNorm1d(channels),
+            "layer": lambda: nn.LayerNorm(channels),
+            "none": nn.Identity,
+        }[kind]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind != "batch":
@@ -231,8 +256,11 @@ def group_points(x: torch.Tensor, num_groups: int, group_size: int) -> tuple[tor
     """FPS centres [B, G, 3] and their kNN groups [B, G, K, C], xyz relative to the centre."""
     xyz = x[..., :3]
     centres = gather_points(xyz, farthest_point_sample(xyz.detach(), num_groups))
-    knn = torch.cdist(centres, xyz, compute_mode="donot_use_mm_for_euclid_dist").topk(
-        group_size, dim=-1, largest=False).indices  # [B, G, K]
+    knn = (
+        torch.cdist(centres, xyz, compute_mode="donot_use_mm_for_euclid_dist")
+        .topk(group_size, dim=-1, largest=False)
+        .indices
+    )  # [B, G, K]
     groups = gather_points(x, knn)
     groups = torch.cat([groups[..., :3] - centres[:, :, None, :], groups[..., 3:]], dim=-1)
     return centres, groups
@@ -257,10 +285,19 @@ class PatchTransformer(ClsTransformer):
     (``pos``), then the shared CLS-token trunk (``cls_pos``, pre-norm transformer, LayerNorm, pooling)."""
 
     def __init__(self, in_ch: int, o: PatchOptions) -> None:
-        stem = {"tokenizer": GroupTokenizer(in_ch, o.token_widths, o.width, o.norm),
-                "pos": nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, o.width))}
-        super().__init__(stem, width=o.width, heads=o.heads, mlp_ratio=o.mlp_ratio, dropout=o.dropout,
-                         layers=o.layers, pooling=o.pooling_mode())
+        stem = {
+            "tokenizer": GroupTokenizer(in_ch, o.token_widths, o.width, o.norm),
+            "pos": nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, o.width)),
+        }
+        super().__init__(
+            stem,
+            width=o.width,
+            heads=o.heads,
+            mlp_ratio=o.mlp_ratio,
+            dropout=o.dropout,
+            layers=o.layers,
+            pooling=o.pooling_mode(),
+        )
         self.num_groups, self.group_size = o.num_groups, o.group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,6 +323,8 @@ class PointCloudAdapter(ModalityAdapter):
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 3 or batch.shape[-1] != self.in_channels:
-            raise ValueError(f"point cloud batch must be [B, N, {self.in_channels}] (xyz + features "
-                             f"{self.options.features}), got {tuple(batch.shape)}")
+            raise ValueError(
+                f"point cloud batch must be [B, N, {self.in_channels}] (xyz + features "
+                f"{self.options.features}), got {tuple(batch.shape)}"
+            )
         return self.tower(batch)

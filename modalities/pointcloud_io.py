@@ -23,6 +23,7 @@ Features are float32 [N, d]: rgb scaled to 0..1 (values above 1 are taken as 8-b
 |value|). Every failure is a ``SampleError`` whose message names the file ("point cloud file PATH")
 or the kind of in-memory sample.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,8 +54,9 @@ class RawCloud:
     where: str = "point cloud"
 
 
-def read_cloud(raw: Any, *, mesh_points: int, train: bool = False,
-               point_columns: Sequence[str] | None = None) -> RawCloud:
+def read_cloud(
+    raw: Any, *, mesh_points: int, train: bool = False, point_columns: Sequence[str] | None = None
+) -> RawCloud:
     """Dispatch on the raw sample's type (see the module docstring)."""
     if isinstance(raw, (str, Path)):
         return read_file(Path(raw), mesh_points=mesh_points, train=train, point_columns=point_columns)
@@ -65,8 +67,10 @@ def read_cloud(raw: Any, *, mesh_points: int, train: bool = False,
     if isinstance(raw, (np.ndarray, list, tuple)):
         width = 3 + sum(COLUMN_DIMS[n] for n in point_columns or ())
         return from_columns(_as_table(raw, "point cloud array", width), "point cloud array", point_columns)
-    raise SampleError(f"cannot read a point cloud from {type(raw).__name__}; expected a path, an "
-                      "[N, 3+F] array or a dict with 'points'")
+    raise SampleError(
+        f"cannot read a point cloud from {type(raw).__name__}; expected a path, an "
+        "[N, 3+F] array or a dict with 'points'"
+    )
 
 
 def _as_table(value: Any, where: str, flat_width: int | None = None) -> np.ndarray:
@@ -90,12 +94,14 @@ def from_columns(table: np.ndarray, where: str, point_columns: Sequence[str] | N
     names = list(point_columns) if point_columns is not None else _guess_columns(extra)
     width = sum(COLUMN_DIMS[n] for n in names)
     if names and width != extra.shape[1]:
-        raise SampleError(f"{where}: point_columns {names} describe {width} extra columns, but the data "
-                          f"has {extra.shape[1]} after x y z")
+        raise SampleError(
+            f"{where}: point_columns {names} describe {width} extra columns, but the data "
+            f"has {extra.shape[1]} after x y z"
+        )
     feats, col = {}, 0
     for n in names:
         if n != "_":
-            feats[n] = extra[:, col:col + COLUMN_DIMS[n]]
+            feats[n] = extra[:, col : col + COLUMN_DIMS[n]]
         col += COLUMN_DIMS[n]
     return RawCloud(table[:, :3], _clean_features(feats, where), where)
 
@@ -135,8 +141,7 @@ def _clean_features(feats: dict[str, np.ndarray], where: str) -> dict[str, np.nd
     for name, arr in feats.items():
         arr = np.asarray(arr, dtype=np.float64).reshape(len(arr), -1)
         if arr.shape[1] != FEATURE_DIMS[name]:
-            raise SampleError(f"{where}: feature '{name}' has {arr.shape[1]} columns, expected "
-                              f"{FEATURE_DIMS[name]}")
+            raise SampleError(f"{where}: feature '{name}' has {arr.shape[1]} columns, expected {FEATURE_DIMS[name]}")
         if name == "rgb" and arr.size and arr.max() > 1.0:
             arr = arr / (65535.0 if arr.max() > 255.0 else 255.0)
         out[name] = arr.astype(np.float32)
@@ -147,8 +152,10 @@ def _clean_features(feats: dict[str, np.ndarray], where: str) -> dict[str, np.nd
 # files
 # ------------------------------------------------------------------------------------------------
 
-def read_file(path: Path, *, mesh_points: int, train: bool = False,
-              point_columns: Sequence[str] | None = None) -> RawCloud:
+
+def read_file(
+    path: Path, *, mesh_points: int, train: bool = False, point_columns: Sequence[str] | None = None
+) -> RawCloud:
     where = f"point cloud file {path}"
     if not path.is_file():
         raise SampleError(f"{where}: no such file")
@@ -172,8 +179,9 @@ def read_file(path: Path, *, mesh_points: int, train: bool = False,
         return _from_dict(data, where)
     if ext == ".pcd":
         return read_pcd(path, where)
-    raise SampleError(f"{where}: unsupported extension '{ext}' (known: "
-                      f"{sorted(MESH_EXTS | TEXT_EXTS | {'.npy', '.npz', '.pcd'})})")
+    raise SampleError(
+        f"{where}: unsupported extension '{ext}' (known: {sorted(MESH_EXTS | TEXT_EXTS | {'.npy', '.npz', '.pcd'})})"
+    )
 
 
 def read_text_table(path: Path, where: str) -> np.ndarray:
@@ -184,13 +192,12 @@ def read_text_table(path: Path, where: str) -> np.ndarray:
     except (OSError, UnicodeDecodeError) as err:
         raise SampleError(f"{where}: cannot read text ({err})") from None
     lines = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", "//"))]
-    start = next((i for i, ln in enumerate(lines[:MAX_HEADER_LINES + 1]) if _numeric(ln)), len(lines))
+    start = next((i for i, ln in enumerate(lines[: MAX_HEADER_LINES + 1]) if _numeric(ln)), len(lines))
     if start >= len(lines):
         raise SampleError(f"{where}: no numeric x y z rows after at most {MAX_HEADER_LINES} header lines")
     delimiter = "," if "," in lines[start] else None
     try:
-        table = np.loadtxt(io.StringIO("\n".join(lines[start:])), delimiter=delimiter, dtype=np.float64,
-                           ndmin=2)
+        table = np.loadtxt(io.StringIO("\n".join(lines[start:])), delimiter=delimiter, dtype=np.float64, ndmin=2)
     except ValueError as err:
         raise SampleError(f"{where}: malformed rows ({err})") from None
     return _as_table(table, where)
@@ -223,8 +230,7 @@ def read_mesh(path: Path, count: int, train: bool, where: str) -> RawCloud:
         try:
             pts, face_idx = trimesh.sample.sample_surface(geom, count, seed=seed)
         except Exception as err:
-            raise SampleError(f"{where}: cannot sample the mesh surface "
-                              f"({type(err).__name__}: {err})") from None
+            raise SampleError(f"{where}: cannot sample the mesh surface ({type(err).__name__}: {err})") from None
         feats = {"normal": geom.face_normals[face_idx]}
         if getattr(geom.visual, "kind", None) in ("face", "vertex"):
             feats["rgb"] = geom.visual.face_colors[face_idx, :3] / 255.0  # trimesh colours are uint8
@@ -276,8 +282,10 @@ def read_pcd(path: Path, where: str) -> RawCloud:
         raise SampleError(f"{where}: not a PCD file (no FIELDS / DATA header)")
     kind = (header["DATA"] or ["?"])[0].lower()
     if kind != "ascii":
-        raise SampleError(f"{where}: PCD DATA {kind} is not supported; only ascii PCD is "
-                          "(e.g. save with binary=False / pcl_convert_pcd_ascii_binary ... 0)")
+        raise SampleError(
+            f"{where}: PCD DATA {kind} is not supported; only ascii PCD is "
+            "(e.g. save with binary=False / pcl_convert_pcd_ascii_binary ... 0)"
+        )
     fields = header["FIELDS"]
     types = dict(zip(fields, header.get("TYPE", ["F"] * len(fields))))
     try:
@@ -288,11 +296,11 @@ def read_pcd(path: Path, where: str) -> RawCloud:
         raise SampleError(f"{where}: malformed PCD ({err})") from None
     table = table if table.size else np.zeros((0, sum(counts)))
     if len(counts) != len(fields) or table.shape[1] != sum(counts):
-        raise SampleError(f"{where}: rows have {table.shape[1]} values, FIELDS {fields} / COUNT {counts} "
-                          f"say {sum(counts)}")
+        raise SampleError(
+            f"{where}: rows have {table.shape[1]} values, FIELDS {fields} / COUNT {counts} say {sum(counts)}"
+        )
     if expected not in (-1, len(table)):
-        raise SampleError(f"{where}: header says POINTS {expected}, the file has {len(table)} rows "
-                          "(truncated?)")
+        raise SampleError(f"{where}: header says POINTS {expected}, the file has {len(table)} rows (truncated?)")
     col = {f: table[:, s] for f, s in zip(fields, np.cumsum([0] + counts[:-1]))}
     if not all(k in col for k in "xyz"):
         raise SampleError(f"{where}: FIELDS {fields} lack x y z")
@@ -323,6 +331,7 @@ def _unpack_rgb(values: np.ndarray, pcd_type: str) -> np.ndarray:
 # checks, sampling, normalisation, augmentation
 # ------------------------------------------------------------------------------------------------
 
+
 def check_cloud(cloud: RawCloud, min_points: int, drop_nonfinite: bool = False) -> RawCloud:
     """Non-finite coordinates or features are an error (or dropped), too few points an error."""
     bad = ~np.isfinite(cloud.xyz).all(1)
@@ -330,13 +339,13 @@ def check_cloud(cloud: RawCloud, min_points: int, drop_nonfinite: bool = False) 
         bad |= ~np.isfinite(arr).all(1)
     if bad.any():
         if not drop_nonfinite:
-            raise SampleError(f"{cloud.where}: {int(bad.sum())} of {len(bad)} points have NaN or infinite "
-                              "coordinates/features")
+            raise SampleError(
+                f"{cloud.where}: {int(bad.sum())} of {len(bad)} points have NaN or infinite coordinates/features"
+            )
         keep = ~bad
         cloud = RawCloud(cloud.xyz[keep], {k: v[keep] for k, v in cloud.features.items()}, cloud.where)
     if len(cloud.xyz) < max(1, min_points):
-        raise SampleError(f"{cloud.where}: {len(cloud.xyz)} points, fewer than min_points "
-                          f"{max(1, min_points)}")
+        raise SampleError(f"{cloud.where}: {len(cloud.xyz)} points, fewer than min_points {max(1, min_points)}")
     return cloud
 
 
@@ -363,7 +372,7 @@ def normalize_xyz(xyz: np.ndarray, mode: str, unit: float = 1.0) -> tuple[np.nda
     origin, divided by ``unit``; ``none``: divided by ``unit``. Returns the points and the radius
     before scaling (in units of ``unit``), which ``radius_feature`` hands to the encoder."""
     centred = xyz - xyz.mean(0)
-    radius = float(np.sqrt((centred ** 2).sum(1).max())) if len(xyz) else 0.0
+    radius = float(np.sqrt((centred**2).sum(1).max())) if len(xyz) else 0.0
     if mode == "sphere":
         return centred / radius if radius > 0 else centred, radius / unit
     return (centred if mode == "center" else xyz) / unit, radius / unit
@@ -378,9 +387,15 @@ def rotation_about(axis: str, angle: float) -> np.ndarray:
     return rot
 
 
-def augment(xyz: np.ndarray, normals: np.ndarray | None, *, rotate_axis: str | None,
-            scale: tuple[float, float] | None, jitter: float, jitter_clip: float | None
-            ) -> tuple[np.ndarray, np.ndarray | None]:
+def augment(
+    xyz: np.ndarray,
+    normals: np.ndarray | None,
+    *,
+    rotate_axis: str | None,
+    scale: tuple[float, float] | None,
+    jitter: float,
+    jitter_clip: float | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Training augmentation from ``np.random``: a uniform rotation about ``rotate_axis`` (normals
     rotate too), one isotropic scale factor from ``scale``, per-point Gaussian jitter (sigma
     ``jitter``, clipped to +-``jitter_clip``)."""

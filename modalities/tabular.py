@@ -20,6 +20,7 @@ trunk (``encoder: mlp``): for each of ``widths``: Linear -> norm (layer / batch 
 Building the adapter needs ``num_features`` and, with ``standardize`` (default), ``mean`` and
 ``std``: the trainer fills them with ``fit``; without training (e.g. ``build_adapter``) give them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,11 +34,10 @@ import torch
 from pydantic import Field, PositiveInt, field_validator, model_validator
 from torch import nn
 
-from align.errors import ConfigError
-from align.registry import ADAPTERS
+from align.errors import ConfigError, SampleError
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
-from align.errors import SampleError
 from align.modalities.layers import norm_layer
+from align.registry import ADAPTERS
 
 log = logging.getLogger("align.modalities.tabular")
 
@@ -45,16 +45,19 @@ STD_FLOOR = 1e-6  # a fitted std below this (a constant column) becomes 1.0
 
 
 class TabularOptions(AdapterOptions):
-    num_features: int | None = Field(None, gt=0, description="input width; fitted from the training "
-                                     "data when left out")
-    columns: list[str] | None = Field(None, min_length=1, description="dict rows: the named columns, in "
-                                      "order; fitted from the first training row when left out")
+    num_features: int | None = Field(None, gt=0, description="input width; fitted from the training data when left out")
+    columns: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="dict rows: the named columns, in order; fitted from the first training row when left out",
+    )
     standardize: bool = Field(True, description="(x - mean) / std per feature")
     mean: list[float] | None = Field(None, description="per-feature mean; fitted when left out")
     std: list[float] | None = Field(None, description="per-feature std (> 0); fitted when left out")
     encoder: Literal["mlp"] = "mlp"
-    widths: list[PositiveInt] = Field(default_factory=lambda: [128, 128], min_length=1,
-                                      description="MLP layer widths; feature_dim is the last")
+    widths: list[PositiveInt] = Field(
+        default_factory=lambda: [128, 128], min_length=1, description="MLP layer widths; feature_dim is the last"
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     norm: Literal["layer", "batch", "none"] = "layer"
 
@@ -79,15 +82,22 @@ class TabularOptions(AdapterOptions):
                 raise ValueError(f"{key} is empty")
             bad = [i for i, v in enumerate(values) if not math.isfinite(v) or (key == "std" and v <= 0)]
             if bad:
-                raise ValueError(f"{key} must be finite{' and > 0' if key == 'std' else ''}; "
-                                 f"entries {bad[:5]} are {[values[i] for i in bad[:5]]}")
-        widths = {key: len(v) for key, v in (("columns", self.columns), ("mean", self.mean),
-                                             ("std", self.std)) if v is not None}
+                raise ValueError(
+                    f"{key} must be finite{' and > 0' if key == 'std' else ''}; "
+                    f"entries {bad[:5]} are {[values[i] for i in bad[:5]]}"
+                )
+        widths = {
+            key: len(v)
+            for key, v in (("columns", self.columns), ("mean", self.mean), ("std", self.std))
+            if v is not None
+        }
         if self.num_features is not None:
             widths = {"num_features": self.num_features, **widths}
         if len(set(widths.values())) > 1:
-            raise ValueError(f"the input width disagrees: {', '.join(f'{k} {v}' for k, v in widths.items())} "
-                             "(lengths of columns / mean / std must equal num_features)")
+            raise ValueError(
+                f"the input width disagrees: {', '.join(f'{k} {v}' for k, v in widths.items())} "
+                "(lengths of columns / mean / std must equal num_features)"
+            )
         return self
 
 
@@ -95,13 +105,15 @@ class TabularOptions(AdapterOptions):
 # reading a row (workers and fit)
 # ------------------------------------------------------------------------------------------------
 
+
 def _feature(i: int, columns: list[str] | None) -> str:
     return f"feature {i} ({columns[i]!r})" if columns is not None and i < len(columns) else f"feature {i}"
 
 
 def _not_number(value: Any) -> bool:
-    return (isinstance(value, (str, bytes, complex, np.complexfloating))
-            or not isinstance(value, (Number, np.number, np.bool_)))
+    return isinstance(value, (str, bytes, complex, np.complexfloating)) or not isinstance(
+        value, (Number, np.number, np.bool_)
+    )
 
 
 def _scalar(v: Any) -> Any:
@@ -125,8 +137,10 @@ def read_row(raw: Any, columns: list[str] | None) -> np.ndarray:
     """A raw sample -> float64 [F] (width unchecked; finite values are checked by the caller)."""
     if isinstance(raw, dict):
         if columns is None:
-            raise SampleError(f"a row given as a dict of columns ({sorted(map(str, raw))[:8]}) needs the "
-                              "tabular option 'columns' (their order); fit sets it from the training data")
+            raise SampleError(
+                f"a row given as a dict of columns ({sorted(map(str, raw))[:8]}) needs the "
+                "tabular option 'columns' (their order); fit sets it from the training data"
+            )
         missing = [c for c in columns if c not in raw]
         if missing:
             raise SampleError(f"row has no column(s) {missing[:8]} (has {sorted(map(str, raw))[:12]})")
@@ -135,8 +149,9 @@ def read_row(raw: Any, columns: list[str] | None) -> np.ndarray:
         raw = raw.detach().cpu().numpy()
     if isinstance(raw, (Number, np.number, np.bool_)) and not _not_number(raw):
         raw = [raw]
-    if isinstance(raw, (list, tuple)) and not any(isinstance(v, (list, tuple, dict, np.ndarray, torch.Tensor))
-                                                  for v in raw):
+    if isinstance(raw, (list, tuple)) and not any(
+        isinstance(v, (list, tuple, dict, np.ndarray, torch.Tensor)) for v in raw
+    ):
         arr = _numbers([_scalar(v) for v in raw], columns)  # type-checked before numpy turns 1 into '1'
     elif isinstance(raw, (list, tuple, np.ndarray)):
         try:
@@ -148,8 +163,10 @@ def read_row(raw: Any, columns: list[str] | None) -> np.ndarray:
         if arr.dtype.kind not in "biuf":  # strings, objects, complex
             arr = _numbers([_scalar(v) for v in arr], columns)
     else:
-        raise SampleError("a tabular row must be a list / array / tensor of numbers or a dict of named "
-                          f"columns, got {type(raw).__name__} {raw!r:.60}")
+        raise SampleError(
+            "a tabular row must be a list / array / tensor of numbers or a dict of named "
+            f"columns, got {type(raw).__name__} {raw!r:.60}"
+        )
     if arr.size == 0:
         raise SampleError("empty row: no features")
     return arr.astype(np.float64)
@@ -165,6 +182,7 @@ def check_finite(x: np.ndarray, columns: list[str] | None) -> None:
 
 class TabularPreprocessor(Preprocessor):
     """raw row -> checked float64 [F] -> (x - mean) / std -> float32 [num_features]."""
+
     deterministic = True  # no augmentation: training and evaluation preprocess alike
 
     def __init__(self, o: TabularOptions) -> None:
@@ -183,8 +201,7 @@ class TabularPreprocessor(Preprocessor):
         too_big = np.flatnonzero(np.abs(x) > np.finfo(np.float32).max)
         if len(too_big):
             i = int(too_big[0])
-            raise SampleError(f"{_feature(i, self.o.columns)} = {x[i]:g} after standardisation does not "
-                              "fit in float32")
+            raise SampleError(f"{_feature(i, self.o.columns)} = {x[i]:g} after standardisation does not fit in float32")
         return torch.from_numpy(x.astype(np.float32))
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
@@ -201,12 +218,14 @@ def check_fitted(o: TabularOptions) -> None:
             f"tabular adapter: option(s) {missing} are not set. They are learnt from the training data "
             "by TabularAdapter.fit, which the trainer calls before building the model; this model was "
             "built without it. Set them in model.modalities.<name>.options (or standardize: false to "
-            "train on raw values)")
+            "train on raw values)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # encoder
 # ------------------------------------------------------------------------------------------------
+
 
 @ADAPTERS.register("tabular")
 class TabularAdapter(ModalityAdapter):
@@ -260,12 +279,19 @@ class TabularAdapter(ModalityAdapter):
         good = [x for i, x in rows if i not in bad]
         if not good:
             first = next(iter(bad.items()), None)
-            raise SampleError(f"tabular fit: no usable training rows among {len(values)}"
-                              + (f" (row {first[0]}: {first[1]})" if first else ""))
+            raise SampleError(
+                f"tabular fit: no usable training rows among {len(values)}"
+                + (f" (row {first[0]}: {first[1]})" if first else "")
+            )
         if bad:
             (i, why), n = next(iter(sorted(bad.items()))), len(bad)
-            log.warning("tabular fit: left %d of %d training rows out of the statistics (first: row %d: %s)",
-                        n, len(values), i, why)
+            log.warning(
+                "tabular fit: left %d of %d training rows out of the statistics (first: row %d: %s)",
+                n,
+                len(values),
+                i,
+                why,
+            )
         if "num_features" in todo:
             fitted["num_features"] = int(width)
         table = np.stack(good)

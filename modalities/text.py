@@ -5,6 +5,7 @@ CLS pooling.
 Raw samples are strings; a list of strings means "several captions for this item": training
 draws one at random each time the item is seen, evaluation uses the first.
 """
+
 from __future__ import annotations
 
 import random
@@ -13,24 +14,29 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from align.registry import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, resolve_model_path
 from align.errors import SampleError
-from align.modalities.layers import freeze_, masked_mean
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor, resolve_model_path
 from align.modalities.image import check_dataclass_keys
+from align.modalities.layers import freeze_, masked_mean
+from align.registry import ADAPTERS
 
 
 class TextOptions(AdapterOptions):
     model: str | None = Field(None, description="open_clip model name (its text tower and tokenizer)")
     pretrained: str | None = Field(None, description="open_clip pretrained tag or local checkpoint file")
-    text_cfg: dict[str, Any] | None = Field(None, description="open_clip CLIPTextCfg fields for a "
-                                            "tower built from scratch (open_clip BPE tokenizer)")
+    text_cfg: dict[str, Any] | None = Field(
+        None, description="open_clip CLIPTextCfg fields for a tower built from scratch (open_clip BPE tokenizer)"
+    )
     output_dim: int = Field(512, gt=0, description="tower output width when built from text_cfg")
-    hf_model: str | None = Field(None, description="transformers encoder: hub id, local folder, or "
-                                 "package:<module>/<folder> inside an installed package")
+    hf_model: str | None = Field(
+        None,
+        description="transformers encoder: hub id, local folder, or "
+        "package:<module>/<folder> inside an installed package",
+    )
     pooling: Literal["mean", "cls"] = "mean"
-    max_length: int = Field(77, gt=0, description="token limit for hf_model (open_clip towers use "
-                                                  "their context_length)")
+    max_length: int = Field(
+        77, gt=0, description="token limit for hf_model (open_clip towers use their context_length)"
+    )
     freeze: bool = False
 
     @field_validator("text_cfg")
@@ -91,8 +97,7 @@ class HFTextPreprocessor(TextPreprocessor):
         self.max_length = max_length
 
     def collate(self, items: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        enc = self.tokenizer(items, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {k: enc[k] for k in ("input_ids", "attention_mask")}
 
 

@@ -13,6 +13,7 @@ Any image tower the image adapter can build (open_clip name + pretrained, or ``v
 the frame encoder: ``image`` holds the image adapter's options. Its ``augment`` is not used; the
 clip-level ``augment`` here decides, so all frames of a clip share one crop.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -22,34 +23,42 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from align.registry import ADAPTERS
-from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 from align.errors import SampleError
+from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
 from align.modalities.image import ImageAdapter, ImageOptions
 from align.modalities.layers import prenorm_transformer
 from align.modalities.video_io import FrameSampler, read_video
+from align.registry import ADAPTERS
 
 
 class VideoOptions(AdapterOptions):
     image: ImageOptions = Field(description="the per-frame image tower: the image adapter's options")
     frames: int = Field(8, ge=1, description="T, frames per clip")
     sampling: Literal["uniform", "segment"] = Field(
-        "uniform", description="uniform: T evenly spaced frames; segment (TSN): one frame per T equal "
-                               "segments, random in training, the middle in evaluation")
+        "uniform",
+        description="uniform: T evenly spaced frames; segment (TSN): one frame per T equal "
+        "segments, random in training, the middle in evaluation",
+    )
     stride: int = Field(1, ge=1, description="candidate frames are every stride-th (after fps)")
-    fps: float | None = Field(None, gt=0, description="resample the clip to this frame rate first "
-                                                      "(files only; decoded arrays have no rate)")
+    fps: float | None = Field(
+        None, gt=0, description="resample the clip to this frame rate first (files only; decoded arrays have no rate)"
+    )
     temporal: Literal["mean", "transformer"] = Field(
-        "mean", description="mean of frame features, or CLIP4Clip seqTransf (order-aware)")
+        "mean", description="mean of frame features, or CLIP4Clip seqTransf (order-aware)"
+    )
     temporal_layers: int = Field(4, ge=1, description="transformer layers (temporal: transformer)")
     temporal_heads: int = Field(8, ge=1, description="attention heads; must divide the frame feature dim")
     temporal_pos_std: float = Field(
-        0.02, ge=0, description="init std of the frame position embeddings. 0.02 (CLIP4Clip, ViT) barely "
-                                "perturbs pretrained features; towers trained from scratch find frame "
-                                "order much sooner with ~0.5")
+        0.02,
+        ge=0,
+        description="init std of the frame position embeddings. 0.02 (CLIP4Clip, ViT) barely "
+        "perturbs pretrained features; towers trained from scratch find frame "
+        "order much sooner with ~0.5",
+    )
     augment: bool = Field(True, description="one random resized crop per clip in training")
-    crop_scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop area range "
-                                            "(open_clip's image default)")
+    crop_scale: tuple[float, float] = Field(
+        (0.9, 1.0), description="RandomResizedCrop area range (open_clip's image default)"
+    )
 
     @model_validator(mode="after")
     def _scale(self) -> "VideoOptions":
@@ -66,17 +75,20 @@ class VideoPreprocessor(Preprocessor):
     """Raw clip -> float [T, 3, H, W]; the v2 transforms see the clip as one ``Video``, so random
     parameters are drawn once per clip (torch's RNG, seeded per sample by the training dataset)."""
 
-    def __init__(self, sampler: FrameSampler, size: int, mean, std, augment: bool,
-                 crop_scale: tuple[float, float] = (0.9, 1.0)) -> None:
+    def __init__(
+        self, sampler: FrameSampler, size: int, mean, std, augment: bool, crop_scale: tuple[float, float] = (0.9, 1.0)
+    ) -> None:
         from torchvision.transforms import InterpolationMode, v2
 
         self.sampler = sampler
         tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
         bicubic = InterpolationMode.BICUBIC
-        self.eval_tf = v2.Compose([v2.Resize(size, interpolation=bicubic, antialias=True),
-                                   v2.CenterCrop(size), *tail])
-        self.train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=crop_scale, interpolation=bicubic,
-                                                         antialias=True), *tail]) if augment else self.eval_tf
+        self.eval_tf = v2.Compose([v2.Resize(size, interpolation=bicubic, antialias=True), v2.CenterCrop(size), *tail])
+        self.train_tf = (
+            v2.Compose([v2.RandomResizedCrop(size, scale=crop_scale, interpolation=bicubic, antialias=True), *tail])
+            if augment
+            else self.eval_tf
+        )
 
     def __call__(self, raw: Any, *, train: bool) -> torch.Tensor:
         from torchvision import tv_tensors
@@ -103,8 +115,10 @@ class TemporalTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
         if t > self.frame_pos_embed.shape[0]:
-            raise ValueError(f"clip has {t} frames; the temporal transformer was built for at most "
-                             f"{self.frame_pos_embed.shape[0]} (option 'frames')")
+            raise ValueError(
+                f"clip has {t} frames; the temporal transformer was built for at most "
+                f"{self.frame_pos_embed.shape[0]} (option 'frames')"
+            )
         y = self.transformer(x + self.frame_pos_embed[:t].to(x.dtype))
         return (y + x).mean(dim=1)
 
@@ -130,17 +144,24 @@ class VideoAdapter(ModalityAdapter):
         self.feature_dim = self.image.feature_dim
         if options.temporal == "transformer":
             if self.feature_dim % options.temporal_heads:
-                raise ValueError(f"temporal_heads ({options.temporal_heads}) must divide the frame feature "
-                                 f"dim ({self.feature_dim})")
-            self.temporal = TemporalTransformer(self.feature_dim, options.frames, options.temporal_layers,
-                                                options.temporal_heads, options.temporal_pos_std)
+                raise ValueError(
+                    f"temporal_heads ({options.temporal_heads}) must divide the frame feature dim ({self.feature_dim})"
+                )
+            self.temporal = TemporalTransformer(
+                self.feature_dim,
+                options.frames,
+                options.temporal_layers,
+                options.temporal_heads,
+                options.temporal_pos_std,
+            )
         else:
             self.temporal = None
 
     def preprocessor(self) -> VideoPreprocessor:
         o = self.options
-        return VideoPreprocessor(o.sampler(), self.image.image_size, self.image.mean, self.image.std,
-                                 o.augment, o.crop_scale)
+        return VideoPreprocessor(
+            o.sampler(), self.image.image_size, self.image.mean, self.image.std, o.augment, o.crop_scale
+        )
 
     def frame_features(self, batch: torch.Tensor) -> torch.Tensor:
         """[B, T, 3, H, W] -> [B, T, D], every frame through the tower in one call."""

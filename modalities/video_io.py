@@ -28,6 +28,7 @@ short is a truncated file (an error). Frames past the header's count are never s
 Errors are ``SampleError`` naming the file: unreadable/corrupt/truncated container, no video
 stream (e.g. audio only), no decoder for the codec, no decodable frames (zero-length video).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,9 +67,8 @@ class FrameSampler:
         idx = np.arange(n_frames)
         if self.fps is not None and source_fps:
             n_out = max(1, int(np.floor(n_frames * self.fps / source_fps + 1e-6)))
-            idx = np.minimum(np.floor(np.arange(n_out) * source_fps / self.fps + 1e-6).astype(np.int64),
-                             n_frames - 1)
-        return idx[::self.stride]
+            idx = np.minimum(np.floor(np.arange(n_out) * source_fps / self.fps + 1e-6).astype(np.int64), n_frames - 1)
+        return idx[:: self.stride]
 
     def positions(self, n: int, train: bool) -> np.ndarray:
         """T positions into a grid of ``n`` candidates (repeating positions when n < T)."""
@@ -152,8 +152,9 @@ def _check_shortfall(where: str, expected: int, decoded: int) -> None:
     if decoded == 0:
         raise SampleError(f"{where}: no decodable frames (zero-length or corrupt video)")
     if expected - decoded > max(MAX_MISSING_FRAMES, MAX_MISSING_FRACTION * expected):
-        raise SampleError(f"{where}: truncated or corrupt video: the header announces {expected} "
-                          f"frames but only {decoded} decode")
+        raise SampleError(
+            f"{where}: truncated or corrupt video: the header announces {expected} frames but only {decoded} decode"
+        )
 
 
 def video_info(raw: Any) -> dict[str, Any]:
@@ -161,8 +162,13 @@ def video_info(raw: Any) -> dict[str, Any]:
     source, where = _open_target(raw)
     with _open(source, where) as container:
         s = _video_stream(container, where)
-        return {"frames": int(s.frames or 0), "fps": _rate(s), "width": s.codec_context.width,
-                "height": s.codec_context.height, "codec": s.codec_context.name}
+        return {
+            "frames": int(s.frames or 0),
+            "fps": _rate(s),
+            "width": s.codec_context.width,
+            "height": s.codec_context.height,
+            "codec": s.codec_context.name,
+        }
 
 
 def as_frame_array(raw: Any) -> np.ndarray:
@@ -171,8 +177,10 @@ def as_frame_array(raw: Any) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4) or min(arr.shape[:3]) < 1:
-        raise SampleError(f"video array must be [T, H, W] or [T, H, W, C] (C in 1, 3, 4) with T >= 1, "
-                          f"got shape {tuple(np.shape(raw))}")
+        raise SampleError(
+            f"video array must be [T, H, W] or [T, H, W, C] (C in 1, 3, 4) with T >= 1, "
+            f"got shape {tuple(np.shape(raw))}"
+        )
     if arr.dtype != np.uint8:
         if not np.issubdtype(arr.dtype, np.number):
             raise SampleError(f"video array must be numeric, got dtype {arr.dtype}")

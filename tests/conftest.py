@@ -1,4 +1,5 @@
 """Shared test helpers. Keep this light: it is imported for every test file."""
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """Command line: ``align COMMAND ...``, one subcommand per row of ``align.app.command_table``
 (``align --help`` lists them). Heavy imports happen inside the commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,9 @@ from align.app.command_table import add_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="align", description="Train and evaluate multi-modal "
-                                     "encoders in one shared embedding space.")
+    parser = argparse.ArgumentParser(
+        prog="align", description="Train and evaluate multi-modal encoders in one shared embedding space."
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     add_commands(parser)
     return parser
@@ -39,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         if _is_user_error(err):
             print(f"align: error: {err}", file=sys.stderr)
             return 2
-        print(f"align: unexpected error: {type(err).__name__}: {err}\n"
-              "(rerun with `align --debug ...` for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"align: unexpected error: {type(err).__name__}: {err}\n"
+            "(rerun with `align --debug ...` for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -6,6 +6,7 @@ is added by adding a row here. A name with a space is a command of a group (``ev
 argparse-level things at module level: the heavy imports (torch, datasets, faiss) happen inside
 the handlers, so ``align --help`` stays instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,43 @@ GROUPS: dict[str, str] = {
 
 COMMANDS: tuple[Command, ...] = (
     Command("train", "train from a YAML config", train_commands.train_arguments, train_commands.train),
-    Command("data", "show what a config's datasets hold (rows, classes, samples, loss pairs) without "
-            "training", train_commands.config_arguments, train_commands.show_data),
-    Command("demo", "train + evaluate image<->text on scikit-learn's digits", train_commands.demo_arguments,
-            train_commands.demo),
-    Command("shards", "write a config's dataset as webdataset tar shards (for data.*.streaming: true)",
-            train_commands.shards_arguments, train_commands.shards),
+    Command(
+        "data",
+        "show what a config's datasets hold (rows, classes, samples, loss pairs) without training",
+        train_commands.config_arguments,
+        train_commands.show_data,
+    ),
+    Command(
+        "demo",
+        "train + evaluate image<->text on scikit-learn's digits",
+        train_commands.demo_arguments,
+        train_commands.demo,
+    ),
+    Command(
+        "shards",
+        "write a config's dataset as webdataset tar shards (for data.*.streaming: true)",
+        train_commands.shards_arguments,
+        train_commands.shards,
+    ),
     Command("crossval", "k-fold cross-validation: train + eval once per fold", crossval.arguments, crossval.cli),
     Command("eval zeroshot", "zero-shot classification of a checkpoint", commands.eval_arguments, commands.eval_cli),
     Command("eval retrieval", "cross-modal retrieval of a checkpoint", commands.eval_arguments, commands.eval_cli),
-    Command("eval pairs", "retrieval between every pair of a checkpoint's modalities, as one table",
-            commands.eval_arguments, commands.eval_cli),
-    Command("eval baseline", "logistic regression on a node source's raw features: data.train -> eval.data",
-            commands.baseline_arguments, commands.baseline_cli),
-    Command("index build", "encode a dataset column into an index folder", commands.build_arguments,
-            commands.build_cli),
-    Command("query", "search an index with a text / image / ... query", commands.query_arguments,
-            commands.query_cli),
+    Command(
+        "eval pairs",
+        "retrieval between every pair of a checkpoint's modalities, as one table",
+        commands.eval_arguments,
+        commands.eval_cli,
+    ),
+    Command(
+        "eval baseline",
+        "logistic regression on a node source's raw features: data.train -> eval.data",
+        commands.baseline_arguments,
+        commands.baseline_cli,
+    ),
+    Command(
+        "index build", "encode a dataset column into an index folder", commands.build_arguments, commands.build_cli
+    ),
+    Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
 )
 
 

@@ -2,6 +2,7 @@
 argument parsing and printing only, on top of ``align.eval.commands``, ``align.eval.baselines`` and
 ``align.index.build`` (the CLI layer; see docs/ARCHITECTURE.md). Their rows are in
 ``align.app.command_table``; everything heavy is imported inside the handlers."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,12 @@ from pathlib import Path
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, its checkpoints/ root, or a run folder")
-    p.add_argument("--config", action="append", help="YAML whose eval section to use (default: the checkpoint's); "
-                   "pairs takes it more than once: one table per file, merged into one report")
+    p.add_argument(
+        "--config",
+        action="append",
+        help="YAML whose eval section to use (default: the checkpoint's); "
+        "pairs takes it more than once: one table per file, merged into one report",
+    )
     p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
     p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
     p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
@@ -27,13 +32,16 @@ def eval_cli(args: argparse.Namespace) -> int:
     if args.config and len(args.config) > 1:
         raise SystemExit(f"align eval {task}: --config once (only `align eval pairs` merges several tables)")
     config = args.config[0] if args.config else None
-    report = run_eval(task, args.checkpoint, config=config, overrides=args.overrides,
-                      templates=args.templates, out=args.out)
+    report = run_eval(
+        task, args.checkpoint, config=config, overrides=args.overrides, templates=args.templates, out=args.out
+    )
     m = report["metrics"]
     if task == "zeroshot":
         top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
-        print(f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
-              f"{m['mean_per_class_recall']:.4f}  (n={m['n']})")
+        print(
+            f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "
+            f"{m['mean_per_class_recall']:.4f}  (n={m['n']})"
+        )
     else:
         for key, value in m.items():
             if "/R@" in key or key.endswith(("/mAP", "/MRR", "/median_rank")):
@@ -50,8 +58,10 @@ def _pairs_cli(args: argparse.Namespace) -> int:
     report = run_pairs(args.checkpoint, config=args.config, overrides=args.overrides, out=args.out)
     pairs = report["metrics"]
     for s in [t["settings"] for t in pairs["tables"]] if "tables" in pairs else [pairs["settings"]]:
-        print(f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
-              f"dedupe {s['dedupe']}, index {s['index']}")
+        print(
+            f"retrieval settings from {s['from']}: ks {s['ks']}, positives {s['positives']}, "
+            f"dedupe {s['dedupe']}, index {s['index']}"
+        )
     print(report["markdown"], end="")
     print(f"report: {report['path']} (+ pairs.md, pairs_r1.png)")
     return 0
@@ -76,10 +86,12 @@ def baseline_cli(args: argparse.Namespace) -> int:
         r = node_feature_logreg(cfg.data.train, cfg.eval.data, C=args.C, seed=cfg.seed)
     except ValueError as err:  # names the column / config key: one line, exit 2
         raise ConfigError(str(err)) from err
-    print(f"logistic regression on raw node features (C={args.C}): trained on {r['n_train']} "
-          f"{cfg.data.train.split} rows, accuracy {r['accuracy']:.4f} on {r['n_test']} "
-          f"{cfg.eval.data.split} rows ({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
-          f"fit+predict {r['seconds']:.2f} s, total {time.perf_counter() - start:.1f} s")
+    print(
+        f"logistic regression on raw node features (C={args.C}): trained on {r['n_train']} "
+        f"{cfg.data.train.split} rows, accuracy {r['accuracy']:.4f} on {r['n_test']} "
+        f"{cfg.eval.data.split} rows ({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
+        f"fit+predict {r['seconds']:.2f} s, total {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -127,8 +139,9 @@ def query_cli(args: argparse.Namespace) -> int:
             raise IndexBuildError("--modality and --query go together, e.g. --modality text --query 'a seven'")
         given.append((args.modality, args.query))
     if len(given) != 1:
-        raise IndexBuildError("give exactly one query: --modality M --query Q, or one of "
-                              + ", ".join(f"--{m}" for m in flags))
+        raise IndexBuildError(
+            "give exactly one query: --modality M --query Q, or one of " + ", ".join(f"--{m}" for m in flags)
+        )
     modality, raw = given[0]
     for rank, (score, id_, meta) in enumerate(query_index(args.index, modality, raw, args.k, args.checkpoint), 1):
         extras = "  ".join(f"{k}={v}" for k, v in meta.items() if k != "row")
@@ -138,16 +151,27 @@ def query_cli(args: argparse.Namespace) -> int:
 
 def build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--checkpoint", required=True)
-    b.add_argument("--data", required=True, help="dataset spec: YAML file or inline YAML "
-                   "(e.g. '{source: sklearn-digits, split: test, columns: {image: image}, label_column: label}')")
+    b.add_argument(
+        "--data",
+        required=True,
+        help="dataset spec: YAML file or inline YAML "
+        "(e.g. '{source: sklearn-digits, split: test, columns: {image: image}, label_column: label}')",
+    )
     b.add_argument("--modality", required=True)
-    b.add_argument("--dim", type=int, help="index only the first DIM embedding dims (Matryoshka-trained "
-                   "models; queries are truncated to match)")
+    b.add_argument(
+        "--dim",
+        type=int,
+        help="index only the first DIM embedding dims (Matryoshka-trained models; queries are truncated to match)",
+    )
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
     b.add_argument("--spec", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat, ...")
     b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--overwrite", action="store_true", help="replace the index folder at --out (checked before "
-                   "anything is encoded; a folder that is not an index is never replaced)")
+    b.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the index folder at --out (checked before "
+        "anything is encoded; a folder that is not an index is never replaced)",
+    )
 
 
 def query_arguments(q: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ Trains the shipped ``demo-digits.yaml`` config, then evaluates on the held-out s
 classification with a prompt ensemble and image<->text recall@k through a FAISS index. Writes
 ``metrics.json``, ``loss.png`` and ``confusion.png`` to the output folder and prints a table.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ def format_table(metrics: dict[str, Any]) -> str:
     if r:
         for key, value in r["faiss"].items():
             if "/R@" in key:
-                rows.append((f"{key.replace('_to_', '->')} (FAISS {r['faiss']['spec']}, "
-                             f"{r['positives']} positives)", value))
+                rows.append(
+                    (f"{key.replace('_to_', '->')} (FAISS {r['faiss']['spec']}, {r['positives']} positives)", value)
+                )
     t = metrics.get("timing", {})
     width = max(len(n) for n, _ in rows) if rows else 10
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
@@ -41,8 +43,8 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None) -> dict[str, Any]:
-    from align.config.schema import load_config
     from align.app.trainer import train
+    from align.config.schema import load_config
     from align.eval.plots import plot_confusion_matrix, plot_loss_curve
     from align.eval.runner import evaluate
 
@@ -54,15 +56,21 @@ def run_demo(out: str | Path = "runs/demo", overrides: list[str] | None = None) 
     t1 = time.perf_counter()
     metrics = evaluate(result.model, cfg.eval)
     t2 = time.perf_counter()
-    metrics["timing"] = {"train_s": t1 - t0, "eval_s": t2 - t1,
-                         "train_samples_per_s": result.samples_per_s}
-    metrics["train"] = {"steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-                        "final_loss": result.losses[-1][1] if result.losses else None,
-                        "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None}
+    metrics["timing"] = {"train_s": t1 - t0, "eval_s": t2 - t1, "train_samples_per_s": result.samples_per_s}
+    metrics["train"] = {
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "final_loss": result.losses[-1][1] if result.losses else None,
+        "checkpoint": str(result.final_checkpoint) if result.final_checkpoint else None,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_loss_curve(result.losses, out / "loss.png", "demo: image<->text CLIP loss (sklearn digits)")
     zs = metrics["zeroshot"]
-    plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / "confusion.png",
-                          f"zero-shot on held-out digits (top-1 {zs['top1']:.3f})")
+    plot_confusion_matrix(
+        zs["confusion_matrix"],
+        zs["classnames"],
+        out / "confusion.png",
+        f"zero-shot on held-out digits (top-1 {zs['top1']:.3f})",
+    )
     return metrics

@@ -1,6 +1,7 @@
 """The ``train``, ``data``, ``demo`` and ``shards`` subcommands: argument parsing and printing only,
 on top of ``align.app.trainer``, ``align.data.summary``, ``align.app.demo`` and ``align.data.shards``.
 Everything heavy is imported inside the handlers (see ``align.app.command_table``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,7 @@ def config_arguments(p: argparse.ArgumentParser) -> None:
 def train_arguments(p: argparse.ArgumentParser) -> None:
     config_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/latest")
-    p.add_argument("--dry-run", action="store_true", help="load the data and show it (as `align data`); "
-                   "do not train")
+    p.add_argument("--dry-run", action="store_true", help="load the data and show it (as `align data`); do not train")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -28,8 +28,9 @@ def train(args: argparse.Namespace) -> int:
 
     result = run_training(cfg, resume=args.resume)
     if result.losses and result.is_main_process:
-        print(f"done: step {result.losses[-1][0]}, loss {result.losses[-1][1]:.4f}, "
-              f"checkpoint {result.final_checkpoint}")
+        print(
+            f"done: step {result.losses[-1][0]}, loss {result.losses[-1][1]:.4f}, checkpoint {result.final_checkpoint}"
+        )
     return 0
 
 
@@ -73,8 +74,13 @@ def shards_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", default="data.train", choices=SHARD_KEYS, help="which dataset (default data.train)")
     p.add_argument("--prefix", default="shard", help="shard file prefix (default shard)")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="the rows are shuffled with this seed before "
-                   "writing, so every shard (and a stream's head) mixes the classes")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the rows are shuffled with this seed before "
+        "writing, so every shard (and a stream's head) mixes the classes",
+    )
     p.add_argument("--keep-order", action="store_true", help="write the rows in table order")
 
 
@@ -85,8 +91,9 @@ def shards(args: argparse.Namespace) -> int:
     from align.errors import AlignError, DataError
 
     cfg = load_config(args.config, validate_adapters=False)
-    spec = {"data.train": cfg.data.train, "data.val": cfg.data.val,
-            "eval.data": cfg.eval.data if cfg.eval else None}[args.key]
+    spec = {"data.train": cfg.data.train, "data.val": cfg.data.val, "eval.data": cfg.eval.data if cfg.eval else None}[
+        args.key
+    ]
     if spec is None:
         raise DataError(f"{args.config} has no {args.key}")
     try:

@@ -4,6 +4,7 @@ This is the application layer. The loop evaluates during training (``train.eval_
 best checkpoint) and at the end (``train.eval_at_end``), but the training layer sits below the
 evaluation layer and never imports it: the evaluation is handed in here as ``EvalHooks``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,7 @@ from align.config.schema import Config
 from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
 from align.model.align_model import AlignModel
-from align.training.loop import EvalHooks, TrainResult, flat_eval_metrics
-from align.training.loop import run_training
+from align.training.loop import EvalHooks, TrainResult, flat_eval_metrics, run_training
 
 
 def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int) -> None:
@@ -21,16 +21,23 @@ def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: Train
     metrics = result.eval_metrics
     if not accelerator.is_main_process or metrics is None:
         return
-    info = {"checkpoint": str(result.final_checkpoint), "step": step, "embed_dim": cfg.model.embed_dim,
-            "loss": cfg.model.loss, "modalities": core.modalities}
+    info = {
+        "checkpoint": str(result.final_checkpoint),
+        "step": step,
+        "embed_dim": cfg.model.embed_dim,
+        "loss": cfg.model.loss,
+        "modalities": core.modalities,
+    }
     for task in ("zeroshot", "retrieval"):
         if metrics.get(task) is not None:
             others = {k: v for k, v in metrics.items() if k not in ("zeroshot", "retrieval") or k == task}
             path = write_report(build_report(task, others, info), Path(cfg.output_dir) / "eval" / f"{task}.json")
             result.eval_reports.append(path)
     line = "  ".join(f"{k} {v:.4f}" for k, v in flat_eval_metrics(metrics).items() if k.count("/") <= 2)
-    accelerator.print(f"eval ({metrics['dataset']['source']} split '{metrics['dataset']['split']}', "
-                      f"{metrics['dataset']['rows']} rows): {line}")
+    accelerator.print(
+        f"eval ({metrics['dataset']['source']} split '{metrics['dataset']['split']}', "
+        f"{metrics['dataset']['rows']} rows): {line}"
+    )
 
 
 EVAL_HOOKS = EvalHooks(evaluate=evaluate, write_reports=write_eval_reports)

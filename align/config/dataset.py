@@ -5,6 +5,7 @@
 ``Strict`` is the base of every config
 section: unknown keys fail with their dotted path instead of being silently ignored.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -44,8 +45,9 @@ class JoinSpec(Strict):
     with the same label (a fixed, seeded pairing: rows of a class take that class's other rows in a
     shuffled order, cycling when there are fewer), e.g. spoken digits paired with MNIST images."""
 
-    data: "DatasetSpec" = Field(description="the other table; its 'columns' name the columns to attach "
-                                "(column name here -> column there)")
+    data: "DatasetSpec" = Field(
+        description="the other table; its 'columns' name the columns to attach (column name here -> column there)"
+    )
     by: str = Field(description="label column present in both tables (not `on`: YAML reads that as true)")
     seed: int = 0
 
@@ -57,8 +59,9 @@ class HoldoutSpec(Strict):
     of that column (a speaker, a patient, a molecule scaffold) lands on both sides."""
 
     take: Literal["train", "test"] = Field(description="which side of the split this spec keeps")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="share of rows (of groups, with group) "
-                                 "held out; ignored with folds")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of rows (of groups, with group) held out; ignored with folds"
+    )
     folds: int | None = Field(None, ge=2, description="k-fold: test is fold `fold` of k, train the rest")
     fold: int = Field(0, ge=0)
     seed: int = 0
@@ -75,40 +78,62 @@ class HoldoutSpec(Strict):
 class DatasetSpec(Strict):
     """Which `datasets` source to load and which column feeds which modality."""
 
-    source: str = Field(description="imagefolder|audiofolder|csv|json|parquet|arrow, a builtin "
-                        "(sklearn-digits) or a hub dataset id")
+    source: str = Field(
+        description="imagefolder|audiofolder|csv|json|parquet|arrow, a builtin (sklearn-digits) or a hub dataset id"
+    )
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     data_dir: str | None = None
     split: str = "train"
     columns: dict[str, str] = Field(min_length=1, description="modality -> column name")
     label_column: str | None = None
-    caption_templates: list[str] | None = Field(None, description="fill these '{}' templates with each "
-                                                "row's class name (from label_column) into a column "
-                                                "'label_captions', e.g. to train an imagefolder")
+    caption_templates: list[str] | None = Field(
+        None,
+        description="fill these '{}' templates with each "
+        "row's class name (from label_column) into a column "
+        "'label_captions', e.g. to train an imagefolder",
+    )
     max_samples: int | None = Field(None, gt=0)
-    holdout: HoldoutSpec | None = Field(None, description="seeded (stratified, group-aware) train/test "
-                                        "or k-fold split of the loaded rows, for any source")
-    load_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra load_dataset arguments, "
-                                        "or a builtin source's options")
-    where: dict[str, Condition] | None = Field(None, description="keep rows whose columns pass these "
-                                               "tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}")
-    label_names: list[str] | None = Field(None, description="class names for label_column: an integer "
-                                          "label i is label_names[i]; a string label is looked up by "
-                                          "name (default: sorted distinct strings)")
+    holdout: HoldoutSpec | None = Field(
+        None,
+        description="seeded (stratified, group-aware) train/test or k-fold split of the loaded rows, for any source",
+    )
+    load_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra load_dataset arguments, or a builtin source's options"
+    )
+    where: dict[str, Condition] | None = Field(
+        None, description="keep rows whose columns pass these tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}"
+    )
+    label_names: list[str] | None = Field(
+        None,
+        description="class names for label_column: an integer "
+        "label i is label_names[i]; a string label is looked up by "
+        "name (default: sorted distinct strings)",
+    )
     join: JoinSpec | None = None
     pack_columns: dict[str, list[str]] | None = Field(
-        None, description="new column -> the columns it packs: each row gets a dict {column: value}, "
-                          "e.g. {graph: [edge_index, node_feat, edge_attr, num_nodes]} for a graph "
-                          "stored as edge list + feature columns, or {cloud: [points, colors]}")
+        None,
+        description="new column -> the columns it packs: each row gets a dict {column: value}, "
+        "e.g. {graph: [edge_index, node_feat, edge_attr, num_nodes]} for a graph "
+        "stored as edge list + feature columns, or {cloud: [points, colors]}",
+    )
     on_error: Literal["raise", "skip"] = Field(
-        "raise", description="a sample that cannot be decoded: raise (naming file and row) or skip and "
-                             "count it (training draws another row; evaluation leaves the row out)")
-    streaming: bool = Field(False, description="read the source as a stream (datasets' streaming, e.g. "
-                            "webdataset tar shards) instead of loading the whole table: sharded over "
-                            "processes and workers, shuffled through a buffer, resumed exactly "
-                            "(align/data/streaming.py); only data.train can stream")
-    shuffle_buffer: int = Field(1000, gt=0, description="streaming: samples held in the shuffle buffer "
-                                "(bigger mixes shards better and holds more in memory)")
+        "raise",
+        description="a sample that cannot be decoded: raise (naming file and row) or skip and "
+        "count it (training draws another row; evaluation leaves the row out)",
+    )
+    streaming: bool = Field(
+        False,
+        description="read the source as a stream (datasets' streaming, e.g. "
+        "webdataset tar shards) instead of loading the whole table: sharded over "
+        "processes and workers, shuffled through a buffer, resumed exactly "
+        "(align/data/streaming.py); only data.train can stream",
+    )
+    shuffle_buffer: int = Field(
+        1000,
+        gt=0,
+        description="streaming: samples held in the shuffle buffer "
+        "(bigger mixes shards better and holds more in memory)",
+    )
 
     @model_validator(mode="after")
     def _templates_need_labels(self) -> "DatasetSpec":
@@ -134,22 +159,27 @@ class DatasetSpec(Strict):
             return streaming
         data = info.data
         if data.get("source") in _builtin_sources():
-            raise ValueError(f"source '{data['source']}' is a builtin that builds its whole table in memory and "
-                             "cannot stream; stream a datasets builder instead (webdataset tar shards, parquet, "
-                             "csv, json), e.g. shards written by `align shards CONFIG OUT_DIR`")
+            raise ValueError(
+                f"source '{data['source']}' is a builtin that builds its whole table in memory and "
+                "cannot stream; stream a datasets builder instead (webdataset tar shards, parquet, "
+                "csv, json), e.g. shards written by `align shards CONFIG OUT_DIR`"
+            )
         whole_table = {
             "holdout": "a seeded, stratified split needs every row's label and group; split the shards instead "
-                       "(the train and test shards as different data_files)",
+            "(the train and test shards as different data_files)",
             "join": "pairing rows by label needs both whole tables; pair the rows when writing the shards",
             "where": "row filters are not applied to streams; filter when writing the shards",
             "max_samples": "a stream has no first-N rows to keep across processes; bound the run with "
-                           "train.steps or write fewer shards"}
+            "train.steps or write fewer shards",
+        }
         for name, why in whole_table.items():
             if data.get(name) is not None:
                 raise ValueError(f"cannot be combined with '{name}': {why}")
         if data.get("caption_templates") and data.get("label_names") is None:
-            raise ValueError("caption_templates on a stream need label_names: class names cannot be collected "
-                             "from a stream before training")
+            raise ValueError(
+                "caption_templates on a stream need label_names: class names cannot be collected "
+                "from a stream before training"
+            )
         return streaming
 
 
@@ -161,8 +191,12 @@ class MixPart(Strict):
     for, and it is drawn with probability ``weight / sum(weights)`` per sample."""
 
     data: DatasetSpec
-    weight: float = Field(1.0, gt=0, description="sampling weight (relative): the share of samples drawn "
-                          "from this set; an 'epoch' is as many draws as all sets have rows")
+    weight: float = Field(
+        1.0,
+        gt=0,
+        description="sampling weight (relative): the share of samples drawn "
+        "from this set; an 'epoch' is as many draws as all sets have rows",
+    )
 
 
 def _builtin_sources() -> set[str]:

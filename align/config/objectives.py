@@ -9,6 +9,7 @@ more modalities at once (``multiway``) and whether it needs labels (``needs_labe
 attributes of its class, so validation asks the class (importing its module) instead of keeping
 lists of names.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -55,8 +56,10 @@ class MultiwaySpec(Strict):
     @model_validator(mode="after")
     def _three(self) -> "MultiwaySpec":
         if len(self.modalities) < 3:
-            raise ValueError(f"{self.loss} aligns three or more modalities at once, got {self.modalities}; "
-                             "for two use a pairwise loss (train.pairs)")
+            raise ValueError(
+                f"{self.loss} aligns three or more modalities at once, got {self.modalities}; "
+                "for two use a pairwise loss (train.pairs)"
+            )
         if len(set(self.modalities)) != len(self.modalities):
             raise ValueError(f"modalities repeat: {self.modalities}")
         return self
@@ -71,18 +74,24 @@ def loss_class(name: str, key: str, multiway: bool = False) -> type:
     one belongs (or the other way round), is a ValueError naming ``key`` and the losses that fit."""
     kind = "multiway" if multiway else "pairwise"
     if name not in LOSSES.names():
-        raise ValueError(f"config key '{key}': unknown loss '{name}'; {kind} losses: "
-                         f"{', '.join(loss_names(multiway))}")
+        raise ValueError(f"config key '{key}': unknown loss '{name}'; {kind} losses: {', '.join(loss_names(multiway))}")
     cls = LOSSES.get(name)
     missing = [a for a in ASKED if not hasattr(cls, a)]
     if missing:
-        raise ValueError(f"config key '{key}': loss '{name}' ({cls!r}) has no {', '.join(missing)}: a loss "
-                         "subclasses align.objectives.losses.Loss")
+        raise ValueError(
+            f"config key '{key}': loss '{name}' ({cls!r}) has no {', '.join(missing)}: a loss "
+            "subclasses align.objectives.losses.Loss"
+        )
     if cls.multiway != multiway:
-        where = ("a pair (model.loss, train.pairs[].loss)" if not cls.multiway
-                 else "three or more modalities at once (train.multiway.loss)")
-        raise ValueError(f"config key '{key}': loss '{name}' scores {where}, not a {kind} term; "
-                         f"{kind} losses: {', '.join(loss_names(multiway))}")
+        where = (
+            "a pair (model.loss, train.pairs[].loss)"
+            if not cls.multiway
+            else "three or more modalities at once (train.multiway.loss)"
+        )
+        raise ValueError(
+            f"config key '{key}': loss '{name}' scores {where}, not a {kind} term; "
+            f"{kind} losses: {', '.join(loss_names(multiway))}"
+        )
     return cls
 
 
@@ -99,13 +108,20 @@ def pair_specs(cfg) -> list[PairSpec]:
     tc, mods = cfg.train, cfg.data.train_modalities()
     together = co_occurring(cfg)
     if tc.anchor is not None:
-        specs = [PairSpec(modalities=(m, tc.anchor)) for m in mods if m != tc.anchor
-                 and frozenset((m, tc.anchor)) in together]
+        specs = [
+            PairSpec(modalities=(m, tc.anchor))
+            for m in mods
+            if m != tc.anchor and frozenset((m, tc.anchor)) in together
+        ]
     elif tc.pairs is not None:
         specs = [p.model_copy() for p in tc.pairs]
     else:
-        specs = [PairSpec(modalities=(a, b)) for i, a in enumerate(mods) for b in mods[i + 1:]
-                 if frozenset((a, b)) in together]
+        specs = [
+            PairSpec(modalities=(a, b))
+            for i, a in enumerate(mods)
+            for b in mods[i + 1 :]
+            if frozenset((a, b)) in together
+        ]
     for p in specs:
         p.loss = p.loss or cfg.model.loss
         p.loss_options = cfg.model.loss_options if p.loss_options is None else p.loss_options
@@ -114,8 +130,9 @@ def pair_specs(cfg) -> list[PairSpec]:
 
 def co_occurring(cfg) -> set[frozenset[str]]:
     """The modality pairs some training set has in one row (every pair for a single data.train)."""
-    return {frozenset((a, b)) for _, spec, _ in cfg.data.train_parts()
-            for a in spec.columns for b in spec.columns if a != b}
+    return {
+        frozenset((a, b)) for _, spec, _ in cfg.data.train_parts() for a in spec.columns for b in spec.columns if a != b
+    }
 
 
 def parts_with(cfg, mods) -> list[tuple[str, object]]:
@@ -140,13 +157,17 @@ def check_objectives(cfg) -> None:
         if mod not in known:
             raise ValueError(f"config key '{key}': modality '{mod}' is not in model.modalities {sorted(known)}")
         if mod not in cols:
-            raise ValueError(f"config key '{key}': modality '{mod}' has no column in {where} "
-                             f"{sorted(cols)}, so it never appears with the others in a row")
+            raise ValueError(
+                f"config key '{key}': modality '{mod}' has no column in {where} "
+                f"{sorted(cols)}, so it never appears with the others in a row"
+            )
 
     def together(key: str, mods) -> None:
         if not parts_with(cfg, mods):
-            raise ValueError(f"config key '{key}': {' and '.join(mods)} never appear together in one "
-                             f"training set's rows (data.mix), so there is nothing to align them on")
+            raise ValueError(
+                f"config key '{key}': {' and '.join(mods)} never appear together in one "
+                f"training set's rows (data.mix), so there is nothing to align them on"
+            )
 
     if tc.anchor is not None:
         if tc.pairs is not None:
@@ -169,14 +190,18 @@ def check_objectives(cfg) -> None:
     if cfg.model.momentum is not None:
         other = sorted({p.loss for p in specs} - {"clip"})
         if other or tc.micro_batch_size:
-            raise ValueError("config key 'model.momentum': the momentum queue is ALBEF's CLIP-style loss; it "
-                             f"cannot be combined with {other or 'train.micro_batch_size (GradCache)'}")
+            raise ValueError(
+                "config key 'model.momentum': the momentum queue is ALBEF's CLIP-style loss; it "
+                f"cannot be combined with {other or 'train.micro_batch_size (GradCache)'}"
+            )
     for i, p in enumerate(specs):
         unlabelled = [k for k, s in parts_with(cfg, p.modalities) if s.label_column is None]
         if LOSSES.get(p.loss).needs_labels and unlabelled:
             key = f"train.pairs[{i}].loss" if tc.pairs and tc.pairs[i].loss else "model.loss"
-            raise ValueError(f"config key '{key}': loss '{p.loss}' treats rows that share a label as "
-                             f"positives and needs {unlabelled[0]}.label_column")
+            raise ValueError(
+                f"config key '{key}': loss '{p.loss}' treats rows that share a label as "
+                f"positives and needs {unlabelled[0]}.label_column"
+            )
 
 
 def needs_labels(cfg) -> bool:

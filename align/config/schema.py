@@ -3,6 +3,7 @@
 Every section forbids unknown keys, so a misspelled key fails with its dotted path instead of
 being silently ignored. Adapter options are validated against the adapter's own schema.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,12 +39,17 @@ class ModalitySpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (the adapter's schema)")
     head: Literal["linear", "mlp", "identity"] = "linear"
     cache: Literal["auto", "off", "memory", "disk"] = Field(
-        "auto", description="a frozen tower with deterministic preprocessing: compute its features "
+        "auto",
+        description="a frozen tower with deterministic preprocessing: compute its features "
         "once per training row and reuse them (auto = in memory when it qualifies; disk = a memory-"
-        "mapped file under cache_dir keyed by the tower's weights, for sets larger than RAM)")
-    cache_dir: str | None = Field(None, description="where cache: disk keeps its files (default: "
-                                  "<output_dir>/feature_cache); reused by any run with the same tower "
-                                  "weights and rows")
+        "mapped file under cache_dir keyed by the tower's weights, for sets larger than RAM)",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="where cache: disk keeps its files (default: "
+        "<output_dir>/feature_cache); reused by any run with the same tower "
+        "weights and rows",
+    )
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -58,25 +64,38 @@ class ModalitySpec(Strict):
 class ModelConfig(Strict):
     embed_dim: int = Field(512, gt=0)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
-    loss: str = Field("clip", description="the pairwise objective, a name in align.registry.LOSSES "
-                      "(clip, siglip, multi_positive, dcl, hcl, mochi; a package adds its own under the "
-                      "align.losses entry points)")
-    loss_options: dict[str, Any] = Field(default_factory=dict, description="the loss's own options, e.g. "
-                                         "{beta: 1.0, tau_plus: 0.1} for hcl")
+    loss: str = Field(
+        "clip",
+        description="the pairwise objective, a name in align.registry.LOSSES "
+        "(clip, siglip, multi_positive, dcl, hcl, mochi; a package adds its own under the "
+        "align.losses entry points)",
+    )
+    loss_options: dict[str, Any] = Field(
+        default_factory=dict, description="the loss's own options, e.g. {beta: 1.0, tau_plus: 0.1} for hcl"
+    )
     pair_temperatures: bool | list[tuple[str, str]] = Field(
-        False, description="one learnable temperature per aligned pair instead of one shared (resolved to "
-                          "the run's pairs when the config is loaded)")
-    matryoshka_dims: list[PositiveInt] | None = Field(None, description="Matryoshka: the loss summed over "
-                                                      "these nested prefixes of the embedding, e.g. [8, 16, 32, 64]")
-    momentum: MomentumSpec | None = Field(None, description="EMA towers + queues of past embeddings as extra "
-                                          "negatives (MoCo / ALBEF), optionally with momentum distillation")
+        False,
+        description="one learnable temperature per aligned pair instead of one shared (resolved to "
+        "the run's pairs when the config is loaded)",
+    )
+    matryoshka_dims: list[PositiveInt] | None = Field(
+        None,
+        description="Matryoshka: the loss summed over these nested prefixes of the embedding, e.g. [8, 16, 32, 64]",
+    )
+    momentum: MomentumSpec | None = Field(
+        None,
+        description="EMA towers + queues of past embeddings as extra "
+        "negatives (MoCo / ALBEF), optionally with momentum distillation",
+    )
     init_logit_scale: float | None = None
     init_logit_bias: float | None = None
     learn_logit_scale: bool = True
     loss_tiling: Literal["auto", "on", "off"] = Field(
-        "auto", description="compute the loss in blocks, never holding the [B, B] logits (align.objectives.tiled): "
-                            "auto = tiled when the global batch (train.batch_size * processes) is at least "
-                            "loss_tile_above")
+        "auto",
+        description="compute the loss in blocks, never holding the [B, B] logits (align.objectives.tiled): "
+        "auto = tiled when the global batch (train.batch_size * processes) is at least "
+        "loss_tile_above",
+    )
     loss_tile_size: int = Field(1024, gt=0, description="rows / columns of one block of logits when tiled")
     loss_tile_above: int = Field(8192, gt=0, description="global batch from which loss_tiling auto tiles")
 
@@ -89,15 +108,22 @@ class ModelConfig(Strict):
 
 class DataConfig(Strict):
     train: DatasetSpec | None = Field(None, description="the training table (or give mix)")
-    mix: list[MixPart] | None = Field(None, min_length=1, description="several training sets drawn by "
-                                      "weight, each with its own subset of modalities (instead of train); "
-                                      "each pair's loss uses the rows that have both")
+    mix: list[MixPart] | None = Field(
+        None,
+        min_length=1,
+        description="several training sets drawn by "
+        "weight, each with its own subset of modalities (instead of train); "
+        "each pair's loss uses the rows that have both",
+    )
     val: DatasetSpec | None = None
     num_workers: int = Field(0, ge=0)
-    cache_samples: bool = Field(False, description="keep each training row's preprocessed sample in "
-                                "memory for modalities whose preprocessing is deterministic (graphs "
-                                "from SMILES, tabular rows, single captions): featurised once, not "
-                                "every epoch (per DataLoader worker; workers are kept alive)")
+    cache_samples: bool = Field(
+        False,
+        description="keep each training row's preprocessed sample in "
+        "memory for modalities whose preprocessing is deterministic (graphs "
+        "from SMILES, tabular rows, single captions): featurised once, not "
+        "every epoch (per DataLoader worker; workers are kept alive)",
+    )
 
     @model_validator(mode="after")
     def _train_or_mix(self) -> "DataConfig":
@@ -106,8 +132,10 @@ class DataConfig(Strict):
             raise ValueError(f"config key 'data.train' {which} (one training table; data.mix lists several)")
         for i, part in enumerate(self.mix or []):
             if part.data.streaming:
-                raise ValueError(f"config key 'data.mix[{i}].data.streaming': a mixture reads whole tables; "
-                                 "stream one training set with data.train")
+                raise ValueError(
+                    f"config key 'data.mix[{i}].data.streaming': a mixture reads whole tables; "
+                    "stream one training set with data.train"
+                )
         return self
 
     def train_parts(self) -> list[tuple[str, DatasetSpec, float]]:
@@ -123,11 +151,18 @@ class DataConfig(Strict):
 
 class TrainConfig(Strict):
     batch_size: int = Field(64, gt=0, description="per-process batch size")
-    micro_batch_size: int | None = Field(None, gt=0, description="GradCache: towers hold only this many "
-                                         "samples' activations while the loss sees the whole batch as "
-                                         "negatives (must divide batch_size); None = the whole batch at once")
-    grad_checkpointing: bool = Field(False, description="recompute each tower's activations in the "
-                                     "backward pass instead of storing them (less memory, ~1 more forward)")
+    micro_batch_size: int | None = Field(
+        None,
+        gt=0,
+        description="GradCache: towers hold only this many "
+        "samples' activations while the loss sees the whole batch as "
+        "negatives (must divide batch_size); None = the whole batch at once",
+    )
+    grad_checkpointing: bool = Field(
+        False,
+        description="recompute each tower's activations in the "
+        "backward pass instead of storing them (less memory, ~1 more forward)",
+    )
     steps: int = Field(1000, gt=0)
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
@@ -141,16 +176,23 @@ class TrainConfig(Strict):
     keep_checkpoints: int | None = Field(None, gt=0)
     log_every: int = Field(10, gt=0)
     val_every: int = Field(0, ge=0, description="validation loss on data.val every N steps; 0 = at the end")
-    eval_every: int = Field(0, ge=0, description="run the eval section every N steps (0 = never during "
-                                                 "training)")
-    eval_at_end: bool = Field(True, description="run the eval section after the last step and write its "
-                              "reports to output_dir/eval/")
-    best_metric: str | None = Field(None, description="keep checkpoints/best by this eval metric, e.g. "
-                                    "'zeroshot/top1' or 'retrieval/image_to_text/R@1' (higher is better)")
-    pairs: list[PairSpec] | None = Field(None, description="modality pairs the loss aligns, each [a, b] "
-                                         "or {modalities: [a, b], loss, loss_options, weight}; default: every pair")
-    anchor: str | None = Field(None, description="ImageBind's binding: every other modality paired only with "
-                               "this one (instead of pairs)")
+    eval_every: int = Field(0, ge=0, description="run the eval section every N steps (0 = never during training)")
+    eval_at_end: bool = Field(
+        True, description="run the eval section after the last step and write its reports to output_dir/eval/"
+    )
+    best_metric: str | None = Field(
+        None,
+        description="keep checkpoints/best by this eval metric, e.g. "
+        "'zeroshot/top1' or 'retrieval/image_to_text/R@1' (higher is better)",
+    )
+    pairs: list[PairSpec] | None = Field(
+        None,
+        description="modality pairs the loss aligns, each [a, b] "
+        "or {modalities: [a, b], loss, loss_options, weight}; default: every pair",
+    )
+    anchor: str | None = Field(
+        None, description="ImageBind's binding: every other modality paired only with this one (instead of pairs)"
+    )
     multiway: MultiwaySpec | None = Field(None, description="a term over >= 3 modalities at once (symile, gram)")
     local_loss: bool = True
     progress: bool = True
@@ -158,21 +200,27 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _micro_divides(self) -> "TrainConfig":
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
-            raise ValueError(f"config key 'train.micro_batch_size': {self.micro_batch_size} does not divide "
-                             f"train.batch_size {self.batch_size}; every micro-batch must be full")
+            raise ValueError(
+                f"config key 'train.micro_batch_size': {self.micro_batch_size} does not divide "
+                f"train.batch_size {self.batch_size}; every micro-batch must be full"
+            )
         return self
 
 
 class ZeroShotSpec(Strict):
-    query: str | None = Field(None, description="modality to classify; default: the eval data's one "
-                              "modality besides prompt_modality")
+    query: str | None = Field(
+        None, description="modality to classify; default: the eval data's one modality besides prompt_modality"
+    )
     prompt_modality: str = "text"
     classnames: list[str] | dict[str, str] | None = Field(
-        None, description="default: the data's class names (ClassLabel / label_names). A list is checked "
-                          "against them by name (label i is classnames[i] only when the data has no "
-                          "names); a dict maps the data's names to the names put in prompts")
+        None,
+        description="default: the data's class names (ClassLabel / label_names). A list is checked "
+        "against them by name (label i is classnames[i] only when the data has no "
+        "names); a dict maps the data's names to the names put in prompts",
+    )
     templates: list[str] | dict[str, list[str]] = Field(
-        min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)")
+        min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)"
+    )
 
     @field_validator("classnames")
     @classmethod
@@ -193,19 +241,31 @@ class RetrievalSpec(Strict):
     b: str = "text"
     ks: list[PositiveInt] = Field(default_factory=lambda: [1, 5, 10], min_length=1)
     positives: Literal["row", "label"] = Field(
-        "row", description="row: a b item matches its own row (CLIP_benchmark); label: any row of the "
-                           "same class (for templated captions)")
-    index: str = Field("Flat", description="FAISS index_factory string for the index-based recall "
-                                           "(Flat = exact; e.g. HNSW32 or IVF256,Flat shows the ANN cost)")
-    dedupe: bool = Field(True, description="identical b items (templated captions) become one gallery "
-                         "item whose positives are the union of their rows'; without it, R@k over k "
-                         "copies of one caption is degenerate")
+        "row",
+        description="row: a b item matches its own row (CLIP_benchmark); label: any row of the "
+        "same class (for templated captions)",
+    )
+    index: str = Field(
+        "Flat",
+        description="FAISS index_factory string for the index-based recall "
+        "(Flat = exact; e.g. HNSW32 or IVF256,Flat shows the ANN cost)",
+    )
+    dedupe: bool = Field(
+        True,
+        description="identical b items (templated captions) become one gallery "
+        "item whose positives are the union of their rows'; without it, R@k over k "
+        "copies of one caption is degenerate",
+    )
 
 
 class EvalConfig(Strict):
     data: DatasetSpec
-    dim: int | None = Field(None, gt=0, description="evaluate only the embedding's first dim dimensions, "
-                            "re-normalised (a model trained with model.matryoshka_dims); None = all")
+    dim: int | None = Field(
+        None,
+        gt=0,
+        description="evaluate only the embedding's first dim dimensions, "
+        "re-normalised (a model trained with model.matryoshka_dims); None = all",
+    )
     zeroshot: ZeroShotSpec | None = None
     retrieval: RetrievalSpec | None = None
     batch_size: int = Field(256, gt=0)
@@ -216,8 +276,10 @@ class EvalConfig(Strict):
         if zs is not None and zs.query is None:
             others = [m for m in self.data.columns if m != zs.prompt_modality]
             if len(others) != 1:
-                raise ValueError(f"config key 'eval.zeroshot.query': give the modality to classify, one of "
-                                 f"{others or list(self.data.columns)}")
+                raise ValueError(
+                    f"config key 'eval.zeroshot.query': give the modality to classify, one of "
+                    f"{others or list(self.data.columns)}"
+                )
             zs.query = others[0]
         return self
 
@@ -239,31 +301,41 @@ class Config(Strict):
             if spec is None:
                 continue
             if spec.streaming and name != "data.train":
-                raise ValueError(f"config key '{name}.streaming': only data.train streams; validation and evaluation "
-                                 "read a finite table (read the shards whole: the same spec with streaming: false)")
+                raise ValueError(
+                    f"config key '{name}.streaming': only data.train streams; validation and evaluation "
+                    "read a finite table (read the shards whole: the same spec with streaming: false)"
+                )
             for mod in spec.columns:
                 if mod not in known:
-                    raise ValueError(f"config key '{name}.columns.{mod}': modality '{mod}' is not in "
-                                     f"model.modalities {sorted(known)}")
+                    raise ValueError(
+                        f"config key '{name}.columns.{mod}': modality '{mod}' is not in "
+                        f"model.modalities {sorted(known)}"
+                    )
         if (self.train.eval_every or self.train.best_metric) and self.eval is None:
             raise ValueError("config key 'train.eval_every': evaluating during training needs an eval section")
         if self.train.best_metric and not self.train.eval_every:
             raise ValueError("config key 'train.best_metric': needs train.eval_every > 0")
         if self.data.mix is not None:
             if self.data.val is not None and not set(self.data.val.columns) <= set(self.data.train_modalities()):
-                raise ValueError("config key 'data.val.columns': feeds modalities no training set has "
-                                 f"({sorted(set(self.data.val.columns) - set(self.data.train_modalities()))})")
+                raise ValueError(
+                    "config key 'data.val.columns': feeds modalities no training set has "
+                    f"({sorted(set(self.data.val.columns) - set(self.data.train_modalities()))})"
+                )
             mixture_limits(self)
         elif self.data.val is not None and set(self.data.val.columns) != set(self.data.train.columns):
-            raise ValueError("config key 'data.val.columns': must feed the same modalities as "
-                             f"data.train.columns {sorted(self.data.train.columns)}")
+            raise ValueError(
+                "config key 'data.val.columns': must feed the same modalities as "
+                f"data.train.columns {sorted(self.data.train.columns)}"
+            )
         check_objectives(self)
         if self.model.pair_temperatures is True:  # stored resolved: the model's parameters follow it
             self.model.pair_temperatures = self.loss_pairs()
         dims = self.model.matryoshka_dims or []
         if dims and (sorted(set(dims)) != dims or dims[-1] > self.model.embed_dim):
-            raise ValueError(f"config key 'model.matryoshka_dims': {dims} must increase and end at or below "
-                             f"model.embed_dim {self.model.embed_dim}")
+            raise ValueError(
+                f"config key 'model.matryoshka_dims': {dims} must increase and end at or below "
+                f"model.embed_dim {self.model.embed_dim}"
+            )
         if self.eval is not None:  # eval runs after training: catch its mistakes before that
             cols = self.eval.data.columns
             uses = []
@@ -271,8 +343,10 @@ class Config(Strict):
                 uses.append(("eval.zeroshot.query", self.eval.zeroshot.query, cols))
                 uses.append(("eval.zeroshot.prompt_modality", self.eval.zeroshot.prompt_modality, known))
             if self.eval.retrieval is not None:
-                uses += [("eval.retrieval.a", self.eval.retrieval.a, cols),
-                         ("eval.retrieval.b", self.eval.retrieval.b, cols)]
+                uses += [
+                    ("eval.retrieval.a", self.eval.retrieval.a, cols),
+                    ("eval.retrieval.b", self.eval.retrieval.b, cols),
+                ]
             for key, mod, allowed in uses:
                 if mod not in allowed:
                     where = "eval.data.columns" if allowed is cols else "model.modalities"
@@ -288,8 +362,10 @@ def mixture_limits(cfg: "Config") -> None:
     """What a ``data.mix`` run cannot combine with yet, each naming its key and why."""
     for mod, spec in cfg.model.modalities.items():
         if spec.cache in ("memory", "disk"):
-            raise ValueError(f"config key 'model.modalities.{mod}.cache': cannot be combined with data.mix: "
-                             "the feature cache is indexed by the rows of one table")
+            raise ValueError(
+                f"config key 'model.modalities.{mod}.cache': cannot be combined with data.mix: "
+                "the feature cache is indexed by the rows of one table"
+            )
 
 
 def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
@@ -315,7 +391,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         if nxt is None:
             nxt = node[k] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{dotted}': '{'.'.join(keys[:i + 1])}' is not a section")
+            raise ConfigError(f"override '{dotted}': '{'.'.join(keys[: i + 1])}' is not a section")
         node = nxt
     node[keys[-1]] = value
 
@@ -360,8 +436,12 @@ def validate_adapter_options(cfg: Config) -> None:
             raise ConfigError(_format_validation_error(err, f"model.modalities.{mod}.options.")) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None, validate_adapters: bool = True) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+    validate_adapters: bool = True,
+) -> Config:
     """Read YAML (or start from ``base``), apply ``dotted.key=value`` overrides, validate."""
     data: dict = copy.deepcopy(base or {})  # overrides must not reach into the caller's dict
     if path is not None:

@@ -4,6 +4,7 @@ Class ids always come from the data (a ``ClassLabel``, names looked up in ``labe
 sorted distinct strings), and names given elsewhere are matched to them by name, never by
 position, so a list in another order cannot silently mislabel every class.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,10 @@ def encode_labels(table, column: str, names: list[str] | None, key: str):
         if names is None:
             return table
         if len(names) != feat.num_classes:
-            raise DataError(f"config key '{key}.label_names': {len(names)} names for the {feat.num_classes} "
-                            f"classes of column '{column}' {feat.names}")
+            raise DataError(
+                f"config key '{key}.label_names': {len(names)} names for the {feat.num_classes} "
+                f"classes of column '{column}' {feat.names}"
+            )
         return table.cast_column(column, datasets.ClassLabel(names=names))
     values = table[column]
     missing = next((i for i, v in enumerate(values) if v is None), None)
@@ -45,8 +48,10 @@ def encode_labels(table, column: str, names: list[str] | None, key: str):
         unknown = sorted(set(values) - set(names)) if names is not None else []
         if unknown:
             row = next(i for i, v in enumerate(values) if v == unknown[0])
-            raise DataError(f"config key '{key}.label_names': column '{column}' holds {unknown[:10]} "
-                            f"(first in row {row}), which are not in label_names {names}")
+            raise DataError(
+                f"config key '{key}.label_names': column '{column}' holds {unknown[:10]} "
+                f"(first in row {row}), which are not in label_names {names}"
+            )
         return table.cast_column(column, datasets.ClassLabel(names=names or sorted(set(values))))
     labels = np.asarray(values)
     if labels.dtype.kind == "f":
@@ -60,37 +65,53 @@ def encode_labels(table, column: str, names: list[str] | None, key: str):
     if names is None:
         return table
     if labels.min() < 0 or labels.max() >= len(names):
-        raise DataError(f"config key '{key}.label_names': column '{column}' must hold integers "
-                        f"0..{len(names) - 1}, got {labels[:5].tolist()}...")
+        raise DataError(
+            f"config key '{key}.label_names': column '{column}' must hold integers "
+            f"0..{len(names) - 1}, got {labels[:5].tolist()}..."
+        )
     return table.cast_column(column, datasets.ClassLabel(names=names))
 
 
-def zeroshot_classes(given: list[str] | dict[str, str] | None, data_names: list[str] | None,
-                     labels: np.ndarray, key: str = "eval.zeroshot.classnames") -> list[str]:
+def zeroshot_classes(
+    given: list[str] | dict[str, str] | None,
+    data_names: list[str] | None,
+    labels: np.ndarray,
+    key: str = "eval.zeroshot.classnames",
+) -> list[str]:
     """The names put in prompts, in class-id order. Class ids come from the data, so names are
     matched to them by name whenever the data has names: a list in another order (imagefolder sorts
     its folders) would otherwise silently score every swapped class as wrong."""
     if len(labels) and labels.min() < 0:
         row = int(np.argmax(labels < 0))
-        raise ConfigError(f"config key 'eval.data.label_column': row {row} has no label ({labels[row]}); "
-                          "zero-shot needs a class for every row (drop them with where: {label: {ge: 0}})")
+        raise ConfigError(
+            f"config key 'eval.data.label_column': row {row} has no label ({labels[row]}); "
+            "zero-shot needs a class for every row (drop them with where: {label: {ge: 0}})"
+        )
     if given is None:
         if data_names is None:
-            raise ConfigError(f"config key '{key}': the label column holds bare class ids, so there are no "
-                              "class names to build prompts from; give classnames (class i is "
-                              "classnames[i]) or eval.data.label_names")
+            raise ConfigError(
+                f"config key '{key}': the label column holds bare class ids, so there are no "
+                "class names to build prompts from; give classnames (class i is "
+                "classnames[i]) or eval.data.label_names"
+            )
         return list(data_names)
     if data_names is None:
         if isinstance(given, dict):
-            raise ConfigError(f"config key '{key}': a mapping needs class names in the data; the label "
-                              "column holds bare ids, so give a list (class i is classnames[i])")
+            raise ConfigError(
+                f"config key '{key}': a mapping needs class names in the data; the label "
+                "column holds bare ids, so give a list (class i is classnames[i])"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(given)):
-            raise ConfigError(f"config key '{key}': {len(given)} class names, but the eval data's labels "
-                              f"run {labels.min()}..{labels.max()} (class i is classnames[i])")
+            raise ConfigError(
+                f"config key '{key}': {len(given)} class names, but the eval data's labels "
+                f"run {labels.min()}..{labels.max()} (class i is classnames[i])"
+            )
         return list(given)
     names = list(given) if isinstance(given, list) else list(given.keys())
     if set(names) != set(data_names):
         missing, extra = [n for n in data_names if n not in names], [n for n in names if n not in data_names]
-        raise ConfigError(f"config key '{key}': {names} do not match the data's class names {data_names} "
-                          f"(class id order); missing {missing}, not in the data {extra}")
+        raise ConfigError(
+            f"config key '{key}': {names} do not match the data's class names {data_names} "
+            f"(class id order); missing {missing}, not in the data {extra}"
+        )
     return [given[n] for n in data_names] if isinstance(given, dict) else list(data_names)

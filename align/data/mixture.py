@@ -12,6 +12,7 @@ running state, so an epoch's order depends on what ran before and a resumed run 
 rows; here epoch ``e``'s order is a function of (seed, e) alone, and Accelerate's
 ``skip_first_batches`` resumes it exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterator
@@ -19,8 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from align.data.tables import PairedDataset
 from align.data.labels import class_names
+from align.data.tables import PairedDataset
 
 
 class MixedDataset(torch.utils.data.Dataset):
@@ -94,15 +95,17 @@ class MixtureSampler(torch.utils.data.Sampler[int]):
             where = np.nonzero(picks == d)[0]
             cycles = -(-len(where) // size) if len(where) else 0
             order = np.concatenate([rng.permutation(size) for _ in range(cycles)]) if cycles else np.empty(0, int)
-            out[where] = order[:len(where)] + self.offsets[d]
+            out[where] = order[: len(where)] + self.offsets[d]
         return iter(out.tolist())
 
 
 def mixture_columns(cfg, tables: dict[str, Any]) -> tuple[dict[str, str], "_ModalityValues"]:
     """(columns, table) for ``fit_adapters`` over every training set: modality m's values are those of
     every set that has m, concatenated (a vocabulary or normalisation fitted on all of them)."""
-    sources = {m: [(tables[k], spec.columns[m]) for k, spec, _ in cfg.data.train_parts() if m in spec.columns]
-               for m in cfg.data.train_modalities()}
+    sources = {
+        m: [(tables[k], spec.columns[m]) for k, spec, _ in cfg.data.train_parts() if m in spec.columns]
+        for m in cfg.data.train_modalities()
+    }
     return {m: m for m in sources}, _ModalityValues(sources)
 
 
@@ -123,8 +126,9 @@ def rows_with(present: dict[str, torch.Tensor], modalities: tuple[str, ...]) -> 
     return torch.stack([present.get(m, none) for m in modalities]).all(dim=0)
 
 
-def select_rows(embeddings: torch.Tensor | None, present: torch.Tensor | None, keep: torch.Tensor,
-                dim: int, like: torch.Tensor) -> torch.Tensor:
+def select_rows(
+    embeddings: torch.Tensor | None, present: torch.Tensor | None, keep: torch.Tensor, dim: int, like: torch.Tensor
+) -> torch.Tensor:
     """The embeddings of the ``keep`` rows, from a modality's compact embeddings (one per row where
     ``present``); when this process has none of them, an empty [0, dim] slice of ``like`` (another
     modality's embeddings): it is part of the autograd graph, so the gather's backward, a

@@ -11,6 +11,7 @@ samples. datasets' ``webdataset`` builder reads them, as a stream (``streaming: 
 writes that config's ``data.train`` (FSDD's 2,700 training takes, 12 shards) as ``runs/shards/fsdd-*.tar``,
 which ``configs/fsdd_shards.yaml`` streams (the command is ``align.app.train_commands.shards``).
 """
+
 from __future__ import annotations
 
 import io
@@ -41,8 +42,9 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-def write_shards(rows: Iterable[dict[str, Any]], out_dir: str | Path, shard_size: int,
-                 prefix: str = "shard") -> list[Path]:
+def write_shards(
+    rows: Iterable[dict[str, Any]], out_dir: str | Path, shard_size: int, prefix: str = "shard"
+) -> list[Path]:
     """Write samples ``{"__key__": str, EXT: value, ...}`` as tar shards of ``shard_size``: bytes as
     they are (encoded media), str as UTF-8 (``.txt``), numpy arrays as ``.npy``, anything else as
     JSON. Each shard is written under a temporary name and renamed, so a glob never matches a half
@@ -89,10 +91,19 @@ def table_rows(table, spec) -> Iterator[dict[str, Any]]:
                 if value is None or isinstance(value, (bool, int, float, str)):
                     meta[col] = value
                 continue
-            path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) and \
-                os.path.isfile(value) else None
+            path = (
+                value.get("path")
+                if isinstance(value, dict)
+                else value
+                if isinstance(value, str) and os.path.isfile(value)
+                else None
+            )
             if path is not None or isinstance(value, dict):
-                ext = Path(path).suffix.lstrip(".").lower() if path else MEDIA_EXT.get(type(table.features[col]).__name__, "bin")
+                ext = (
+                    Path(path).suffix.lstrip(".").lower()
+                    if path
+                    else MEDIA_EXT.get(type(table.features[col]).__name__, "bin")
+                )
                 data = value.get("bytes") if isinstance(value, dict) else None
                 member, value = ext, data if data is not None else Path(path).read_bytes()
                 key = key or (Path(path).stem.replace(".", "_") if path else None)

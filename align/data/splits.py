@@ -17,22 +17,31 @@ sklearn has no stratified *and* grouped shuffle split, so a grouped fraction spl
 fold of a stratified group k-fold with k = round(1 / test_fraction): the held-out share is 1/k of
 the groups (0.2 -> exactly 1/5; 0.3 -> 1/3).
 """
-from __future__ import annotations
 
-from align.errors import AlignError
+from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+from align.errors import AlignError
 
 
 class SplitError(AlignError, ValueError):
     """The rows cannot be split as asked (too few members of a class or group, ...)."""
 
 
-def split_rows(n: int, take: str, *, labels: Sequence | None = None, groups: Sequence | None = None,
-               test_fraction: float = 0.2, folds: int | None = None, fold: int = 0,
-               seed: int = 0) -> np.ndarray:
+def split_rows(
+    n: int,
+    take: str,
+    *,
+    labels: Sequence | None = None,
+    groups: Sequence | None = None,
+    test_fraction: float = 0.2,
+    folds: int | None = None,
+    fold: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
     """Sorted row indices of side ``take`` ('train' | 'test' | 'all') of a seeded split of ``n`` rows.
 
     ``labels`` stratifies (class proportions kept on both sides); ``groups`` keeps every group on
@@ -55,7 +64,8 @@ def split_rows(n: int, take: str, *, labels: Sequence | None = None, groups: Seq
         else:
             if g is None:
                 splitter = (ms.StratifiedKFold if y is not None else ms.KFold)(
-                    n_splits=folds, shuffle=True, random_state=seed)
+                    n_splits=folds, shuffle=True, random_state=seed
+                )
             elif y is not None:
                 k = folds or max(2, round(1 / test_fraction))
                 splitter = ms.StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)

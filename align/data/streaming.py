@@ -31,6 +31,7 @@ shard list is stored too; resuming on another one is refused.
 The table-shaped parts of a run (``fit_adapters``, the look before training) see the stream's
 first ``HEAD_ROWS`` samples (``head_table``). ``align.data.shards.write_shards`` writes such shards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,9 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
+from align.data.sources.common import rotated_captions
 from align.data.tables import Collator, seeded_rngs
 from align.errors import ConfigError, DataError, SampleError
-from align.data.sources.common import rotated_captions
 
 log = logging.getLogger("align.data.streaming")
 
@@ -64,8 +65,10 @@ def shard_files(spec: DatasetSpec, key: str = "data.train") -> list[str] | None:
 
     files = DataFilesDict.from_patterns(sanitize_patterns(spec.data_files), base_path=spec.data_dir or "")
     if not files.get(spec.split):
-        raise DataError(f"config key '{key}.data_files': no shards match {spec.data_files!r} for split "
-                        f"'{spec.split}' (from {os.getcwd()}); write them first: align shards CONFIG OUT_DIR")
+        raise DataError(
+            f"config key '{key}.data_files': no shards match {spec.data_files!r} for split "
+            f"'{spec.split}' (from {os.getcwd()}); write them first: align shards CONFIG OUT_DIR"
+        )
     return list(files[spec.split])
 
 
@@ -76,11 +79,18 @@ def open_stream(spec: DatasetSpec, key: str = "data.train"):
 
     shard_files(spec, key)
     try:
-        ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
-                                   split=spec.split, streaming=True, **spec.load_kwargs)
+        ds = datasets.load_dataset(
+            spec.source,
+            data_files=spec.data_files,
+            data_dir=spec.data_dir,
+            split=spec.split,
+            streaming=True,
+            **spec.load_kwargs,
+        )
     except (FileNotFoundError, ValueError, TypeError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise DataError(f"config key '{key}.source': cannot stream '{spec.source}' (data_files="
-                        f"{spec.data_files}): {err}") from None
+        raise DataError(
+            f"config key '{key}.source': cannot stream '{spec.source}' (data_files={spec.data_files}): {err}"
+        ) from None
     return ds.decode(False)
 
 
@@ -107,10 +117,15 @@ def stream_row(example: dict, spec: DatasetSpec, key: str = "data.train") -> dic
         label, names = row.get(spec.label_column), spec.label_names
         if isinstance(label, str) and names is not None and label in names:
             label = names.index(label)
-        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or \
-                (names is not None and not 0 <= label < len(names)):
-            raise SampleError(f"{where(example)}: label {label!r} in column '{spec.label_column}' is not a class "
-                              f"id{f' or a name in {key}.label_names' if names else ' (give label_names for names)'}")
+        if (
+            isinstance(label, bool)
+            or not isinstance(label, (int, np.integer))
+            or (names is not None and not 0 <= label < len(names))
+        ):
+            raise SampleError(
+                f"{where(example)}: label {label!r} in column '{spec.label_column}' is not a class "
+                f"id{f' or a name in {key}.label_names' if names else ' (give label_names for names)'}"
+            )
         row[spec.label_column] = label = int(label)
         if spec.caption_templates:  # names are given: the spec's validation asks for them
             salt = sample_seed(0, 0, example.get("__url__") or "", str(example.get("__key__")))
@@ -152,8 +167,16 @@ class StreamBatches(torch.utils.data.IterableDataset):
     batch carries ``keys`` (its samples), ``worker`` and ``position`` (how many samples that worker
     had read by then: its resume point); a worker ends with ``{"worker", "end": True}``."""
 
-    def __init__(self, stream, spec: DatasetSpec, key: str, preprocessors: dict[str, Any], batch_size: int,
-                 seed: int = 0, table=None) -> None:
+    def __init__(
+        self,
+        stream,
+        spec: DatasetSpec,
+        key: str,
+        preprocessors: dict[str, Any],
+        batch_size: int,
+        seed: int = 0,
+        table=None,
+    ) -> None:
         self.stream, self.spec, self.key, self.seed = stream, spec, key, seed
         self.preprocessors, self.collate, self.batch_size = preprocessors, Collator(preprocessors), batch_size
         self.name = f"{key} ({spec.source})"
@@ -193,10 +216,16 @@ class StreamBatches(torch.utils.data.IterableDataset):
             except StopIteration:
                 return
             except (OSError, ValueError, EOFError, tarfile.TarError) as err:  # not a sample we decode
-                near = f" (the last sample read: {where(last)}; shuffled, the bad one is up to " \
-                       f"{self.spec.shuffle_buffer} samples on)" if last else ""
-                raise DataError(f"{self.name}: datasets' webdataset builder could not read a shard: a damaged "
-                                f"tar, or a .json / .npy / .cls member it decodes itself{near}: {err}") from err
+                near = (
+                    f" (the last sample read: {where(last)}; shuffled, the bad one is up to "
+                    f"{self.spec.shuffle_buffer} samples on)"
+                    if last
+                    else ""
+                )
+                raise DataError(
+                    f"{self.name}: datasets' webdataset builder could not read a shard: a damaged "
+                    f"tar, or a .json / .npy / .cls member it decodes itself{near}: {err}"
+                ) from err
             last = example
             yield example
 
@@ -263,9 +292,19 @@ class StreamingLoader:
     DataLoader, so Accelerate's ``prepare`` leaves it alone: the sharding is done here, and
     ``epoch_batches`` moves the batches to the device."""
 
-    def __init__(self, spec: DatasetSpec, key: str, preprocessors: dict[str, Any], batch_size: int, seed: int = 0,
-                 num_workers: int = 0, rank: int = 0, world_size: int = 1, table=None,
-                 worker_init_fn: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        key: str,
+        preprocessors: dict[str, Any],
+        batch_size: int,
+        seed: int = 0,
+        num_workers: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        table=None,
+        worker_init_fn: Callable[[int], None] | None = None,
+    ) -> None:
         from datasets.distributed import split_dataset_by_node
 
         self.key, self.batch_size, self.num_workers, self.worker_init_fn = key, batch_size, num_workers, worker_init_fn
@@ -283,8 +322,9 @@ class StreamingLoader:
 
         fresh = self.batches == 0 and not any(self.positions)
         self.dataset.epoch, self.dataset.positions = self.epoch, list(self.positions)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                             worker_init_fn=self.worker_init_fn)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, worker_init_fn=self.worker_init_fn
+        )
         for batch in itertools.chain(round_robin(loader, len(self.positions), self.next_worker), [None]):
             if not all_processes(batch is not None, device):
                 break
@@ -293,56 +333,95 @@ class StreamingLoader:
             self.batches += 1
             yield batch if device is None else send_to_device(batch, device)
         if fresh and self.batches == 0:
-            raise ConfigError(f"config key 'train.batch_size': no process-and-worker share of {self.key} fills "
-                              f"one batch of {self.batch_size} (fewer samples per share, or fewer workers)")
+            raise ConfigError(
+                f"config key 'train.batch_size': no process-and-worker share of {self.key} fills "
+                f"one batch of {self.batch_size} (fewer samples per share, or fewer workers)"
+            )
         self.epoch, self.batches, self.positions, self.next_worker = self.epoch + 1, 0, [0] * len(self.positions), 0
 
     def state_dict(self) -> dict[str, Any]:
         """Every process's position in the stream, with the shard list and the layout the positions
         belong to. A collective: every process must call it."""
-        mine = {"epoch": self.epoch, "batches": self.batches, "positions": list(self.positions),
-                "next_worker": self.next_worker}
-        return {"shards": self.shards, "world_size": self.world_size, "num_workers": self.num_workers,
-                "processes": dict(gather((self.rank, mine)))}
+        mine = {
+            "epoch": self.epoch,
+            "batches": self.batches,
+            "positions": list(self.positions),
+            "next_worker": self.next_worker,
+        }
+        return {
+            "shards": self.shards,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "processes": dict(gather((self.rank, mine))),
+        }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Continue where ``state_dict`` was taken; refuses, naming the key, what would not see the
         same samples: another shard list, process count or worker count."""
         if state is None:
-            raise ConfigError(f"config key '{self.key}.streaming': the checkpoint holds no stream position (its "
-                              "run did not stream); start a new run in another output_dir")
+            raise ConfigError(
+                f"config key '{self.key}.streaming': the checkpoint holds no stream position (its "
+                "run did not stream); start a new run in another output_dir"
+            )
         if state["shards"] != self.shards:
             then, now = set(state["shards"] or []), set(self.shards or [])
-            change = "the same shards in another order" if then == now else \
-                f"{len(then)} shards then, {len(now)} now; new: {sorted(now - then)[:3]}, gone: {sorted(then - now)[:3]}"
-            raise ConfigError(f"config key '{self.key}.data_files': the shard list changed since the checkpoint "
-                              f"({change}), so the resumed run would not see the samples the interrupted one "
-                              "would have; point data_files at the checkpoint's shards or start a new run")
+            change = (
+                "the same shards in another order"
+                if then == now
+                else f"{len(then)} shards then, {len(now)} now; "
+                f"new: {sorted(now - then)[:3]}, gone: {sorted(then - now)[:3]}"
+            )
+            raise ConfigError(
+                f"config key '{self.key}.data_files': the shard list changed since the checkpoint "
+                f"({change}), so the resumed run would not see the samples the interrupted one "
+                "would have; point data_files at the checkpoint's shards or start a new run"
+            )
         if state["world_size"] != self.world_size:
-            raise ConfigError(f"config key '{self.key}.streaming': the run was checkpointed with "
-                              f"{state['world_size']} processes and is resumed with {self.world_size}; stream "
-                              "positions are per process, so launch it with as many as before")
+            raise ConfigError(
+                f"config key '{self.key}.streaming': the run was checkpointed with "
+                f"{state['world_size']} processes and is resumed with {self.world_size}; stream "
+                "positions are per process, so launch it with as many as before"
+            )
         if state["num_workers"] != self.num_workers:
-            raise ConfigError(f"config key 'data.num_workers': the streaming run was checkpointed with "
-                              f"{state['num_workers']} workers per process, now {self.num_workers}; each "
-                              "worker reads its own shards, so resume with as many as before")
+            raise ConfigError(
+                f"config key 'data.num_workers': the streaming run was checkpointed with "
+                f"{state['num_workers']} workers per process, now {self.num_workers}; each "
+                "worker reads its own shards, so resume with as many as before"
+            )
         mine = state["processes"][self.rank]
         self.epoch, self.batches, self.next_worker = mine["epoch"], mine["batches"], mine["next_worker"]
         self.positions = list(mine["positions"])
 
 
-def streaming_loader(cfg, preprocessors: dict[str, Any], spec: DatasetSpec, key: str, table=None,
-                     worker_init_fn: Callable[[int], None] | None = None) -> StreamingLoader:
+def streaming_loader(
+    cfg,
+    preprocessors: dict[str, Any],
+    spec: DatasetSpec,
+    key: str,
+    table=None,
+    worker_init_fn: Callable[[int], None] | None = None,
+) -> StreamingLoader:
     """The training loop's loader for a streaming spec: this process's rank and the world size
     from Accelerate's state (``build_accelerator`` made it), the table being the stream's head."""
     from accelerate import PartialState
 
     insists = [m for m in spec.columns if getattr(cfg.model.modalities[m], "cache", "off") in ("memory", "disk")]
     if insists:  # align/training/feature_cache.py keys a frozen tower's features by table row
-        raise ConfigError(f"config key 'model.modalities.{insists[0]}.cache': a streamed {key} has no fixed rows "
-                          "to cache a frozen tower's features by; use cache: auto (off for streams) or off")
+        raise ConfigError(
+            f"config key 'model.modalities.{insists[0]}.cache': a streamed {key} has no fixed rows "
+            "to cache a frozen tower's features by; use cache: auto (off for streams) or off"
+        )
     state = PartialState()
     pre = {m: p for m, p in preprocessors.items() if m in spec.columns}
-    return StreamingLoader(spec, key, pre, cfg.train.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers,
-                           rank=state.process_index, world_size=state.num_processes,
-                           table=head_table(spec, key) if table is None else table, worker_init_fn=worker_init_fn)
+    return StreamingLoader(
+        spec,
+        key,
+        pre,
+        cfg.train.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        rank=state.process_index,
+        world_size=state.num_processes,
+        table=head_table(spec, key) if table is None else table,
+        worker_init_fn=worker_init_fn,
+    )

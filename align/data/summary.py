@@ -6,6 +6,7 @@ classes with their id order and counts (the order zero-shot prompts are matched 
 rows as the modalities will see them, and the modality pairs of the loss, so a wrong column, a
 class order or an empty filter is visible before an hour of training.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -56,8 +57,9 @@ def summarize_table(spec: DatasetSpec, table, key: str, n_samples: int = 3) -> d
         counts = Counter(np.asarray(table[spec.label_column]).tolist())
         names = class_names(table, spec.label_column)
         ids = range(len(names)) if names is not None else sorted(counts)
-        out["classes"] = [{"id": int(i), "name": names[i] if names is not None else None,
-                           "count": counts.get(i, 0)} for i in ids]
+        out["classes"] = [
+            {"id": int(i), "name": names[i] if names is not None else None, "count": counts.get(i, 0)} for i in ids
+        ]
     picks = np.linspace(0, len(table) - 1, num=min(n_samples, len(table))).round().astype(int)
     samples = []
     for i in dict.fromkeys(picks.tolist()):
@@ -75,17 +77,25 @@ def summarize_table(spec: DatasetSpec, table, key: str, n_samples: int = 3) -> d
 def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
     """The whole look: each loaded table (``tables``: config key -> table), the loss pairs and,
     when there is a zero-shot eval, the class names prompts will use in id order."""
-    specs = {**{k: s for k, s, _ in cfg.data.train_parts()}, "data.val": cfg.data.val,
-             "eval.data": cfg.eval.data if cfg.eval else None}
+    specs = {
+        **{k: s for k, s, _ in cfg.data.train_parts()},
+        "data.val": cfg.data.val,
+        "eval.data": cfg.eval.data if cfg.eval else None,
+    }
     out: dict[str, Any] = {"datasets": [summarize_table(specs[k], t, k) for k, t in tables.items()]}
     named = {k: class_names(t, specs[k].label_column) for k, t in tables.items() if specs[k].label_column}
-    out["warnings"] = [f"{k} has classes {v}, but data.train has {named['data.train']}: class ids differ "
-                       f"between them (give label_names on both to fix one class list)"
-                       for k, v in named.items() if k != "data.train" and named.get("data.train") is not None
-                       and v is not None and v != named["data.train"]]
-    out["pairs"] = [f"{a} <-> {b}: row i's '{s.columns[a]}' with row i's '{s.columns[b]}'"
-                    + (f" ({k})" if cfg.data.mix is not None else "")
-                    for a, b in cfg.loss_pairs() for k, s in parts_with(cfg, (a, b))]
+    out["warnings"] = [
+        f"{k} has classes {v}, but data.train has {named['data.train']}: class ids differ "
+        f"between them (give label_names on both to fix one class list)"
+        for k, v in named.items()
+        if k != "data.train" and named.get("data.train") is not None and v is not None and v != named["data.train"]
+    ]
+    out["pairs"] = [
+        f"{a} <-> {b}: row i's '{s.columns[a]}' with row i's '{s.columns[b]}'"
+        + (f" ({k})" if cfg.data.mix is not None else "")
+        for a, b in cfg.loss_pairs()
+        for k, s in parts_with(cfg, (a, b))
+    ]
     if cfg.data.mix is not None:
         total = sum(w for _, _, w in cfg.data.train_parts())
         out["mix"] = [{"key": k, "weight": w, "share": w / total} for k, _, w in cfg.data.train_parts()]
@@ -94,16 +104,19 @@ def summarize_config(cfg: Config, tables: dict[str, Any]) -> dict[str, Any]:
         out["pairs"].append(f"{mw.loss} over {', '.join(mw.modalities)}: row i's columns together")
     if cfg.eval is not None and cfg.eval.zeroshot is not None and "eval.data" in tables:
         spec, table = cfg.eval.data, tables["eval.data"]
-        out["zeroshot_classes"] = zeroshot_classes(cfg.eval.zeroshot.classnames,
-                                                   class_names(table, spec.label_column),
-                                                   np.asarray(table[spec.label_column]))
+        out["zeroshot_classes"] = zeroshot_classes(
+            cfg.eval.zeroshot.classnames, class_names(table, spec.label_column), np.asarray(table[spec.label_column])
+        )
     return out
 
 
 def load_and_summarize(cfg: Config) -> dict[str, Any]:
     """Load every dataset the config names (no model, no training) and summarise them."""
-    specs = {**{k: s for k, s, _ in cfg.data.train_parts()}, "data.val": cfg.data.val,
-             "eval.data": cfg.eval.data if cfg.eval else None}
+    specs = {
+        **{k: s for k, s, _ in cfg.data.train_parts()},
+        "data.val": cfg.data.val,
+        "eval.data": cfg.eval.data if cfg.eval else None,
+    }
     with hf_progress(cfg.train.progress):
         tables = {k: load_table(s, k) for k, s in specs.items() if s is not None}
     return summarize_config(cfg, tables)
@@ -114,20 +127,39 @@ def format_summary(summary: dict[str, Any]) -> str:
     for d in summary["datasets"]:
         where = f", where {d['where']}" if d.get("where") else ""
         hold = d.get("holdout")
-        hold = (f", holdout {hold['take']} (" + (f"fold {hold['fold']} of {hold['folds']}" if hold["folds"]
-                else f"test_fraction {hold['test_fraction']}") + f", seed {hold['seed']})") if hold else ""
+        hold = (
+            (
+                f", holdout {hold['take']} ("
+                + (
+                    f"fold {hold['fold']} of {hold['folds']}"
+                    if hold["folds"]
+                    else f"test_fraction {hold['test_fraction']}"
+                )
+                + f", seed {hold['seed']})"
+            )
+            if hold
+            else ""
+        )
         lines.append(f"{d['key']}: {d['rows']} rows from {d['source']} split '{d['split']}'{where}{hold}")
         lines.append("  columns: " + ", ".join(f"{m} <- '{c}'" for m, c in d["columns"].items()))
         if d.get("classes"):
-            lines.append("  classes (id: name count): " + ", ".join(
-                f"{c['id']}: {c['name'] if c['name'] is not None else '?'} {c['count']}" for c in d["classes"]))
+            lines.append(
+                "  classes (id: name count): "
+                + ", ".join(
+                    f"{c['id']}: {c['name'] if c['name'] is not None else '?'} {c['count']}" for c in d["classes"]
+                )
+            )
         for s in d["samples"]:
             lines.append(f"  row {s['row']}: " + "; ".join(f"{k} {v}" for k, v in s.items() if k != "row"))
     if summary.get("mix"):
-        lines.append("mixture, share of draws: " + ", ".join(
-            f"{m['key']} {m['share']:.0%} (weight {m['weight']:g})" for m in summary["mix"]))
+        lines.append(
+            "mixture, share of draws: "
+            + ", ".join(f"{m['key']} {m['share']:.0%} (weight {m['weight']:g})" for m in summary["mix"])
+        )
     lines.append("loss terms: " + "; ".join(summary["pairs"]))
-    lines += [f"fitted on the training data: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()]
+    lines += [
+        f"fitted on the training data: {key}: {', '.join(names)}" for key, names in summary.get("fitted", {}).items()
+    ]
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     if summary.get("zeroshot_classes"):
         lines.append("zero-shot prompts name the classes, in id order: " + ", ".join(summary["zeroshot_classes"]))
@@ -143,8 +175,11 @@ def look_at_data(cfg: Config, accelerator, loader, val_loader, fitted: dict[str,
     from pathlib import Path
 
     parts = getattr(loader.dataset, "parts", None)  # data.mix: one table per training set
-    tables = ({k: p.table for (k, _, _), p in zip(cfg.data.train_parts(), parts)} if parts is not None
-              else {"data.train": loader.dataset.table})
+    tables = (
+        {k: p.table for (k, _, _), p in zip(cfg.data.train_parts(), parts)}
+        if parts is not None
+        else {"data.train": loader.dataset.table}
+    )
     if val_loader is not None:
         tables["data.val"] = val_loader.dataset.table
     if cfg.eval is not None:

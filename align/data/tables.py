@@ -5,6 +5,7 @@ json, parquet, arrow), hub dataset ids, or a builtin (``sklearn-digits``, which 
 scikit-learn so the demo needs no download). Media columns are read undecoded and decoded by the
 modality's preprocessor, so a corrupt file fails with its path, row and column in the message.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,18 +34,23 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
         if spec.source in SOURCES or spec.source in SOURCES.names():  # registered, else declared
             ds = SOURCES.get(spec.source)(spec)
         else:
-            ds = datasets.load_dataset(spec.source, data_files=spec.data_files, data_dir=spec.data_dir,
-                                       split=spec.split, **spec.load_kwargs)
+            ds = datasets.load_dataset(
+                spec.source, data_files=spec.data_files, data_dir=spec.data_dir, split=spec.split, **spec.load_kwargs
+            )
     except DataError as err:  # a builtin's own check: its message says which option or file
         raise DataError(f"config key '{key}' (source '{spec.source}'): {err}") from None
     except TypeError as err:  # a builder that does not take one of load_kwargs
-        raise DataError(f"config key '{key}.load_kwargs': source '{spec.source}' does not take "
-                        f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')") from None
+        raise DataError(
+            f"config key '{key}.load_kwargs': source '{spec.source}' does not take "
+            f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')"
+        ) from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise DataError(f"config key '{key}.source': cannot load '{spec.source}' "
-                        f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err} (sources: a "
-                        f"datasets builder such as csv, json, parquet, imagefolder, audiofolder; a hub id; "
-                        f"or one of {SOURCES.names()})") from None
+        raise DataError(
+            f"config key '{key}.source': cannot load '{spec.source}' "
+            f"(data_files={spec.data_files}, data_dir={spec.data_dir}): {err} (sources: a "
+            f"datasets builder such as csv, json, parquet, imagefolder, audiofolder; a hub id; "
+            f"or one of {SOURCES.names()})"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"config key '{key}.split': source gave several splits {list(ds)}; name one")
     if spec.holdout is not None:
@@ -54,8 +60,10 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     if spec.join is not None:
         ds = join_by_label(ds, spec.join, f"{key}.join")
     if spec.label_column and spec.label_column not in ds.column_names:
-        raise DataError(f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
-                        f"dataset (columns: {ds.column_names})")
+        raise DataError(
+            f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
+            f"dataset (columns: {ds.column_names})"
+        )
     if spec.label_column:
         ds = encode_labels(ds, spec.label_column, spec.label_names, key)
     if spec.caption_templates:
@@ -65,8 +73,7 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     wanted = {f"{key}.columns.{m}": c for m, c in spec.columns.items()}
     for k, col in wanted.items():
         if col not in ds.column_names:
-            raise DataError(f"config key '{k}': column '{col}' is not in the dataset "
-                            f"(columns: {ds.column_names})")
+            raise DataError(f"config key '{k}': column '{col}' is not in the dataset (columns: {ds.column_names})")
     if len(ds) == 0:
         raise DataError(f"config key '{key}': dataset '{spec.source}' split '{spec.split}' is empty")
     if spec.max_samples is not None and spec.max_samples < len(ds):
@@ -84,20 +91,27 @@ def filter_rows(table, where: dict, key: str):
     keep = np.ones(len(table), dtype=bool)
     for col, cond in where.items():
         if col not in table.column_names:
-            raise DataError(f"config key '{key}.where.{col}': column '{col}' is not in the dataset "
-                            f"(columns: {table.column_names})")
+            raise DataError(
+                f"config key '{key}.where.{col}': column '{col}' is not in the dataset (columns: {table.column_names})"
+            )
         values = np.asarray(table[col], dtype=object)
-        tests = {"eq": lambda v, x: v == x, "ne": lambda v, x: v != x,
-                 "in_": lambda v, x: np.isin(v, np.asarray(x, dtype=object)),
-                 "not_in": lambda v, x: ~np.isin(v, np.asarray(x, dtype=object)),
-                 "lt": lambda v, x: v < x, "le": lambda v, x: v <= x,
-                 "gt": lambda v, x: v > x, "ge": lambda v, x: v >= x}
+        tests = {
+            "eq": lambda v, x: v == x,
+            "ne": lambda v, x: v != x,
+            "in_": lambda v, x: np.isin(v, np.asarray(x, dtype=object)),
+            "not_in": lambda v, x: ~np.isin(v, np.asarray(x, dtype=object)),
+            "lt": lambda v, x: v < x,
+            "le": lambda v, x: v <= x,
+            "gt": lambda v, x: v > x,
+            "ge": lambda v, x: v >= x,
+        }
         for name, arg in cond.tests().items():
             try:
                 keep &= np.asarray(tests[name](values, arg), dtype=bool)
             except TypeError as err:
-                raise DataError(f"config key '{key}.where.{col}': cannot compare column '{col}' "
-                                f"({name}): {err}") from None
+                raise DataError(
+                    f"config key '{key}.where.{col}': cannot compare column '{col}' ({name}): {err}"
+                ) from None
     if not keep.any():
         raise DataError(f"config key '{key}.where': no rows pass the filter")
     return table.select(np.nonzero(keep)[0])
@@ -108,13 +122,22 @@ def holdout_rows(table, spec: DatasetSpec, key: str):
     h = spec.holdout
     for name, col in (("label_column", spec.label_column if h.stratify else None), ("holdout.group", h.group)):
         if col is not None and col not in table.column_names:
-            raise DataError(f"config key '{key}.{name}': column '{col}' is not in the dataset "
-                            f"(columns: {table.column_names})")
+            raise DataError(
+                f"config key '{key}.{name}': column '{col}' is not in the dataset (columns: {table.column_names})"
+            )
     labels = table[spec.label_column] if h.stratify and spec.label_column else None
     groups = table[h.group] if h.group else None
     try:
-        rows = split_rows(len(table), h.take, labels=labels, groups=groups, test_fraction=h.test_fraction,
-                          folds=h.folds, fold=h.fold, seed=h.seed)
+        rows = split_rows(
+            len(table),
+            h.take,
+            labels=labels,
+            groups=groups,
+            test_fraction=h.test_fraction,
+            folds=h.folds,
+            fold=h.fold,
+            seed=h.seed,
+        )
     except SplitError as err:
         raise DataError(f"config key '{key}.holdout': cannot split {len(table)} rows: {err}") from None
     return table.select(rows)
@@ -128,8 +151,7 @@ def join_by_label(table, join, key: str):
     other = load_table(join.data, f"{key}.data")
     for name, t in ((key.rsplit(".", 1)[0], table), (f"{key}.data", other)):
         if join.by not in t.column_names:
-            raise DataError(f"config key '{key}.by': column '{join.by}' is not in {name} "
-                            f"(columns: {t.column_names})")
+            raise DataError(f"config key '{key}.by': column '{join.by}' is not in {name} (columns: {t.column_names})")
     clash = sorted(set(join.data.columns) & set(table.column_names))
     if clash:
         raise DataError(f"config key '{key}.data.columns': {clash} already exist in the table")
@@ -154,12 +176,17 @@ def pack_columns(table, packs: dict[str, list[str]], key: str):
     for new, cols in packs.items():
         missing = [c for c in cols if c not in table.column_names]
         if missing:
-            raise DataError(f"config key '{key}.pack_columns.{new}': columns {missing} are not in the "
-                            f"dataset (columns: {table.column_names})")
+            raise DataError(
+                f"config key '{key}.pack_columns.{new}': columns {missing} are not in the "
+                f"dataset (columns: {table.column_names})"
+            )
         if new in table.column_names:
             raise DataError(f"config key '{key}.pack_columns.{new}': column '{new}' already exists")
-        table = table.map(lambda b, cols=cols: {new: [dict(zip(cols, v)) for v in zip(*(b[c] for c in cols))]},
-                          batched=True, desc=f"packing {new}")
+        table = table.map(
+            lambda b, cols=cols: {new: [dict(zip(cols, v)) for v in zip(*(b[c] for c in cols))]},
+            batched=True,
+            desc=f"packing {new}",
+        )
     return table
 
 
@@ -187,11 +214,15 @@ def add_label_captions(table, label_column: str, templates: list[str], key: str 
     labels = list(table[label_column])
     unlabelled = next((i for i, label in enumerate(labels) if label < 0), None)
     if unlabelled is not None:  # HF's -1 = "no label": names[-1] would caption it as the last class
-        raise DataError(f"config key '{key}.caption_templates': column '{label_column}' row {unlabelled} has no "
-                        f"label (-1), so caption_templates "
-                        f"cannot name its class; drop such rows with where: {{{label_column}: {{ge: 0}}}}")
-    captions = [rotated_captions(templates, names[label] if names is not None else str(label), i)
-                for i, label in enumerate(labels)]
+        raise DataError(
+            f"config key '{key}.caption_templates': column '{label_column}' row {unlabelled} has no "
+            f"label (-1), so caption_templates "
+            f"cannot name its class; drop such rows with where: {{{label_column}: {{ge: 0}}}}"
+        )
+    captions = [
+        rotated_captions(templates, names[label] if names is not None else str(label), i)
+        for i, label in enumerate(labels)
+    ]
     return table.add_column("label_captions", captions)
 
 
@@ -202,9 +233,19 @@ class PairedDataset(torch.utils.data.Dataset):
     by (seed, epoch, row), so it does not depend on worker count, prefetching or resumption.
     """
 
-    def __init__(self, table, columns: dict[str, str], preprocessors: dict[str, Any], train: bool,
-                 label_column: str | None = None, name: str = "dataset", seed: int = 0,
-                 on_error: str = "raise", refill: bool | None = None, cache_samples: bool = False) -> None:
+    def __init__(
+        self,
+        table,
+        columns: dict[str, str],
+        preprocessors: dict[str, Any],
+        train: bool,
+        label_column: str | None = None,
+        name: str = "dataset",
+        seed: int = 0,
+        on_error: str = "raise",
+        refill: bool | None = None,
+        cache_samples: bool = False,
+    ) -> None:
         self.on_error = on_error
         # row -> {modality: preprocessed sample} for deterministic preprocessing (data.cache_samples)
         self.memo: dict[int, dict[str, Any]] | None = {} if cache_samples else None
@@ -251,8 +292,11 @@ class PairedDataset(torch.utils.data.Dataset):
         """Preprocess row i; a failure raises ``SampleError`` naming the row, column and file."""
         row = self.table[i]
         item: dict[str, Any] = {"index": i}
-        rng = (seeded_rngs(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
-               if self.train else contextlib.nullcontext())
+        rng = (
+            seeded_rngs(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
+            if self.train
+            else contextlib.nullcontext()
+        )
         with rng:
             for mod, col in self.columns.items():
                 memo = self.memo.get(i, {}) if self.memo is not None else {}
@@ -268,8 +312,10 @@ class PairedDataset(torch.utils.data.Dataset):
         if self.label_column is not None:
             label = row[self.label_column]
             if not isinstance(label, (int, np.integer)):
-                raise SampleError(f"{self.name} row {i}, column '{self.label_column}': label {label!r} is "
-                                  "not a class id (tables from align.data.tables.load_table map names to ids)")
+                raise SampleError(
+                    f"{self.name} row {i}, column '{self.label_column}': label {label!r} is "
+                    "not a class id (tables from align.data.tables.load_table map names to ids)"
+                )
             item["label"] = int(label)
         return item
 
@@ -290,11 +336,14 @@ class Collator:
         sample (left-out evaluation rows) are dropped from the batch."""
         skipped = sum(len(it.get("skipped", ())) for it in items)
         items = [it for it in items if any(m in it for m in self.preprocessors)]
-        batch: dict[str, Any] = {"index": torch.tensor([it["index"] for it in items], dtype=torch.long),
-                                 "skipped": torch.tensor(skipped)}
+        batch: dict[str, Any] = {
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+            "skipped": torch.tensor(skipped),
+        }
         if self.masks:
-            batch["present"] = {m: torch.tensor([m in it for it in items], dtype=torch.bool)
-                                for m in self.preprocessors}
+            batch["present"] = {
+                m: torch.tensor([m in it for it in items], dtype=torch.bool) for m in self.preprocessors
+            }
             batch["part"] = torch.tensor([it.get("part", 0) for it in items], dtype=torch.long)
         if not items:
             return batch

@@ -4,6 +4,7 @@ search it with a query of any modality the checkpoint has.
 An index remembers which model made it (``model`` in its manifest: the checkpoint's weights hash
 and path), so querying it with another model's embeddings fails instead of returning nonsense.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,15 @@ def _metadata(row: dict, i: int, spec, modality: str, names) -> dict[str, Any]:
     return meta
 
 
-def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "Flat",
-                batch_size: int = 256, progress: bool = True, dim: int | None = None):
+def build_index(
+    checkpoint: str | Path,
+    spec,
+    modality: str,
+    index_spec: str = "Flat",
+    batch_size: int = 256,
+    progress: bool = True,
+    dim: int | None = None,
+):
     """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
     whose metadata holds each item's row, path, label and caption where the data has them."""
     import torch
@@ -79,8 +87,14 @@ def build_index(checkpoint: str | Path, spec, modality: str, index_spec: str = "
     table = load_table(spec, "data")
     names = class_names(table, spec.label_column) if spec.label_column else None
     pre = {modality: model.adapters[modality].preprocessor()}
-    ds = PairedDataset(table, {modality: spec.columns[modality]}, pre, train=False, name=f"data ({spec.source})",
-                       on_error=spec.on_error)
+    ds = PairedDataset(
+        table,
+        {modality: spec.columns[modality]},
+        pre,
+        train=False,
+        name=f"data ({spec.source})",
+        on_error=spec.on_error,
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
     index = EmbeddingIndex(dim or cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
     device = next(model.parameters()).device
@@ -107,8 +121,9 @@ def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, chec
     ckpt = resolve_checkpoint(checkpoint or built_with.split(" ", 1)[-1])
     identity = model_identity(ckpt)
     if built_with and built_with.split(" ")[0] != identity.split(" ")[0]:
-        raise IndexBuildError(f"index {index_dir} was built with a different model ({built_with}); "
-                              f"this checkpoint is {identity}")
+        raise IndexBuildError(
+            f"index {index_dir} was built with a different model ({built_with}); this checkpoint is {identity}"
+        )
     model, cfg = load_model(ckpt)
     if index.dim > cfg.model.embed_dim:
         raise IndexBuildError(f"index {index_dir} has dim {index.dim}, the model embeds to {cfg.model.embed_dim}")

@@ -16,6 +16,7 @@ GPU: with faiss-gpu and ``faiss.get_num_gpus() > 0`` searches run on a GPU copy
 FAISS cannot clone to GPU (e.g. HNSW) stay on CPU. This path is untested (CPU-only CI).
 Saving and loading live in ``align/index/files.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,25 @@ from pathlib import Path
 
 import numpy as np
 
-from align.index.files import (load_folder, save_folder)
+from align.index.files import load_folder, save_folder
 
 
 class EmbeddingIndex:
     """Inner-product FAISS index with stable int64 ids and per-item metadata."""
 
-    def __init__(self, dim: int, spec: str = "Flat", *, normalize: bool = True, auto_train: bool = True,
-                 use_gpu: bool = True, model: str | None = None, modality: str | None = None,
-                 add_batch_size: int = 65536, _index=None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        spec: str = "Flat",
+        *,
+        normalize: bool = True,
+        auto_train: bool = True,
+        use_gpu: bool = True,
+        model: str | None = None,
+        modality: str | None = None,
+        add_batch_size: int = 65536,
+        _index=None,
+    ) -> None:
         import faiss
 
         self.dim, self.spec, self.normalize, self.auto_train = int(dim), spec, normalize, auto_train
@@ -82,8 +93,9 @@ class EmbeddingIndex:
         bad = ~np.isfinite(x).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad)
-            raise ValueError(f"{what} row {rows[0]} contains NaN or inf ({len(rows)} bad row(s) in total: "
-                             f"{rows[:10].tolist()})")
+            raise ValueError(
+                f"{what} row {rows[0]} contains NaN or inf ({len(rows)} bad row(s) in total: {rows[:10].tolist()})"
+            )
         if self.normalize and len(x):
             import faiss
 
@@ -91,8 +103,10 @@ class EmbeddingIndex:
         return x
 
     def _not_trained(self) -> RuntimeError:
-        return RuntimeError(f"index {self.spec!r} is not trained: call train(x) with representative vectors "
-                            f"(or add() with auto_train=True) first")
+        return RuntimeError(
+            f"index {self.spec!r} is not trained: call train(x) with representative vectors "
+            f"(or add() with auto_train=True) first"
+        )
 
     # ---------------------------------------------------------------- training
     def train(self, x) -> None:
@@ -119,8 +133,10 @@ class EmbeddingIndex:
         try:
             self.index.train(x)
         except RuntimeError as e:
-            raise ValueError(f"training index {self.spec!r} on {len(x)} vectors failed (IVF{{n}} needs at "
-                             f"least n, PQ at least 256, ideally 30-256x that many): {e}") from e
+            raise ValueError(
+                f"training index {self.spec!r} on {len(x)} vectors failed (IVF{{n}} needs at "
+                f"least n, PQ at least 256, ideally 30-256x that many): {e}"
+            ) from e
         self._gpu_index = None
 
     # ------------------------------------------------------------------ adding
@@ -130,8 +146,11 @@ class EmbeddingIndex:
         when ``auto_train`` is set."""
         x = self._as_array(embeddings)
         n = len(x)
-        ids = np.arange(len(self), len(self) + n, dtype=np.int64) if ids is None else \
-            np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
+        ids = (
+            np.arange(len(self), len(self) + n, dtype=np.int64)
+            if ids is None
+            else np.ascontiguousarray(np.asarray(ids).reshape(-1), dtype=np.int64)
+        )
         if len(ids) != n:
             raise ValueError(f"got {n} embeddings but {len(ids)} ids")
         if len(np.unique(ids)) != n:
@@ -155,7 +174,7 @@ class EmbeddingIndex:
                 raise self._not_trained()
             self._train(x)
         for s in range(0, n, self.add_batch_size):
-            self.index.add_with_ids(x[s:s + self.add_batch_size], ids[s:s + self.add_batch_size])
+            self.index.add_with_ids(x[s : s + self.add_batch_size], ids[s : s + self.add_batch_size])
         if metadata is not None:
             self._meta.update((int(i), m) for i, m in zip(ids, metadata) if m)
         self._gpu_index = None
@@ -229,21 +248,35 @@ class EmbeddingIndex:
     def search_with_metadata(self, queries, k: int) -> list[list[tuple[float, int, dict]]]:
         """Per query, a list of (score, id, metadata) best first (missing hits left out)."""
         scores, ids = self.search(queries, k)
-        return [[(float(s), int(i), self._meta.get(int(i), {})) for s, i in zip(srow, irow) if i != -1]
-                for srow, irow in zip(scores, ids)]
+        return [
+            [(float(s), int(i), self._meta.get(int(i), {})) for s, i in zip(srow, irow) if i != -1]
+            for srow, irow in zip(scores, ids)
+        ]
 
     # ---------------------------------------------------------- save and load (align/index/files.py)
-    def save(self, folder, *, model: str | None = None, modality: str | None = None,
-             overwrite: bool = False) -> Path:
+    def save(self, folder, *, model: str | None = None, modality: str | None = None, overwrite: bool = False) -> Path:
         """Write the index folder atomically under its lock file (``align.index.files.save_folder``);
         an existing non-empty folder is only replaced with ``overwrite=True``, and only if it is an
         index folder (``check_save_target``)."""
         return save_folder(self, folder, model=model, modality=modality, overwrite=overwrite)
 
     @classmethod
-    def load(cls, folder, *, expect_dim: int | None = None, expect_model: str | None = None,
-             expect_modality: str | None = None, use_gpu: bool = True) -> EmbeddingIndex:
+    def load(
+        cls,
+        folder,
+        *,
+        expect_dim: int | None = None,
+        expect_model: str | None = None,
+        expect_modality: str | None = None,
+        use_gpu: bool = True,
+    ) -> EmbeddingIndex:
         """Load a folder written by ``save``, every file checked against the manifest
         (``align.index.files.load_folder``)."""
-        return load_folder(cls, folder, expect_dim=expect_dim, expect_model=expect_model,
-                           expect_modality=expect_modality, use_gpu=use_gpu)
+        return load_folder(
+            cls,
+            folder,
+            expect_dim=expect_dim,
+            expect_model=expect_model,
+            expect_modality=expect_modality,
+            use_gpu=use_gpu,
+        )

@@ -2,6 +2,7 @@
 ``metadata.jsonl`` and ``manifest.json`` with the bytes and sha256 of every file (``align.io.manifest``),
 written atomically (``align.io.atomic``) under the folder's lock file and cross-checked on load (see
 ``align/index/embedding_index.py``'s docstring)."""
+
 from __future__ import annotations
 
 import json
@@ -38,12 +39,13 @@ def check_save_target(folder: str | Path, overwrite: bool, hint: str = "pass ove
     if not overwrite:
         raise FileExistsError(f"{folder} exists and is not empty; {hint}")
     if not (folder / "manifest.json").is_file():
-        raise FileExistsError(f"{folder} is not empty and is not an index folder (no manifest.json): refusing to "
-                              f"replace it even when asked to overwrite; remove it yourself or choose another folder")
+        raise FileExistsError(
+            f"{folder} is not empty and is not an index folder (no manifest.json): refusing to "
+            f"replace it even when asked to overwrite; remove it yourself or choose another folder"
+        )
 
 
-def save_folder(idx, folder, *, model: str | None = None, modality: str | None = None,
-                overwrite: bool = False) -> Path:
+def save_folder(idx, folder, *, model: str | None = None, modality: str | None = None, overwrite: bool = False) -> Path:
     """Write the index folder atomically (temp folder + rename) under the folder's lock file, so that
     of two concurrent saves with ``overwrite=False`` exactly one succeeds, and with ``overwrite=True``
     the folder ends up holding one complete index. An existing non-empty folder is only replaced with
@@ -67,21 +69,41 @@ def save_folder(idx, folder, *, model: str | None = None, modality: str | None =
                 for i in ids.tolist():
                     f.write(json.dumps({"id": i, "metadata": idx._meta.get(i, {})}, ensure_ascii=False) + "\n")
             files = file_entries(tmp)
-            write_manifest(tmp, {"format_version": FORMAT_VERSION, "dim": idx.dim, "count": len(idx),
-                                 "spec": idx.spec, "metric": "inner_product", "normalize": idx.normalize,
-                                 "model": model, "modality": modality, "nprobe": idx.nprobe,
-                                 "efSearch": idx.efSearch,
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                 "faiss_version": faiss.__version__,
-                                 "index_sha256": files["index.faiss"]["sha256"]}, files)
+            write_manifest(
+                tmp,
+                {
+                    "format_version": FORMAT_VERSION,
+                    "dim": idx.dim,
+                    "count": len(idx),
+                    "spec": idx.spec,
+                    "metric": "inner_product",
+                    "normalize": idx.normalize,
+                    "model": model,
+                    "modality": modality,
+                    "nprobe": idx.nprobe,
+                    "efSearch": idx.efSearch,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "faiss_version": faiss.__version__,
+                    "index_sha256": files["index.faiss"]["sha256"],
+                },
+                files,
+            )
     idx.model, idx.modality = model, modality
     return folder
 
 
-def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str | None = None,
-                expect_modality: str | None = None, use_gpu: bool = True):
+def load_folder(
+    cls,
+    folder,
+    *,
+    expect_dim: int | None = None,
+    expect_model: str | None = None,
+    expect_modality: str | None = None,
+    use_gpu: bool = True,
+):
     """Load a folder written by ``save``, checking that manifest, index.faiss and metadata.jsonl agree
-    and that every file the manifest lists has its recorded size and sha256. ``cls``: the index class to build (``EmbeddingIndex``)."""
+    and that every file the manifest lists has its recorded size and sha256. ``cls``: the index class
+    to build (``EmbeddingIndex``)."""
     import faiss
 
     folder = Path(folder)
@@ -92,8 +114,10 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
     if not folder.is_dir():
         raise fail("does not exist" if not folder.exists() else "is not a folder")
     if not (folder / "manifest.json").is_file():
-        raise fail("has no manifest.json, so it is not an index written by `align index build` / "
-                   "EmbeddingIndex.save (or it is an incomplete copy of one)")
+        raise fail(
+            "has no manifest.json, so it is not an index written by `align index build` / "
+            "EmbeddingIndex.save (or it is an incomplete copy of one)"
+        )
     missing = [f for f in _FILES if not (folder / f).is_file()]
     if missing:
         raise fail(f"missing {', '.join(missing)}")
@@ -111,13 +135,15 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
         import warnings
 
         files = {"index.faiss": {"sha256": m.get("index_sha256")}}
-        warnings.warn(f"index folder {folder}: saved by an older align, its manifest has no checksum of "
-                      f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
-                      stacklevel=2)
+        warnings.warn(
+            f"index folder {folder}: saved by an older align, its manifest has no checksum of "
+            f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
+            stacklevel=2,
+        )
     else:
         files = m.get("files")  # read_manifest checked the entries and that they name plain files
         if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files):
-            raise fail("manifest.json's \"files\" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}")
+            raise fail('manifest.json\'s "files" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}')
 
     def verify(name: str) -> None:
         try:
@@ -136,8 +162,15 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
         raise fail(f"manifest says dim {dim} but index.faiss has dim {index.d}")
     if index.ntotal != count:
         raise fail(f"manifest says count {count} but index.faiss holds {index.ntotal} vectors")
-    out = cls(dim, spec, normalize=bool(m.get("normalize", True)), use_gpu=use_gpu, model=m.get("model"),
-              modality=m.get("modality"), _index=index)
+    out = cls(
+        dim,
+        spec,
+        normalize=bool(m.get("normalize", True)),
+        use_gpu=use_gpu,
+        model=m.get("model"),
+        modality=m.get("modality"),
+        _index=index,
+    )
     meta_ids, meta = [], {}
     with open(folder / "metadata.jsonl", encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -145,7 +178,7 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
                 rec = json.loads(line)
                 meta_ids.append(int(rec["id"]))
             except (ValueError, KeyError, TypeError) as e:
-                raise fail(f"metadata.jsonl line {line_no} is not a {{\"id\": ..., ...}} record: {e!r}") from e
+                raise fail(f'metadata.jsonl line {line_no} is not a {{"id": ..., ...}} record: {e!r}') from e
             if rec.get("metadata"):
                 meta[meta_ids[-1]] = rec["metadata"]
     if len(meta_ids) != count:
@@ -159,8 +192,10 @@ def load_folder(cls, folder, *, expect_dim: int | None = None, expect_model: str
             verify(name)
     out._meta = meta
     if (expect_dim is not None and expect_dim != dim) or (expect_model is not None and expect_model != out.model):
-        raise fail(f"index built with a different embedding dim or model: it has dim {dim}, model "
-                   f"{out.model!r}; expected dim {expect_dim}, model {expect_model!r}")
+        raise fail(
+            f"index built with a different embedding dim or model: it has dim {dim}, model "
+            f"{out.model!r}; expected dim {expect_dim}, model {expect_model!r}"
+        )
     if expect_modality is not None and expect_modality != out.modality:
         raise fail(f"index holds {out.modality!r} embeddings, expected {expect_modality!r}")
     return out

@@ -9,6 +9,7 @@ Permissions: a new file or folder gets the usual ``0o666`` / ``0o777`` minus the
 ``tempfile.mkstemp``'s private 0600); a replaced file keeps the mode of the one it replaces;
 ``perms`` sets it explicitly.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,9 @@ def atomic_file(path: str | os.PathLike[str], *, perms: int | None = None) -> It
     _fsync_path(path.parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, perms: int | None = None,
-                 encoding: str = "utf-8") -> Path:
+def write_atomic(
+    path: str | os.PathLike[str], data: str | bytes, *, perms: int | None = None, encoding: str = "utf-8"
+) -> Path:
     """Write ``data`` (text or bytes) to ``path`` atomically (see ``atomic_file``); returns ``path``."""
     path = Path(path)
     with atomic_file(path, perms=perms) as tmp:
@@ -81,8 +83,9 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes, *, perms: int 
 
 
 @contextmanager
-def atomic_folder(path: str | os.PathLike[str], *, exists: Literal["error", "replace", "keep"] = "error",
-                  perms: int | None = None) -> Iterator[Path]:
+def atomic_folder(
+    path: str | os.PathLike[str], *, exists: Literal["error", "replace", "keep"] = "error", perms: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``path`` to fill; on leaving the block its files and itself
     are fsynced and it is renamed to ``path`` (removed if the block raised). If ``path`` is there:
     ``error`` raises ``FileExistsError``; ``replace`` moves the old one aside, renames the new one in

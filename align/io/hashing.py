@@ -1,4 +1,5 @@
 """One sha256 of a file, streamed: what manifests record and what loads check against."""
+
 from __future__ import annotations
 
 import hashlib

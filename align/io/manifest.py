@@ -5,6 +5,7 @@ file beside it, ``{"bytes": <size>, "sha256": <hex>}``. Reading also accepts wha
 wrote: checkpoints recorded ``size`` instead of ``bytes``, and entries with only a ``sha256`` (an
 index folder of format 1). Every error names the file it is about.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def file_entries(folder: str | os.PathLike[str], names: Iterable[str] | None = N
     return {name: file_entry(folder / name) for name in sorted(names)}
 
 
-def write_manifest(folder: str | os.PathLike[str], fields: Mapping[str, Any],
-                   files: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+def write_manifest(
+    folder: str | os.PathLike[str], fields: Mapping[str, Any], files: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """Write ``folder/manifest.json`` (atomically): ``fields`` plus ``files`` (default: an entry for
     every other file in ``folder``, see ``file_entries``). Returns what was written."""
     folder = Path(folder)
@@ -100,8 +102,9 @@ def verify_file(folder: str | os.PathLike[str], name: str, entry: Mapping[str, A
         raise ManifestError(path, f"{size} bytes where {MANIFEST} says {want_bytes} ({how})")
     digest = sha256_file(path)
     if digest != want_sha:
-        raise ManifestError(path, f"content is damaged (sha256 {digest[:16]}... does not match {MANIFEST}'s "
-                                  f"{str(want_sha)[:16]}...)")
+        raise ManifestError(
+            path, f"content is damaged (sha256 {digest[:16]}... does not match {MANIFEST}'s {str(want_sha)[:16]}...)"
+        )
 
 
 def verify_files(folder: str | os.PathLike[str], names: Iterable[str], manifest: Mapping[str, Any]) -> None:

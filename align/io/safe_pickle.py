@@ -7,6 +7,7 @@ ever need numpy arrays, scipy CSR matrices and a ``defaultdict`` of lists, so Py
 with an unpickler that resolves those globals and refuses every other one (``exec``, ``os.system``,
 any class): a refused file is an error naming the global, and nothing of it runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,12 +17,19 @@ from typing import Any, Iterator
 
 # (module, name) pairs the Planetoid files reference (checked with pickletools on all 7 files),
 # under both their Python 2 / numpy 1 names and today's
-PLANETOID_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("scipy.sparse.csr", "csr_matrix"), ("scipy.sparse._csr", "csr_matrix"),
-    ("collections", "defaultdict"), ("__builtin__", "list"), ("builtins", "list"),
-})
+PLANETOID_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("scipy.sparse.csr", "csr_matrix"),
+        ("scipy.sparse._csr", "csr_matrix"),
+        ("collections", "defaultdict"),
+        ("__builtin__", "list"),
+        ("builtins", "list"),
+    }
+)
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -35,8 +43,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.allowed:
-            raise RefusedPickle(f"refused to load global '{module}.{name}' (only plain arrays and "
-                                "containers are allowed in this file)")
+            raise RefusedPickle(
+                f"refused to load global '{module}.{name}' (only plain arrays and containers are allowed in this file)"
+            )
         return super().find_class(module, name)
 
 

@@ -12,6 +12,7 @@ of three things it is:
 The initial temperature and bias come from the loss class too (``init_logit_scale`` /
 ``init_logit_bias``, looked up by name in ``align.registry.LOSSES``), unless the config sets them.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,10 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def build_head(kind: str, in_dim: int, out_dim: int, key: str) -> nn.Module:
     if kind == "identity":
         if in_dim != out_dim:
-            raise ConfigError(f"config key '{key}': identity head needs the adapter's feature dim "
-                             f"({in_dim}) to equal model.embed_dim ({out_dim})")
+            raise ConfigError(
+                f"config key '{key}': identity head needs the adapter's feature dim "
+                f"({in_dim}) to equal model.embed_dim ({out_dim})"
+            )
         return nn.Identity()
     if kind == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
@@ -56,17 +59,19 @@ class AlignModel(nn.Module):
         for mod, spec in cfg.modalities.items():
             adapter = build_adapter(spec.adapter_name(mod), spec.options)
             self.adapters[mod] = adapter
-            self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim,
-                                         f"model.modalities.{mod}.head")
+            self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim, f"model.modalities.{mod}.head")
         self.momentum = None
         if cfg.momentum is not None:  # EMA towers and queues (align.model.momentum), saved with the model
             mc = cfg.momentum
-            self.momentum = MomentumTowers(self.adapters, self.heads, cfg.embed_dim, mc.queue_size, mc.momentum,
-                                           mc.distill)
+            self.momentum = MomentumTowers(
+                self.adapters, self.heads, cfg.embed_dim, mc.queue_size, mc.momentum, mc.distill
+            )
         loss = LOSSES.get(cfg.loss)  # its temperature / bias to start from, its probability kind
         if loss.probability not in ("softmax", "sigmoid"):
-            raise ConfigError(f"config key 'model.loss': loss '{cfg.loss}' has probability "
-                              f"{loss.probability!r}; it must be 'softmax' or 'sigmoid'")
+            raise ConfigError(
+                f"config key 'model.loss': loss '{cfg.loss}' has probability "
+                f"{loss.probability!r}; it must be 'softmax' or 'sigmoid'"
+            )
         self.probability = loss.probability
         scale = cfg.init_logit_scale if cfg.init_logit_scale is not None else loss.init_logit_scale
         # shape [1], not a scalar: FSDP2's fully_shard refuses 0-d parameters (the losses get scalars)
@@ -75,9 +80,16 @@ class AlignModel(nn.Module):
         self.logit_bias = nn.Parameter(torch.full((1,), float(bias))) if bias is not None else None
         pairs = cfg.pair_temperatures if isinstance(cfg.pair_temperatures, list) else []
         # one temperature per aligned pair (model.pair_temperatures), initialised like the shared one
-        self.pair_logit_scales = nn.ParameterDict({
-            f"{a}|{b}": nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
-            for a, b in pairs}) if pairs else None
+        self.pair_logit_scales = (
+            nn.ParameterDict(
+                {
+                    f"{a}|{b}": nn.Parameter(torch.full((1,), float(scale)), requires_grad=cfg.learn_logit_scale)
+                    for a, b in pairs
+                }
+            )
+            if pairs
+            else None
+        )
 
     def pair_scale(self, a: str, b: str) -> torch.Tensor:
         """exp(temperature) for the pair (a, b): its own with ``model.pair_temperatures``, else the shared one."""
@@ -126,7 +138,7 @@ class AlignModel(nn.Module):
         features = batch.features if isinstance(batch, CachedFeatures) else self.adapters[modality](batch)
         out = self.heads[modality](features)
         if self.output_dim is not None:  # a Matryoshka prefix (eval.dim, index build --dim), re-normalised
-            out = out[..., :self.output_dim]
+            out = out[..., : self.output_dim]
         return F.normalize(out, dim=-1)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -139,8 +151,9 @@ class AlignModel(nn.Module):
         for p in (self.pair_logit_scales or {}).values():
             p.clamp_(0, MAX_LOGIT_SCALE)
 
-    def score(self, a: torch.Tensor, b: torch.Tensor,
-              kind: Literal["cosine", "logits", "probability"] = "cosine") -> torch.Tensor:
+    def score(
+        self, a: torch.Tensor, b: torch.Tensor, kind: Literal["cosine", "logits", "probability"] = "cosine"
+    ) -> torch.Tensor:
         """Score every row of ``a`` against every row of ``b`` (both unit-norm embeddings)."""
         cos = a @ b.T
         if kind == "cosine":
@@ -174,8 +187,9 @@ def fit_adapters(cfg: ModelConfig, columns: dict[str, str], table) -> dict[str, 
     return fitted
 
 
-def contrastive_loss(model: AlignModel, embeddings: dict[str, torch.Tensor],
-                     pairs: list[tuple[str, str]], loss_fn: nn.Module) -> torch.Tensor:
+def contrastive_loss(
+    model: AlignModel, embeddings: dict[str, torch.Tensor], pairs: list[tuple[str, str]], loss_fn: nn.Module
+) -> torch.Tensor:
     """Mean of the pairwise loss over the configured modality pairs."""
     scale = model.logit_scale.exp().reshape(())  # the losses take scalars, as open_clip's do
     bias = None if model.logit_bias is None else model.logit_bias.reshape(())

@@ -1,4 +1,5 @@
 """``CachedFeatures``: a frozen tower's features standing in for its inputs in a batch."""
+
 from __future__ import annotations
 
 import torch

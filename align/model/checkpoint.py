@@ -17,6 +17,7 @@ and checked on every load, and loaded tensors must be finite, so a damaged check
 with its file (and tensor) named instead of silently training on from garbage. Checkpoints from
 before manifests existed still load, with a warning.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": [list(random.getstate()[1]), random.getstate()[0]],
     }
     if torch.cuda.is_available():
@@ -64,18 +69,24 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached"]))
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     internal, version = state["python"]
     random.setstate((version, tuple(internal), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: str | Path, step: int, model: torch.nn.Module, cfg: Config,
-                    training_state: dict[str, Any] | None = None, keep: int | None = None,
-                    name: str | None = None, update_latest: bool = True,
-                    weights: dict[str, torch.Tensor] | None = None) -> Path:
+def save_checkpoint(
+    ckpt_root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    cfg: Config,
+    training_state: dict[str, Any] | None = None,
+    keep: int | None = None,
+    name: str | None = None,
+    update_latest: bool = True,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write one checkpoint folder atomically (files, then their manifest, then one rename) and
     point ``latest`` at it. ``weights``: the full state dict when the model is sharded (FSDP,
     DeepSpeed: ``accelerator.get_state_dict`` gathers it); default ``model.state_dict()``."""
@@ -135,8 +146,12 @@ def verify_files(ckpt: str | Path, names: Iterable[str]) -> None:
     ckpt = Path(ckpt)
     manifest = read_manifest(ckpt)
     if manifest is None:
-        warnings.warn(f"checkpoint {ckpt} has no {MANIFEST} (written by an older version of align): its "
-                      "files cannot be checked for damage", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"checkpoint {ckpt} has no {MANIFEST} (written by an older version of align): its "
+            "files cannot be checked for damage",
+            UserWarning,
+            stacklevel=3,
+        )
         return
     try:
         _manifest.verify_files(ckpt, names, manifest)
@@ -165,8 +180,10 @@ def check_finite(named: Iterable[tuple[str, Any]], path: Path) -> None:
                 raise CheckpointError(f"{path}: '{name}' is {value}; refusing a checkpoint with non-finite values")
         elif (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
-            raise CheckpointError(f"{path}: tensor '{name}' holds {bad} non-finite value(s) (NaN/inf) of "
-                                  f"{value.numel()}; refusing a checkpoint with non-finite values")
+            raise CheckpointError(
+                f"{path}: tensor '{name}' holds {bad} non-finite value(s) (NaN/inf) of "
+                f"{value.numel()}; refusing a checkpoint with non-finite values"
+            )
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -215,8 +232,9 @@ def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
     check_finite(state.items(), path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {ckpt} does not fit the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"checkpoint {ckpt} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def checkpoint_step(ckpt: str | Path) -> int | None:

@@ -1,5 +1,6 @@
 """``encode(model, modality, items)``: embeddings of raw items, with the model's eval preprocessing
 (``align.encode`` in the public façade points here)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
@@ -24,5 +25,5 @@ def encode(model: Any, modality: str, items: Sequence[Any], batch_size: int = 25
 
     items = list(items)
     run = raw_encoder(model, modality)
-    outs = [run(items[i:i + batch_size], i) for i in range(0, len(items), batch_size)]
+    outs = [run(items[i : i + batch_size], i) for i in range(0, len(items), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0, model.cfg.embed_dim)

@@ -19,6 +19,7 @@ have it). The towers, queues and queue pointers are part of the model's state: c
 resumed run continues exactly. Each process scores its own rows against the shared queue (the
 momentum keys of the current batch are its own; ALBEF does the same).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,15 @@ from align.model.cached import CachedFeatures  # a cached frozen tower: its mome
 class MomentumTowers(nn.Module):
     """EMA copies of the towers and heads, and one queue of past momentum embeddings per modality."""
 
-    def __init__(self, adapters: nn.ModuleDict, heads: nn.ModuleDict, embed_dim: int, queue_size: int,
-                 momentum: float, distill: float) -> None:
+    def __init__(
+        self,
+        adapters: nn.ModuleDict,
+        heads: nn.ModuleDict,
+        embed_dim: int,
+        queue_size: int,
+        momentum: float,
+        distill: float,
+    ) -> None:
         super().__init__()
         self.adapters, self.heads = copy.deepcopy(adapters), copy.deepcopy(heads)
         for p in self.parameters():
@@ -62,8 +70,11 @@ class MomentumTowers(nn.Module):
 
     @torch.no_grad()
     def encode(self, inputs: dict) -> dict[str, torch.Tensor]:
-        return {m: F.normalize(self.heads[m](x.features if isinstance(x, CachedFeatures) else self.adapters[m](x)),
-                               dim=-1) for m, x in inputs.items() if m in self.adapters}
+        return {
+            m: F.normalize(self.heads[m](x.features if isinstance(x, CachedFeatures) else self.adapters[m](x)), dim=-1)
+            for m, x in inputs.items()
+            if m in self.adapters
+        }
 
     @torch.no_grad()
     def update(self, adapters: nn.ModuleDict, heads: nn.ModuleDict) -> None:
@@ -78,7 +89,7 @@ class MomentumTowers(nn.Module):
         parallelism the caller hands every process's, gathered in rank order
         (``align.objectives.task.gather_keys``), so every process's queues stay the same."""
         for mod in self.adapters:
-            k = keys[mod][-self.queue_size:] if mod in keys else None
+            k = keys[mod][-self.queue_size :] if mod in keys else None
             if k is None or not len(k):
                 continue
             ptr = self.queue_ptr(mod)

@@ -3,6 +3,7 @@
 Its own module so neither loss module imports the other: ``tiled`` builds on ``losses``, and this
 factory picks between them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -10,8 +11,8 @@ import inspect
 from torch import nn
 
 from align.errors import ConfigError
-from align.registry import LOSSES
 from align.objectives.tiled import TILED
+from align.registry import LOSSES
 
 
 def tiling_mode(mode: str, global_batch: int, tile_above: int) -> str:
@@ -29,8 +30,10 @@ def build_loss(name: str, tiling: str = "off", tile_size: int = 1024, **kwargs) 
             cls = TILED[name]
             kwargs["tile_size"] = tile_size
         elif tiling == "on":
-            raise ConfigError(f"config key 'model.loss_tiling': loss '{name}' has no tiled form (tiled: "
-                              f"{', '.join(sorted(TILED))}); set model.loss_tiling to 'auto' or 'off'")
+            raise ConfigError(
+                f"config key 'model.loss_tiling': loss '{name}' has no tiled form (tiled: "
+                f"{', '.join(sorted(TILED))}); set model.loss_tiling to 'auto' or 'off'"
+            )
     if "local_loss" not in inspect.signature(cls).parameters:  # SigLIP has no local_loss option
         kwargs.pop("local_loss", None)
     return cls(**kwargs)

@@ -12,6 +12,7 @@ labels, whether it scores a pair or three or more modalities at once, the temper
 a model using it starts from and how its logits become probabilities (``AlignModel.score``).
 A loss from another package subclasses it and registers under the ``align.losses`` entry points.
 """
+
 from __future__ import annotations
 
 import math
@@ -113,8 +114,9 @@ class ClipLoss(Loss):
         super().__init__(rank, world_size)
         self.local_loss = local_loss
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         rank, world = self.dist()
         n = a.shape[0]
         if world > 1:
@@ -150,8 +152,9 @@ class SigLipLoss(Loss):
     init_logit_bias = -10.0
     probability = "sigmoid"  # an independent match probability per pair
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         rank, world = self.dist()
         n = a.shape[0]
         all_b = gather_features(b, world)

@@ -12,6 +12,7 @@ against the global batch, so the mean over processes is the one-process loss of 
 * ``MatryoshkaLoss`` / ``truncate`` -- Kusupati et al. 2022, "Matryoshka Representation Learning"
   (NeurIPS 2022, arXiv 2205.13147).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -84,8 +85,13 @@ class SymileLoss(_Multiway):
     parallelism each process then shuffles the global batch its own way, still valid negatives).
     """
 
-    def __init__(self, negative_sampling: str = "n", generator: torch.Generator | None = None,
-                 rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self,
+        negative_sampling: str = "n",
+        generator: torch.Generator | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         super().__init__(rank, world_size)
         if negative_sampling not in ("n", "n_squared"):
             raise ValueError(f"Symile negative_sampling must be 'n' or 'n_squared', got {negative_sampling!r}")
@@ -101,8 +107,9 @@ class SymileLoss(_Multiway):
                     perms[a, k] = torch.randperm(n, generator=self.generator)
         return perms.to(device)
 
-    def forward(self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor,
-                perms: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor, perms: torch.Tensor | None = None
+    ) -> torch.Tensor:
         xs = _check_batch(embeddings, 3, "Symile needs three or more modalities; for two use clip")
         m, (n, d) = len(xs), xs[0].shape
         rank, world = self.dist()
@@ -113,8 +120,10 @@ class SymileLoss(_Multiway):
             if perms is None:
                 perms = self.sample_perms(total, m, xs[0].device)
             if tuple(perms.shape) != (m, m, total):
-                raise ValueError(f"Symile perms must be [{m}, {m}, {total}] (modalities, modalities, "
-                                 f"global batch), got {list(perms.shape)}")
+                raise ValueError(
+                    f"Symile perms must be [{m}, {m}, {total}] (modalities, modalities, "
+                    f"global batch), got {list(perms.shape)}"
+                )
             positive = mip(*xs)  # the same for every anchor
             is_positive = torch.zeros(n, total, dtype=torch.bool, device=xs[0].device)
             is_positive[rows - n * rank, rows] = True
@@ -132,7 +141,7 @@ class SymileLoss(_Multiway):
                 for k in others[1:]:  # row-major over (j_1, ..., j_{M-1})
                     combos = (combos.unsqueeze(1) * alls[k].unsqueeze(0)).reshape(-1, d)
                 logits = xs[a] @ combos.T
-                target = rows * sum(total ** p for p in range(m - 1))  # flat index of (i, ..., i)
+                target = rows * sum(total**p for p in range(m - 1))  # flat index of (i, ..., i)
             losses.append(F.cross_entropy(logit_scale * logits, target))
         return torch.stack(losses).mean()
 
@@ -190,13 +199,20 @@ class GramLoss(_Multiway):
     Numerics: ``_volume_from_gram``.
     """
 
-    def __init__(self, anchor: int = 0, label_smoothing: float = 0.0, eps: float = 1e-12,
-                 rank: int | None = None, world_size: int | None = None):
+    def __init__(
+        self,
+        anchor: int = 0,
+        label_smoothing: float = 0.0,
+        eps: float = 1e-12,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
         super().__init__(rank, world_size)
         self.anchor, self.label_smoothing, self.eps = anchor, label_smoothing, eps
 
-    def forward(self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor,
-                anchor: int | None = None) -> torch.Tensor:
+    def forward(
+        self, embeddings: Sequence[torch.Tensor], logit_scale: torch.Tensor, anchor: int | None = None
+    ) -> torch.Tensor:
         xs = _check_batch(embeddings, 2, "GRAM needs two or more modalities")
         anchor = self.anchor if anchor is None else anchor
         if not -len(xs) <= anchor < len(xs):
@@ -227,8 +243,9 @@ class MatryoshkaLoss(nn.Module):
     loss (``ClipLoss``, ``SigLipLoss``, ...). Coordinates past ``max(dims)`` get no gradient, so
     MRL's list ends at the full dim."""
 
-    def __init__(self, inner: nn.Module, dims: Sequence[int], weights: Sequence[float] | None = None,
-                 mean: bool = False):
+    def __init__(
+        self, inner: nn.Module, dims: Sequence[int], weights: Sequence[float] | None = None, mean: bool = False
+    ):
         super().__init__()
         dims = tuple(int(m) for m in dims)
         if not dims or dims[0] < 1 or any(x >= y for x, y in zip(dims, dims[1:])):
@@ -238,10 +255,18 @@ class MatryoshkaLoss(nn.Module):
             raise ValueError(f"Matryoshka weights {weights} must be >= 0, not all 0, one per dim {dims}")
         self.inner, self.dims, self.weights, self.mean = inner, dims, weights, mean
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         if self.dims[-1] > a.shape[-1]:
             raise ValueError(f"Matryoshka dim {self.dims[-1]} exceeds the embedding dim {a.shape[-1]}")
-        total = sum(w * self.inner(truncate(a, m), truncate(b, m), logit_scale, logit_bias, **kwargs)
-                    for m, w in zip(self.dims, self.weights))
+        total = sum(
+            w * self.inner(truncate(a, m), truncate(b, m), logit_scale, logit_bias, **kwargs)
+            for m, w in zip(self.dims, self.weights)
+        )
         return total / sum(self.weights) if self.mean else total

@@ -1,14 +1,23 @@
 """ALBEF's contrastive loss against momentum keys and queues (Li et al. 2021, arXiv 2107.07651,
 Eq. 1-2 and 5); the towers and queues it reads are ``align.model.momentum.MomentumTowers``, whose
 docstring has the formula."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def queue_loss(a: torch.Tensor, b: torch.Tensor, a_m: torch.Tensor, b_m: torch.Tensor, queue_a: torch.Tensor,
-               queue_b: torch.Tensor, scale: torch.Tensor, distill: float) -> torch.Tensor:
+def queue_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    a_m: torch.Tensor,
+    b_m: torch.Tensor,
+    queue_a: torch.Tensor,
+    queue_b: torch.Tensor,
+    scale: torch.Tensor,
+    distill: float,
+) -> torch.Tensor:
     """ALBEF's contrastive loss with momentum keys, queues and (``distill`` > 0) soft targets."""
     b_all = torch.cat([b_m, queue_b.clone().detach()])
     a_all = torch.cat([a_m, queue_a.clone().detach()])

@@ -5,6 +5,7 @@ scales the scores, the pairwise loss (with its cross-process gather), the modali
 aligns and the modalities a batch feeds. The training step and the validation loss take a task
 instead of these as separate arguments, so a new objective changes the task, not the loop.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -66,10 +67,20 @@ class ContrastiveTask:
             dist = {"rank": 0, "world_size": 1}
         terms = []
         for i, spec in enumerate(pair_specs(cfg)):
-            key = f"train.pairs[{i}].loss_options" if cfg.train.pairs and cfg.train.pairs[i].loss_options \
+            key = (
+                f"train.pairs[{i}].loss_options"
+                if cfg.train.pairs and cfg.train.pairs[i].loss_options
                 else "model.loss_options"
-            fn = _build(key, spec.loss, spec.loss_options, tiling=tiling, tile_size=m.loss_tile_size,
-                        local_loss=cfg.train.local_loss, **dist)
+            )
+            fn = _build(
+                key,
+                spec.loss,
+                spec.loss_options,
+                tiling=tiling,
+                tile_size=m.loss_tile_size,
+                local_loss=cfg.train.local_loss,
+                **dist,
+            )
             if m.matryoshka_dims:
                 fn = MatryoshkaLoss(fn, m.matryoshka_dims)
             terms.append(Term(spec.modalities, fn, spec.weight, LOSSES.get(spec.loss).needs_labels))
@@ -78,12 +89,20 @@ class ContrastiveTask:
             fn = _build("train.multiway.loss_options", mw.loss, mw.loss_options, **dist)
             terms.append(Term(tuple(mw.modalities), fn, mw.weight, multiway=True))
         if not terms:  # checked here, not in the config: `align data` may look at one column
-            raise ConfigError("config key 'data.train.columns': nothing to align: give at least two modalities "
-                              "(a pair, or train.multiway)")
+            raise ConfigError(
+                "config key 'data.train.columns': nothing to align: give at least two modalities "
+                "(a pair, or train.multiway)"
+            )
         pairs = [t.modalities for t in terms if not t.multiway]
-        return cls(model, terms[0].loss_fn if terms else None, pairs, cfg.data.train_modalities(),
-                   micro_batch_size=cfg.train.micro_batch_size, terms=terms,
-                   world_size=world_size if cfg.data.mix is not None else 1)
+        return cls(
+            model,
+            terms[0].loss_fn if terms else None,
+            pairs,
+            cfg.data.train_modalities(),
+            micro_batch_size=cfg.train.micro_batch_size,
+            terms=terms,
+            world_size=world_size if cfg.data.mix is not None else 1,
+        )
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The modality entries of a collated batch (not its index / label / skip counts); a
@@ -91,12 +110,18 @@ class ContrastiveTask:
         leaves its column out). With ``data.mix`` a modality no row of the batch has is left out."""
         if "present" in batch:
             return {m: batch[m] for m in self.modalities if m in batch}
-        return {m: batch[m] if m in batch else self.feature_caches[m].lookup(batch["index"], batch["index"].device)
-                for m in self.modalities}
+        return {
+            m: batch[m] if m in batch else self.feature_caches[m].lookup(batch["index"], batch["index"].device)
+            for m in self.modalities
+        }
 
-    def loss(self, embeddings: dict[str, torch.Tensor], labels: torch.Tensor | None = None,
-             keys: dict[str, torch.Tensor] | None = None,
-             present: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        embeddings: dict[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+        keys: dict[str, torch.Tensor] | None = None,
+        present: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Weighted mean of the terms (the plain mean when the weights are equal, as before weights
         existed, so results are unchanged). ``labels``: the rows' classes, for label-based losses.
         ``present`` (``data.mix``): which rows have which modality; see ``masked_loss``."""
@@ -112,8 +137,18 @@ class ContrastiveTask:
             a, b = t.modalities
             if keys is not None:  # model.momentum: ALBEF's loss against momentum keys and queues
                 mom = model.momentum
-                values.append(queue_loss(embeddings[a], embeddings[b], keys[a], keys[b], mom.queue(a), mom.queue(b),
-                                         model.pair_scale(a, b), mom.distill))
+                values.append(
+                    queue_loss(
+                        embeddings[a],
+                        embeddings[b],
+                        keys[a],
+                        keys[b],
+                        mom.queue(a),
+                        mom.queue(b),
+                        model.pair_scale(a, b),
+                        mom.distill,
+                    )
+                )
                 continue
             kw = {"labels": labels} if t.needs_labels else {}
             values.append(t.loss_fn(embeddings[a], embeddings[b], model.pair_scale(a, b), bias, **kw))
@@ -125,8 +160,13 @@ class ContrastiveTask:
             return torch.stack(values).mean() + unused
         return sum(w * v for w, v in zip(weights, values)) / sum(weights) + unused
 
-    def masked_loss(self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
-                    labels: torch.Tensor | None = None, keys: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def masked_loss(
+        self,
+        embeddings: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+        keys: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Each term on the rows that have all its modalities (selected, never zero-padded). Under
         data parallelism those rows are gathered from every process with gradients (their number
         differs by process) and each process computes the loss over the global rows; the gather's
@@ -154,8 +194,10 @@ class ContrastiveTask:
                 else:
                     idle.append(model.pair_scale(a, b))
                 continue
-            feats = [gather_rows(select_rows(embeddings.get(m), present.get(m), keep, dim, like), self.world_size)
-                     for m in t.modalities]
+            feats = [
+                gather_rows(select_rows(embeddings.get(m), present.get(m), keep, dim, like), self.world_size)
+                for m in t.modalities
+            ]
             scale = model.logit_scale.exp().reshape(()) if t.multiway else model.pair_scale(*t.modalities)
             if feats[0].shape[0] < 2:
                 idle += [scale] + ([] if bias is None or t.multiway else [bias])
@@ -172,16 +214,22 @@ class ContrastiveTask:
         # (find_unused_parameters cannot be used: the temperatures live outside the wrapped
         # forward, so it would mark them ready twice)
         idle += [e.sum() for e in embeddings.values()] + [model.logit_scale.sum()]
-        idle += [p.sum() for m in self.modalities if m not in embeddings
-                 for p in self.model.tower_parameters(m) if p.requires_grad]
+        idle += [
+            p.sum()
+            for m in self.modalities
+            if m not in embeddings
+            for p in self.model.tower_parameters(m)
+            if p.requires_grad
+        ]
         zero = torch.stack(idle).sum() * 0.0
         self.term_losses = {n: v.detach() for n, v in zip(names, values)}  # the terms this batch had rows for
         if not values:
             return zero
         return sum(w * v for w, v in zip(weights, values)) / sum(weights) + zero
 
-    def __call__(self, forward: Callable[[dict[str, Any]], dict[str, torch.Tensor]],
-                 batch: dict[str, Any]) -> torch.Tensor:
+    def __call__(
+        self, forward: Callable[[dict[str, Any]], dict[str, torch.Tensor]], batch: dict[str, Any]
+    ) -> torch.Tensor:
         """Encode the batch with ``forward`` (the possibly DDP-wrapped model) and return the loss."""
         inputs = self.inputs(batch)
         embeddings = forward(inputs)

@@ -26,6 +26,7 @@ Under data parallelism each process scores its own rows against the gathered col
 with ``torch.distributed.nn.all_gather``, so gradients reach the owning process), exactly as the
 dense losses do; the label of local row i is global column ``i + rank * n``.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -75,8 +76,9 @@ class _InfoNCE(torch.autograd.Function):
     over the columns, i.e. the symmetric CLIP loss of one matrix."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, bias: Optional[Tensor], offset: int,
-                both: bool, tile: int) -> Tensor:
+    def forward(
+        ctx, q: Tensor, k: Tensor, scale: Tensor, bias: Optional[Tensor], offset: int, both: bool, tile: int
+    ) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
             q_, k_, qs, _, b = _prepare(q, k, scale, bias)
             n, m = q.shape[0], k.shape[0]
@@ -89,7 +91,7 @@ class _InfoNCE(torch.autograd.Function):
                     lse_r[rows] = torch.logaddexp(lse_r[rows], t.logsumexp(1))
                     if both:
                         lse_c[cols] = torch.logaddexp(lse_c[cols], t.logsumexp(0))
-            pos = (qs * k_[offset:offset + n]).sum(1)
+            pos = (qs * k_[offset : offset + n]).sum(1)
             if b is not None:
                 pos = pos + b
             loss = (lse_r - pos).mean()
@@ -122,16 +124,23 @@ class _InfoNCE(torch.autograd.Function):
                     gq[rows].addmm_(g, k_[cols])
                     gk[cols].addmm_(g.T, qs[rows])
             w_pos = w_r + (w_c if both else 0.0)  # each positive is in one row (and one column) term
-            gq.sub_(k_[offset:offset + n], alpha=w_pos)
-            gk[offset:offset + n].sub_(qs, alpha=w_pos)
+            gq.sub_(k_[offset : offset + n], alpha=w_pos)
+            gk[offset : offset + n].sub_(qs, alpha=w_pos)
             g = grad_out.to(q_.dtype)
             grad_scale = (q_ * gq).sum() * g
             grad_q, grad_k = gq.mul_(s * g), gk.mul_(g)
         need = ctx.needs_input_grad
         # the bias shifts every logit of a softmax row equally: its gradient is exactly 0
         grad_bias = torch.zeros_like(bias) if bias is not None and need[3] else None
-        return (_cast(grad_q, q, need[0]), _cast(grad_k, k, need[1]), _cast(grad_scale, scale, need[2]),
-                grad_bias, None, None, None)
+        return (
+            _cast(grad_q, q, need[0]),
+            _cast(grad_k, k, need[1]),
+            _cast(grad_scale, scale, need[2]),
+            grad_bias,
+            None,
+            None,
+            None,
+        )
 
 
 class _Sigmoid(torch.autograd.Function):
@@ -139,8 +148,9 @@ class _Sigmoid(torch.autograd.Function):
     With ``with_grad`` the gradients are computed in the forward's single pass over the blocks."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, bias: Optional[Tensor], offset: int,
-                tile: int, with_grad: bool) -> Tensor:
+    def forward(
+        ctx, q: Tensor, k: Tensor, scale: Tensor, bias: Optional[Tensor], offset: int, tile: int, with_grad: bool
+    ) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
             q_, k_, qs, s, b = _prepare(q, k, scale, bias)
             n, m = q.shape[0], k.shape[0]
@@ -160,13 +170,13 @@ class _Sigmoid(torch.autograd.Function):
                             gb += g.sum()
                     # -log sigmoid(-t) = softplus(t); past 40 softplus(t) == t in float64
                     total += F.softplus(t, threshold=40).sum()
-            pos = (qs * k_[offset:offset + n]).sum(1)  # a positive's term is softplus(t) - t
+            pos = (qs * k_[offset : offset + n]).sum(1)  # a positive's term is softplus(t) - t
             if b is not None:
                 pos = pos + b
             loss = ((total - pos.sum()) / n).to(q_.dtype)
             if with_grad:  # the positives' -1: d(softplus(t) - t)/dt = sigmoid(t) - 1
-                gq.sub_(k_[offset:offset + n])
-                gk[offset:offset + n].sub_(qs)
+                gq.sub_(k_[offset : offset + n])
+                gk[offset : offset + n].sub_(qs)
                 grad_scale = (q_ * gq).sum() / n
                 ctx.grads = (gq.mul_(s / n), gk.div_(n), grad_scale, ((gb - n) / n).to(q_.dtype))
         ctx.save_for_backward(q, k, scale, bias)
@@ -181,8 +191,15 @@ class _Sigmoid(torch.autograd.Function):
         need = ctx.needs_input_grad
         g = grad_out.to(ctx.grads[0].dtype)
         gq, gk, gs, gb = (x * g for x in ctx.grads)
-        return (_cast(gq, q, need[0]), _cast(gk, k, need[1]), _cast(gs, scale, need[2]),
-                _cast(gb, bias, need[3]), None, None, None)
+        return (
+            _cast(gq, q, need[0]),
+            _cast(gk, k, need[1]),
+            _cast(gs, scale, need[2]),
+            _cast(gb, bias, need[3]),
+            None,
+            None,
+            None,
+        )
 
 
 def _check_tile(tile_size: int) -> int:
@@ -198,8 +215,9 @@ class TiledClipLoss(Loss):
     ``local_loss=True`` under data parallelism: this process's rows of a against every b and its
     rows of b against every a, as the dense loss does."""
 
-    def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
-                 tile_size: int = 1024):
+    def __init__(
+        self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None, tile_size: int = 1024
+    ):
         super().__init__(rank, world_size)
         self.local_loss = local_loss
         self.tile_size = _check_tile(tile_size)
@@ -211,8 +229,10 @@ class TiledClipLoss(Loss):
             all_a, all_b = gather_features(a, world), gather_features(b, world)
             if self.local_loss:
                 offset = a.shape[0] * rank
-                return (_InfoNCE.apply(a, all_b, logit_scale, logit_bias, offset, False, tile)
-                        + _InfoNCE.apply(b, all_a, logit_scale, logit_bias, offset, False, tile)) / 2
+                return (
+                    _InfoNCE.apply(a, all_b, logit_scale, logit_bias, offset, False, tile)
+                    + _InfoNCE.apply(b, all_a, logit_scale, logit_bias, offset, False, tile)
+                ) / 2
             return _InfoNCE.apply(all_a, all_b, logit_scale, logit_bias, 0, True, tile)
         return _InfoNCE.apply(a, b, logit_scale, logit_bias, 0, True, tile)
 

@@ -19,6 +19,7 @@ batch; with ``local_loss=False`` every process computes that global loss itself.
 must have the same size on every process. A row with no negative (B = 1, or every label equal)
 contributes 0 to ``dcl`` and ``hcl``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,8 +50,15 @@ class _Pairwise(Loss):
         super().__init__(rank, world_size)
         self.local_loss = local_loss
 
-    def forward(self, a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor | None = None, *,
-                labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        a: Tensor,
+        b: Tensor,
+        logit_scale: Tensor,
+        logit_bias: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+    ) -> Tensor:
         if labels is None and self.needs_labels:
             raise ValueError("multi_positive needs labels: set label_column on data.train")
         if labels is not None and labels.shape != a.shape[:1]:
@@ -63,11 +71,21 @@ class _Pairwise(Loss):
             a, b, labels, offset = all_a, all_b, all_labels, 0
         else:
             offset = n * rank if world > 1 else 0
-        return (self.direction(a, all_b, logit_scale, logit_bias, labels, all_labels, offset)
-                + self.direction(b, all_a, logit_scale, logit_bias, labels, all_labels, offset)) / 2
+        return (
+            self.direction(a, all_b, logit_scale, logit_bias, labels, all_labels, offset)
+            + self.direction(b, all_a, logit_scale, logit_bias, labels, all_labels, offset)
+        ) / 2
 
-    def direction(self, q: Tensor, k: Tensor, scale: Tensor, bias: Tensor | None, q_labels: Tensor | None,
-                  k_labels: Tensor | None, offset: int) -> Tensor:
+    def direction(
+        self,
+        q: Tensor,
+        k: Tensor,
+        scale: Tensor,
+        bias: Tensor | None,
+        q_labels: Tensor | None,
+        k_labels: Tensor | None,
+        offset: int,
+    ) -> Tensor:
         raise NotImplementedError
 
 
@@ -76,8 +94,9 @@ def _logits(q: Tensor, k: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
     return logits if bias is None else logits + bias
 
 
-def _positives(q_labels: Tensor | None, k_labels: Tensor | None, rows: int, cols: int, offset: int,
-               device: torch.device) -> tuple[Tensor, Tensor]:
+def _positives(
+    q_labels: Tensor | None, k_labels: Tensor | None, rows: int, cols: int, offset: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """(P, pos): P [rows, cols] the mask of P(i); pos [rows] the paired column ``i + offset``."""
     pos = torch.arange(rows, device=device) + offset
     if q_labels is None:
@@ -117,8 +136,9 @@ class MultiPositiveLoss(_Pairwise):
 
     needs_labels = True
 
-    def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
-                 variant: str = "out"):
+    def __init__(
+        self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None, variant: str = "out"
+    ):
         super().__init__(local_loss, rank, world_size)
         if variant not in ("out", "in"):
             raise TypeError(f"multi_positive variant must be 'out' or 'in', got {variant!r}")
@@ -176,8 +196,14 @@ class HardNegativeLoss(_Pairwise):
     not negatives. Computed with each row shifted by its (detached) maximum logit.
     """
 
-    def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
-                 beta: float = 1.0, tau_plus: float = 0.0):
+    def __init__(
+        self,
+        local_loss: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        beta: float = 1.0,
+        tau_plus: float = 0.0,
+    ):
         super().__init__(local_loss, rank, world_size)
         if not 0.0 <= tau_plus < 1.0:
             raise ValueError(f"hcl: tau_plus must be in [0, 1), got {tau_plus}")
@@ -227,9 +253,17 @@ class MoCHiLoss(_Pairwise):
     B * (s1 + s2) * d tensor.
     """
 
-    def __init__(self, local_loss: bool = True, rank: int | None = None, world_size: int | None = None,
-                 n_hard: int = 16, s1: int = 16, s2: int = 8, mix_query_max: float = 0.5,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        local_loss: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        n_hard: int = 16,
+        s1: int = 16,
+        s2: int = 8,
+        mix_query_max: float = 0.5,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__(local_loss, rank, world_size)
         if min(n_hard, s1, s2) < 0 or not 0.0 <= mix_query_max <= 1.0:
             raise ValueError("mochi: n_hard, s1, s2 must be >= 0 and mix_query_max in [0, 1]")
@@ -243,8 +277,9 @@ class MoCHiLoss(_Pairwise):
         for rows without negatives."""
         rows, s1, s2 = q.shape[0], self.s1, self.s2
         device = self.generator.device if self.generator is not None else q.device
-        u = torch.rand(k.shape[0], 3 * s1 + 2 * s2, dtype=torch.float64, device=device,
-                       generator=self.generator)[offset:offset + rows].to(q.device)
+        u = torch.rand(k.shape[0], 3 * s1 + 2 * s2, dtype=torch.float64, device=device, generator=self.generator)[
+            offset : offset + rows
+        ].to(q.device)
         q, k = q.detach(), k.detach()
         n = negative.sum(1).clamp(max=self.n_hard)
         hard = logits.detach().masked_fill(~negative, float("-inf"))
@@ -254,8 +289,8 @@ class MoCHiLoss(_Pairwise):
             position = torch.minimum((u[:, cols] * n[:, None]).long(), (n[:, None] - 1).clamp(min=0))
             return k[hard.gather(1, position)]
 
-        alpha = u[:, 2 * s1:3 * s1, None].to(q.dtype)
-        beta = self.mix_query_max * u[:, 3 * s1 + s2:, None].to(q.dtype)
+        alpha = u[:, 2 * s1 : 3 * s1, None].to(q.dtype)
+        beta = self.mix_query_max * u[:, 3 * s1 + s2 :, None].to(q.dtype)
         h1 = alpha * pick(slice(0, s1)) + (1 - alpha) * pick(slice(s1, 2 * s1))
         h2 = beta * q[:, None, :] + (1 - beta) * pick(slice(3 * s1, 3 * s1 + s2))
         h = F.normalize(torch.cat([h1, h2], 1), dim=-1)

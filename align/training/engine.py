@@ -7,6 +7,7 @@ or handed to DeepSpeed. Accelerate only shards on accelerators: on CPU it sets F
 only on top of a multi-GPU-like distributed type (``accelerate/state.py``), so a CPU launch with
 those configs runs plain DDP; ``build_accelerator`` says so instead of letting it pass silently.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, tc) -> torch.optim.Optimizer:
     """AdamW with open_clip's decay split; the fused kernel (CPU and CUDA) saves ~4% of a CPU step."""
-    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps,
-                             fused=True)
+    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, eps=tc.eps, fused=True)
 
 
 def build_accelerator(cfg: Config):
@@ -52,10 +52,14 @@ def build_accelerator(cfg: Config):
     # tests) with another mixed-precision setting must start from a clean one. The distributed
     # part (PartialState, the process group) is kept.
     AcceleratorState._reset_state()
-    engine = next((e for e in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{e}", "").lower() == "true"), None)
+    engine = next(
+        (e for e in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{e}", "").lower() == "true"), None
+    )
     if engine and not torch.cuda.is_available():
-        print(f"note: launched with {engine} but this machine has no GPU; Accelerate shards only on "
-              "accelerators, so this CPU run uses plain data parallelism (DDP)")
+        print(
+            f"note: launched with {engine} but this machine has no GPU; Accelerate shards only on "
+            "accelerators, so this CPU run uses plain data parallelism (DDP)"
+        )
     return Accelerator(
         cpu=not torch.cuda.is_available(),  # else CPU-only multi-process runs silently don't shard
         mixed_precision=cfg.train.mixed_precision,
@@ -87,8 +91,9 @@ def one_thread_per_worker(_worker_id: int) -> None:
     threadpool_limits(1)
 
 
-def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
-                 table=None, cached: set[str] = frozenset()) -> torch.utils.data.DataLoader:
+def build_loader(
+    cfg: Config, model: AlignModel, spec, key: str, train: bool, table=None, cached: set[str] = frozenset()
+) -> torch.utils.data.DataLoader:
     """Shuffled, augmented batches for training; fixed order and eval preprocessing for validation.
     Both drop the last partial batch: a contrastive batch must be full on every process. Modalities
     in ``cached`` (frozen towers whose features are cached) are left out: the batch's row index
@@ -103,35 +108,62 @@ def build_loader(cfg: Config, model: AlignModel, spec, key: str, train: bool,
 def build_mixture_loader(cfg: Config, model: AlignModel, tables: dict[str, object]) -> torch.utils.data.DataLoader:
     """``data.mix``: every training set's rows in one loader, drawn by weight (``align.data.mixture``)."""
     parts = cfg.data.train_parts()
-    ds = MixedDataset([paired_dataset(cfg, model, spec, key, True, tables[key], check_size=False)
-                       for key, spec, _ in parts])
+    ds = MixedDataset(
+        [paired_dataset(cfg, model, spec, key, True, tables[key], check_size=False) for key, spec, _ in parts]
+    )
     if len(ds) < cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than data.mix's "
-                          f"{len(ds)} rows; batches must be full")
+        raise ConfigError(
+            f"config key 'train.batch_size': {cfg.train.batch_size} is larger than data.mix's "
+            f"{len(ds)} rows; batches must be full"
+        )
     sampler = MixtureSampler([len(p) for p in ds.parts], [w for _, _, w in parts], seed=cfg.seed)
     pre = {m: p for m, p in model.preprocessors().items() if m in cfg.data.train_modalities()}
     return data_loader(cfg, ds, pre, sampler=sampler)
 
 
-def paired_dataset(cfg: Config, model: AlignModel, spec, key: str, train: bool, table=None,
-                   cached: set[str] = frozenset(), check_size: bool = True) -> PairedDataset:
+def paired_dataset(
+    cfg: Config,
+    model: AlignModel,
+    spec,
+    key: str,
+    train: bool,
+    table=None,
+    cached: set[str] = frozenset(),
+    check_size: bool = True,
+) -> PairedDataset:
     table = load_table(spec, key) if table is None else table
     columns = {m: c for m, c in spec.columns.items() if m not in cached}
     pre = {m: p for m, p in model.preprocessors().items() if m in columns}
     labels = spec.label_column if needs_labels(cfg) else None  # label-based losses (multi-positive)
-    ds = PairedDataset(table, columns, pre, train=train, label_column=labels, name=f"{key} ({spec.source})",
-                       seed=cfg.seed, on_error=spec.on_error, refill=True,
-                       cache_samples=train and cfg.data.cache_samples)
+    ds = PairedDataset(
+        table,
+        columns,
+        pre,
+        train=train,
+        label_column=labels,
+        name=f"{key} ({spec.source})",
+        seed=cfg.seed,
+        on_error=spec.on_error,
+        refill=True,
+        cache_samples=train and cfg.data.cache_samples,
+    )
     if check_size and len(ds) < cfg.train.batch_size:
-        raise ConfigError(f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
-                          f"({len(ds)} rows); batches must be full")
+        raise ConfigError(
+            f"config key 'train.batch_size': {cfg.train.batch_size} is larger than {key} "
+            f"({len(ds)} rows); batches must be full"
+        )
     return ds
 
 
 def data_loader(cfg: Config, ds, pre: dict, **kwargs) -> torch.utils.data.DataLoader:
     memo = any(getattr(p, "memo", None) is not None for p in getattr(ds, "parts", [ds]))
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, drop_last=True,
-                                       num_workers=cfg.data.num_workers,
-                                       collate_fn=Collator(pre, masks=cfg.data.mix is not None),
-                                       worker_init_fn=one_thread_per_worker,
-                                       persistent_workers=memo and cfg.data.num_workers > 0, **kwargs)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.train.batch_size,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+        collate_fn=Collator(pre, masks=cfg.data.mix is not None),
+        worker_init_fn=one_thread_per_worker,
+        persistent_workers=memo and cfg.data.num_workers > 0,
+        **kwargs,
+    )

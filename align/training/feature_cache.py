@@ -18,6 +18,7 @@ Each process computes the whole cache (a forward over the training rows once, ag
 step otherwise); ``model.modalities.<m>.cache: off`` turns it off, ``memory`` / ``disk`` insist on it
 and say why a tower does not qualify.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,9 @@ def rows_hash(values: list[Any]) -> str:
 
 
 @torch.no_grad()
-def encode_rows(model: AlignModel, mod: str, values: list[Any], device, write: Callable[[int, np.ndarray], None],
-                name: str) -> None:
+def encode_rows(
+    model: AlignModel, mod: str, values: list[Any], device, write: Callable[[int, np.ndarray], None], name: str
+) -> None:
     """Features of every row, in batches, evaluation preprocessing; ``write(start, features)``."""
     from accelerate.utils import send_to_device
 
@@ -102,7 +104,7 @@ def encode_rows(model: AlignModel, mod: str, values: list[Any], device, write: C
     try:
         for start in range(0, len(values), ENCODE_BATCH):
             items = []
-            for i, raw in enumerate(values[start:start + ENCODE_BATCH], start=start):
+            for i, raw in enumerate(values[start : start + ENCODE_BATCH], start=start):
                 try:
                     items.append(pre(raw, train=False))
                 except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
@@ -115,12 +117,14 @@ def encode_rows(model: AlignModel, mod: str, values: list[Any], device, write: C
 
 def writer(array: np.ndarray) -> Callable[[int, np.ndarray], None]:
     def write(start: int, features: np.ndarray) -> None:
-        array[start:start + len(features)] = features
+        array[start : start + len(features)] = features
+
     return write
 
 
-def build_feature_caches(cfg: Config, model: AlignModel, table, device, say: Callable[[str], None] = print
-                         ) -> dict[str, FeatureCache]:
+def build_feature_caches(
+    cfg: Config, model: AlignModel, table, device, say: Callable[[str], None] = print
+) -> dict[str, FeatureCache]:
     """A ``FeatureCache`` for every training modality whose tower is frozen and preprocessing
     deterministic (``cache: auto``), or that insists (``memory`` / ``disk``: an error says why not)."""
     caches: dict[str, FeatureCache] = {}

@@ -25,6 +25,7 @@ Under several processes the towers' backward runs inside ``no_sync`` and the gra
 averaged in one all-reduce over a flat buffer (DDP would otherwise reduce once per micro-batch,
 and the temperature's gradient, which comes from the loss pass, outside any DDP forward).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,8 +63,9 @@ def batch_rows(inputs: dict[str, Any]) -> int:
     return int(value.num_graphs) if hasattr(value, "num_graphs") else len(value)
 
 
-def micro_spans(inputs: dict[str, Any], present: dict[str, torch.Tensor] | None, start: int,
-                stop: int) -> dict[str, tuple[int, int]]:
+def micro_spans(
+    inputs: dict[str, Any], present: dict[str, torch.Tensor] | None, start: int, stop: int
+) -> dict[str, tuple[int, int]]:
     """Each modality's rows of the micro-batch ``start:stop`` as a span of its collated batch: the
     same rows, or with ``data.mix`` (each modality collated from its present rows only) the span of
     its present rows among them; a modality with none there is left out."""
@@ -88,14 +90,17 @@ def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None
         torch.cuda.set_rng_state_all(state[1])
 
 
-def cached_loss(accelerator, model, task: ContrastiveTask, batch: dict, micro: int
-                ) -> tuple[torch.Tensor, Callable[[], None]]:
+def cached_loss(
+    accelerator, model, task: ContrastiveTask, batch: dict, micro: int
+) -> tuple[torch.Tensor, Callable[[], None]]:
     """Steps 1-2 above: the full-batch loss from embeddings computed without autograd, and a
     ``backward()`` that runs steps 2-3 (call it after checking the loss is finite)."""
     if str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED")):
-        raise ConfigError("config key 'train.micro_batch_size': GradCache runs under DDP (or one process); "
-                          f"under {accelerator.distributed_type} each micro-batch's backward would reduce "
-                          "the gradients again. Use DDP, or leave micro_batch_size out")
+        raise ConfigError(
+            "config key 'train.micro_batch_size': GradCache runs under DDP (or one process); "
+            f"under {accelerator.distributed_type} each micro-batch's backward would reduce "
+            "the gradients again. Use DDP, or leave micro_batch_size out"
+        )
     inputs = task.inputs(batch)
     present = batch.get("present")  # data.mix: rows have subsets of the modalities
     rows = batch_rows(inputs) if present is None else len(batch["index"])
@@ -125,8 +130,11 @@ def cached_loss(accelerator, model, task: ContrastiveTask, batch: dict, micro: i
                 set_rng_state(state)
                 with accelerator.autocast():
                     out = model({m: slice_batch(inputs[m], a, b) for m, (a, b) in span.items()})
-                surrogate = sum((out[m] * reps[m].grad[a:b].to(out[m].dtype)).sum() for m, (a, b) in span.items()
-                                if reps[m].grad is not None)
+                surrogate = sum(
+                    (out[m] * reps[m].grad[a:b].to(out[m].dtype)).sum()
+                    for m, (a, b) in span.items()
+                    if reps[m].grad is not None
+                )
                 if isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
                     surrogate.backward()  # reps.grad already carries any fp16 loss scale
         set_rng_state(after)
@@ -149,5 +157,5 @@ def average_gradients(model: torch.nn.Module) -> None:
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()

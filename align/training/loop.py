@@ -5,6 +5,7 @@ over the configured modality pairs -> backward -> clip -> AdamW -> cosine schedu
 temperature. There is deliberately no plain gradient accumulation: for a contrastive loss it
 would silently shrink the set of negatives.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,11 @@ def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for section in ("zeroshot", "retrieval"):
         for key, value in (metrics.get(section) or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                    (key in ("top1", "top5", "mean_per_class_recall") or "/" in key):
+            if (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and (key in ("top1", "top5", "mean_per_class_recall") or "/" in key)
+            ):
                 out[f"{section}/{key}"] = float(value)
     return out
 
@@ -85,8 +89,16 @@ def validation_loss(accelerator, model, task: ContrastiveTask, loader) -> float:
     return accelerator.reduce(total / max(n, 1), reduction="mean").item()
 
 
-def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer, scheduler,
-               grad_clip: float | None = None, on_nonfinite=None) -> torch.Tensor:
+def train_step(
+    accelerator,
+    model,
+    task: ContrastiveTask,
+    batch: dict,
+    optimizer,
+    scheduler,
+    grad_clip: float | None = None,
+    on_nonfinite=None,
+) -> torch.Tensor:
     """One optimizer step on one batch; returns the loss averaged over processes (detached).
     ``model`` is what Accelerate prepared (maybe DDP-wrapped); the task holds the loss.
 
@@ -102,6 +114,7 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
 
         def backward() -> None:
             accelerator.backward(loss)
+
     local = loss.detach().float()
     if on_nonfinite is not None:
         stats = accelerator.reduce(torch.stack([local, torch.isfinite(local).float()]), reduction="mean")
@@ -122,15 +135,18 @@ def train_step(accelerator, model, task: ContrastiveTask, batch: dict, optimizer
     return mean_loss
 
 
-def run_training(cfg: Config, resume: bool = False, stop_at: int | None = None,
-                 hooks: EvalHooks | None = None) -> TrainResult:
+def run_training(
+    cfg: Config, resume: bool = False, stop_at: int | None = None, hooks: EvalHooks | None = None
+) -> TrainResult:
     """Run training as configured. ``stop_at`` ends the run early after that step (used to
     simulate an interrupted run); ``resume`` continues from ``output_dir/checkpoints/latest``.
     ``hooks`` evaluate during and after training (``align.app.trainer.train`` passes align.eval's);
     without them ``train.eval_every`` is refused and the final evaluation is left to the caller."""
     if hooks is None and cfg.train.eval_every:
-        raise ConfigError("config key 'train.eval_every': evaluating during training needs the eval "
-                          "hooks: call align.app.trainer.train")
+        raise ConfigError(
+            "config key 'train.eval_every': evaluating during training needs the eval "
+            "hooks: call align.app.trainer.train"
+        )
     previous = leave_cores_for_workers(cfg.data.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     try:
         with hf_progress(cfg.train.progress):
@@ -151,8 +167,10 @@ def _train(cfg: Config, resume: bool, stop_at: int | None, hooks: EvalHooks | No
                 accelerator.print(f"removed {path}, left by an interrupted run")
             moved = None if resume else set_aside_previous_run(cfg.output_dir)
             if moved is not None:
-                accelerator.print(f"moved the checkpoints of an earlier run in {cfg.output_dir} to {moved} "
-                                  "(a fresh run; pass --resume to continue one)")
+                accelerator.print(
+                    f"moved the checkpoints of an earlier run in {cfg.output_dir} to {moved} "
+                    "(a fresh run; pass --resume to continue one)"
+                )
         accelerator.wait_for_everyone()
         return _run(cfg, accelerator, resume, stop_at, hooks)
     finally:
@@ -168,21 +186,33 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     open_records(run)  # config.yaml, trackers, the log (trimmed to the checkpoint on resume)
     result = _new_result(run)
     tc = cfg.train
-    bar = tqdm(total=tc.steps, initial=run.start, disable=not (tc.progress and accelerator.is_main_process),
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=tc.steps,
+        initial=run.start,
+        disable=not (tc.progress and accelerator.is_main_process),
+        desc="train",
+        dynamic_ncols=True,
+    )
     _begin_training(run, stop_at)  # train mode, the seed again for a fresh run, the clocks
     on_nonfinite = partial(_stop_on_nonfinite, run, result)
     while run.step < run.end:
         for batch in _epoch_batches(run):
-            loss_value = train_step(accelerator, run.model, run.task, batch, run.optimizer, run.scheduler,
-                                    tc.grad_clip, on_nonfinite=on_nonfinite).item()
+            loss_value = train_step(
+                accelerator,
+                run.model,
+                run.task,
+                batch,
+                run.optimizer,
+                run.scheduler,
+                tc.grad_clip,
+                on_nonfinite=on_nonfinite,
+            ).item()
             _count_step(run, result, batch, loss_value)
             bar.update(1)
             if run.step % tc.log_every == 0 or run.step == run.end:
                 _log_train(run, result, loss_value)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
-            if run.val_loader is not None and ((tc.val_every and run.step % tc.val_every == 0)
-                                               or run.step == tc.steps):
+            if run.val_loader is not None and ((tc.val_every and run.step % tc.val_every == 0) or run.step == tc.steps):
                 _validate(run, result)
             if tc.eval_every and (run.step % tc.eval_every == 0 or run.step == tc.steps):
                 _evaluate(run, result, hooks)
@@ -197,11 +227,13 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
 
 def _new_result(run: RunState) -> TrainResult:
     """The run's records; on resume, the best eval score so far comes back with the checkpoint."""
-    result = TrainResult(model=run.core, output_dir=run.out, is_main_process=run.accelerator.is_main_process,
-                         skipped=run.skipped_before)
+    result = TrainResult(
+        model=run.core, output_dir=run.out, is_main_process=run.accelerator.is_main_process, skipped=run.skipped_before
+    )
     if run.resuming:
-        result.best = restored_best(run.restored, run.out / "checkpoints", run.log_path,
-                                    run.cfg.train.best_metric, run.start)
+        result.best = restored_best(
+            run.restored, run.out / "checkpoints", run.log_path, run.cfg.train.best_metric, run.start
+        )
     return result
 
 
@@ -220,8 +252,9 @@ def _begin_training(run: RunState, stop_at: int | None) -> None:
     run.t0, run.seen = time.perf_counter(), 0
     run.t_log, run.seen_at_log = run.t0, 0
     # counted per process and summed when logged: the resumed count goes to the main process only
-    run.skipped = torch.tensor(run.skipped_before if run.accelerator.is_main_process else 0,
-                               device=run.accelerator.device)
+    run.skipped = torch.tensor(
+        run.skipped_before if run.accelerator.is_main_process else 0, device=run.accelerator.device
+    )
 
 
 def _epoch_batches(run: RunState) -> Iterable[dict]:
@@ -246,9 +279,13 @@ def _log_train(run: RunState, result: TrainResult, loss_value: float) -> None:
     """Loss, learning rate, temperature, throughput since the last log line (and each loss term's
     value, the samples skipped) to the trackers and ``train_log.jsonl``."""
     accelerator, now = run.accelerator, time.perf_counter()
-    logs = {"train/loss": loss_value, "train/lr": run.scheduler.get_last_lr()[0],
-            "train/logit_scale": run.core.logit_scale.exp().item(), "wall_s": round(now - run.t0, 3),
-            "samples_per_s": round((run.seen - run.seen_at_log) / max(now - run.t_log, 1e-9), 2)}
+    logs = {
+        "train/loss": loss_value,
+        "train/lr": run.scheduler.get_last_lr()[0],
+        "train/logit_scale": run.core.logit_scale.exp().item(),
+        "wall_s": round(now - run.t0, 3),
+        "samples_per_s": round((run.seen - run.seen_at_log) / max(now - run.t_log, 1e-9), 2),
+    }
     run.t_log, run.seen_at_log = now, run.seen
     if len(run.task.terms) > 1:  # each term's loss on this step's batch (this process's value)
         logs.update({f"train/loss/{name}": round(float(v), 6) for name, v in run.task.term_losses.items()})
@@ -278,8 +315,9 @@ def _evaluate(run: RunState, result: TrainResult, hooks: EvalHooks) -> None:
     run.write_log({"step": step, **{f"eval/{k}": v for k, v in scores.items()}})
     if metric:
         if metric not in scores:
-            raise ConfigError(f"config key 'train.best_metric': '{metric}' is not an eval "
-                              f"metric; have {sorted(scores)}")
+            raise ConfigError(
+                f"config key 'train.best_metric': '{metric}' is not an eval metric; have {sorted(scores)}"
+            )
         if result.best is None or scores[metric] > result.best[1]:
             result.best = (step, scores[metric])
             _checkpoint(run, result, step, name="best", update_latest=False)
@@ -287,24 +325,41 @@ def _evaluate(run: RunState, result: TrainResult, hooks: EvalHooks) -> None:
 
 def _training_state(run: RunState, result: TrainResult, step: int) -> dict[str, Any]:
     """Besides optimizer and schedule, the run's records, so a resumed run continues them."""
-    best = None if result.best is None else {"step": result.best[0], "value": result.best[1],
-                                              "metric": run.cfg.train.best_metric}
-    return {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "step": step,
-            "skipped": int(run.accelerator.reduce(run.skipped.clone(), reduction="sum").item()), "best": best,
-            **({"stream": run.loader.state_dict()} if run.streaming else {})}  # every process's stream position
+    best = (
+        None
+        if result.best is None
+        else {"step": result.best[0], "value": result.best[1], "metric": run.cfg.train.best_metric}
+    )
+    return {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "step": step,
+        "skipped": int(run.accelerator.reduce(run.skipped.clone(), reduction="sum").item()),
+        "best": best,
+        **({"stream": run.loader.state_dict()} if run.streaming else {}),
+    }  # every process's stream position
 
 
-def _checkpoint(run: RunState, result: TrainResult, step: int, name: str | None = None,
-                update_latest: bool = True) -> Path | None:
+def _checkpoint(
+    run: RunState, result: TrainResult, step: int, name: str | None = None, update_latest: bool = True
+) -> Path | None:
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     path, state = None, _training_state(run, result, step)  # every process joins the skipped-count reduce
     sharded = str(accelerator.distributed_type).endswith(("FSDP", "DEEPSPEED"))
     weights = accelerator.get_state_dict(run.model) if sharded else None  # gathered by every process
     if accelerator.is_main_process:
-        path = save_checkpoint(run.out / "checkpoints", step, run.core, run.cfg, state,
-                               keep=run.cfg.train.keep_checkpoints, name=name, update_latest=update_latest,
-                               weights=weights)
+        path = save_checkpoint(
+            run.out / "checkpoints",
+            step,
+            run.core,
+            run.cfg,
+            state,
+            keep=run.cfg.train.keep_checkpoints,
+            name=name,
+            update_latest=update_latest,
+            weights=weights,
+        )
     accelerator.wait_for_everyone()
     return path
 
@@ -312,9 +367,11 @@ def _checkpoint(run: RunState, result: TrainResult, step: int, name: str | None 
 def _stop_on_nonfinite(run: RunState, result: TrainResult, loss: torch.Tensor, batch: dict) -> None:
     """Save the state before the failing step and stop, naming the step and the sample rows."""
     path = _checkpoint(run, result, run.step, name=f"nan-step-{run.step + 1:06d}")
-    raise TrainingError(f"non-finite loss ({loss.item()}) at step {run.step + 1} "
-                        f"(sample rows {batch['index'][:8].tolist()}...); the state before "
-                        f"this step is saved in {path or run.out / 'checkpoints'}")
+    raise TrainingError(
+        f"non-finite loss ({loss.item()}) at step {run.step + 1} "
+        f"(sample rows {batch['index'][:8].tolist()}...); the state before "
+        f"this step is saved in {path or run.out / 'checkpoints'}"
+    )
 
 
 def _finish(run: RunState, result: TrainResult, hooks: EvalHooks | None) -> None:
@@ -330,8 +387,9 @@ def _finish(run: RunState, result: TrainResult, hooks: EvalHooks | None) -> None
     run.accelerator.end_training()
 
 
-def final_evaluation(cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int,
-                     hooks: EvalHooks) -> None:
+def final_evaluation(
+    cfg: Config, core: AlignModel, accelerator, result: TrainResult, step: int, hooks: EvalHooks
+) -> None:
     """The eval section on the final model (reusing ``train.eval_every``'s when it just ran)."""
     if not (result.eval_history and result.eval_history[-1][0] == step):
         result.eval_metrics = hooks.evaluate(core, cfg.eval, accelerator)

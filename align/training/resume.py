@@ -7,6 +7,7 @@ eval score live in the training state, so a resumed run counts on and keeps the 
 ``checkpoints/best`` as an uninterrupted one. Temporary files a kill left behind are removed at
 the start of a run, which is safe because the run holds the folder's lock (``align/training/runlock.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ def resume_candidates(root: Path, say: Callable[[str], None] = print) -> list[Pa
     return [target] + [folder for step, folder in folders if folder != target and (limit is None or step < limit)]
 
 
-def restore_newest_good(ckpt_root: str | Path, model: torch.nn.Module,
-                        say: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]]:
+def restore_newest_good(
+    ckpt_root: str | Path, model: torch.nn.Module, say: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any]]:
     """Load weights into ``model`` from the newest checkpoint (see :func:`resume_candidates`) whose
     files verify and whose numbers are finite; return it and its training state. Damaged ones are
     skipped, saying which and why; only when none is good does this fail, listing each."""
@@ -143,8 +145,9 @@ def _best_value_from_log(log_path: Path, step: int, metric: str) -> float | None
     return None
 
 
-def restored_best(state: dict[str, Any], ckpt_root: Path, log_path: Path, metric: str | None,
-                  step: int) -> tuple[int, float] | None:
+def restored_best(
+    state: dict[str, Any], ckpt_root: Path, log_path: Path, metric: str | None, step: int
+) -> tuple[int, float] | None:
     """The best (step, value) as of the resumed step: from the resumed training state; for a
     checkpoint written before it stored one, from ``checkpoints/best`` (its step; the value from
     the eval line of that step in the log) when that is not from past the resumed step."""
@@ -152,8 +155,9 @@ def restored_best(state: dict[str, Any], ckpt_root: Path, log_path: Path, metric
         return None
     if "best" in state:  # the value of another metric (train.best_metric changed) compares with nothing
         best = state["best"]
-        return None if best is None or best.get("metric", metric) != metric else (int(best["step"]),
-                                                                                float(best["value"]))
+        return (
+            None if best is None or best.get("metric", metric) != metric else (int(best["step"]), float(best["value"]))
+        )
     best_dir = ckpt_root / "best"
     if not (best_dir / "training_state.pt").is_file():
         return None
@@ -161,8 +165,11 @@ def restored_best(state: dict[str, Any], ckpt_root: Path, log_path: Path, metric
         best_state = load_training_state(best_dir)
     except CheckpointError:
         return None
-    if best_state.get("best") and best_state["best"].get("metric", metric) == metric and \
-            int(best_state["best"]["step"]) <= step:
+    if (
+        best_state.get("best")
+        and best_state["best"].get("metric", metric) == metric
+        and int(best_state["best"]["step"]) <= step
+    ):
         return int(best_state["best"]["step"]), float(best_state["best"]["value"])
     best_step = int(best_state["step"])
     value = _best_value_from_log(log_path, best_step, metric) if best_step <= step else None

@@ -6,6 +6,7 @@ state on resume -> Accelerate's prepare -> the run's records (config, trackers, 
 fingerprints, trackers) may consume global RNGs, so a resumed run sets the checkpoint's RNG state
 after ``prepare``, and a fresh run re-seeds right before its first batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,19 +87,29 @@ def start_run(cfg: Config, accelerator, resume: bool) -> RunState:
     optimizer = build_optimizer(model, cfg.train)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.train.warmup_steps, cfg.train.steps)
     restored = _restore(cfg, accelerator, model, optimizer, scheduler, loader, streaming) if resume else None
-    model, optimizer, loader, scheduler, val_loader = _prepare(cfg, accelerator, model, optimizer, loader,
-                                                               scheduler, val_loader)
+    model, optimizer, loader, scheduler, val_loader = _prepare(
+        cfg, accelerator, model, optimizer, loader, scheduler, val_loader
+    )
     if restored is not None:
         set_rng_state(restored["rng"])
     core: AlignModel = accelerator.unwrap_model(model)
     if hasattr(core, "_orig_mod"):
         core = core._orig_mod
-    task = ContrastiveTask.from_config(cfg, core, rank=accelerator.process_index,
-                                       world_size=accelerator.num_processes)
+    task = ContrastiveTask.from_config(cfg, core, rank=accelerator.process_index, world_size=accelerator.num_processes)
     task.feature_caches = caches
-    run = RunState(cfg=cfg, accelerator=accelerator, model=model, core=core, task=task, optimizer=optimizer,
-                   scheduler=scheduler, loader=loader, val_loader=val_loader, streaming=streaming,
-                   restored=restored)
+    run = RunState(
+        cfg=cfg,
+        accelerator=accelerator,
+        model=model,
+        core=core,
+        task=task,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loader=loader,
+        val_loader=val_loader,
+        streaming=streaming,
+        restored=restored,
+    )
     if restored is not None:
         run.start, run.skipped_before = int(restored["step"]), int(restored.get("skipped", 0))
     return run
@@ -118,17 +129,20 @@ def _data_and_model(cfg: Config, accelerator) -> tuple[AlignModel, Any, Any | No
         train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
         fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
         model = AlignModel(cfg.model)
-        caches = {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device,
-                                                           accelerator.print)
-        loader = build_loader(cfg, model, cfg.data.train, "data.train", train=True, table=train_table,
-                              cached=set(caches))
+        caches = (
+            {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device, accelerator.print)
+        )
+        loader = build_loader(
+            cfg, model, cfg.data.train, "data.train", train=True, table=train_table, cached=set(caches)
+        )
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
     look_at_data(cfg, accelerator, loader, val_loader, fitted)
     return model, loader, val_loader, caches, streaming
 
 
-def _restore(cfg: Config, accelerator, model: AlignModel, optimizer, scheduler, loader,
-             streaming: bool) -> dict[str, Any]:
+def _restore(
+    cfg: Config, accelerator, model: AlignModel, optimizer, scheduler, loader, streaming: bool
+) -> dict[str, Any]:
     """The newest checkpoint that verifies (damaged newer ones are skipped, named) into the model,
     optimizer, schedule and stream position; returns its training state."""
     ckpt, state = restore_newest_good(Path(cfg.output_dir) / "checkpoints", model, accelerator.print)
@@ -158,8 +172,9 @@ def open_records(run: RunState) -> None:
     accelerator = run.accelerator
     if accelerator.is_main_process:
         dump_config(run.cfg, run.out / "config.yaml")
-    accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": run.start + 1}}
-                              if run.resuming else {})
+    accelerator.init_trackers(
+        "tensorboard", init_kwargs={"tensorboard": {"purge_step": run.start + 1}} if run.resuming else {}
+    )
     if accelerator.is_main_process and not run.resuming and run.log_path.exists():
         run.log_path.unlink()
     elif accelerator.is_main_process and run.resuming:

@@ -8,10 +8,8 @@ which the kernel drops when the holder dies, so a run killed with SIGKILL never 
 ``--resume``. Beside it, ``.lock.json`` names the holder (pid, host, start time, command line): the
 lock itself cannot say who holds it, and "in use" without a name sends the user hunting.
 """
-from __future__ import annotations
 
-from align.errors import AlignError
-from align.io.atomic import write_atomic
+from __future__ import annotations
 
 import json
 import os
@@ -22,6 +20,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from align.errors import AlignError
+from align.io.atomic import write_atomic
 
 LOCK_NAME = ".lock"
 HOLDER_NAME = ".lock.json"
@@ -76,8 +77,10 @@ def read_holder(output_dir: str | Path) -> dict[str, Any] | None:
 def describe_holder(holder: dict[str, Any] | None) -> str:
     if not holder:
         return "a process that has not recorded itself yet"
-    return (f"pid {holder.get('pid')} on host {holder.get('hostname')} since {holder.get('started')} "
-            f"(command: {holder.get('command')})")
+    return (
+        f"pid {holder.get('pid')} on host {holder.get('hostname')} since {holder.get('started')} "
+        f"(command: {holder.get('command')})"
+    )
 
 
 def _holder_is_dead(holder: dict[str, Any] | None) -> bool:
@@ -139,16 +142,23 @@ class RunLock:
         return holder
 
     def _busy_message(self, holder: dict[str, Any] | None, dead: bool = False) -> str:
-        note = (" (that process is gone, but something it started still holds the lock)" if dead else "")
-        return (f"output_dir {self.dir} is in use by another run: {describe_holder(holder)}{note}; "
-                f"two runs in one folder would mix their logs and checkpoints. Wait for it to finish, "
-                f"stop it, or choose another output_dir (lock: {self.lock_path})")
+        note = " (that process is gone, but something it started still holds the lock)" if dead else ""
+        return (
+            f"output_dir {self.dir} is in use by another run: {describe_holder(holder)}{note}; "
+            f"two runs in one folder would mix their logs and checkpoints. Wait for it to finish, "
+            f"stop it, or choose another output_dir (lock: {self.lock_path})"
+        )
 
     def _write_holder(self) -> None:
-        holder = {"pid": os.getpid(), "hostname": socket.gethostname(),
-                  "started": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-                  "command": shlex.join(sys.argv)}
-        write_atomic(self.holder_path, json.dumps(holder), perms=0o644)  # readable by whoever is told the folder is taken
+        holder = {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "started": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
+            "command": shlex.join(sys.argv),
+        }
+        write_atomic(
+            self.holder_path, json.dumps(holder), perms=0o644
+        )  # readable by whoever is told the folder is taken
 
     def release(self) -> None:
         """Drop the holder record (if still ours) and the lock; safe to call twice."""

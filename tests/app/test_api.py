@@ -1,5 +1,6 @@
 """The public façade (align/__init__.py): every name in ``__all__`` is its home's object, resolved
 lazily (``import align`` loads no torch), and the README's "Python API" example runs as written."""
+
 from __future__ import annotations
 
 import importlib
@@ -51,17 +52,21 @@ def test_unknown_name_is_an_attribute_error():
 
 
 def test_import_align_is_light():
-    code = ("import sys, align\nassert align.__version__\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'datasets', 'faiss', 'open_clip', 'sklearn', "
-            "'align.app', 'align.model') if m in sys.modules))\n"
-            "align.load_config\nprint('CONFIG', 'torch' in sys.modules)\n")
+    code = (
+        "import sys, align\nassert align.__version__\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'datasets', 'faiss', 'open_clip', 'sklearn', "
+        "'align.app', 'align.model') if m in sys.modules))\n"
+        "align.load_config\nprint('CONFIG', 'torch' in sys.modules)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout and "CONFIG False" in out.stdout, out.stdout + out.stderr
 
 
 def test_load_config_with_overrides():
-    cfg = align.load_config(REPO / "configs" / "demo-digits.yaml", ["train.steps=7", "model.embed_dim=32",
-                                                                    "eval.zeroshot.templates=['{}.']"])
+    cfg = align.load_config(
+        REPO / "configs" / "demo-digits.yaml",
+        ["train.steps=7", "model.embed_dim=32", "eval.zeroshot.templates=['{}.']"],
+    )
     assert isinstance(cfg, align.Config)
     assert (cfg.train.steps, cfg.model.embed_dim, cfg.eval.zeroshot.templates) == (7, 32, ["{}."])
     assert cfg.data.train.source == "sklearn-digits" and cfg.train.lr == 0.001  # the rest as the file says
@@ -71,7 +76,7 @@ def test_load_config_with_overrides():
 
 def readme_example() -> str:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Python API"):]
+    section = text[text.index("## Python API") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -83,8 +88,7 @@ def test_readme_example_runs(tmp_path):
     code = code.replace('"output_dir=runs/', f'"output_dir={tmp_path}/runs/')
     assert "runs/api" not in code.replace(f"{tmp_path}/runs/api", "")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     top1 = re.search(r"zero-shot top-1 (\d\.\d{4})", out.stdout)
     assert top1 and 0.0 <= float(top1.group(1)) <= 1.0, out.stdout[-2000:]

@@ -1,5 +1,6 @@
 """The command table (align.app.command_table) is the whole command line: every row is a parser
 subcommand and every subcommand a row, each --help works, and `align --help` imports no torch."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,7 @@ def test_table_is_the_parser():
 
 
 def test_a_row_added_is_a_command():
-    extra = Command("eval noop", "does nothing", lambda p: p.add_argument("--x", type=int),
-                    lambda args: args.x)
+    extra = Command("eval noop", "does nothing", lambda p: p.add_argument("--x", type=int), lambda args: args.x)
     parser = argparse.ArgumentParser(prog="align")
     add_commands(parser, (*COMMANDS, extra))
     args = parser.parse_args(["eval", "noop", "--x", "7"])
@@ -67,19 +67,22 @@ def test_help(name, capsys):
 
 
 def test_help_imports_no_torch():
-    code = ("import sys\nfrom align.app.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "for name in ['eval', 'index', 'query']:\n"
-            "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
-            "heavy = sorted(m for m in ('torch', 'datasets', 'faiss', 'open_clip', 'sklearn') if m in sys.modules)\n"
-            "print('HEAVY', heavy)\n")
+    code = (
+        "import sys\nfrom align.app.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for name in ['eval', 'index', 'query']:\n"
+        "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
+        "heavy = sorted(m for m in ('torch', 'datasets', 'faiss', 'open_clip', 'sklearn') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
 
 
 def test_module_entry_point_runs_the_table():
-    out = subprocess.run([sys.executable, "-m", "align", "eval", "--help"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "align", "eval", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "baseline" in out.stdout, out.stderr
 
 

@@ -1,5 +1,6 @@
 """Config loading: shipped YAMLs validate; every mistake fails with a ConfigError naming its dotted
 key; ``a.b=value`` overrides are parsed as YAML."""
+
 from __future__ import annotations
 
 import copy
@@ -58,53 +59,66 @@ def test_demo_config_values():
 # every mistake names its dotted key
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("outptu_dir=runs/x", "outptu_dir"),
-    ("model.embed_dimm=32", "model.embed_dimm"),
-    ("model.modalities.image.haed=mlp", "model.modalities.image.haed"),
-    ("train.batch_szie=8", "train.batch_szie"),
-    ("data.train.colums={image: image}", "data.train.colums"),
-    ("eval.zeroshot.templats=[x]", "eval.zeroshot.templats"),
-    ("model.modalities.image.options.vison_cfg={width: 8}", "model.modalities.image.options.vison_cfg"),
-    ("model.modalities.text.options.poolng=cls", "model.modalities.text.options.poolng"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("outptu_dir=runs/x", "outptu_dir"),
+        ("model.embed_dimm=32", "model.embed_dimm"),
+        ("model.modalities.image.haed=mlp", "model.modalities.image.haed"),
+        ("train.batch_szie=8", "train.batch_szie"),
+        ("data.train.colums={image: image}", "data.train.colums"),
+        ("eval.zeroshot.templats=[x]", "eval.zeroshot.templats"),
+        ("model.modalities.image.options.vison_cfg={width: 8}", "model.modalities.image.options.vison_cfg"),
+        ("model.modalities.text.options.poolng=cls", "model.modalities.text.options.poolng"),
+    ],
+)
 def test_misspelled_key(override, key):
     msg = config_error(overrides=[override])
     assert f"'{key}'" in msg
     assert "unknown key" in msg
 
 
-@pytest.mark.parametrize("modality, section, bad", [
-    ("image", "vision_cfg", "patch_szie"),
-    ("text", "text_cfg", "laers"),
-])
+@pytest.mark.parametrize(
+    "modality, section, bad",
+    [
+        ("image", "vision_cfg", "patch_szie"),
+        ("text", "text_cfg", "laers"),
+    ],
+)
 def test_misspelled_open_clip_tower_key(modality, section, bad):
     msg = config_error(overrides=[f"model.modalities.{modality}.options.{section}.{bad}=4"])
     assert f"'model.modalities.{modality}.options.{section}'" in msg
     assert f"{section}.{bad}" in msg
 
 
-@pytest.mark.parametrize("override, key, words", [
-    ("train.steps=abc", "train.steps", "integer"),
-    ("train.lr=-1", "train.lr", "greater than"),
-    ("train.mixed_precision=fp8", "train.mixed_precision", "'bf16'"),
-    ("model.modalities.image.head=mlpp", "model.modalities.image.head", "'mlp'"),
-    ("model.modalities.image.options.output_dim=zero", "model.modalities.image.options.output_dim", "integer"),
-    ("model.modalities.text.options.pooling=max", "model.modalities.text.options.pooling", "'cls'"),
-    ("data.train.max_samples=0", "data.train.max_samples", "greater than"),
-    ("eval.zeroshot.classnames=[one]", "eval.zeroshot.classnames", "at least 2"),
-])
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("train.steps=abc", "train.steps", "integer"),
+        ("train.lr=-1", "train.lr", "greater than"),
+        ("train.mixed_precision=fp8", "train.mixed_precision", "'bf16'"),
+        ("model.modalities.image.head=mlpp", "model.modalities.image.head", "'mlp'"),
+        ("model.modalities.image.options.output_dim=zero", "model.modalities.image.options.output_dim", "integer"),
+        ("model.modalities.text.options.pooling=max", "model.modalities.text.options.pooling", "'cls'"),
+        ("data.train.max_samples=0", "data.train.max_samples", "greater than"),
+        ("eval.zeroshot.classnames=[one]", "eval.zeroshot.classnames", "at least 2"),
+    ],
+)
 def test_wrong_type_or_value(override, key, words):
     msg = config_error(overrides=[override])
     assert f"'{key}'" in msg and words in msg
 
 
-@pytest.mark.parametrize("delete, key", [
-    (("data", "train"), "data.train"),
-    (("model", "modalities"), "model.modalities"),
-    (("model",), "model"),
-    (("eval", "zeroshot", "templates"), "eval.zeroshot.templates"),
-])
+@pytest.mark.parametrize(
+    "delete, key",
+    [
+        (("data", "train"), "data.train"),
+        (("model", "modalities"), "model.modalities"),
+        (("model",), "model"),
+        (("eval", "zeroshot", "templates"), "eval.zeroshot.templates"),
+    ],
+)
 def test_missing_required(delete, key):
     data = demo_dict()
     node = data
@@ -126,16 +140,18 @@ def test_missing_required_from_yaml_file(tmp_path):
     assert "'data.train'" in msg
 
 
-@pytest.mark.parametrize("override, key, modality", [
-    ("data.train.columns.audio=wav", "data.train.columns.audio", "audio"),
-    ("data.val={source: sklearn-digits, split: test, columns: {depth: image}}", "data.val.columns.depth",
-     "depth"),
-    ("eval.data.columns.audio=wav", "eval.data.columns.audio", "audio"),
-    ("train.pairs=[[image, audio]]", "train.pairs[0]", "audio"),
-    ("eval.zeroshot.query=audio", "eval.zeroshot.query", "audio"),
-    ("eval.zeroshot.prompt_modality=audio", "eval.zeroshot.prompt_modality", "audio"),
-    ("eval.retrieval.b=audio", "eval.retrieval.b", "audio"),
-])
+@pytest.mark.parametrize(
+    "override, key, modality",
+    [
+        ("data.train.columns.audio=wav", "data.train.columns.audio", "audio"),
+        ("data.val={source: sklearn-digits, split: test, columns: {depth: image}}", "data.val.columns.depth", "depth"),
+        ("eval.data.columns.audio=wav", "eval.data.columns.audio", "audio"),
+        ("train.pairs=[[image, audio]]", "train.pairs[0]", "audio"),
+        ("eval.zeroshot.query=audio", "eval.zeroshot.query", "audio"),
+        ("eval.zeroshot.prompt_modality=audio", "eval.zeroshot.prompt_modality", "audio"),
+        ("eval.retrieval.b=audio", "eval.retrieval.b", "audio"),
+    ],
+)
 def test_column_or_pair_names_modality_the_model_lacks(override, key, modality):
     msg = config_error(overrides=[override])
     assert f"'{key}'" in msg and f"'{modality}'" in msg
@@ -154,11 +170,14 @@ def test_pair_without_train_column():
     assert config_from_dict(data).loss_pairs() == [("image", "text")]
 
 
-@pytest.mark.parametrize("override, key, name", [
-    ("model.modalities.image.adapter=nope", "model.modalities.image.adapter", "nope"),
-    ("model.modalities.smell={options: {}}", "model.modalities.smell.adapter", "smell"),
-    ("model.modalities.image.adapter=not-an-identifier", "model.modalities.image.adapter", "not-an-identifier"),
-])
+@pytest.mark.parametrize(
+    "override, key, name",
+    [
+        ("model.modalities.image.adapter=nope", "model.modalities.image.adapter", "nope"),
+        ("model.modalities.smell={options: {}}", "model.modalities.smell.adapter", "smell"),
+        ("model.modalities.image.adapter=not-an-identifier", "model.modalities.image.adapter", "not-an-identifier"),
+    ],
+)
 def test_unknown_adapter(override, key, name):
     msg = config_error(overrides=[override])
     assert f"'{key}'" in msg and f"'{name}'" in msg
@@ -184,26 +203,56 @@ def test_several_errors_are_all_reported():
 # overrides and files
 # --------------------------------------------------------------------------------------------
 
+
 def test_parse_overrides_values_are_yaml():
-    parsed = dict(parse_overrides([
-        "train.steps=7", "train.lr=0.01", "train.compile=true", "train.grad_clip=null",
-        "train.betas=[0.8, 0.9]", "output_dir=runs/x=y", "model.modalities.image.options.mean=[0.5,0.5,0.5]",
-        "data.train.columns={image: img}", " seed = 3", "train.pairs=[[image, text]]", "name='007'",
-    ]))
+    parsed = dict(
+        parse_overrides(
+            [
+                "train.steps=7",
+                "train.lr=0.01",
+                "train.compile=true",
+                "train.grad_clip=null",
+                "train.betas=[0.8, 0.9]",
+                "output_dir=runs/x=y",
+                "model.modalities.image.options.mean=[0.5,0.5,0.5]",
+                "data.train.columns={image: img}",
+                " seed = 3",
+                "train.pairs=[[image, text]]",
+                "name='007'",
+            ]
+        )
+    )
     assert parsed == {
-        "train.steps": 7, "train.lr": 0.01, "train.compile": True, "train.grad_clip": None,
-        "train.betas": [0.8, 0.9], "output_dir": "runs/x=y",
-        "model.modalities.image.options.mean": [0.5, 0.5, 0.5], "data.train.columns": {"image": "img"},
-        "seed": 3, "train.pairs": [["image", "text"]], "name": "007",
+        "train.steps": 7,
+        "train.lr": 0.01,
+        "train.compile": True,
+        "train.grad_clip": None,
+        "train.betas": [0.8, 0.9],
+        "output_dir": "runs/x=y",
+        "model.modalities.image.options.mean": [0.5, 0.5, 0.5],
+        "data.train.columns": {"image": "img"},
+        "seed": 3,
+        "train.pairs": [["image", "text"]],
+        "name": "007",
     }
     assert type(parsed["train.steps"]) is int and type(parsed["train.lr"]) is float
 
 
 def test_overrides_apply_to_loaded_config():
-    cfg = load_config(DEMO, ["train.steps=7", "train.lr=0.01", "train.compile=true", "train.grad_clip=null",
-                             "train.betas=[0.8, 0.9]", "output_dir=runs/other",
-                             "model.modalities.image.options.vision_cfg.layers=1",
-                             "data.train.max_samples=100", "train.pairs=[[text, image]]"])
+    cfg = load_config(
+        DEMO,
+        [
+            "train.steps=7",
+            "train.lr=0.01",
+            "train.compile=true",
+            "train.grad_clip=null",
+            "train.betas=[0.8, 0.9]",
+            "output_dir=runs/other",
+            "model.modalities.image.options.vision_cfg.layers=1",
+            "data.train.max_samples=100",
+            "train.pairs=[[text, image]]",
+        ],
+    )
     assert cfg.train.steps == 7 and cfg.train.lr == 0.01 and cfg.train.compile is True
     assert cfg.train.grad_clip is None and cfg.train.betas == (0.8, 0.9)
     assert cfg.output_dir == "runs/other" and cfg.data.train.max_samples == 100
@@ -211,15 +260,20 @@ def test_overrides_apply_to_loaded_config():
     assert opts["vision_cfg"]["layers"] == 1 and opts["vision_cfg"]["width"] == 96  # sibling kept
     assert cfg.loss_pairs() == [("text", "image")]
     # a new section can be created by an override
-    cfg = load_config(DEMO, ["data.val.source=sklearn-digits", "data.val.split=test",
-                             "data.val.columns={image: image, text: caption}"])
+    cfg = load_config(
+        DEMO,
+        ["data.val.source=sklearn-digits", "data.val.split=test", "data.val.columns={image: image, text: caption}"],
+    )
     assert cfg.data.val.split == "test" and cfg.data.val.columns == {"image": "image", "text": "caption"}
 
 
-@pytest.mark.parametrize("override, words", [
-    ("train.steps", "dotted.key=value"),
-    ("train.steps.inner=1", "'train.steps' is not a section"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.steps", "dotted.key=value"),
+        ("train.steps.inner=1", "'train.steps' is not a section"),
+    ],
+)
 def test_bad_overrides(override, words):
     assert words in config_error(overrides=[override])
 

@@ -6,6 +6,7 @@ both; the weighted sampler is seeded by epoch and honours its weights; a real ru
 scikit-learn digits (image <-> text) mixed with wine (tabular <-> text) learns and resumes
 exactly; a pair whose modalities never meet in one set is a config error naming its key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,21 +29,47 @@ def mix_config(tmp_path, steps: int = 40, **train) -> dict:
     mods["image"]["options"]["std"] = [0.5] * 3
     mods["tabular"] = {"options": {"encoder": "mlp", "widths": [32], "norm": "layer"}}
     return {
-        "output_dir": str(tmp_path / "run"), "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
         "model": {"embed_dim": 16, "modalities": mods},
-        "data": {"mix": [
-            {"weight": 2.0, "data": {"source": "sklearn-digits", "split": "train",
-                                     "columns": {"image": "image", "text": "caption"}, "label_column": "label"}},
-            {"weight": 1.0, "data": {"source": "sklearn-table", "split": "train",
-                                     "load_kwargs": {"name": "wine", "test_fraction": 0.3, "seed": 0},
-                                     "columns": {"tabular": "features", "text": "label_captions"},
-                                     "label_column": "label",
-                                     "caption_templates": ["a wine from {}.", "an italian wine of {}."]}}]},
-        "train": {"batch_size": 32, "steps": steps, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
-                  "log_every": 5, **train}}
+        "data": {
+            "mix": [
+                {
+                    "weight": 2.0,
+                    "data": {
+                        "source": "sklearn-digits",
+                        "split": "train",
+                        "columns": {"image": "image", "text": "caption"},
+                        "label_column": "label",
+                    },
+                },
+                {
+                    "weight": 1.0,
+                    "data": {
+                        "source": "sklearn-table",
+                        "split": "train",
+                        "load_kwargs": {"name": "wine", "test_fraction": 0.3, "seed": 0},
+                        "columns": {"tabular": "features", "text": "label_captions"},
+                        "label_column": "label",
+                        "caption_templates": ["a wine from {}.", "an italian wine of {}."],
+                    },
+                },
+            ]
+        },
+        "train": {
+            "batch_size": 32,
+            "steps": steps,
+            "lr": 2e-3,
+            "weight_decay": 0.0,
+            "progress": False,
+            "log_every": 5,
+            **train,
+        },
+    }
 
 
 # ---- config ---------------------------------------------------------------------------------
+
 
 def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
     from align.config.schema import config_from_dict
@@ -52,25 +79,43 @@ def test_default_pairs_are_those_that_meet_in_a_set(tmp_path):
     assert cfg.data.train_modalities() == ["image", "text", "tabular"]
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: c["train"].update(pairs=[["image", "tabular"]]),
-     r"'train.pairs\[0\]': image and tabular never appear together"),
-    (lambda c: c["train"].update(anchor="image"), r"'train.anchor': tabular and image never appear together"),
-    (lambda c: c["train"].update(pairs=[], multiway={"loss": "symile", "modalities": ["image", "text", "tabular"]}),
-     r"'train.multiway.modalities': image and text and tabular never appear together"),
-    (lambda c: c["data"].update(train=c["data"]["mix"][0]["data"]), r"'data.train' and data.mix: give one, not both"),
-    (lambda c: c["data"].pop("mix"), r"'data.train' is required"),
-    (lambda c: unlabel(c["data"]["mix"][1]["data"]) or c["model"].update(loss="multi_positive"),
-     r"'model.loss': loss 'multi_positive' .* needs data.mix\[1\].data.label_column"),
-    (lambda c: c["model"]["modalities"]["text"].update(cache="memory"),
-     r"'model.modalities.text.cache': cannot be combined with data.mix"),
-    (lambda c: c["data"]["mix"][0].update(weight=0), r"'data.mix.0.weight'"),
-    (lambda c: c["data"]["mix"][1]["data"]["columns"].update(audio="features"),
-     r"'data.mix\[1\].data.columns.audio': modality 'audio' is not in model.modalities"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (
+            lambda c: c["train"].update(pairs=[["image", "tabular"]]),
+            r"'train.pairs\[0\]': image and tabular never appear together",
+        ),
+        (lambda c: c["train"].update(anchor="image"), r"'train.anchor': tabular and image never appear together"),
+        (
+            lambda c: c["train"].update(
+                pairs=[], multiway={"loss": "symile", "modalities": ["image", "text", "tabular"]}
+            ),
+            r"'train.multiway.modalities': image and text and tabular never appear together",
+        ),
+        (
+            lambda c: c["data"].update(train=c["data"]["mix"][0]["data"]),
+            r"'data.train' and data.mix: give one, not both",
+        ),
+        (lambda c: c["data"].pop("mix"), r"'data.train' is required"),
+        (
+            lambda c: unlabel(c["data"]["mix"][1]["data"]) or c["model"].update(loss="multi_positive"),
+            r"'model.loss': loss 'multi_positive' .* needs data.mix\[1\].data.label_column",
+        ),
+        (
+            lambda c: c["model"]["modalities"]["text"].update(cache="memory"),
+            r"'model.modalities.text.cache': cannot be combined with data.mix",
+        ),
+        (lambda c: c["data"]["mix"][0].update(weight=0), r"'data.mix.0.weight'"),
+        (
+            lambda c: c["data"]["mix"][1]["data"]["columns"].update(audio="features"),
+            r"'data.mix\[1\].data.columns.audio': modality 'audio' is not in model.modalities",
+        ),
+    ],
+)
 def test_bad_mixture_names_the_key(tmp_path, edit, match):
-    from align.errors import ConfigError
     from align.config.schema import config_from_dict
+    from align.errors import ConfigError
 
     raw = mix_config(tmp_path)
     edit(raw)
@@ -94,6 +139,7 @@ def test_anchor_pairs_each_modality_with_the_anchor_it_meets(tmp_path):
 
 # ---- sampler --------------------------------------------------------------------------------
 
+
 def test_sampler_is_seeded_by_epoch_and_honours_weights():
     from align.data.mixture import MixtureSampler
 
@@ -115,14 +161,20 @@ def test_sampler_is_seeded_by_epoch_and_honours_weights():
 
 # ---- the masked loss ------------------------------------------------------------------------
 
+
 def masked_case(seed: int = 0, n: int = 12):
     """Embeddings of a batch of n rows where each modality is present on some rows only."""
     g = torch.Generator().manual_seed(seed)
-    present = {"image": torch.rand(n, generator=g) < 0.6, "tabular": torch.rand(n, generator=g) < 0.5,
-               "text": torch.ones(n, dtype=torch.bool)}
+    present = {
+        "image": torch.rand(n, generator=g) < 0.6,
+        "tabular": torch.rand(n, generator=g) < 0.5,
+        "text": torch.ones(n, dtype=torch.bool),
+    }
     present["tabular"] &= ~present["image"]  # rows are image+text or tabular+text or text alone
-    emb = {m: F.normalize(torch.randn(int(p.sum()), 16, generator=g, dtype=torch.float64), dim=-1)
-           for m, p in present.items()}
+    emb = {
+        m: F.normalize(torch.randn(int(p.sum()), 16, generator=g, dtype=torch.float64), dim=-1)
+        for m, p in present.items()
+    }
     return present, emb
 
 
@@ -174,8 +226,7 @@ def test_a_pair_with_fewer_than_two_rows_is_left_out(tmp_path):
     emb["tabular"] = emb["tabular"][:1]
     only_image = task.loss(emb, present=present)
     present["tabular"][:] = False
-    torch.testing.assert_close(only_image, task.loss({k: v for k, v in emb.items() if k != "tabular"},
-                                                     present=present))
+    torch.testing.assert_close(only_image, task.loss({k: v for k, v in emb.items() if k != "tabular"}, present=present))
 
 
 def test_gradcache_on_a_mixed_batch_equals_the_full_batch_step(tmp_path):
@@ -195,7 +246,7 @@ def test_gradcache_on_a_mixed_batch_equals_the_full_batch_step(tmp_path):
     tables = {k: load_table(spec, k) for k, spec, _ in cfg.data.train_parts()}
     batch = next(iter(build_mixture_loader(cfg, model, tables)))
     present = batch["present"]
-    assert any(not present["tabular"][s:s + 4].any() for s in range(0, 32, 4))  # a micro-batch without it
+    assert any(not present["tabular"][s : s + 4].any() for s in range(0, 32, 4))  # a micro-batch without it
     state = copy.deepcopy(model.state_dict())
     model.zero_grad(set_to_none=True)
     full = task(model, batch)
@@ -210,11 +261,13 @@ def test_gradcache_on_a_mixed_batch_equals_the_full_batch_step(tmp_path):
         assert loss.item() == pytest.approx(full.item(), rel=1e-6)
         assert set(got) == set(want) and any(n.startswith("adapters.tabular.") for n in got)
         for name, w in want.items():
-            torch.testing.assert_close(got[name], w, rtol=1e-5, atol=1e-5 * float(w.abs().max()) + 1e-9,
-                                       msg=f"micro {micro}: {name}")
+            torch.testing.assert_close(
+                got[name], w, rtol=1e-5, atol=1e-5 * float(w.abs().max()) + 1e-9, msg=f"micro {micro}: {name}"
+            )
 
 
 # ---- two processes --------------------------------------------------------------------------
+
 
 def _worker(rank: int, world: int):
     """Rank r holds half the rows of one batch; its loss and the gradients of its embeddings."""
@@ -236,9 +289,8 @@ def test_two_processes_equal_one_holding_both_halves(tmp_path):
     """Each process computes the global loss on the gathered rows; the gather's backward sums the
     processes' gradients, so each embedding's gradient is world_size x the single-process one
     (DDP's average over processes then gives the single-process parameter gradient)."""
-    from tests.support.gloo_world import run_world
-
     from align.config.schema import config_from_dict
+    from tests.support.gloo_world import run_world
 
     results = run_world(__file__, 2, tmp_path)
     cfg = config_from_dict(mix_config(tmp_path))
@@ -252,16 +304,17 @@ def test_two_processes_equal_one_holding_both_halves(tmp_path):
     for m in emb:
         pos = torch.cumsum(present[m].long(), 0) - 1
         for rank, r in enumerate(results):
-            rows = present[m][rank * 8: rank * 8 + 8]
+            rows = present[m][rank * 8 : rank * 8 + 8]
             if rows.any():
-                torch.testing.assert_close(r["grads"][m], 2 * emb[m].grad[pos[rank * 8: rank * 8 + 8][rows]])
+                torch.testing.assert_close(r["grads"][m], 2 * emb[m].grad[pos[rank * 8 : rank * 8 + 8][rows]])
 
 
 # ---- training on real data ------------------------------------------------------------------
 
+
 def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
 
     cfg = config_from_dict(mix_config(tmp_path, steps=60))
     result = train(cfg)
@@ -279,13 +332,17 @@ def test_mixed_run_learns_and_feeds_each_tower_its_rows(tmp_path):
 def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
     """data.val may feed a subset of the mixture's modalities (here image and text only); its loss
     goes through the same masked path, and a val set with a modality no training set has is refused."""
-    from align.errors import ConfigError
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
+    from align.errors import ConfigError
 
     raw = mix_config(tmp_path, steps=10, val_every=5)
-    raw["data"]["val"] = {"source": "sklearn-digits", "split": "test", "columns": {"image": "image", "text": "caption"},
-                          "label_column": "label"}
+    raw["data"]["val"] = {
+        "source": "sklearn-digits",
+        "split": "test",
+        "columns": {"image": "image", "text": "caption"},
+        "label_column": "label",
+    }
     result = train(config_from_dict(raw))
     assert [s for s, _ in result.val_losses] == [5, 10] and all(np.isfinite(v) for _, v in result.val_losses)
     raw["data"]["val"]["columns"]["audio"] = "image"
@@ -298,8 +355,8 @@ def test_mixed_run_with_a_validation_set_of_some_modalities(tmp_path):
 def test_mixed_run_resumes_exactly(tmp_path, momentum):
     """Also with model.momentum (ALBEF queues): each modality's queue fills at its own rate (text is
     on every row, image and tabular on their sets' rows), and the queues resume exactly."""
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
 
     def cfg(out):
         raw = mix_config(out, steps=12, checkpoint_every=6)
@@ -321,8 +378,9 @@ def test_mixed_run_resumes_exactly(tmp_path, momentum):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)  # towers, EMA towers, queues
 
 
-@pytest.mark.parametrize("mixed, micro, momentum", [(True, None, False), (True, 4, False), (True, None, True),
-                                                    (False, None, False)])
+@pytest.mark.parametrize(
+    "mixed, micro, momentum", [(True, None, False), (True, 4, False), (True, None, True), (False, None, False)]
+)
 def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixed, micro, momentum):
     """Two DDP processes (gloo) through ``align train``. Mixed: a rare second set and batches of 8,
     so most steps some process has no tabular row (its tower idle) or the tabular pair has under
@@ -347,9 +405,25 @@ def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixe
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE", "LOCAL_"))}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(_free_port()), "-m", "align", "train", str(path)], env={**env, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "align",
+            "train",
+            str(path),
+        ],
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [__import__("json").loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "train/loss" in r][-1] == 8
@@ -359,21 +433,32 @@ def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixe
 SHARED = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-@pytest.mark.skipif(not (SHARED / "audio" / "fsdd").is_dir() or not (SHARED / "graph" / "tu").is_dir(),
-                    reason="shared data not found")
+@pytest.mark.skipif(
+    not (SHARED / "audio" / "fsdd").is_dir() or not (SHARED / "graph" / "tu").is_dir(), reason="shared data not found"
+)
 def test_six_modality_config_runs_as_it_is(tmp_path, monkeypatch):
     """configs/six-modalities.yaml, a few small steps: every set loads, every tower gets rows and
     a gradient, the checkpoint holds all six towers."""
-    from align.model.checkpoint import load_model
-    from align.config.schema import load_config
     from align.app.trainer import train
+    from align.config.schema import load_config
+    from align.model.checkpoint import load_model
 
     repo = __import__("pathlib").Path(__file__).resolve().parents[2]
     monkeypatch.chdir(repo)  # the config's data paths are relative to the checkout
-    cfg = load_config(repo / "configs" / "six-modalities.yaml",
-                      [f"output_dir={tmp_path / 'run'}", "train.steps=3", "train.batch_size=40", "train.progress=false",
-                       "train.eval_at_end=false", "data.num_workers=0", "train.warmup_steps=0",
-                       "train.checkpoint_every=1", "train.weight_decay=0"])
+    cfg = load_config(
+        repo / "configs" / "six-modalities.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "train.steps=3",
+            "train.batch_size=40",
+            "train.progress=false",
+            "train.eval_at_end=false",
+            "data.num_workers=0",
+            "train.warmup_steps=0",
+            "train.checkpoint_every=1",
+            "train.weight_decay=0",
+        ],
+    )
     result = train(cfg)
     assert len(result.losses) == 3 and all(np.isfinite(v) for _, v in result.losses)
     first, _ = load_model(tmp_path / "run" / "checkpoints" / "step-000001")

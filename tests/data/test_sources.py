@@ -1,5 +1,6 @@
 """Builtin sources on the real shared data (FSDD file names, MNIST 5k pixel CSV), row filters,
 label names, joining two tables by label, and skip-and-count for samples that fail to load."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,8 @@ import pytest
 
 from align.config.dataset import DatasetSpec
 from align.config.schema import config_from_dict
-from align.errors import DataError
 from align.data.tables import load_table
+from align.errors import DataError
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
@@ -24,8 +25,13 @@ pytestmark = pytest.mark.skipif(not FSDD.is_dir() or not MNIST.is_file(), reason
 
 
 def fsdd_spec(**kw) -> DatasetSpec:
-    base = {"source": "files", "data_files": str(FSDD / "*.wav"), "columns": {"audio": "path"},
-            "label_column": "label", "load_kwargs": {"pattern": FSDD_PATTERN}}
+    base = {
+        "source": "files",
+        "data_files": str(FSDD / "*.wav"),
+        "columns": {"audio": "path"},
+        "label_column": "label",
+        "load_kwargs": {"pattern": FSDD_PATTERN},
+    }
     return DatasetSpec.model_validate({**base, **kw})
 
 
@@ -50,8 +56,13 @@ def test_files_source_parses_fsdd_names_and_filters_the_official_split():
 
 
 def test_label_names_make_captions_from_class_names():
-    table = load_table(fsdd_spec(where={"take": {"eq": 0}}, label_names=DIGITS,
-                                 caption_templates=["a person saying the number {}", "someone says {}"]))
+    table = load_table(
+        fsdd_spec(
+            where={"take": {"eq": 0}},
+            label_names=DIGITS,
+            caption_templates=["a person saying the number {}", "someone says {}"],
+        )
+    )
     assert table.features["label"].names == DIGITS
     for row in table:
         assert DIGITS[row["label"]] in row["label_captions"][0]
@@ -79,24 +90,35 @@ def test_pixel_csv_reads_mnist5k_with_a_fixed_stratified_split():
     test = load_table(DatasetSpec.model_validate({**spec, "split": "test"}))
     assert len(train) == 4000 and len(test) == 1000
     assert np.bincount(test["label"]).tolist() == [100] * 10
-    from PIL import Image
     import io
+
+    from PIL import Image
+
     img = Image.open(io.BytesIO(test[0]["image"]["bytes"]))
     assert img.size == (28, 28)
     raw = np.loadtxt(MNIST, delimiter=",", dtype=np.int64)  # the first test row is a real MNIST row
     flat = np.asarray(img).reshape(-1)
     match = np.nonzero((raw[:, :-1] == flat).all(1))[0]
     assert len(match) >= 1 and raw[match[0], -1] == test[0]["label"]
-    assert test[0]["caption"][0].endswith(DIGITS[test[0]["label"]] + ".") or DIGITS[test[0]["label"]] in test[0]["caption"][0]
+    assert (
+        test[0]["caption"][0].endswith(DIGITS[test[0]["label"]] + ".")
+        or DIGITS[test[0]["label"]] in test[0]["caption"][0]
+    )
     with pytest.raises(DataError, match="expected 63 pixel columns"):
         load_table(DatasetSpec.model_validate({**spec, "load_kwargs": {"shape": [9, 7]}}))
 
 
 def test_join_pairs_each_recording_with_an_mnist_digit_of_its_class():
-    mnist = {"source": "pixel-csv", "data_files": str(MNIST), "split": "test", "label_column": "label",
-             "columns": {"image": "image"}}
-    spec = fsdd_spec(where={"take": {"lt": 5}}, columns={"audio": "path", "image": "image"},
-                     join={"data": mnist, "by": "label"})
+    mnist = {
+        "source": "pixel-csv",
+        "data_files": str(MNIST),
+        "split": "test",
+        "label_column": "label",
+        "columns": {"image": "image"},
+    }
+    spec = fsdd_spec(
+        where={"take": {"lt": 5}}, columns={"audio": "path", "image": "image"}, join={"data": mnist, "by": "label"}
+    )
     table = load_table(spec)
     assert len(table) == 300 and "image" in table.column_names
     images = load_table(DatasetSpec.model_validate(mnist))
@@ -106,24 +128,37 @@ def test_join_pairs_each_recording_with_an_mnist_digit_of_its_class():
     # 30 recordings per class, 100 images per class: no image used twice
     assert len({img["bytes"] for img in table["image"]}) == 300
     assert load_table(spec)["image"] == table["image"]  # fixed pairing
-    other = load_table(fsdd_spec(where={"take": {"lt": 5}}, columns={"audio": "path", "image": "image"},
-                                 join={"data": mnist, "by": "label", "seed": 1}))
+    other = load_table(
+        fsdd_spec(
+            where={"take": {"lt": 5}},
+            columns={"audio": "path", "image": "image"},
+            join={"data": mnist, "by": "label", "seed": 1},
+        )
+    )
     assert other["image"] != table["image"]
     with pytest.raises(DataError, match=r"data.train.join.by.*'digit'"):
-        load_table(fsdd_spec(columns={"audio": "path", "image": "image"},
-                             join={"data": mnist, "by": "digit"}))
+        load_table(fsdd_spec(columns={"audio": "path", "image": "image"}, join={"data": mnist, "by": "digit"}))
     with pytest.raises(DataError, match=r"already exist"):
-        load_table(fsdd_spec(columns={"audio": "path"}, join={"data": {**mnist, "columns": {"path": "image"}},
-                                                               "by": "label"}))
+        load_table(
+            fsdd_spec(columns={"audio": "path"}, join={"data": {**mnist, "columns": {"path": "image"}}, "by": "label"})
+        )
 
 
 TINY = {
     "embed_dim": 16,
     "modalities": {
-        "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
-                                             "head_width": 16}, "output_dim": 32}},
-        "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                          "layers": 1}, "output_dim": 32}},
+        "image": {
+            "options": {
+                "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+                "output_dim": 32,
+            }
+        },
+        "text": {
+            "options": {
+                "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+                "output_dim": 32,
+            }
+        },
     },
 }
 
@@ -149,17 +184,30 @@ def images_with_a_corrupt_one(tmp_path_factory):
 
 
 def _skip_config(root: Path, out: Path, on_error: str) -> dict:
-    spec = {"source": "json", "data_files": str(root / "rows.jsonl"), "columns": {"image": "file", "text": "caption"},
-            "label_column": "label", "on_error": on_error, "load_kwargs": {"cache_dir": str(out / "hf")}}
-    return {"output_dir": str(out), "model": copy.deepcopy(TINY), "data": {"train": spec},
-            "train": {"batch_size": 8, "steps": 6, "progress": False, "log_every": 3},
-            "eval": {"data": spec, "zeroshot": {"query": "image", "classnames": DIGITS, "templates": ["the digit {}"]},
-                     "retrieval": {"a": "image", "b": "text", "ks": [1]}}}
+    spec = {
+        "source": "json",
+        "data_files": str(root / "rows.jsonl"),
+        "columns": {"image": "file", "text": "caption"},
+        "label_column": "label",
+        "on_error": on_error,
+        "load_kwargs": {"cache_dir": str(out / "hf")},
+    }
+    return {
+        "output_dir": str(out),
+        "model": copy.deepcopy(TINY),
+        "data": {"train": spec},
+        "train": {"batch_size": 8, "steps": 6, "progress": False, "log_every": 3},
+        "eval": {
+            "data": spec,
+            "zeroshot": {"query": "image", "classnames": DIGITS, "templates": ["the digit {}"]},
+            "retrieval": {"a": "image", "b": "text", "ks": [1]},
+        },
+    }
 
 
 def test_corrupt_file_raises_naming_the_file_by_default(images_with_a_corrupt_one, tmp_path):
-    from align.errors import SampleError
     from align.app.trainer import train
+    from align.errors import SampleError
 
     cfg = config_from_dict(_skip_config(images_with_a_corrupt_one, tmp_path, "raise"))
     with pytest.raises(SampleError, match=r"row 5, column 'file' \(image\).*5\.png"):
@@ -190,8 +238,10 @@ def test_saved_config_reloads_filters_and_joins(tmp_path):
     from align.config.schema import dump_config, load_config
 
     repo = Path(__file__).resolve().parents[2]
-    cfg = load_config(repo / "configs" / "fsdd-mnist-audio-image.yaml",
-                      ["data.train.where={speaker: {in: [theo, lucas]}, take: {ge: 5}}"])
+    cfg = load_config(
+        repo / "configs" / "fsdd-mnist-audio-image.yaml",
+        ["data.train.where={speaker: {in: [theo, lucas]}, take: {ge: 5}}"],
+    )
     dump_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again.data.train.where == cfg.data.train.where

@@ -2,6 +2,7 @@
 real data: scikit-learn's digits (.png + .txt + .json with the label) and FSDD recordings (.wav +
 .txt + .json). Sharding over processes and DataLoader workers, per-sample augmentation seeds,
 exact resume, corrupt members, what is refused, a real 2-process run and configs/fsdd_shards.yaml."""
+
 from __future__ import annotations
 
 import copy
@@ -18,23 +19,30 @@ import pytest
 import torch
 import yaml
 
-from align.model.checkpoint import load_training_state, resolve_checkpoint
-from align.errors import ConfigError
-from align.config.dataset import DatasetSpec
-from align.config.schema import ModelConfig, config_from_dict, load_config
-from align.errors import SampleError
-from align.model.align_model import AlignModel
-from align.data.shards import write_shards
-from align.data.streaming import StreamingLoader
 from align.app.cli import main as align_main
 from align.app.trainer import train
+from align.config.dataset import DatasetSpec
+from align.config.schema import ModelConfig, config_from_dict, load_config
+from align.data.shards import write_shards
+from align.data.streaming import StreamingLoader
+from align.errors import ConfigError, SampleError
+from align.model.align_model import AlignModel
+from align.model.checkpoint import load_training_state, resolve_checkpoint
 from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 REPO = Path(__file__).resolve().parents[2]
 FSDD = REPO.parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-TINY_AST = {"sample_rate": 8000, "clip_seconds": 0.25, "n_mels": 32, "patch_size": 8, "patch_stride": 8,
-            "width": 32, "layers": 1, "heads": 2}  # 0.25 s: shorter than every clip, so crops are random
+TINY_AST = {
+    "sample_rate": 8000,
+    "clip_seconds": 0.25,
+    "n_mels": 32,
+    "patch_size": 8,
+    "patch_stride": 8,
+    "width": 32,
+    "layers": 1,
+    "heads": 2,
+}  # 0.25 s: shorter than every clip, so crops are random
 
 pytestmark = pytest.mark.skipif(not FSDD.is_dir(), reason="shared data missing")
 
@@ -49,8 +57,12 @@ def digit_rows(start: int = 0, stop: int = 120, bad: str | None = None):
         buf = io.BytesIO()
         Image.fromarray((digits.images[i] * (255 / 16)).round().astype(np.uint8)).save(buf, format="PNG")
         label, key = int(digits.target[i]), f"digit{i:04d}"
-        yield {"__key__": key, "png": b"not a png at all" if key == bad else buf.getvalue(),
-               "txt": f"a handwritten {NAMES[label]}.", "json": {"label": label}}
+        yield {
+            "__key__": key,
+            "png": b"not a png at all" if key == bad else buf.getvalue(),
+            "txt": f"a handwritten {NAMES[label]}.",
+            "json": {"label": label},
+        }
 
 
 def fsdd_rows(files: list[Path], bad: str | None = None):
@@ -58,9 +70,12 @@ def fsdd_rows(files: list[Path], bad: str | None = None):
     for f in files:
         label, speaker, take = f.stem.split("_")
         data = f.read_bytes()
-        yield {"__key__": f.stem, "wav": data[:60] if f.stem == bad else data,
-               "txt": f"a person saying {NAMES[int(label)]}.",
-               "json": {"label": int(label), "speaker": speaker, "take": int(take)}}
+        yield {
+            "__key__": f.stem,
+            "wav": data[:60] if f.stem == bad else data,
+            "txt": f"a person saying {NAMES[int(label)]}.",
+            "json": {"label": int(label), "speaker": speaker, "take": int(take)},
+        }
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +94,29 @@ def pre() -> dict:
 
 
 def digit_spec(files, **kw) -> dict:
-    return {"source": "webdataset", "data_files": files, "streaming": True, "shuffle_buffer": 16,
-            "columns": {"image": "png", "text": "txt"}, "label_column": "json.label", **kw}
+    return {
+        "source": "webdataset",
+        "data_files": files,
+        "streaming": True,
+        "shuffle_buffer": 16,
+        "columns": {"image": "png", "text": "txt"},
+        "label_column": "json.label",
+        **kw,
+    }
 
 
 def stream(spec: dict, pre: dict, batch_size: int, workers: int = 0, rank: int = 0, world: int = 1):
     spec = DatasetSpec(**spec)
-    return StreamingLoader(spec, "data.train", {m: pre[m] for m in spec.columns}, batch_size, seed=3,
-                           num_workers=workers, rank=rank, world_size=world)
+    return StreamingLoader(
+        spec,
+        "data.train",
+        {m: pre[m] for m in spec.columns},
+        batch_size,
+        seed=3,
+        num_workers=workers,
+        rank=rank,
+        world_size=world,
+    )
 
 
 def take(loader: StreamingLoader, n: int) -> list[dict]:
@@ -133,13 +163,18 @@ def test_batches_are_full_and_the_tails_dropped(shards, pre):
 
 
 def test_augmentation_seeds_do_not_depend_on_workers(shards, pre):
-    spec = {"source": "webdataset", "data_files": str(shards / "fsdd-*.tar"), "streaming": True,
-            "columns": {"audio": "wav", "text": "txt"}}
+    spec = {
+        "source": "webdataset",
+        "data_files": str(shards / "fsdd-*.tar"),
+        "streaming": True,
+        "columns": {"audio": "wav", "text": "txt"},
+    }
     by_workers = {}
     for workers in (0, 2):
         loader = stream(spec, pre, 1, workers)
-        by_workers[workers] = [{k: b["audio"][0] for b in loader.epoch_batches() for k in b["keys"]}
-                               for _epoch in range(2)]
+        by_workers[workers] = [
+            {k: b["audio"][0] for b in loader.epoch_batches() for k in b["keys"]} for _epoch in range(2)
+        ]
     for epoch in range(2):
         zero, two = by_workers[0][epoch], by_workers[2][epoch]
         assert sorted(zero) == sorted(two) and len(zero) == 60
@@ -171,11 +206,21 @@ def test_loader_resumes_exactly(shards, pre, stop):
 
 
 def run_config(out: Path, files, **train_opts) -> dict:
-    return {"output_dir": str(out), "seed": 3,
-            "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES)},
-            "data": {"train": digit_spec(files), "num_workers": 2},
-            "train": {"batch_size": 16, "steps": 10, "lr": 1e-3, "warmup_steps": 2, "progress": False,
-                      "log_every": 1, **train_opts}}
+    return {
+        "output_dir": str(out),
+        "seed": 3,
+        "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES)},
+        "data": {"train": digit_spec(files), "num_workers": 2},
+        "train": {
+            "batch_size": 16,
+            "steps": 10,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+            "progress": False,
+            "log_every": 1,
+            **train_opts,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +248,13 @@ def test_training_resumed_mid_stream_equals_uninterrupted(resumed_runs):
     assert abs(full.losses[0][1] - full.losses[-1][1]) > 1e-3  # it trained: agreement is not trivial
 
 
-@pytest.mark.parametrize("override, key", [
-    ({"data_files": "three"}, "data.train.data_files"),
-    ({"num_workers": 1}, "data.num_workers"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"data_files": "three"}, "data.train.data_files"),
+        ({"num_workers": 1}, "data.num_workers"),
+    ],
+)
 def test_resume_refuses_another_stream_layout(resumed_runs, shards, override, key):
     run_dir = resumed_runs[-1]
     data = run_config(run_dir, str(shards / "digits-*.tar"), checkpoint_every=5)
@@ -227,8 +275,14 @@ def test_corrupt_member_is_skipped_and_counted_or_raised(tmp_path, pre, kind):
         files = sorted(FSDD.glob("*_george_6.wav"))[:12]
         bad = files[3].stem
         write_shards(fsdd_rows(files, bad=bad), tmp_path, 12, prefix="bad")
-        spec = {"source": "webdataset", "data_files": str(tmp_path / "bad-*.tar"), "streaming": True,
-                "shuffle_buffer": 1, "columns": {"audio": "wav", "text": "txt"}, "label_column": "json.label"}
+        spec = {
+            "source": "webdataset",
+            "data_files": str(tmp_path / "bad-*.tar"),
+            "streaming": True,
+            "shuffle_buffer": 1,
+            "columns": {"audio": "wav", "text": "txt"},
+            "label_column": "json.label",
+        }
     batches = list(stream({**spec, "on_error": "skip"}, pre, 4).epoch_batches())
     assert [len(b["keys"]) for b in batches] == [4, 4]  # 11 good samples: full batches, 3 dropped
     assert [int(b["skipped"]) for b in batches] == [1, 0]
@@ -250,27 +304,48 @@ def test_damaged_member_the_builder_decodes_stops_naming_the_shard(tmp_path, pre
 def test_skipped_samples_reach_the_training_log(tmp_path):
     files = sorted(FSDD.glob("*_george_7.wav"))
     write_shards(fsdd_rows(files, bad=files[2].stem), tmp_path / "shards", 5, prefix="bad")
-    res = train(config_from_dict({
-        "output_dir": str(tmp_path / "run"), "seed": 0,
-        "model": {"embed_dim": 16, "modalities": {"audio": {"options": dict(TINY_AST)},
-                                                  "text": copy.deepcopy(TINY_MODALITIES["text"])}},
-        "data": {"train": {"source": "webdataset", "data_files": str(tmp_path / "shards" / "bad-*.tar"),
-                           "streaming": True, "shuffle_buffer": 1, "on_error": "skip",
-                           "columns": {"audio": "wav", "text": "txt"}}},
-        "train": {"batch_size": 4, "steps": 2, "progress": False, "log_every": 1}}))
+    res = train(
+        config_from_dict(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "seed": 0,
+                "model": {
+                    "embed_dim": 16,
+                    "modalities": {
+                        "audio": {"options": dict(TINY_AST)},
+                        "text": copy.deepcopy(TINY_MODALITIES["text"]),
+                    },
+                },
+                "data": {
+                    "train": {
+                        "source": "webdataset",
+                        "data_files": str(tmp_path / "shards" / "bad-*.tar"),
+                        "streaming": True,
+                        "shuffle_buffer": 1,
+                        "on_error": "skip",
+                        "columns": {"audio": "wav", "text": "txt"},
+                    }
+                },
+                "train": {"batch_size": 4, "steps": 2, "progress": False, "log_every": 1},
+            }
+        )
+    )
     assert res.skipped == 1
     logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert logged[-1]["data/skipped"] == 1
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"source": "sklearn-digits"}, "data.train.streaming"),
-    ({"holdout": {"take": "train"}}, "data.train.streaming"),
-    ({"where": {"json.label": {"lt": 5}}}, "data.train.streaming"),
-    ({"max_samples": 10}, "data.train.streaming"),
-    ({"caption_templates": ["the digit {}."]}, "data.train.streaming"),
-    ({"shuffle_buffer": 0}, "data.train.shuffle_buffer"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"source": "sklearn-digits"}, "data.train.streaming"),
+        ({"holdout": {"take": "train"}}, "data.train.streaming"),
+        ({"where": {"json.label": {"lt": 5}}}, "data.train.streaming"),
+        ({"max_samples": 10}, "data.train.streaming"),
+        ({"caption_templates": ["the digit {}."]}, "data.train.streaming"),
+        ({"shuffle_buffer": 0}, "data.train.shuffle_buffer"),
+    ],
+)
 def test_config_refuses_what_cannot_stream(tmp_path, change, key):
     data = run_config(tmp_path, "x-*.tar")
     data["data"]["train"].update(change)
@@ -314,11 +389,30 @@ def test_two_processes_stay_in_lockstep(tmp_path):
     data["train"]["batch_size"] = 8
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(data))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")
-           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ACCELERATE_")
+        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "align", "train", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "align",
+        "train",
+        str(cfg_file),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     state = load_training_state(resolve_checkpoint(tmp_path / "run"))["stream"]
@@ -333,12 +427,34 @@ def test_two_processes_stay_in_lockstep(tmp_path):
 def test_fsdd_shards_config_trains(tmp_path, monkeypatch):
     """configs/fsdd_shards.yaml as documented: write shards with `align shards`, train."""
     monkeypatch.chdir(REPO)  # the configs read ../shared/data from the checkout root
-    assert align_main(["shards", "configs/fsdd-audio-text.yaml", str(tmp_path / "shards"), "--key", "eval.data",
-                        "--prefix", "fsdd", "--shard-size", "200"]) == 0  # the 600 test takes: 3 shards
-    cfg = load_config(REPO / "configs" / "fsdd_shards.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"data.train.data_files={tmp_path / 'shards'}/fsdd-*.tar",
-        "train.steps=2", "train.batch_size=8", "train.eval_at_end=false", "train.progress=false",
-        "data.num_workers=1"])
+    assert (
+        align_main(
+            [
+                "shards",
+                "configs/fsdd-audio-text.yaml",
+                str(tmp_path / "shards"),
+                "--key",
+                "eval.data",
+                "--prefix",
+                "fsdd",
+                "--shard-size",
+                "200",
+            ]
+        )
+        == 0
+    )  # the 600 test takes: 3 shards
+    cfg = load_config(
+        REPO / "configs" / "fsdd_shards.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            f"data.train.data_files={tmp_path / 'shards'}/fsdd-*.tar",
+            "train.steps=2",
+            "train.batch_size=8",
+            "train.eval_at_end=false",
+            "train.progress=false",
+            "data.num_workers=1",
+        ],
+    )
     res = train(cfg)
     assert [s for s, _ in res.losses] == [1, 2] and all(np.isfinite(v) for _, v in res.losses)
     summary = json.loads((tmp_path / "run" / "data.json").read_text())

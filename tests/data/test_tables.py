@@ -1,5 +1,6 @@
 """Data: the builtin sklearn-digits split, loading local tables (imagefolder, csv, json lines) with
 config-key error messages, and PairedDataset / Collator on real images."""
+
 from __future__ import annotations
 
 import collections
@@ -21,9 +22,8 @@ from align.config.dataset import DatasetSpec
 from align.data.sources.common import DIGIT_NAMES
 from align.data.sources.sklearn_digits import sklearn_digits
 from align.data.tables import Collator, PairedDataset, load_table
-from align.errors import DataError
+from align.errors import DataError, SampleError
 from align.modalities import build_adapter
-from align.errors import SampleError
 
 # ../shared/data beside the checkout (CI has it too)
 MNIST5K = Path(__file__).resolve().parents[3] / "shared" / "data" / "image" / "mnist5k" / "mnist_5k.csv.gz"
@@ -34,6 +34,7 @@ TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
 # --------------------------------------------------------------------------------------------
 # builtin sklearn-digits
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digit_splits():
@@ -64,7 +65,8 @@ def test_sklearn_digits_sizes_labels_and_partition(digit_splits):
     digits = load_digits()
     ref = collections.Counter(
         ((img * 255.0 / 16.0).round().astype(np.uint8).tobytes(), int(t))
-        for img, t in zip(digits.images, digits.target))
+        for img, t in zip(digits.images, digits.target)
+    )
     got = collections.Counter(_key(im, lab) for ds in (train, test) for im, lab in zip(ds["image"], ds["label"]))
     assert got == ref
     train_keys = {_key(im, lab) for im, lab in zip(train["image"], train["label"])}
@@ -102,6 +104,7 @@ def test_sklearn_digits_bad_split():
 # --------------------------------------------------------------------------------------------
 # local tables
 # --------------------------------------------------------------------------------------------
+
 
 def _digit_arrays(n_per_class: int = 1) -> list[tuple[np.ndarray, int]]:
     """Real handwritten digits, one (or more) per class: MNIST 28x28 from the shared copy when
@@ -160,8 +163,13 @@ def _spec(tmp_path, **kw) -> DatasetSpec:
 
 
 def test_load_imagefolder(digit_files, tmp_path):
-    spec = _spec(tmp_path, source="imagefolder", data_dir=str(digit_files["root"] / "folder"),
-                 columns={"image": "image"}, label_column="label")
+    spec = _spec(
+        tmp_path,
+        source="imagefolder",
+        data_dir=str(digit_files["root"] / "folder"),
+        columns={"image": "image"},
+        label_column="label",
+    )
     ds = load_table(spec)
     assert len(ds) == 10
     assert ds.features["label"].names == [str(d) for d in range(10)]
@@ -182,28 +190,51 @@ def test_load_imagefolder(digit_files, tmp_path):
 
 def test_load_csv_and_json_lines(digit_files, tmp_path):
     rows = digit_files["rows"]
-    ds = load_table(_spec(tmp_path, source="csv", data_files=str(digit_files["root"] / "pairs.csv"),
-                          columns={"image": "file", "text": "caption"}, label_column="label"))
+    ds = load_table(
+        _spec(
+            tmp_path,
+            source="csv",
+            data_files=str(digit_files["root"] / "pairs.csv"),
+            columns={"image": "file", "text": "caption"},
+            label_column="label",
+        )
+    )
     assert ds["file"] == [r["file"] for r in rows]
     assert ds["caption"] == [r["caption"] for r in rows]
     assert ds["label"] == [r["label"] for r in rows]
 
-    ds = load_table(_spec(tmp_path, source="json", data_files=str(digit_files["root"] / "pairs.jsonl"),
-                          columns={"image": "img", "text": "text"}, label_column="digit"))
+    ds = load_table(
+        _spec(
+            tmp_path,
+            source="json",
+            data_files=str(digit_files["root"] / "pairs.jsonl"),
+            columns={"image": "img", "text": "text"},
+            label_column="digit",
+        )
+    )
     assert ds["img"] == [r["file"] for r in rows]
     assert ds["text"] == [r["caption"] for r in rows]
 
 
 def test_max_samples(digit_files, tmp_path):
-    spec = _spec(tmp_path, source="csv", data_files=str(digit_files["root"] / "pairs.csv"),
-                 columns={"image": "file"}, max_samples=3)
+    spec = _spec(
+        tmp_path,
+        source="csv",
+        data_files=str(digit_files["root"] / "pairs.csv"),
+        columns={"image": "file"},
+        max_samples=3,
+    )
     ds = load_table(spec)
     assert ds["file"] == [r["file"] for r in digit_files["rows"][:3]]
-    big = _spec(tmp_path, source="csv", data_files=str(digit_files["root"] / "pairs.csv"),
-                columns={"image": "file"}, max_samples=1000)
+    big = _spec(
+        tmp_path,
+        source="csv",
+        data_files=str(digit_files["root"] / "pairs.csv"),
+        columns={"image": "file"},
+        max_samples=1000,
+    )
     assert len(load_table(big)) == 10
-    digits = load_table(DatasetSpec(source="sklearn-digits", split="test", columns={"image": "image"},
-                                    max_samples=5))
+    digits = load_table(DatasetSpec(source="sklearn-digits", split="test", columns={"image": "image"}, max_samples=5))
     assert len(digits) == 5
 
 
@@ -221,8 +252,7 @@ def test_missing_column_names_key_column_and_available(digit_files, tmp_path):
     with pytest.raises(DataError, match=r"data\.train\.label_column.*'digit'"):
         load_table(spec)
 
-    spec = _spec(tmp_path, source="imagefolder", data_dir=str(digit_files["root"] / "folder"),
-                 columns={"image": "img"})
+    spec = _spec(tmp_path, source="imagefolder", data_dir=str(digit_files["root"] / "folder"), columns={"image": "img"})
     with pytest.raises(DataError, match=r"eval\.data\.columns\.image.*'img'.*\['image', 'label'\]"):
         load_table(spec, "eval.data")
 
@@ -236,8 +266,7 @@ def test_missing_files_name_the_key(tmp_path):
 
     bad_dir = tmp_path / "no_such_dir"
     with pytest.raises(DataError) as info:
-        load_table(_spec(tmp_path, source="imagefolder", data_dir=str(bad_dir), columns={"image": "image"}),
-                   "data.val")
+        load_table(_spec(tmp_path, source="imagefolder", data_dir=str(bad_dir), columns={"image": "image"}), "data.val")
     msg = str(info.value)
     assert "config key 'data.val." in msg and "no_such_dir" in msg
 
@@ -250,6 +279,7 @@ def test_missing_files_name_the_key(tmp_path):
 # --------------------------------------------------------------------------------------------
 # PairedDataset + Collator
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def preprocessors():
@@ -270,11 +300,13 @@ def test_paired_dataset_bad_image_names_row_column_and_path(digit_files, tmp_pat
         w = csv.DictWriter(f, fieldnames=["file", "caption", "label"])
         w.writeheader()
         w.writerows(rows)
-    table = load_table(_spec(tmp_path, source="csv", data_files=str(table_file),
-                             columns={"image": "file", "text": "caption"}))
+    table = load_table(
+        _spec(tmp_path, source="csv", data_files=str(table_file), columns={"image": "file", "text": "caption"})
+    )
     for train in (False, True):
-        ds = PairedDataset(table, {"image": "file", "text": "caption"}, preprocessors, train=train,
-                           name="data.train (csv)")
+        ds = PairedDataset(
+            table, {"image": "file", "text": "caption"}, preprocessors, train=train, name="data.train (csv)"
+        )
         assert ds[0]["image"].shape == (3, 32, 32)
         for i, path in ((1, missing), (3, corrupt)):
             with pytest.raises(SampleError) as info:
@@ -297,10 +329,16 @@ def test_paired_dataset_bad_text_names_row(tmp_path, preprocessors):
 def test_collator_batches_image_and_text(digit_files, tmp_path, preprocessors):
     import open_clip
 
-    table = load_table(_spec(tmp_path, source="csv", data_files=str(digit_files["root"] / "pairs.csv"),
-                             columns={"image": "file", "text": "caption"}, label_column="label"))
-    ds = PairedDataset(table, {"image": "file", "text": "caption"}, preprocessors, train=False,
-                       label_column="label")
+    table = load_table(
+        _spec(
+            tmp_path,
+            source="csv",
+            data_files=str(digit_files["root"] / "pairs.csv"),
+            columns={"image": "file", "text": "caption"},
+            label_column="label",
+        )
+    )
+    ds = PairedDataset(table, {"image": "file", "text": "caption"}, preprocessors, train=False, label_column="label")
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False, collate_fn=Collator(preprocessors))
     batches = list(loader)
     assert [b["image"].shape[0] for b in batches] == [4, 4, 2]
@@ -321,8 +359,13 @@ def test_collator_batches_image_and_text(digit_files, tmp_path, preprocessors):
 
 
 def test_collator_on_sklearn_digits_table(preprocessors):
-    spec = DatasetSpec(source="sklearn-digits", split="test", columns={"image": "image", "text": "caption"},
-                       label_column="label", max_samples=6)
+    spec = DatasetSpec(
+        source="sklearn-digits",
+        split="test",
+        columns={"image": "image", "text": "caption"},
+        label_column="label",
+        max_samples=6,
+    )
     table = load_table(spec, "eval.data")
     assert isinstance(table[0]["image"], dict)  # undecoded: our preprocessor decodes (and names errors)
     ds = PairedDataset(table, spec.columns, preprocessors, train=True, label_column="label")
@@ -337,9 +380,14 @@ def test_collator_on_sklearn_digits_table(preprocessors):
 def test_imagefolder_captions_from_label_names(digit_files, tmp_path):
     """An imagefolder has images and folder labels only; caption_templates turns the class names
     into a text column so it can be trained image<->text."""
-    spec = _spec(tmp_path, source="imagefolder", data_dir=str(digit_files["root"] / "folder"),
-                 columns={"image": "image", "text": "label_captions"}, label_column="label",
-                 caption_templates=["a photo of the number {}.", "a handwritten {}."])
+    spec = _spec(
+        tmp_path,
+        source="imagefolder",
+        data_dir=str(digit_files["root"] / "folder"),
+        columns={"image": "image", "text": "label_captions"},
+        label_column="label",
+        caption_templates=["a photo of the number {}.", "a handwritten {}."],
+    )
     ds = load_table(spec)
     names = ds.features["label"].names
     for row in ds:
@@ -353,12 +401,15 @@ def test_imagefolder_captions_from_label_names(digit_files, tmp_path):
 
 
 def test_caption_templates_need_a_label_column():
-    from align.errors import ConfigError
     from align.config.schema import config_from_dict
+    from align.errors import ConfigError
 
-    data = {"model": {"modalities": {"text": {"options": {"text_cfg": TINY_TEXT}}}},
-            "data": {"train": {"source": "imagefolder", "columns": {"text": "label_captions"},
-                               "caption_templates": ["a {}"]}}}
+    data = {
+        "model": {"modalities": {"text": {"options": {"text_cfg": TINY_TEXT}}}},
+        "data": {
+            "train": {"source": "imagefolder", "columns": {"text": "label_captions"}, "caption_templates": ["a {}"]}
+        },
+    }
     with pytest.raises(ConfigError, match="data.train"):
         config_from_dict(data)
 

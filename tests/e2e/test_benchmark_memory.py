@@ -1,6 +1,7 @@
 """benchmarks/memory.py, the one way the benchmarks measure memory: peak extra RSS of a call sees
 an allocation it makes (and not one made before it), the process peak covers it, and every
 benchmark that reports memory reads it from there (no private copies left)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -46,5 +47,6 @@ def test_benchmarks_measure_memory_only_through_the_helper():
         if path.name == "memory.py":
             continue
         text = path.read_text()
-        assert not re.search(r"ru_maxrss\s*[/*)-]|getrusage\(|/proc/self/status|/proc/meminfo|clear_refs\"\)", text), \
+        assert not re.search(r"ru_maxrss\s*[/*)-]|getrusage\(|/proc/self/status|/proc/meminfo|clear_refs\"\)", text), (
             f"{path.name} measures memory its own way; use benchmarks/memory.py"
+        )

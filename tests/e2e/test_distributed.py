@@ -6,6 +6,7 @@ model like align's trainer (Accelerate + DDP), gather features across processes 
 and backprop. Losses, every DDP-averaged gradient and the parameters after one
 ``align.app.trainer.train_step`` must agree.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,23 +44,44 @@ def _tail(text: str, n: int = 6000) -> str:
 
 def launch(nproc: int, tmp: Path, probe: bool = False) -> dict:
     out = tmp / f"result-{nproc}.pt"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ACCELERATE_")
-           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ACCELERATE_")
+        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     for attempt in range(2):  # the port may be taken between _free_port() and the launch
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               str(WORKER), "--out", str(out), "--workdir", str(tmp / f"work-{nproc}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(WORKER),
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp / f"work-{nproc}"),
+        ]
         if probe:
             cmd.append("--probe")
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
         if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
             break
     if proc.returncode != 0:
-        pytest.fail(f"dist_worker with --nproc_per_node {nproc} exited with {proc.returncode}\n"
-                    f"command: {' '.join(cmd)}\n--- stderr ---\n{_tail(proc.stderr)}\n"
-                    f"--- stdout ---\n{_tail(proc.stdout, 2000)}", pytrace=False)
+        pytest.fail(
+            f"dist_worker with --nproc_per_node {nproc} exited with {proc.returncode}\n"
+            f"command: {' '.join(cmd)}\n--- stderr ---\n{_tail(proc.stderr)}\n"
+            f"--- stdout ---\n{_tail(proc.stdout, 2000)}",
+            pytrace=False,
+        )
     if not out.is_file():
         pytest.fail(f"dist_worker exited 0 but wrote no {out}\n{_tail(proc.stderr)}", pytrace=False)
     return torch.load(out, weights_only=False)
@@ -100,8 +122,13 @@ def test_loss_and_gradients_match_single_process(runs, case):
         assert ref is not None and got is not None, f"{name}: no gradient"
         scale = ref.abs().max()
         assert scale > 0, f"{name}: gradient is all zero in the single-process run"
-        torch.testing.assert_close(got, ref, rtol=GRAD_RTOL, atol=GRAD_RTOL * scale.item(),
-                                   msg=lambda m, name=name: f"gradient of {name} ({case}): {m}")
+        torch.testing.assert_close(
+            got,
+            ref,
+            rtol=GRAD_RTOL,
+            atol=GRAD_RTOL * scale.item(),
+            msg=lambda m, name=name: f"gradient of {name} ({case}): {m}",
+        )
     if case == "siglip":
         assert "logit_bias" in one["grads"]
     assert "logit_scale" in one["grads"]
@@ -123,9 +150,13 @@ def test_one_train_step_matches_single_process(runs, case):
         upd_one = one["params_after"][name] - before
         upd_two = two["params_after"][name] - before
         assert upd_one.abs().max() > 0, f"{name}: train_step did not change it"
-        torch.testing.assert_close(two["params_after"][name], one["params_after"][name], rtol=PARAM_RTOL,
-                                   atol=STEP_FRACTION * lr,
-                                   msg=lambda m, name=name: f"{name} after one step ({case}): {m}")
+        torch.testing.assert_close(
+            two["params_after"][name],
+            one["params_after"][name],
+            rtol=PARAM_RTOL,
+            atol=STEP_FRACTION * lr,
+            msg=lambda m, name=name: f"{name} after one step ({case}): {m}",
+        )
         rel = (upd_two - upd_one).norm() / upd_one.norm()
         assert rel <= UPDATE_NORM_RTOL, f"{name}: update differs by {rel:.2e} (relative norm)"
 
@@ -139,8 +170,13 @@ def test_gradcache_equals_the_plain_step_on_one_and_two_processes(runs):
         torch.testing.assert_close(got["loss"], ref["loss"], rtol=LOSS_RTOL, atol=0)
         for name in ref["param_names"]:
             scale = ref["grads"][name].abs().max().item()
-            torch.testing.assert_close(got["grads"][name], ref["grads"][name], rtol=GRAD_RTOL,
-                                       atol=GRAD_RTOL * scale, msg=lambda m, n=name: f"{n} ({world} proc): {m}")
+            torch.testing.assert_close(
+                got["grads"][name],
+                ref["grads"][name],
+                rtol=GRAD_RTOL,
+                atol=GRAD_RTOL * scale,
+                msg=lambda m, n=name: f"{n} ({world} proc): {m}",
+            )
 
 
 def test_build_accelerator_sees_all_processes_on_cpu(runs):
@@ -154,19 +190,41 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
     sharded encoding gives exactly the metrics a 1-process evaluation of the final checkpoint gives."""
     import json
 
+    from align.eval.runner import evaluate
     from align.model.checkpoint import load_model
     from align.training.loop import flat_eval_metrics
-    from align.eval.runner import evaluate
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("ACCELERATE_")
-           and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ACCELERATE_")
+        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "align", "train",
-           str(REPO / "configs" / "demo-digits.yaml"), f"output_dir={out}", "train.steps=4",
-           "train.batch_size=16", "train.eval_every=4", "train.progress=false", "eval.data.max_samples=61"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "align",
+        "train",
+        str(REPO / "configs" / "demo-digits.yaml"),
+        f"output_dir={out}",
+        "train.steps=4",
+        "train.batch_size=16",
+        "train.eval_every=4",
+        "train.progress=false",
+        "eval.data.max_samples=61",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, _tail(proc.stderr)
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 throughput, the eval report in the run folder, one clear error line (traceback only with
 ``--debug``), HF progress bars that obey ``train.progress``, de-duplicated templated retrieval and
 ``align.encode`` on raw items. All on scikit-learn's real digits."""
+
 from __future__ import annotations
 
 import copy
@@ -21,14 +22,26 @@ DIGITS = {"source": "sklearn-digits", "columns": {"image": "image", "text": "cap
 
 
 def write_config(path: Path, out: Path, **train) -> Path:
-    cfg = {"output_dir": str(out), "seed": 0,
-           "model": {"embed_dim": 32, "modalities": copy.deepcopy(TINY_MODALITIES)},
-           "data": {"train": {**DIGITS, "split": "train"}},
-           "train": {"batch_size": 64, "steps": 40, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
-                     "log_every": 10, **train},
-           "eval": {"data": {**DIGITS, "split": "test", "where": {"label": {"lt": 5}}},
-                    "zeroshot": {"templates": TEMPLATES},
-                    "retrieval": {"a": "image", "b": "text", "ks": [1, 5], "positives": "label"}}}
+    cfg = {
+        "output_dir": str(out),
+        "seed": 0,
+        "model": {"embed_dim": 32, "modalities": copy.deepcopy(TINY_MODALITIES)},
+        "data": {"train": {**DIGITS, "split": "train"}},
+        "train": {
+            "batch_size": 64,
+            "steps": 40,
+            "lr": 2e-3,
+            "weight_decay": 0.0,
+            "progress": False,
+            "log_every": 10,
+            **train,
+        },
+        "eval": {
+            "data": {**DIGITS, "split": "test", "where": {"label": {"lt": 5}}},
+            "zeroshot": {"templates": TEMPLATES},
+            "retrieval": {"a": "image", "b": "text", "ks": [1, 5], "positives": "label"},
+        },
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -85,8 +98,9 @@ def test_dedupe_matches_brute_force_on_the_distinct_items():
     m = retrieval_metrics(torch.tensor(a), torch.tensor(b), np.stack(merged, 1), ks=[1, 2], names=("a", "b"))
     scores = a @ b.T
     assert m["a_to_b/R@1"] == pytest.approx(np.mean([(r, int(scores[r].argmax())) in expected for r in range(30)]))
-    assert m["b_to_a/R@1"] == pytest.approx(np.mean([(int(scores[:, u].argmax()), u) in expected
-                                                     for u in range(len(unique))]))
+    assert m["b_to_a/R@1"] == pytest.approx(
+        np.mean([(int(scores[:, u].argmax()), u) in expected for u in range(len(unique))])
+    )
 
 
 def test_errors_are_one_line_with_a_traceback_only_with_debug(tmp_path, capsys):
@@ -105,8 +119,20 @@ def test_errors_are_one_line_with_a_traceback_only_with_debug(tmp_path, capsys):
     with pytest.raises(Exception, match="eval.zeroshot.classnames"):
         main(["data", str(few), "--debug"])
     # an unexpected failure is one line too, pointing at --debug
-    assert main(["index", "build", "--checkpoint", str(tmp_path / "nothing"), "--modality", "image",
-                 "--out", str(tmp_path / "idx"), "--data", "{source: sklearn-digits"]) in (1, 2)
+    assert main(
+        [
+            "index",
+            "build",
+            "--checkpoint",
+            str(tmp_path / "nothing"),
+            "--modality",
+            "image",
+            "--out",
+            str(tmp_path / "idx"),
+            "--data",
+            "{source: sklearn-digits",
+        ]
+    ) in (1, 2)
     err = capsys.readouterr().err
     assert err.startswith("align: ") and "Traceback" not in err
 
@@ -115,12 +141,26 @@ def test_hf_progress_bars_follow_train_progress(tmp_path, capfd):
     csv = tmp_path / "t.csv"
     csv.write_text("text,label\n" + "".join(f"caption {i},{'ab'[i % 2]}\n" for i in range(40)))
     for progress in (False, True):
-        cfg = {"output_dir": str(tmp_path / "run"), "model": {"embed_dim": 32, "modalities": {
-            "text": copy.deepcopy(TINY_MODALITIES["text"]), "image": copy.deepcopy(TINY_MODALITIES["image"])}},
-            "data": {"train": {"source": "csv", "data_files": str(csv), "columns": {"text": "text"},
-                               "label_column": "label",
-                               "load_kwargs": {"cache_dir": str(tmp_path / f"hf-{progress}")}}},
-            "train": {"progress": progress}}
+        cfg = {
+            "output_dir": str(tmp_path / "run"),
+            "model": {
+                "embed_dim": 32,
+                "modalities": {
+                    "text": copy.deepcopy(TINY_MODALITIES["text"]),
+                    "image": copy.deepcopy(TINY_MODALITIES["image"]),
+                },
+            },
+            "data": {
+                "train": {
+                    "source": "csv",
+                    "data_files": str(csv),
+                    "columns": {"text": "text"},
+                    "label_column": "label",
+                    "load_kwargs": {"cache_dir": str(tmp_path / f"hf-{progress}")},
+                }
+            },
+            "train": {"progress": progress},
+        }
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
         capfd.readouterr()
         assert main(["data", str(tmp_path / "c.yaml")]) == 0
@@ -130,8 +170,8 @@ def test_hf_progress_bars_follow_train_progress(tmp_path, capfd):
 
 
 def test_encode_raw_items(tmp_path):
-    from align.data.sources.sklearn_digits import sklearn_digits
     from align.config.schema import ModelConfig
+    from align.data.sources.sklearn_digits import sklearn_digits
     from align.model.align_model import AlignModel
 
     model = AlignModel(ModelConfig(embed_dim=16, modalities=copy.deepcopy(TINY_MODALITIES))).eval()
@@ -146,8 +186,9 @@ def test_encode_raw_items(tmp_path):
     assert np.allclose(by_path, by_pil, atol=1e-5)
     pre = model.adapters["text"].preprocessor()
     batch = pre.collate([pre(t, train=False) for t in ["a handwritten seven.", "zero"]])
-    assert np.allclose(align.encode(model, "text", ["a handwritten seven.", "zero"]), model.encode("text", batch).detach(),
-                       atol=1e-5)
+    assert np.allclose(
+        align.encode(model, "text", ["a handwritten seven.", "zero"]), model.encode("text", batch).detach(), atol=1e-5
+    )
     from align.errors import SampleError
 
     with pytest.raises(SampleError, match=r"image item 3 .*nope.png"):

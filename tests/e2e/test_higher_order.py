@@ -3,6 +3,7 @@ written digit mod 10, the two digits exactly independent, FSDD's take split, see
 scoring rules of benchmarks/higher_order.py on embeddings built to solve the task; Symile
 learning the sum from per-digit embeddings where pairwise CLIP cannot; and the benchmark's
 train -> checkpoint -> score path on a small slice of real triples."""
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,9 @@ def table(split: str, **kwargs):
     from align.data.sources import SOURCES
 
     opts = {"fsdd_dir": str(FSDD), "mnist_csv": str(MNIST), **kwargs}
-    return SOURCES.get("fsdd-mnist-sum")(DatasetSpec(source="fsdd-mnist-sum", split=split,
-                                                     columns={"audio": "path"}, load_kwargs=opts))
+    return SOURCES.get("fsdd-mnist-sum")(
+        DatasetSpec(source="fsdd-mnist-sum", split=split, columns={"audio": "path"}, load_kwargs=opts)
+    )
 
 
 def counts(t) -> np.ndarray:
@@ -73,8 +75,11 @@ def test_rows_sum_independent_digits_on_fsdd_take_split():
 
 @needs_data
 def test_pairing_is_seeded():
-    a, again, other = table("test", pairs_per_recording=1), table("test", pairs_per_recording=1), \
-        table("test", pairs_per_recording=1, seed=1)
+    a, again, other = (
+        table("test", pairs_per_recording=1),
+        table("test", pairs_per_recording=1),
+        table("test", pairs_per_recording=1, seed=1),
+    )
     assert a["label_image"] == again["label_image"]
     assert [np.asarray(i).tobytes() for i in a["image"]] == [np.asarray(i).tobytes() for i in again["image"]]
     assert a["label_image"] != other["label_image"] and a["path"] == other["path"]
@@ -82,13 +87,16 @@ def test_pairing_is_seeded():
 
 
 @needs_data
-@pytest.mark.parametrize("kwargs, match", [
-    ({"fsdd_dir": None}, "load_kwargs.fsdd_dir"),
-    ({"fsdd_dir": "/nonexistent/fsdd"}, "load_kwargs.fsdd_dir '/nonexistent/fsdd' is not a folder"),
-    ({"mnist_csv": "/nonexistent/m.csv.gz"}, "/nonexistent/m.csv.gz"),
-    ({"pairs_per_recording": 0}, "load_kwargs.pairs_per_recording"),
-    ({"pairs": 2}, r"unknown load_kwargs \['pairs'\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fsdd_dir": None}, "load_kwargs.fsdd_dir"),
+        ({"fsdd_dir": "/nonexistent/fsdd"}, "load_kwargs.fsdd_dir '/nonexistent/fsdd' is not a folder"),
+        ({"mnist_csv": "/nonexistent/m.csv.gz"}, "/nonexistent/m.csv.gz"),
+        ({"pairs_per_recording": 0}, "load_kwargs.pairs_per_recording"),
+        ({"pairs": 2}, r"unknown load_kwargs \['pairs'\]"),
+    ],
+)
 def test_bad_options_name_their_key(kwargs, match):
     from align.errors import DataError
 
@@ -115,7 +123,7 @@ def test_scoring_rules_on_constructed_embeddings():
     sums = (x + y) % 10
     mip = mod.sum_scores(a[x], i[y], t, "mip")
     diff = (x[:, None] + y[:, None] - torch.arange(10)).double()
-    torch.testing.assert_close(mip, torch.cos(2 * math.pi * diff / 10) / 2 ** 1.5)
+    torch.testing.assert_close(mip, torch.cos(2 * math.pi * diff / 10) / 2**1.5)
     assert mod.top1(mip, sums) == 1.0  # the three-way score solves every (x, y)
     # a pairwise score f(x, z) + g(y, z) cannot: on these embeddings it is far from the sum
     assert mod.top1(mod.sum_scores(a[x], i[y], t, "cosine"), sums) <= 0.3
@@ -147,8 +155,11 @@ def fit_lookups(kind: str, seed: int, steps: int = 300, dim: int = 32) -> list[t
         x, y = torch.randint(0, 10, (64,), generator=g), torch.randint(0, 10, (64,), generator=g)
         a, i, t = (F.normalize(e, dim=-1) for e in tables)
         emb = [a[x], i[y], t[(x + y) % 10]]
-        loss = symile(emb, scale) if kind == "symile" else \
-            sum(clip(emb[p], emb[q], scale) for p, q in ((0, 2), (1, 2), (0, 1))) / 3
+        loss = (
+            symile(emb, scale)
+            if kind == "symile"
+            else sum(clip(emb[p], emb[q], scale) for p, q in ((0, 2), (1, 2), (0, 1))) / 3
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,19 +183,47 @@ def test_symile_learns_the_sum_where_pairwise_cannot(seed):
 def tiny_config(tmp_path) -> dict:
     mods = copy.deepcopy(TINY_MODALITIES)
     mods["image"]["options"]["vision_cfg"].update(image_size=28, patch_size=7)
-    mods["audio"] = {"options": {"sample_rate": 8000, "clip_seconds": 0.8, "n_mels": 32, "patch_size": 16,
-                                 "patch_stride": 16, "width": 32, "layers": 1, "heads": 2}}
+    mods["audio"] = {
+        "options": {
+            "sample_rate": 8000,
+            "clip_seconds": 0.8,
+            "n_mels": 32,
+            "patch_size": 16,
+            "patch_stride": 16,
+            "width": 32,
+            "layers": 1,
+            "heads": 2,
+        }
+    }
     return {
-        "output_dir": str(tmp_path / "run"), "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
         "model": {"embed_dim": 32, "modalities": mods},
-        "data": {"train": {"source": "fsdd-mnist-sum", "split": "train",
-                           "load_kwargs": {"fsdd_dir": str(FSDD), "mnist_csv": str(MNIST)},
-                           "where": {"take": {"ge": 45}},  # 300 recordings, every digit and speaker
-                           "label_column": "label", "columns": {"audio": "path", "image": "image", "text": "caption"}}},
-        "train": {"pairs": [], "multiway": {"loss": "symile", "modalities": ["audio", "image", "text"],
-                                            "loss_options": {"negative_sampling": "n_squared"}},
-                  "batch_size": 32, "steps": 20, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
-                  "log_every": 5}}
+        "data": {
+            "train": {
+                "source": "fsdd-mnist-sum",
+                "split": "train",
+                "load_kwargs": {"fsdd_dir": str(FSDD), "mnist_csv": str(MNIST)},
+                "where": {"take": {"ge": 45}},  # 300 recordings, every digit and speaker
+                "label_column": "label",
+                "columns": {"audio": "path", "image": "image", "text": "caption"},
+            }
+        },
+        "train": {
+            "pairs": [],
+            "multiway": {
+                "loss": "symile",
+                "modalities": ["audio", "image", "text"],
+                "loss_options": {"negative_sampling": "n_squared"},
+            },
+            "batch_size": 32,
+            "steps": 20,
+            "lr": 2e-3,
+            "weight_decay": 0.0,
+            "progress": False,
+            "log_every": 5,
+        },
+    }
 
 
 @needs_data
@@ -193,18 +232,19 @@ def test_symile_run_on_real_triples_is_scored_from_its_checkpoint(tmp_path):
     Symile term, the checkpoint reloaded, every row's (audio, image) scored against the 10 sums.
     (Whether towers trained from scratch learn the sum is the benchmark's question, not a test's:
     see benchmarks/README.md.)"""
+    from align.app.trainer import train
+    from align.config.dataset import DatasetSpec
     from align.config.schema import config_from_dict
     from align.data.tables import load_table
-    from align.config.dataset import DatasetSpec
-    from align.app.trainer import train
 
     cfg = config_from_dict(tiny_config(tmp_path))
     assert cfg.loss_pairs() == [] and cfg.train.multiway.loss == "symile"
     result = train(cfg)
     assert all(math.isfinite(v) for _, v in result.losses)
-    assert abs(result.losses[0][1] - math.log(32 ** 2)) < 0.5  # n_squared: 32^2 candidate tuples
-    spec = DatasetSpec.model_validate({**cfg.data.train.model_dump(by_alias=True),
-                                       "columns": {"audio": "path", "image": "image"}})
+    assert abs(result.losses[0][1] - math.log(32**2)) < 0.5  # n_squared: 32^2 candidate tuples
+    spec = DatasetSpec.model_validate(
+        {**cfg.data.train.model_dump(by_alias=True), "columns": {"audio": "path", "image": "image"}}
+    )
     rows = load_table(spec)
     scores = bench().score_run(tmp_path / "run", {"train": (spec, rows)})
     assert set(scores["train"]) == {"mip", "cosine", "volume"}

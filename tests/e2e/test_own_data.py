@@ -6,6 +6,7 @@ One tiny image<->text model is trained once on scikit-learn's real digits (train
 evaluated on the held-out digits laid out the ways users lay out data: an imagefolder (whose class
 order is alphabetical: eight, five, four, nine, one, ...), a CSV of PNG paths with string labels.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,28 +18,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from align.data.sources.common import DIGIT_NAMES
-from align.data.sources.sklearn_digits import sklearn_digits
-from align.errors import ConfigError
 from align.config.dataset import DatasetSpec
 from align.config.schema import EvalConfig, config_from_dict
-from align.errors import DataError
+from align.data.sources.common import DIGIT_NAMES
+from align.data.sources.sklearn_digits import sklearn_digits
 from align.data.tables import load_table
+from align.errors import ConfigError, DataError
 from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
 TEMPLATES = ["a photo of the number {}.", "a handwritten {}.", "the digit {}."]
-DIGITS_TRAIN = {"source": "sklearn-digits", "split": "train", "columns": {"image": "image", "text": "caption"},
-                "label_column": "label"}
+DIGITS_TRAIN = {
+    "source": "sklearn-digits",
+    "split": "train",
+    "columns": {"image": "image", "text": "caption"},
+    "label_column": "label",
+}
 
 
 def digits_config(out: Path, **train) -> dict:
-    return {"output_dir": str(out), "seed": 0,
-            "model": {"embed_dim": 32, "modalities": copy.deepcopy(TINY_MODALITIES)},
-            "data": {"train": dict(DIGITS_TRAIN)},
-            "train": {"batch_size": 64, "steps": 150, "lr": 2e-3, "weight_decay": 0.0, "warmup_steps": 10,
-                      "progress": False, "log_every": 25, **train}}
+    return {
+        "output_dir": str(out),
+        "seed": 0,
+        "model": {"embed_dim": 32, "modalities": copy.deepcopy(TINY_MODALITIES)},
+        "data": {"train": dict(DIGITS_TRAIN)},
+        "train": {
+            "batch_size": 64,
+            "steps": 150,
+            "lr": 2e-3,
+            "weight_decay": 0.0,
+            "warmup_steps": 10,
+            "progress": False,
+            "log_every": 25,
+            **train,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +95,13 @@ def zeroshot_top1(model, data: dict, classnames=None, **extra) -> dict:
 def test_class_names_are_matched_by_name_not_position(trained, digit_files, tmp_path):
     builtin = zeroshot_top1(trained, {**DIGITS_TRAIN, "split": "test"}, DIGIT_NAMES)["zeroshot"]["top1"]
     assert builtin > 0.3  # it learned (chance 0.10)
-    folder = {"source": "imagefolder", "data_dir": str(digit_files / "folder"), "columns": {"image": "image"},
-              "label_column": "label", "load_kwargs": {"cache_dir": str(tmp_path / "hf")}}
+    folder = {
+        "source": "imagefolder",
+        "data_dir": str(digit_files / "folder"),
+        "columns": {"image": "image"},
+        "label_column": "label",
+        "load_kwargs": {"cache_dir": str(tmp_path / "hf")},
+    }
     table = load_table(DatasetSpec.model_validate(folder))
     assert table.features["label"].names == sorted(DIGIT_NAMES)  # imagefolder's alphabetical order
     # the list in numeric order is matched to the folders by name: same images, same accuracy
@@ -101,8 +121,12 @@ def test_class_names_are_matched_by_name_not_position(trained, digit_files, tmp_
 
 def test_string_labels_become_class_ids_with_the_mapping_reported(trained, digit_files):
     builtin = zeroshot_top1(trained, {**DIGITS_TRAIN, "split": "test"}, DIGIT_NAMES)["zeroshot"]["top1"]
-    spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"), "columns": {"image": "path"},
-            "label_column": "digit"}
+    spec = {
+        "source": "csv",
+        "data_files": str(digit_files / "digits.csv"),
+        "columns": {"image": "path"},
+        "label_column": "digit",
+    }
     got = zeroshot_top1(trained, spec)
     assert got["dataset"]["classes"] == sorted(DIGIT_NAMES) and got["zeroshot"]["top1"] == pytest.approx(builtin)
     # label_names gives the id order of string labels; an unknown string names its row
@@ -117,16 +141,24 @@ def test_string_labels_become_class_ids_with_the_mapping_reported(trained, digit
     frame = pd.read_csv(digit_files / "digits.csv")
     frame["label_id"] = frame["digit"].map(DIGIT_NAMES.index)
     frame.to_csv(digit_files / "digits-int.csv", index=False)
-    ints = {"source": "csv", "data_files": str(digit_files / "digits-int.csv"), "columns": {"image": "path"},
-            "label_column": "label_id"}
+    ints = {
+        "source": "csv",
+        "data_files": str(digit_files / "digits-int.csv"),
+        "columns": {"image": "path"},
+        "label_column": "label_id",
+    }
     with pytest.raises(ConfigError, match=r"eval.zeroshot.classnames': 9 class names.*run 0..9"):
         zeroshot_top1(trained, ints, DIGIT_NAMES[:9])
     assert zeroshot_top1(trained, ints, DIGIT_NAMES)["zeroshot"]["top1"] == pytest.approx(builtin)
 
 
 def test_holdout_splits_any_source_stratified_and_by_group(digit_files):
-    base = {"source": "csv", "data_files": str(digit_files / "digits.csv"), "columns": {"image": "path"},
-            "label_column": "digit"}
+    base = {
+        "source": "csv",
+        "data_files": str(digit_files / "digits.csv"),
+        "columns": {"image": "path"},
+        "label_column": "digit",
+    }
 
     def rows(**holdout):
         t = load_table(DatasetSpec.model_validate({**base, "holdout": holdout}))
@@ -151,15 +183,18 @@ def test_labels_from_a_folder_in_the_path(tmp_path):
         digit, speaker, take = wav.stem.split("_")
         (tmp_path / "words" / DIGIT_NAMES[int(digit)]).mkdir(parents=True, exist_ok=True)
         shutil.copy(wav, tmp_path / "words" / DIGIT_NAMES[int(digit)] / f"{speaker}_{take}.wav")
-    spec = {"source": "files", "data_files": str(tmp_path / "words" / "*" / "*.wav"),
-            "load_kwargs": {"pattern": r"(?P<word>[a-z]+)/(?P<speaker>[a-z]+)_\d+\.wav$", "match": "path"},
-            "columns": {"audio": "path"}, "label_column": "word"}
+    spec = {
+        "source": "files",
+        "data_files": str(tmp_path / "words" / "*" / "*.wav"),
+        "load_kwargs": {"pattern": r"(?P<word>[a-z]+)/(?P<speaker>[a-z]+)_\d+\.wav$", "match": "path"},
+        "columns": {"audio": "path"},
+        "label_column": "word",
+    }
     table = load_table(DatasetSpec.model_validate(spec))
     assert len(table) == 40 and table.features["word"].names == sorted(DIGIT_NAMES)
     assert all(Path(p).parent.name == sorted(DIGIT_NAMES)[w] for p, w in zip(list(table["path"]), list(table["word"])))
     with pytest.raises(DataError, match="searched in its name"):
         load_table(DatasetSpec.model_validate({**spec, "load_kwargs": {**spec["load_kwargs"], "match": "name"}}))
-
 
 
 def test_crossval_on_a_csv_source(digit_files, tmp_path):
@@ -168,9 +203,14 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
 
     from align.app.crossval import run_crossval
 
-    spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
-            "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",
-            "caption_templates": TEMPLATES, "holdout": {"take": "train", "folds": 2}}
+    spec = {
+        "source": "csv",
+        "data_files": str(digit_files / "digits.csv"),
+        "columns": {"image": "path", "text": "label_captions"},
+        "label_column": "digit",
+        "caption_templates": TEMPLATES,
+        "holdout": {"take": "train", "folds": 2},
+    }
     cfg = digits_config(tmp_path / "cv", steps=3, batch_size=32, log_every=1)
     cfg["data"]["train"] = spec
     cfg["eval"] = {"data": {**spec, "holdout": {"take": "test", "folds": 2}}, "zeroshot": {"templates": TEMPLATES}}
@@ -196,13 +236,19 @@ def test_the_look_warns_when_eval_classes_differ_from_training(digit_files, tmp_
 
     from align.app.cli import main
 
-    spec = {"source": "csv", "data_files": str(digit_files / "digits.csv"),
-            "columns": {"image": "path", "text": "label_captions"}, "label_column": "digit",
-            "caption_templates": TEMPLATES}
+    spec = {
+        "source": "csv",
+        "data_files": str(digit_files / "digits.csv"),
+        "columns": {"image": "path", "text": "label_captions"},
+        "label_column": "digit",
+        "caption_templates": TEMPLATES,
+    }
     cfg = digits_config(tmp_path / "run")
     cfg["data"]["train"] = {**spec, "holdout": {"take": "train"}}
-    cfg["eval"] = {"data": {**spec, "holdout": {"take": "test"}, "where": {"digit": {"ne": "eight"}}},
-                   "zeroshot": {"templates": TEMPLATES}}
+    cfg["eval"] = {
+        "data": {**spec, "holdout": {"take": "test"}, "where": {"digit": {"ne": "eight"}}},
+        "zeroshot": {"templates": TEMPLATES},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["data", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out

@@ -3,6 +3,7 @@
 user's own ``eval`` or ``modalities`` package is neither shadowed by ours nor shadows it. Checked
 on a real (non-editable) wheel imported from a folder that has its own ``eval/`` and
 ``modalities/`` packages."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,12 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
     wheels = tmp_path / "wheels"
     # the installed setuptools when there is one (no download); else pip's isolated build env
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation,
-                    "-q", "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", *isolation, "-q", "-w", str(wheels)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     wheel = next(wheels.glob("align-*.whl"))
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert tops == {"align", next(t for t in tops if t.endswith(".dist-info"))}, tops
@@ -42,8 +47,11 @@ def test_wheel_installs_one_namespace_that_a_users_packages_do_not_collide_with(
     assert {"align/modalities/image.py", "align/eval/runner.py", "align/configs/demo-digits.yaml"} <= set(names)
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     project = tmp_path / "project"  # a user's project with packages of the same generic names
     for pkg in ("eval", "modalities"):
         (project / pkg).mkdir(parents=True)
@@ -79,10 +87,19 @@ def test_layers_point_down_on_the_installed_package(tmp_path):
 
     def check(src: Path, name: str) -> subprocess.CompletedProcess:
         site = tmp_path / f"site-{name}"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site),
-                        str(src)], check=True, capture_output=True, cwd=tmp_path)
-        return subprocess.run([lint, str(src / "pyproject.toml")], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(site)})
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site), str(src)],
+            check=True,
+            capture_output=True,
+            cwd=tmp_path,
+        )
+        return subprocess.run(
+            [lint, str(src / "pyproject.toml")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(site)},
+        )
 
     src = copy_source(tmp_path / "src")
     kept = check(src, "as-is")
@@ -105,6 +122,7 @@ def test_layers_point_down_on_the_installed_package(tmp_path):
 def layer_entries(pyproject: Path) -> list[str]:
     """Every package or module the layers contract names."""
     import re
+
     import tomllib
 
     layers = tomllib.loads(pyproject.read_text())["tool"]["importlinter"]["contracts"][0]["layers"]
@@ -128,13 +146,19 @@ def test_every_installed_module_sits_in_a_layer(tmp_path):
     wheel is outside every layer, and a module planted beside the layers is caught."""
     src = copy_source(tmp_path / "src")
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(src)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(src)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     entries = layer_entries(src / "pyproject.toml")
     assert all(e.startswith("align") for e in entries) and len(entries) >= 8, entries
     assert modules_outside_layers(site, entries) == []
     assert {"align.modalities.image", "align.eval.runner", "align.objectives.losses"} <= {
-        m for m in ("align.modalities.image", "align.eval.runner", "align.objectives.losses")
-        if (site / Path(*m.split("."))).with_suffix(".py").is_file()}
+        m
+        for m in ("align.modalities.image", "align.eval.runner", "align.objectives.losses")
+        if (site / Path(*m.split("."))).with_suffix(".py").is_file()
+    }
     (site / "align" / "stray.py").write_text("X = 1\n")  # a module in no layer's package
     assert modules_outside_layers(site, entries) == ["align.stray"]

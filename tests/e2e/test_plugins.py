@@ -2,6 +2,7 @@
 declares them under the ``align.modalities`` / ``align.sources`` / ``align.losses`` entry-point
 groups, gets installed, and ``align data`` / ``align train`` use them by name; their names are
 listed before anything is imported, so a typo lists them too."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -117,19 +118,43 @@ def test_a_plugin_package_adds_a_modality_a_source_and_a_loss(tmp_path):
     (pkg / "align_plugin_demo" / "losses.py").write_text(LOSS)
     site = tmp_path / "site"
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site),
-                    str(pkg)], check=True, capture_output=True, cwd=tmp_path)
-    cfg = {"output_dir": str(tmp_path / "run"), "seed": 0,
-           "model": {"embed_dim": 16, "modalities": {
-               "scalar": {"options": {"width": 16}},
-               "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                                 "layers": 1}, "output_dim": 32}}},
-                     "loss": "halved_clip", "loss_options": {"factor": 0.5}},
-           "data": {"train": {"source": "ramp", "columns": {"scalar": "value", "text": "label_captions"},
-                              "label_column": "label", "caption_templates": ["a {} number."]}},
-           "train": {"batch_size": 32, "steps": 5, "progress": False, "log_every": 5},
-           "eval": {"data": {"source": "ramp", "columns": {"scalar": "value"}, "label_column": "label"},
-                    "zeroshot": {"templates": ["a {} number."]}}}
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", *isolation, "--target", str(site), str(pkg)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "model": {
+            "embed_dim": 16,
+            "modalities": {
+                "scalar": {"options": {"width": 16}},
+                "text": {
+                    "options": {
+                        "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+                        "output_dim": 32,
+                    }
+                },
+            },
+            "loss": "halved_clip",
+            "loss_options": {"factor": 0.5},
+        },
+        "data": {
+            "train": {
+                "source": "ramp",
+                "columns": {"scalar": "value", "text": "label_captions"},
+                "label_column": "label",
+                "caption_templates": ["a {} number."],
+            }
+        },
+        "train": {"batch_size": 32, "steps": 5, "progress": False, "log_every": 5},
+        "eval": {
+            "data": {"source": "ramp", "columns": {"scalar": "value"}, "label_column": "label"},
+            "zeroshot": {"templates": ["a {} number."]},
+        },
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     code = (
         "import sys\n"
@@ -173,8 +198,10 @@ def test_reloading_a_checkpoint_resets_nested_pretrained_options():
     from align.registry import ADAPTERS
 
     video = {"image": {"model": "ViT-B-32", "pretrained": "openai"}, "frames": 4}
-    assert ADAPTERS.get("video").reload_options(video) == {"image": {"model": "ViT-B-32", "pretrained": None},
-                                                           "frames": 4}
+    assert ADAPTERS.get("video").reload_options(video) == {
+        "image": {"model": "ViT-B-32", "pretrained": None},
+        "frames": 4,
+    }
     assert video["image"]["pretrained"] == "openai"  # the caller's dict is not changed
     assert ADAPTERS.get("text").reload_options({"model": "RN50", "pretrained": "openai"})["pretrained"] is None
 
@@ -191,5 +218,7 @@ def test_a_missing_modality_extra_is_named_at_validation(tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert out.stderr.strip() == ("align: error: config key 'model.modalities.graph': 'graph' needs rdkit, which is "
-                                  "not installed: pip install 'align[graph]'")
+    assert out.stderr.strip() == (
+        "align: error: config key 'model.modalities.graph': 'graph' needs rdkit, which is "
+        "not installed: pip install 'align[graph]'"
+    )

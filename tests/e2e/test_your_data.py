@@ -2,6 +2,7 @@
 the real data in ../shared/data (FSDD recordings, the skimage photos with human captions, TU
 MUTAG, DALES LiDAR objects, CiteSeer), then ``align data`` and a few training steps + the eval
 section run from that folder."""
+
 from __future__ import annotations
 
 import csv
@@ -60,25 +61,33 @@ def build_parquet_captions(my: Path) -> None:
     pd.DataFrame(rows[5:]).to_parquet(my / "test.parquet")
 
 
-FIELDS = ["agents", "artificial intelligence", "databases", "information retrieval", "machine learning",
-          "human-computer interaction"]
+FIELDS = [
+    "agents",
+    "artificial intelligence",
+    "databases",
+    "information retrieval",
+    "machine learning",
+    "human-computer interaction",
+]
 
 
 def build_big_graph(my: Path) -> None:
     """CiteSeer as a user would have it: a node table with string ids and text labels, an edge list."""
     import pandas as pd
+    from torch_geometric.io import read_planetoid_data
 
     import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
-    from torch_geometric.io import read_planetoid_data
 
     g = read_planetoid_data(str(DATA / "graph/citeseer/raw"), "citeseer")
     split = np.where(g.train_mask, "train", np.where(g.val_mask, "val", np.where(g.test_mask, "test", "other")))
     ids = [f"paper-{i}" for i in range(g.num_nodes)]
-    pd.DataFrame({"node": ids, "words": list(g.x.numpy()), "field": [FIELDS[int(y)] for y in g.y],
-                  "split": split}).to_parquet(my / "papers.parquet")
+    pd.DataFrame(
+        {"node": ids, "words": list(g.x.numpy()), "field": [FIELDS[int(y)] for y in g.y], "split": split}
+    ).to_parquet(my / "papers.parquet")
     src, dst = g.edge_index.numpy()
     pd.DataFrame({"source": [ids[i] for i in src], "target": [ids[i] for i in dst]}).to_csv(
-        my / "citations.csv", index=False)
+        my / "citations.csv", index=False
+    )
 
 
 def build_tu_folder(my: Path) -> None:
@@ -93,14 +102,18 @@ def build_folder_of_meshes(my: Path) -> None:
     for c in range(len(names)):
         (my / "objects" / names[c]).mkdir(parents=True)
         for i in np.nonzero(z["labels"] == c)[0][:10]:
-            pts = z["points"][z["offsets"][i]:z["offsets"][i + 1]]
+            pts = z["points"][z["offsets"][i] : z["offsets"][i + 1]]
             trimesh.PointCloud(pts).export(my / "objects" / names[c] / f"{int(z['ids'][i]):03d}.ply")
 
 
-BUILDERS = {"folder-per-class": build_folder_per_class, "csv-of-paths": build_csv_of_paths,
-            "parquet-captions": build_parquet_captions, "tu-folder": build_tu_folder,
-            "big-graph": build_big_graph,
-            "folder-of-meshes": build_folder_of_meshes}
+BUILDERS = {
+    "folder-per-class": build_folder_per_class,
+    "csv-of-paths": build_csv_of_paths,
+    "parquet-captions": build_parquet_captions,
+    "tu-folder": build_tu_folder,
+    "big-graph": build_big_graph,
+    "folder-of-meshes": build_folder_of_meshes,
+}
 BATCH = {"parquet-captions": 4}
 
 
@@ -118,8 +131,19 @@ def test_doc_config_runs(name, tmp_path, monkeypatch, capsys):
     assert main(["data", "c.yaml", "train.progress=false"]) == 0
     look = capsys.readouterr().out
     assert "data.train:" in look and "loss terms:" in look
-    assert main(["train", "c.yaml", "train.steps=3", f"train.batch_size={BATCH.get(name, 16)}",
-                 "train.progress=false", "train.log_every=1"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "c.yaml",
+                "train.steps=3",
+                f"train.batch_size={BATCH.get(name, 16)}",
+                "train.progress=false",
+                "train.log_every=1",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     out = yaml_output_dir(tmp_path / "c.yaml")
     reports = sorted(p.name for p in (tmp_path / out / "eval").glob("*.json"))
     assert reports, "the eval section ran at the end of training and wrote its report"

@@ -1,5 +1,6 @@
 """`align eval zeroshot|retrieval` on a checkpoint trained on real digits: reports in the
 documented schema, numbers identical to evaluating the in-memory model."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,11 @@ def test_zeroshot_report_matches_in_memory_eval(demo_run, capsys):
     report = json.loads((out / "ev" / "zeroshot.json").read_text())
     assert report["schema"] == "align.eval/v1" and report["task"] == "zeroshot"
     assert report["model"]["step"] == 40 and report["model"]["modalities"] == ["image", "text"]
-    assert {k: report["dataset"][k] for k in ("source", "split", "rows")} == \
-        {"source": "sklearn-digits", "split": "test", "rows": 360}
+    assert {k: report["dataset"][k] for k in ("source", "split", "rows")} == {
+        "source": "sklearn-digits",
+        "split": "test",
+        "rows": 360,
+    }
     assert report["dataset"]["classes"] == report["metrics"]["classnames"]  # class id i is classes[i]
     # reloaded from safetensors, the model gives exactly the in-memory numbers
     assert report["metrics"]["top1"] == metrics["zeroshot"]["top1"]
@@ -34,11 +38,16 @@ def test_zeroshot_report_matches_in_memory_eval(demo_run, capsys):
 
 def test_retrieval_report_and_overrides(demo_run, tmp_path):
     out, metrics = demo_run
-    assert main(["eval", "retrieval", "--checkpoint", str(out), "--out", str(tmp_path),
-                 "eval.retrieval.ks=[1, 10]"]) == 0
+    assert (
+        main(["eval", "retrieval", "--checkpoint", str(out), "--out", str(tmp_path), "eval.retrieval.ks=[1, 10]"]) == 0
+    )
     m = json.loads((tmp_path / "retrieval.json").read_text())["metrics"]
-    assert set(k for k in m if "/R@" in k) == {"image_to_text/R@1", "image_to_text/R@10",
-                                               "text_to_image/R@1", "text_to_image/R@10"}
+    assert set(k for k in m if "/R@" in k) == {
+        "image_to_text/R@1",
+        "image_to_text/R@10",
+        "text_to_image/R@1",
+        "text_to_image/R@10",
+    }
     assert m["image_to_text/R@1"] == metrics["retrieval"]["image_to_text/R@1"]
     assert m["n_b_items"] == 360 * 8 and m["positives"] == "label"
     assert m["n_b"] == 80  # 10 classes x 8 templates: each distinct caption is one gallery item
@@ -79,12 +88,16 @@ def test_index_build_and_query(demo_run, tmp_path, capsys):
     out, _ = demo_run
     data = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
     folder = tmp_path / "idx"
-    assert main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image",
-                 "--out", str(folder)]) == 0
+    assert (
+        main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image", "--out", str(folder)])
+        == 0
+    )
     assert "indexed 360 image items" in capsys.readouterr().out
     # never overwrites an existing index unless asked
-    assert main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image",
-                 "--out", str(folder)]) == 2
+    assert (
+        main(["index", "build", "--checkpoint", str(out), "--data", data, "--modality", "image", "--out", str(folder)])
+        == 2
+    )
     assert "exist" in capsys.readouterr().err
     from align.index.build import query_index
 

@@ -1,6 +1,7 @@
 """`align eval pairs` on a tiny image + two-text-tower checkpoint trained on real digits: every pair
 in both directions, each pair's numbers exactly `align eval retrieval`'s for that pair, every
 modality encoded once, the markdown table and the heat-map written; too few modalities refused."""
+
 from __future__ import annotations
 
 import copy
@@ -15,24 +16,39 @@ import yaml
 from align.app.cli import main
 from tests.support.tiny import TINY_MODALITIES
 
-DATA = {"source": "sklearn-digits", "split": "test", "label_column": "label",
-        "columns": {"image": "image", "text": "caption", "text2": "caption"}}
+DATA = {
+    "source": "sklearn-digits",
+    "split": "test",
+    "label_column": "label",
+    "columns": {"image": "image", "text": "caption", "text2": "caption"},
+}
 BATCH = 128  # 360 test rows -> 3 image batches; 80 distinct captions -> 1 batch per text tower
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
 
     tmp = tmp_path_factory.mktemp("pairs")
     mods = copy.deepcopy(TINY_MODALITIES)
     mods["text2"] = {"adapter": "text", **copy.deepcopy(TINY_MODALITIES["text"])}
-    cfg = config_from_dict({
-        "output_dir": str(tmp / "run"), "seed": 0, "model": {"embed_dim": 16, "modalities": mods},
-        "data": {"train": {**DATA, "split": "train"}},
-        "train": {"batch_size": 32, "steps": 200, "lr": 2e-3, "weight_decay": 0.0, "progress": False,
-                  "log_every": 10}})
+    cfg = config_from_dict(
+        {
+            "output_dir": str(tmp / "run"),
+            "seed": 0,
+            "model": {"embed_dim": 16, "modalities": mods},
+            "data": {"train": {**DATA, "split": "train"}},
+            "train": {
+                "batch_size": 32,
+                "steps": 200,
+                "lr": 2e-3,
+                "weight_decay": 0.0,
+                "progress": False,
+                "log_every": 10,
+            },
+        }
+    )
     train(cfg)  # ~7 s on 2 cores: well above chance, so the compared numbers differ per pair
     return tmp
 
@@ -51,8 +67,7 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_once(run, tmp_path, capsys,
-                                                                                   monkeypatch):
+def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_once(run, tmp_path, capsys, monkeypatch):
     import align.model.checkpoint as checkpoint
 
     cfg = eval_yaml(tmp_path / "eval.yaml", {"positives": "label", "ks": [1, 5, 10]})
@@ -79,9 +94,11 @@ def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_onc
     assert report["schema"] == "align.eval/v1" and report["task"] == "pairs"
     assert m["modalities"] == ["image", "text", "text2"] and m["settings"]["from"].startswith("config")
     # one pass per column: 360 image rows in batches of 128, each tower's 80 distinct captions in one
-    assert m["encoded"] == {"image": {"items": 360, "level": "rows"},
-                            "text": {"items": 80, "level": "distinct items"},
-                            "text2": {"items": 80, "level": "distinct items"}}
+    assert m["encoded"] == {
+        "image": {"items": 360, "level": "rows"},
+        "text": {"items": 80, "level": "distinct items"},
+        "text2": {"items": 80, "level": "distinct items"},
+    }
     assert dict(calls) == {mod: math.ceil(e["items"] / BATCH) for mod, e in m["encoded"].items()}
     assert dict(calls) == {"image": 3, "text": 1, "text2": 1}
     assert [(p["a"], p["b"]) for p in m["pairs"]] == [("image", "text"), ("image", "text2"), ("text", "text2")]
@@ -92,8 +109,23 @@ def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_onc
     monkeypatch.setattr(checkpoint, "load_model", real_load)
     for p in m["pairs"]:  # the same numbers as the one-pair command with the same settings
         single = tmp_path / f"{p['a']}-{p['b']}"
-        assert main(["eval", "retrieval", "--checkpoint", str(run / "run"), "--config", cfg, "--out", str(single),
-                     f"eval.retrieval.a={p['a']}", f"eval.retrieval.b={p['b']}"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "retrieval",
+                    "--checkpoint",
+                    str(run / "run"),
+                    "--config",
+                    cfg,
+                    "--out",
+                    str(single),
+                    f"eval.retrieval.a={p['a']}",
+                    f"eval.retrieval.b={p['b']}",
+                ]
+            )
+            == 0
+        )
         ref = json.loads((single / "retrieval.json").read_text())["metrics"]
         for name, d in p["directions"].items():
             assert set(d) == {"R@1", "R@5", "R@10", "MRR", "n"}
@@ -117,8 +149,21 @@ def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_onc
 
 def test_defaults_without_a_retrieval_section_and_too_few_modalities(run, tmp_path, capsys):
     ckpt = str(run / "run")
-    assert main(["eval", "pairs", "--checkpoint", ckpt, "--config", eval_yaml(tmp_path / "e.yaml"),
-                 "--out", str(tmp_path / "d")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "pairs",
+                "--checkpoint",
+                ckpt,
+                "--config",
+                eval_yaml(tmp_path / "e.yaml"),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 0
+    )
     assert "settings from defaults" in capsys.readouterr().out
     s = json.loads((tmp_path / "d" / "pairs.json").read_text())["metrics"]["settings"]
     assert (s["ks"], s["positives"], s["dedupe"]) == ([1, 5, 10], "label", True)  # digits have labels
@@ -136,8 +181,12 @@ def test_several_tables_merge_into_one_report(run, tmp_path, capsys):
     both = eval_yaml(tmp_path / "a.yaml", {"positives": "label"}, {"image": "image", "text": "caption"})
     other = eval_yaml(tmp_path / "b.yaml", {"positives": "row"}, {"text2": "caption", "image": "image"})
     out = tmp_path / "merged"
-    assert main(["eval", "pairs", "--checkpoint", str(run / "run"), "--config", both, "--config", other,
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["eval", "pairs", "--checkpoint", str(run / "run"), "--config", both, "--config", other, "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.count("retrieval settings from config") == 2
     m = json.loads((out / "pairs.json").read_text())["metrics"]

@@ -1,5 +1,6 @@
 """Every plot goes through one save helper (``save_figure``): the PNG is written (its folder made
 if missing), the path returned, and no figure is left open, not even when writing fails."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,9 @@ PLOTS = {
     "loss": lambda p: plots.plot_loss_curve([(i, 1 / (i + 1)) for i in range(40)], p),
     "confusion": lambda p: plots.plot_confusion_matrix(np.array([[3, 1], [0, 4]]), ["a", "b"], p),
     "recall": lambda p: plots.plot_recall_curve({"image_to_text/R@1": 0.2, "image_to_text/R@5": 0.6}, p),
-    "grid": lambda p: plots.plot_query_grid(["q1", "q2"], [[(IMG, 0.5, True), (IMG, 0.4, False)], [(IMG, 0.3, False)]], p),
+    "grid": lambda p: plots.plot_query_grid(
+        ["q1", "q2"], [[(IMG, 0.5, True), (IMG, 0.4, False)], [(IMG, 0.3, False)]], p
+    ),
     "heatmap": lambda p: plots.plot_pair_heatmap([[None, 0.5], [0.7, None]], ["audio", "text"], p),
 }
 

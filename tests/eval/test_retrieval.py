@@ -3,6 +3,7 @@
 Embeddings with exact ties: each vector has 4 entries of ±0.5 (unit norm exactly), so every dot
 product is a multiple of 1/4 and exact in any summation order; some images are exact duplicates.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -11,8 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from align.eval.retrieval import (clip_benchmark_names, positive_pairs, ranked_retrieval_metrics,
-                            retrieval_metrics, retrieval_metrics_from_scores)
+from align.eval.retrieval import (
+    clip_benchmark_names,
+    positive_pairs,
+    ranked_retrieval_metrics,
+    retrieval_metrics,
+    retrieval_metrics_from_scores,
+)
 
 KS = (1, 2, 5, 10)
 
@@ -78,8 +84,15 @@ def reference(scores: list[list[float]], positives: list[set[int]], ks, k_rule: 
             else:
                 hits[k].append(above + tied <= k)
     out = {f"R@{k}": sum(hits[k]) / len(firsts) for k in ks}
-    out.update({"mAP": sum(aps) / len(aps), "MRR": sum(1 / r for r in firsts) / len(firsts), "median_rank": float(statistics.median(firsts)),
-                "mean_rank": sum(firsts) / len(firsts), "n_queries": len(firsts)})
+    out.update(
+        {
+            "mAP": sum(aps) / len(aps),
+            "MRR": sum(1 / r for r in firsts) / len(firsts),
+            "median_rank": float(statistics.median(firsts)),
+            "mean_rank": sum(firsts) / len(firsts),
+            "n_queries": len(firsts),
+        }
+    )
     return out
 
 
@@ -89,8 +102,10 @@ def both_references(img, txt, img_of_txt, ks, k_rule="index"):
     caps = [set() for _ in range(len(img))]
     for j, i in enumerate(img_of_txt):
         caps[i].add(j)
-    return {"text_to_image": reference(s_ti, [{int(i)} for i in img_of_txt], ks, k_rule),
-            "image_to_text": reference(s_it, caps, ks, k_rule)}
+    return {
+        "text_to_image": reference(s_ti, [{int(i)} for i in img_of_txt], ks, k_rule),
+        "image_to_text": reference(s_it, caps, ks, k_rule),
+    }
 
 
 def check_equal(ours: dict, ref: dict, recall_only: bool = False) -> None:
@@ -172,6 +187,7 @@ def test_ranked_ids_from_faiss():
 
 # --- CLIP_benchmark (pip install clip-benchmark --no-deps; not a project dependency) ---------
 
+
 def _cb_evaluate(img, txt, img_of_txt, ks, batch_size=8):
     """CLIP_benchmark's zeroshot_retrieval.evaluate on a fake model that returns fixed embeddings."""
     zr = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
@@ -185,8 +201,11 @@ def _cb_evaluate(img, txt, img_of_txt, ks, batch_size=8):
 
     samples = [(i, [str(j) for j in np.flatnonzero(img_of_txt == i)]) for i in range(len(img))]
     loader = torch.utils.data.DataLoader(
-        samples, batch_size=batch_size, shuffle=False,
-        collate_fn=lambda b: (torch.tensor([s[0] for s in b]), [s[1] for s in b]))
+        samples,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=lambda b: (torch.tensor([s[0] for s in b]), [s[1] for s in b]),
+    )
     tokenizer = lambda texts: torch.tensor([int(t) for t in texts])
     return zr.evaluate(FakeModel(), loader, tokenizer, "cpu", amp=False, recall_k_list=list(ks))
 
@@ -206,8 +225,10 @@ def test_matches_clip_benchmark_evaluate(kind):
     opt = both_references(img, txt, img_of_txt, KS, "optimistic")
     pes = both_references(img, txt, img_of_txt, KS, "pessimistic")
     for k in KS:
-        for cb_name, d, n in ((f"image_retrieval_recall@{k}", "text_to_image", len(txt)),
-                              (f"text_retrieval_recall@{k}", "image_to_text", len(img))):
+        for cb_name, d, n in (
+            (f"image_retrieval_recall@{k}", "text_to_image", len(txt)),
+            (f"text_retrieval_recall@{k}", "image_to_text", len(img)),
+        ):
             _same_counts(topk[cb_name], theirs[cb_name], n)
             # index tie rule: same as CLIP_benchmark without ties; with ties both lie between the bounds
             assert pes[d][f"R@{k}"] <= index[f"{d}/R@{k}"] <= opt[d][f"R@{k}"]

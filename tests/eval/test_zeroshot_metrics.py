@@ -1,4 +1,5 @@
 """eval.zeroshot_metrics against loops, scikit-learn and CLIP_benchmark's zeroshot_classification."""
+
 from __future__ import annotations
 
 import builtins
@@ -10,8 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from align.eval.zeroshot_metrics import (build_class_embeddings, class_prompts, load_templates,
-                                   zeroshot_classification_metrics)
+from align.eval.zeroshot_metrics import (
+    build_class_embeddings,
+    class_prompts,
+    load_templates,
+    zeroshot_classification_metrics,
+)
 
 
 def make_logits(n: int, c: int, ties: bool, seed: int = 0):
@@ -64,8 +69,9 @@ def test_balanced_accuracy_and_confusion_match_sklearn(ties):
         warnings.simplefilter("ignore")  # sklearn warns about predicted-but-absent classes
         assert m["mean_per_class_recall"] == pytest.approx(skm.balanced_accuracy_score(labels.numpy(), pred), rel=1e-12)
     assert m["n_classes_present"] == 7 and m["per_class_recall"][3] is None
-    np.testing.assert_array_equal(np.array(m["confusion_matrix"]),
-                                  skm.confusion_matrix(labels.numpy(), pred, labels=np.arange(8)))
+    np.testing.assert_array_equal(
+        np.array(m["confusion_matrix"]), skm.confusion_matrix(labels.numpy(), pred, labels=np.arange(8))
+    )
 
 
 def test_bad_inputs():
@@ -99,6 +105,7 @@ def zc(monkeypatch):
 
 # --- class-prompt embeddings --------------------------------------------------------------------
 
+
 class FakeText:
     """Deterministic 'text encoder': a fixed random (unnormalised) vector per distinct string."""
 
@@ -123,8 +130,12 @@ class FakeText:
 
 CLASSES = ["cat", "dog", "red car", "tree"]
 TEMPLATES = ["a photo of a {c}.", "a drawing of a {c}.", "itap of the {c}."]
-CUPL = {"cat": ["a small furry cat", "a cat sleeping"], "dog": ["a dog barking"],
-        "red car": ["a red car on a road", "a shiny red car", "a red sports car"], "tree": ["a tall tree"]}
+CUPL = {
+    "cat": ["a small furry cat", "a cat sleeping"],
+    "dog": ["a dog barking"],
+    "red car": ["a red car on a road", "a shiny red car", "a red sports car"],
+    "tree": ["a tall tree"],
+}
 
 
 @pytest.mark.parametrize("templates", [TEMPLATES, CUPL])

@@ -1,4 +1,5 @@
 """align.index.embedding_index: FAISS index types against numpy brute force, save/load integrity, input checks."""
+
 from __future__ import annotations
 
 import json
@@ -67,10 +68,13 @@ def test_old_api_torch_inputs_and_k_cap():
     assert EmbeddingIndex(16).search(g[:2], 5)[1].shape == (2, 0)  # empty index
 
 
-@pytest.mark.parametrize("spec,params,bound", [
-    ("HNSW32", {"efSearch": 128}, 0.9),
-    ("IVF64,Flat", {"nprobe": 32}, 0.9),
-])
+@pytest.mark.parametrize(
+    "spec,params,bound",
+    [
+        ("HNSW32", {"efSearch": 128}, 0.9),
+        ("IVF64,Flat", {"nprobe": 32}, 0.9),
+    ],
+)
 def test_ann_recall(data, spec, params, bound):
     g, q, exact = data
     index = EmbeddingIndex(32, spec)
@@ -139,8 +143,13 @@ def test_save_load_round_trip(tmp_path, spec):
         index.save(folder, overwrite=True)
     q = g[:20] + 0.01
     loaded = EmbeddingIndex.load(folder, expect_dim=16, expect_model="toy-model@step-100")
-    assert (len(loaded), loaded.spec, loaded.model, loaded.modality, loaded.nprobe) == \
-        (600, spec, "toy-model@step-100", "image", index.nprobe)
+    assert (len(loaded), loaded.spec, loaded.model, loaded.modality, loaded.nprobe) == (
+        600,
+        spec,
+        "toy-model@step-100",
+        "image",
+        index.nprobe,
+    )
     for a, b in zip(index.search(q, 7), loaded.search(q, 7)):
         np.testing.assert_array_equal(a, b)
     assert index.search_with_metadata(q, 3) == loaded.search_with_metadata(q, 3)

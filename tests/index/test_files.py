@@ -1,6 +1,7 @@
 """Index folders under concurrency and tampering (issue 12): concurrent saves to one folder, edited
 metadata.jsonl, a folder without manifest.json, and `align index build` refusing an existing --out
 before it loads a model or encodes anything."""
+
 from __future__ import annotations
 
 import json
@@ -93,15 +94,31 @@ for t in range(trials):
 def run_writer_processes(root: Path, trials: int, overwrite: bool) -> dict[int, dict[str, str]]:
     """Two processes save their own index to ``root/idx{t}`` at the same moment, ``trials`` times."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {tag: subprocess.Popen([sys.executable, "-c", WRITER, str(Path(__file__).resolve().parents[2]), str(root), tag,
-                                    str(trials), "1" if overwrite else "0"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for tag in ("a", "b")}
+    procs = {
+        tag: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER,
+                str(Path(__file__).resolve().parents[2]),
+                str(root),
+                tag,
+                str(trials),
+                "1" if overwrite else "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for tag in ("a", "b")
+    }
     deadline = time.time() + 60
     for t in range(trials):
         while not all((root / f"ready-{tag}-{t}").exists() for tag in procs):
-            assert time.time() < deadline and all(p.poll() is None for p in procs.values()), \
-                {tag: p.communicate() for tag, p in procs.items()}
+            assert time.time() < deadline and all(p.poll() is None for p in procs.values()), {
+                tag: p.communicate() for tag, p in procs.items()
+            }
             time.sleep(0.001)
         (root / f"go-{t}").touch()
     results: dict[int, dict[str, str]] = {t: {} for t in range(trials)}
@@ -143,7 +160,9 @@ def test_edited_metadata_is_refused_naming_the_file(tmp_path):
     edited = original.replace(b'"label": "cat"}', b'"label": "dog"}', 1)  # same length, same ids
     assert edited != original and len(edited) == len(original)
     meta.write_bytes(edited)
-    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl: content is damaged \(sha256 .* does not match manifest"):
+    with pytest.raises(
+        IndexFormatError, match=r"idx: metadata.jsonl: content is damaged \(sha256 .* does not match manifest"
+    ):
         EmbeddingIndex.load(folder)
     meta.write_bytes(original)
     assert EmbeddingIndex.load(folder).get_metadata(0)["label"] == "cat"
@@ -167,8 +186,11 @@ def test_folder_with_the_old_bytes_manifest_loads_and_is_verified(tmp_path):
 
     folder = make("a", 1, n=100).save(tmp_path / "idx")
     m = json.loads((folder / "manifest.json").read_text())
-    m["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                  for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    m["files"] = {
+        p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        for p in sorted(folder.iterdir())
+        if p.name != "manifest.json"
+    }
     (folder / "manifest.json").write_text(json.dumps(m, indent=2) + "\n", encoding="utf-8")
     assert EmbeddingIndex.load(folder).get_metadata(3)["i"] == 3
     blob = bytearray((folder / "index.faiss").read_bytes())
@@ -201,8 +223,19 @@ def test_missing_manifest_says_so(tmp_path, capsys):
 
 def build_cli(out: Path, *extra: str) -> list[str]:
     # a checkpoint that does not exist: any work past the --out check fails on it
-    return ["index", "build", "--checkpoint", str(out.parent / "no-such-checkpoint"), "--data", DATA,
-            "--modality", "image", "--out", str(out), *extra]
+    return [
+        "index",
+        "build",
+        "--checkpoint",
+        str(out.parent / "no-such-checkpoint"),
+        "--data",
+        DATA,
+        "--modality",
+        "image",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_index_build_refuses_existing_out_before_loading_the_model(tmp_path, capsys):

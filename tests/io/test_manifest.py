@@ -28,7 +28,8 @@ def test_written_manifest_lists_bytes_and_sha256_of_every_other_file(tmp_path):
     assert on_disk["format"] == "test/v1" and on_disk["step"] == 3
     assert on_disk["files"] == {
         "a.bin": {"bytes": 1000, "sha256": hashlib.sha256(b"a" * 1000).hexdigest()},
-        "b.txt": {"bytes": 5, "sha256": hashlib.sha256(b"hello").hexdigest()}}
+        "b.txt": {"bytes": 5, "sha256": hashlib.sha256(b"hello").hexdigest()},
+    }
     assert [p.name for p in folder.iterdir() if ".tmp-" in p.name] == []
     m = read_manifest(folder)
     verify_files(folder, ["a.bin", "b.txt"], m)
@@ -37,8 +38,10 @@ def test_written_manifest_lists_bytes_and_sha256_of_every_other_file(tmp_path):
 @pytest.mark.parametrize("key", ["size", "bytes"])
 def test_both_old_schemas_read_as_one_and_are_verified(tmp_path, key):
     folder = folder_with_files(tmp_path)
-    files = {n: {key: (folder / n).stat().st_size, "sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()}
-             for n in ("a.bin", "b.txt")}
+    files = {
+        n: {key: (folder / n).stat().st_size, "sha256": hashlib.sha256((folder / n).read_bytes()).hexdigest()}
+        for n in ("a.bin", "b.txt")
+    }
     (folder / MANIFEST).write_text(json.dumps({"format": "old", "files": files}))
     m = read_manifest(folder)
     assert m["files"]["a.bin"]["bytes"] == 1000 and "size" not in m["files"]["a.bin"]
@@ -71,9 +74,14 @@ def test_missing_unlisted_and_checksum_only_entries(tmp_path):
 def test_absent_and_unreadable_manifests(tmp_path):
     folder = folder_with_files(tmp_path)
     assert read_manifest(folder) is None
-    for text in ("{not json", "[1, 2]", json.dumps({"step": 1}), json.dumps({"files": {"a": {"size": 1}}}),
-                 json.dumps({"files": {"../x": {"bytes": 1, "sha256": "0"}}}),
-                 json.dumps({"files": {"a": {"bytes": "big", "sha256": "0"}}})):
+    for text in (
+        "{not json",
+        "[1, 2]",
+        json.dumps({"step": 1}),
+        json.dumps({"files": {"a": {"size": 1}}}),
+        json.dumps({"files": {"../x": {"bytes": 1, "sha256": "0"}}}),
+        json.dumps({"files": {"a": {"bytes": "big", "sha256": "0"}}}),
+    ):
         (folder / MANIFEST).write_text(text)
         with pytest.raises(ManifestError, match=r"f/manifest\.json: unreadable manifest"):
             read_manifest(folder)

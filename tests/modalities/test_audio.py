@@ -1,6 +1,7 @@
 """Audio: decoding (real FSDD recordings, re-encoded with PyAV to FLAC/Opus/MP3/AAC), resampling,
 crop/pad policy, log-mel via transformers.audio_utils, SpecAugment, errors that name the file,
 and the small AST (shapes, gradients, learns FSDD digits); HF encoders are in test_audio_hf.py."""
+
 from __future__ import annotations
 
 import os
@@ -15,10 +16,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from align.registry import ADAPTERS
+from align.errors import SampleError
 from align.modalities import build_adapter
 from align.modalities.audio_io import crop_or_pad, decode_audio, load_audio
-from align.errors import SampleError
+from align.registry import ADAPTERS
 
 FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "audio" / "fsdd" / "recordings"
 WAVS = sorted(FSDD.glob("*.wav"))
@@ -46,7 +47,7 @@ def encode(x: np.ndarray, sr: int, path: Path, codec: str) -> Path:
 def aligned_corr(y: np.ndarray, ref: np.ndarray) -> float:
     """Correlation after removing the codec's delay (found by cross-correlation)."""
     lag = int(np.correlate(y, ref, "full").argmax()) - (len(ref) - 1)
-    a, b = y[max(lag, 0):], ref[max(-lag, 0):]
+    a, b = y[max(lag, 0) :], ref[max(-lag, 0) :]
     n = min(len(a), len(b))
     return float(np.corrcoef(a[:n], b[:n])[0, 1])
 
@@ -56,6 +57,7 @@ def peak_hz(x: np.ndarray, sr: int) -> float:
 
 
 # ---- decoding --------------------------------------------------------------------------------
+
 
 def test_wav_decodes_to_scaled_float_mono():
     path = WAVS[0]
@@ -70,8 +72,7 @@ def test_wav_decodes_to_scaled_float_mono():
     assert np.array_equal(load_audio((int16(path), SR), SR), wave)
 
 
-@pytest.mark.parametrize("ext,codec", [("flac", "flac"), ("ogg", "libopus"), ("mp3", "libmp3lame"),
-                                       ("m4a", "aac")])
+@pytest.mark.parametrize("ext,codec", [("flac", "flac"), ("ogg", "libopus"), ("mp3", "libmp3lame"), ("m4a", "aac")])
 def test_compressed_formats_decode(tmp_path, ext, codec):
     ref_i16 = int16(WAVS[7])
     ref = ref_i16 / 32768.0
@@ -116,7 +117,7 @@ def test_resampling_keeps_duration_and_pitch():
 
 
 def test_int_pcm_is_scaled():
-    cases = {np.int16: [-32768, 16384, 0], np.int32: [-2**31, 2**30, 0], np.uint8: [0, 192, 128]}
+    cases = {np.int16: [-32768, 16384, 0], np.int32: [-(2**31), 2**30, 0], np.uint8: [0, 192, 128]}
     for dtype, values in cases.items():
         wave = load_audio((np.array(values, dtype=dtype), SR), SR)
         np.testing.assert_allclose(wave, [-1.0, 0.5, 0.0])
@@ -125,6 +126,7 @@ def test_int_pcm_is_scaled():
 
 
 # ---- crop / pad policy -----------------------------------------------------------------------
+
 
 def test_eval_takes_the_centre_deterministically():
     wave = np.arange(100, dtype=np.float32)
@@ -140,7 +142,7 @@ def test_training_crops_are_random_windows_reproducible_by_seed():
         crop = crop_or_pad(wave, 40, train=True)
         np.random.seed(seed)
         assert np.array_equal(crop_or_pad(wave, 40, train=True), crop)
-        assert len(crop) == 40 and np.array_equal(crop, wave[int(crop[0]):int(crop[0]) + 40])
+        assert len(crop) == 40 and np.array_equal(crop, wave[int(crop[0]) : int(crop[0]) + 40])
         starts.add(int(crop[0]))
     assert len(starts) > 5
     gen = np.random.default_rng(0)
@@ -159,31 +161,49 @@ def test_short_clips_are_zero_padded():
 
 # ---- log-mel + SpecAugment -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sr", [8000, 16000])
 def test_log_mel_is_transformers_spectrogram(sr):
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-    adapter = build_adapter("audio", {"sample_rate": sr, "n_mels": 40, "width": 32, "heads": 2,
-                                      "layers": 1})
+    adapter = build_adapter("audio", {"sample_rate": sr, "n_mels": 40, "width": 32, "heads": 2, "layers": 1})
     spec = adapter.preprocessor()(WAVS[3], train=False)
     win, hop = sr // 40, sr // 100  # 25 ms / 10 ms
     assert spec.shape == (40, 1 + sr // hop) and spec.dtype == torch.float32
 
     wave = np.zeros(sr, np.float32)
     clip = load_audio(WAVS[3], sr)[:sr]
-    wave[:len(clip)] = clip
+    wave[: len(clip)] = clip
     n_fft = 1 << (win - 1).bit_length()
-    ref = spectrogram(wave, window_function(win, "hann"), win, hop, n_fft, power=2.0, log_mel="dB",
-                      mel_filters=mel_filter_bank(n_fft // 2 + 1, 40, 20.0, sr / 2, sr, mel_scale="htk"),
-                      mel_floor=1e-10, min_value=1e-10, db_range=80.0)
+    ref = spectrogram(
+        wave,
+        window_function(win, "hann"),
+        win,
+        hop,
+        n_fft,
+        power=2.0,
+        log_mel="dB",
+        mel_filters=mel_filter_bank(n_fft // 2 + 1, 40, 20.0, sr / 2, sr, mel_scale="htk"),
+        mel_floor=1e-10,
+        min_value=1e-10,
+        db_range=80.0,
+    )
     ref = (ref - ref.mean()) / (ref.std() + 1e-5)
     np.testing.assert_allclose(spec.numpy(), ref, atol=1e-4)
     assert abs(float(spec.mean())) < 1e-4 and abs(float(spec.std()) - 1) < 1e-3
 
 
 def test_spec_augment_masks_only_in_training():
-    opts = {"sample_rate": SR, "n_mels": 32, "freq_mask": 8, "time_mask": 20, "num_masks": 2,
-            "width": 32, "heads": 2, "layers": 1}
+    opts = {
+        "sample_rate": SR,
+        "n_mels": 32,
+        "freq_mask": 8,
+        "time_mask": 20,
+        "num_masks": 2,
+        "width": 32,
+        "heads": 2,
+        "layers": 1,
+    }
     pre = build_adapter("audio", opts).preprocessor()
     plain = build_adapter("audio", {**opts, "freq_mask": 0, "time_mask": 0}).preprocessor()
     path = min(WAVS[:50], key=lambda p: sf.info(p).frames)  # shorter than the clip: no random crop
@@ -204,6 +224,7 @@ def test_spec_augment_masks_only_in_training():
 
 
 # ---- errors name the sample ------------------------------------------------------------------
+
 
 def _raises_naming(raw, name: str, match: str | None = None, **kw):
     with pytest.raises(SampleError, match=match) as info:
@@ -236,8 +257,19 @@ def test_bad_files_raise_sample_error_naming_the_file(tmp_path):
     _raises_naming({"bytes": truncated.read_bytes(), "path": "clip_7.wav"}, "clip_7.wav", "truncated")
 
 
-@pytest.mark.parametrize("raw", [5, None, np.zeros(10), (np.zeros((2, 2, 2)), SR), (np.ones(10), 0),
-                                 (np.ones(10, bool), SR), ([0.1, np.inf], SR), {"x": 1}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        5,
+        None,
+        np.zeros(10),
+        (np.zeros((2, 2, 2)), SR),
+        (np.ones(10), 0),
+        (np.ones(10, bool), SR),
+        ([0.1, np.inf], SR),
+        {"x": 1},
+    ],
+)
 def test_unsupported_or_bad_arrays_raise(raw):
     with pytest.raises(SampleError):
         load_audio(raw, SR)
@@ -252,8 +284,16 @@ def test_preprocessor_raises_sample_error(tmp_path):
 
 # ---- small AST trained from scratch ----------------------------------------------------------
 
-TINY_AST = {"sample_rate": SR, "clip_seconds": 0.8, "n_mels": 32, "patch_size": 8, "patch_stride": 8,
-            "width": 64, "layers": 2, "heads": 4}
+TINY_AST = {
+    "sample_rate": SR,
+    "clip_seconds": 0.8,
+    "n_mels": 32,
+    "patch_size": 8,
+    "patch_stride": 8,
+    "width": 64,
+    "layers": 2,
+    "heads": 4,
+}
 
 
 def test_registered_with_working_defaults():
@@ -282,8 +322,7 @@ def test_ast_forward_shapes_gradients_and_batching(pooling):
     assert adapter.tower.patch.weight.grad.abs().sum() > 0 and adapter.tower.pos.grad.abs().sum() > 0
     adapter.eval()
     with torch.no_grad():  # vectorised over the batch: same as one at a time
-        torch.testing.assert_close(adapter(batch), torch.cat([adapter(b[None]) for b in batch]),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(adapter(batch), torch.cat([adapter(b[None]) for b in batch]), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="n_mels, frames"):
         adapter(batch[:, :, :40])
 
@@ -315,11 +354,16 @@ def test_ast_learns_fsdd_digits():
 def test_options_are_validated():
     from pydantic import ValidationError
 
-    cases = [({"encoder": "hf"}, "needs 'hf_model'"), ({"hf_model": "x"}, "needs encoder: hf"),
-             ({"encoder": "hf", "hf_model": "x", "n_mels": 80}, "only apply to encoder 'ast'"),
-             ({"pooling": "pooler"}, "only for encoder 'hf'"), ({"width": 30, "heads": 4}, "divisible"),
-             ({"clip_seconds": 0.1, "patch_size": 16}, "smaller than patch_size"),
-             ({"win_length": 600, "n_fft": 512}, "win_length"), ({"n_mel": 64}, "n_mel")]
+    cases = [
+        ({"encoder": "hf"}, "needs 'hf_model'"),
+        ({"hf_model": "x"}, "needs encoder: hf"),
+        ({"encoder": "hf", "hf_model": "x", "n_mels": 80}, "only apply to encoder 'ast'"),
+        ({"pooling": "pooler"}, "only for encoder 'hf'"),
+        ({"width": 30, "heads": 4}, "divisible"),
+        ({"clip_seconds": 0.1, "patch_size": 16}, "smaller than patch_size"),
+        ({"win_length": 600, "n_fft": 512}, "win_length"),
+        ({"n_mel": 64}, "n_mel"),
+    ]
     for options, match in cases:
         with pytest.raises(ValidationError, match=match):
             build_adapter("audio", options)
@@ -333,9 +377,17 @@ def test_hf_options_survive_the_config_round_trip():
     from align.config.schema import config_from_dict
     from align.modalities.audio import AudioOptions
 
-    cfg = config_from_dict({"model": {"modalities": {"audio": {"options": {"encoder": "hf", "hf_model": "x"}},
-                                                     "text": {"options": {"hf_model": "y"}}}},
-                            "data": {"train": {"source": "csv", "columns": {"audio": "a", "text": "t"}}}})
+    cfg = config_from_dict(
+        {
+            "model": {
+                "modalities": {
+                    "audio": {"options": {"encoder": "hf", "hf_model": "x"}},
+                    "text": {"options": {"hf_model": "y"}},
+                }
+            },
+            "data": {"train": {"source": "csv", "columns": {"audio": "a", "text": "t"}}},
+        }
+    )
     stored = cfg.model.modalities["audio"].options
     assert AudioOptions.model_validate(stored).encoder == "hf"
     # the 'hf' variant stores only its own options; a config dumped before the variants were split

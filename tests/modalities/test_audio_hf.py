@@ -1,6 +1,7 @@
 """HF transformers audio encoders behind the audio adapter: tiny AST, wav2vec2, Whisper and CLAP
 models built and saved here with their feature extractors, loaded by folder (the same code path as a
 hub id), and checked against calling the model directly. Nothing downloads."""
+
 from __future__ import annotations
 
 import os
@@ -29,27 +30,82 @@ def hf_dirs(tmp_path_factory):
     small = {"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 37}
     torch.manual_seed(0)
     models = {
-        "ast": (tf.ASTModel(tf.ASTConfig(hidden_size=32, num_mel_bins=16, max_length=64, **small)),
-                tf.ASTFeatureExtractor(num_mel_bins=16, max_length=64)),
-        "wav2vec2": (tf.Wav2Vec2Model(tf.Wav2Vec2Config(
-            hidden_size=32, conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
-            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer",
-            do_stable_layer_norm=True, vocab_size=10, **small)),
-            tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)),
-        "whisper": (tf.WhisperModel(tf.WhisperConfig(
-            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-            decoder_attention_heads=2, encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=16,
-            max_source_positions=50, max_target_positions=16, vocab_size=100, pad_token_id=0,
-            bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)),
-            tf.WhisperFeatureExtractor(feature_size=16, chunk_length=1)),  # 1 s windows = 100 frames
-        "clap": (tf.ClapModel(tf.ClapConfig(
-            audio_config=dict(depths=[1, 1], num_attention_heads=[2, 2], patch_embeds_hidden_size=16,
-                              hidden_size=32, num_mel_bins=16, spec_size=64, window_size=4),
-            text_config=dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=20, max_position_embeddings=40), projection_dim=16)),
-            tf.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160,
-                                    fft_window_size=400, max_length_s=1, frequency_max=8000,
-                                    truncation="rand_trunc")),
+        "ast": (
+            tf.ASTModel(tf.ASTConfig(hidden_size=32, num_mel_bins=16, max_length=64, **small)),
+            tf.ASTFeatureExtractor(num_mel_bins=16, max_length=64),
+        ),
+        "wav2vec2": (
+            tf.Wav2Vec2Model(
+                tf.Wav2Vec2Config(
+                    hidden_size=32,
+                    conv_dim=(16, 16),
+                    conv_kernel=(10, 3),
+                    conv_stride=(5, 2),
+                    num_conv_pos_embeddings=16,
+                    num_conv_pos_embedding_groups=2,
+                    feat_extract_norm="layer",
+                    do_stable_layer_norm=True,
+                    vocab_size=10,
+                    **small,
+                )
+            ),
+            tf.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True),
+        ),
+        "whisper": (
+            tf.WhisperModel(
+                tf.WhisperConfig(
+                    d_model=32,
+                    encoder_layers=1,
+                    decoder_layers=1,
+                    encoder_attention_heads=2,
+                    decoder_attention_heads=2,
+                    encoder_ffn_dim=37,
+                    decoder_ffn_dim=37,
+                    num_mel_bins=16,
+                    max_source_positions=50,
+                    max_target_positions=16,
+                    vocab_size=100,
+                    pad_token_id=0,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                    decoder_start_token_id=1,
+                )
+            ),
+            tf.WhisperFeatureExtractor(feature_size=16, chunk_length=1),
+        ),  # 1 s windows = 100 frames
+        "clap": (
+            tf.ClapModel(
+                tf.ClapConfig(
+                    audio_config=dict(
+                        depths=[1, 1],
+                        num_attention_heads=[2, 2],
+                        patch_embeds_hidden_size=16,
+                        hidden_size=32,
+                        num_mel_bins=16,
+                        spec_size=64,
+                        window_size=4,
+                    ),
+                    text_config=dict(
+                        vocab_size=50,
+                        hidden_size=16,
+                        num_hidden_layers=1,
+                        num_attention_heads=2,
+                        intermediate_size=20,
+                        max_position_embeddings=40,
+                    ),
+                    projection_dim=16,
+                )
+            ),
+            tf.ClapFeatureExtractor(
+                feature_size=16,
+                sampling_rate=16000,
+                hop_length=160,
+                fft_window_size=400,
+                max_length_s=1,
+                frequency_max=8000,
+                truncation="rand_trunc",
+            ),
+        ),
     }
     for name, (model, fe) in models.items():
         model.save_pretrained(root / name)

@@ -4,6 +4,7 @@ config, HF text encoders with mean/CLS pooling, raw-sample preprocessing and the
 Everything is built locally (tiny open_clip config registered from tmp, tiny BERT saved to tmp);
 nothing downloads.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-from align.registry import ADAPTERS
-from align.modalities import build_adapter
 from align.errors import SampleError
+from align.modalities import build_adapter
+from align.registry import ADAPTERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,6 +37,7 @@ TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
 # --------------------------------------------------------------------------------------------
 # open_clip model by name + local pretrained checkpoint
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=[False, True], ids=["gelu", "quickgelu"])
 def named_clip(request, tmp_path_factory):
@@ -75,7 +77,7 @@ def named_clip(request, tmp_path_factory):
 def test_image_adapter_named_model_loads_local_checkpoint(named_clip):
     adapter = build_adapter("image", {"model": named_clip["name"], "pretrained": named_clip["file"]})
     adapter.eval()
-    visual = {k[len("visual."):]: v for k, v in named_clip["saved"].items() if k.startswith("visual.")}
+    visual = {k[len("visual.") :]: v for k, v in named_clip["saved"].items() if k.startswith("visual.")}
     tower = adapter.tower.state_dict()
     assert set(tower) == set(visual)
     for k, v in visual.items():
@@ -134,6 +136,7 @@ def test_text_adapter_named_model_matches_encode_text(named_clip):
 # --------------------------------------------------------------------------------------------
 # image adapter from vision_cfg + preprocessing of raw samples
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cfg_image_adapter():
@@ -211,8 +214,12 @@ def test_image_preprocessor_grayscale_to_three_channels(cfg_image_adapter, tmp_p
     std = torch.tensor(cfg_image_adapter.std).view(3, 1, 1)
     path = tmp_path / "gray.png"
     Image.fromarray(gray, mode="L").save(path)
-    outs = [pre(gray, train=False), pre(gray[..., None], train=False), pre(str(path), train=False),
-            pre(Image.fromarray(gray, mode="L"), train=False)]
+    outs = [
+        pre(gray, train=False),
+        pre(gray[..., None], train=False),
+        pre(str(path), train=False),
+        pre(Image.fromarray(gray, mode="L"), train=False),
+    ]
     for out in outs:
         assert out.shape == (3, 32, 32)
         pixels = out * std + mean  # undo normalisation: all channels carry the same gray values
@@ -263,6 +270,7 @@ def test_unreadable_type_is_sample_error(cfg_image_adapter):
 # registry
 # --------------------------------------------------------------------------------------------
 
+
 def test_unknown_adapter_lists_known_names():
     ADAPTERS.get("image"), ADAPTERS.get("text")
     for bad in ("imag", "no-such-adapter"):
@@ -285,8 +293,7 @@ def test_registry_imports_adapters_lazily():
         "print('ok')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
-                         timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
 

@@ -4,6 +4,7 @@ built before it was shared: the towers as they were are written out below (``Leg
 ``LegacyPatch``, their code before the block), and with the same seed the shared version draws
 bit-identical initial weights under the same names in the same order (checkpoints and resumed
 optimizer state load), and with the same weights gives bit-identical embeddings and gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,10 +15,12 @@ from align.modalities.audio import ASTAudioOptions, ASTEncoder
 from align.modalities.layers import ClsTransformer, prenorm_transformer
 from align.modalities.pointcloud import GroupTokenizer, PatchOptions, PatchTransformer, group_points
 
-AST = ASTAudioOptions(n_mels=16, clip_seconds=0.25, patch_size=8, patch_stride=6, width=16, layers=2, heads=2,
-                      dropout=0.1)
-PATCH = PatchOptions(num_points=64, num_groups=8, group_size=8, token_widths=[8, 16], width=16, layers=2, heads=2,
-                     dropout=0.1)
+AST = ASTAudioOptions(
+    n_mels=16, clip_seconds=0.25, patch_size=8, patch_stride=6, width=16, layers=2, heads=2, dropout=0.1
+)
+PATCH = PatchOptions(
+    num_points=64, num_groups=8, group_size=8, token_widths=[8, 16], width=16, layers=2, heads=2, dropout=0.1
+)
 
 # the state-dict layout of the towers before the block (what their checkpoints hold), trunk part
 AST_KEYS = ["cls", "pos", "patch.weight", "patch.bias"]

@@ -1,5 +1,6 @@
 """Graph adapter: every input form gives the same graph, PyG batching, GIN/GCN/GAT with each
 pooling, node-level use, bad graphs named, TU folders and HF edge-list columns as tables."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,8 @@ import torch
 
 from align.config.dataset import DatasetSpec
 from align.data.tables import Collator, PairedDataset, load_table
-from align.modalities import build_adapter
 from align.errors import SampleError
+from align.modalities import build_adapter
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "graph"
 TU, CHEBI = DATA / "tu", DATA / "chebi20"
@@ -39,7 +40,9 @@ def test_every_input_form_gives_the_same_features(tmp_path):
     g = from_smiles(smiles)
     as_dict = {"edge_index": g.edge_index.T.tolist(), "node_feat": g.x.tolist(), "edge_attr": g.edge_attr.tolist()}
     nxg = to_networkx(g, node_attrs=["x"], edge_attrs=["edge_attr"])
-    adapter = build_adapter("graph", {"width": 32, "layers": 2, **MOL, "node_attrs": ["x"], "edge_attrs": ["edge_attr"]})
+    adapter = build_adapter(
+        "graph", {"width": 32, "layers": 2, **MOL, "node_attrs": ["x"], "edge_attrs": ["edge_attr"]}
+    )
     out = features(adapter, [smiles, g, as_dict, nxg])
     assert out.shape == (4, 32)
     for i in (1, 2, 3):
@@ -49,8 +52,15 @@ def test_every_input_form_gives_the_same_features(tmp_path):
     ring = nx.cycle_graph(6)
     nx.write_graphml(ring, tmp_path / "ring.graphml")
     nx.write_gml(ring, tmp_path / "ring.gml")
-    f = features(plain, [ring, str(tmp_path / "ring.graphml"), str(tmp_path / "ring.gml"),
-                         {"edge_index": [[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]], "num_nodes": 6}])
+    f = features(
+        plain,
+        [
+            ring,
+            str(tmp_path / "ring.graphml"),
+            str(tmp_path / "ring.gml"),
+            {"edge_index": [[0, 1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 0]], "num_nodes": 6},
+        ],
+    )
     torch.testing.assert_close(f[1], f[0])
     torch.testing.assert_close(f[2], f[0])
     assert not torch.allclose(f[3], f[0])  # a directed ring is a different graph
@@ -89,8 +99,10 @@ def test_node_level_embeddings_and_ego_subgraphs():
     assert nodes.shape == (15, 32)
     ego = build_adapter("graph", {"width": 32, "layers": 2, **MOL, "norm": "none", "pooling": "center", "ego_hops": 2})
     ego.load_state_dict(whole.state_dict())
-    raws = [{"edge_index": g.edge_index.tolist(), "x": g.x.tolist(), "edge_attr": g.edge_attr.tolist(), "center": c}
-            for c in (0, 4, 7, 14)]
+    raws = [
+        {"edge_index": g.edge_index.tolist(), "x": g.x.tolist(), "edge_attr": g.edge_attr.tolist(), "center": c}
+        for c in (0, 4, 7, 14)
+    ]
     assert ego.preprocessor()(raws[0], train=False).num_nodes < 15  # the ego net is a real subgraph
     torch.testing.assert_close(features(ego, raws), nodes[[0, 4, 7, 14]], rtol=1e-4, atol=1e-5)
 
@@ -118,10 +130,12 @@ def test_bad_graphs_raise_clear_errors():
 
 
 def test_option_errors_name_the_problem():
-    for opts, message in (({"encoder": "gcn", "edge_dim": 3}, "takes no edge features"),
-                          ({"encoder": "gat", "width": 30, "heads": 4}, "not divisible"),
-                          ({"node_dim": 3, "node_vocab": [2]}, "not both"),
-                          ({"ego_hops": 2}, "pooling: center")):
+    for opts, message in (
+        ({"encoder": "gcn", "edge_dim": 3}, "takes no edge features"),
+        ({"encoder": "gat", "width": 30, "heads": 4}, "not divisible"),
+        ({"node_dim": 3, "node_vocab": [2]}, "not both"),
+        ({"ego_hops": 2}, "pooling: center"),
+    ):
         with pytest.raises(Exception, match=message):
             build_adapter("graph", opts)
 
@@ -130,9 +144,14 @@ def test_option_errors_name_the_problem():
 def test_tu_folders_and_hf_edge_list_columns_give_the_same_graphs(tmp_path):
     import datasets
 
-    spec = lambda split, fold=0: DatasetSpec(source="tu-dataset", data_dir=str(TU), split=split, columns={"graph": "graph"},
-                                             label_column="label",
-                                             load_kwargs={"name": "MUTAG", "folds": 5, "fold": fold})
+    spec = lambda split, fold=0: DatasetSpec(
+        source="tu-dataset",
+        data_dir=str(TU),
+        split=split,
+        columns={"graph": "graph"},
+        label_column="label",
+        load_kwargs={"name": "MUTAG", "folds": 5, "fold": fold},
+    )
     folds = [set(load_table(spec("test", k))["graph_id"]) for k in range(5)]
     assert sorted(set().union(*folds)) == list(range(188)) and sum(map(len, folds)) == 188
     assert set(load_table(spec("train", 2))["graph_id"]).isdisjoint(folds[2])
@@ -140,13 +159,23 @@ def test_tu_folders_and_hf_edge_list_columns_give_the_same_graphs(tmp_path):
     test = load_table(spec("test", 0))
     # the same graphs as an HF table of separate edge-list columns (the graphs-datasets layout)
     rows = [test[i]["graph"] for i in range(len(test))]
-    cols = {"edge_index": [r["edge_index"] for r in rows], "node_feat": [r["x"] for r in rows],
-            "edge_attr": [r["edge_attr"] for r in rows], "num_nodes": [r["num_nodes"] for r in rows],
-            "y": test["label"]}
+    cols = {
+        "edge_index": [r["edge_index"] for r in rows],
+        "node_feat": [r["x"] for r in rows],
+        "edge_attr": [r["edge_attr"] for r in rows],
+        "num_nodes": [r["num_nodes"] for r in rows],
+        "y": test["label"],
+    }
     datasets.Dataset.from_dict(cols).to_parquet(str(tmp_path / "mutag.parquet"))
-    hf = load_table(DatasetSpec(source="parquet", data_files=str(tmp_path / "mutag.parquet"),
-                                columns={"graph": "g"}, label_column="y",
-                                pack_columns={"g": ["edge_index", "node_feat", "edge_attr", "num_nodes"]}))
+    hf = load_table(
+        DatasetSpec(
+            source="parquet",
+            data_files=str(tmp_path / "mutag.parquet"),
+            columns={"graph": "g"},
+            label_column="y",
+            pack_columns={"g": ["edge_index", "node_feat", "edge_attr", "num_nodes"]},
+        )
+    )
     adapter = build_adapter("graph", {"width": 16, "layers": 2, "node_dim": 7, "edge_dim": 4})
     pre = {"graph": adapter.preprocessor()}
     a = Collator(pre)([PairedDataset(test, {"graph": "graph"}, pre, train=False)[i] for i in range(len(test))])
@@ -173,8 +202,10 @@ def test_bad_smiles_rows_are_named_or_skipped_and_counted(tmp_path, caplog):
     assert "C1CC(" in caplog.text and "empty SMILES" in caplog.text
 
 
-TINY_TEXT = {"text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-             "output_dim": 32}
+TINY_TEXT = {
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "output_dim": 32,
+}
 
 
 @needs_data
@@ -213,32 +244,68 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
     import json
 
     from align.app.cli import main
-    from align.config.schema import load_config
     from align.app.trainer import train
+    from align.config.schema import load_config
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "chebi20-graph-text.yaml", [
-        f"output_dir={tmp_path / 'run'}", "model.embed_dim=64",
-        "model.modalities.graph.options={encoder: gin, layers: 3, width: 64, node_vocab: smiles, "
-        "edge_vocab: smiles, pooling: mean, jk: cat}",
-        "model.modalities.text.options.max_length=64", f"data.train.data_files={CHEBI / 'validation.txt'}",
-        "data.train.max_samples=1000", f"eval.data.data_files={CHEBI / 'test.txt'}", "eval.data.max_samples=300",
-        "train.batch_size=32", "train.steps=120", "train.warmup_steps=10", "train.lr=2e-3", "train.progress=false"])
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "chebi20-graph-text.yaml",
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "model.embed_dim=64",
+            "model.modalities.graph.options={encoder: gin, layers: 3, width: 64, node_vocab: smiles, "
+            "edge_vocab: smiles, pooling: mean, jk: cat}",
+            "model.modalities.text.options.max_length=64",
+            f"data.train.data_files={CHEBI / 'validation.txt'}",
+            "data.train.max_samples=1000",
+            f"eval.data.data_files={CHEBI / 'test.txt'}",
+            "eval.data.max_samples=300",
+            "train.batch_size=32",
+            "train.steps=120",
+            "train.warmup_steps=10",
+            "train.lr=2e-3",
+            "train.progress=false",
+        ],
+    )
     result = train(cfg)
     losses = [v for _, v in result.losses]
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     assert main(["eval", "retrieval", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "retrieval.json").read_text())["metrics"]
     with capsys.disabled():
-        print(f"\nChEBI-20 (1k train, 300 test): graph->text R@1 {m['graph_to_text/R@1']:.3f} "
-              f"R@10 {m['graph_to_text/R@10']:.3f} MRR {m['graph_to_text/MRR']:.3f}; text->graph "
-              f"R@10 {m['text_to_graph/R@10']:.3f}")
+        print(
+            f"\nChEBI-20 (1k train, 300 test): graph->text R@1 {m['graph_to_text/R@1']:.3f} "
+            f"R@10 {m['graph_to_text/R@10']:.3f} MRR {m['graph_to_text/MRR']:.3f}; text->graph "
+            f"R@10 {m['text_to_graph/R@10']:.3f}"
+        )
     for direction in ("graph_to_text", "text_to_graph"):
         assert m[f"{direction}/R@10"] >= 4 * 10 / 300, m
     rows = chebi_rows("test", 300)
-    data = json.dumps({"source": "csv", "data_files": str(CHEBI / "test.txt"), "max_samples": 300,
-                       "load_kwargs": {"delimiter": "\t", "quoting": 3}, "columns": {"graph": "SMILES"}})
-    assert main(["index", "build", "--checkpoint", str(tmp_path / "run"), "--modality", "graph",
-                 "--out", str(tmp_path / "index"), "--data", data]) == 0
+    data = json.dumps(
+        {
+            "source": "csv",
+            "data_files": str(CHEBI / "test.txt"),
+            "max_samples": 300,
+            "load_kwargs": {"delimiter": "\t", "quoting": 3},
+            "columns": {"graph": "SMILES"},
+        }
+    )
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--checkpoint",
+                str(tmp_path / "run"),
+                "--modality",
+                "graph",
+                "--out",
+                str(tmp_path / "index"),
+                "--data",
+                data,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["query", "--index", str(tmp_path / "index"), "--graph", rows[7]["SMILES"], "-k", "1"]) == 0
     top = capsys.readouterr().out.strip().splitlines()[-1]
@@ -248,8 +315,8 @@ def test_chebi20_graph_text_retrieval_learns_and_indexes(tmp_path, capsys):
 def test_pack_columns_and_package_model_paths_name_what_is_wrong():
     import datasets
 
-    from align.errors import DataError
     from align.data.tables import pack_columns
+    from align.errors import DataError
     from align.modalities.base import resolve_model_path
 
     table = datasets.Dataset.from_dict({"edge_index": [[[0], [1]]], "node_feat": [[[1.0], [2.0]]]})

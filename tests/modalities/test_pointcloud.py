@@ -3,6 +3,7 @@ the original tar.xz), sampling (FPS, fewer-points padding), normalisation, train
 augmentation, errors that name the file, both encoders (shapes, permutation invariance, batched
 FPS = per-cloud loop, batch independence), the ``packed-npz`` source, ``on_error: skip``, and a
 tiny point cloud <-> text run on real DALES objects that must beat chance clearly."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from align.errors import DataError
 from align.config.dataset import DatasetSpec
-from align.registry import ADAPTERS
+from align.errors import DataError, SampleError
 from align.modalities import build_adapter
-from align.errors import SampleError
 from align.modalities.layers import farthest_point_sample as fps_torch
 from align.modalities.pointcloud_io import read_cloud
+from align.registry import ADAPTERS
 
 
 def farthest_point_sample(xyz: np.ndarray, k: int, start: int = 0) -> np.ndarray:
@@ -36,12 +36,12 @@ def fps_reference(xyz: np.ndarray, k: int, start: int = 0) -> np.ndarray:
         idx.append(int(dist.argmax()))
     return np.array(idx)
 
+
 DALES = Path(__file__).resolve().parents[3] / "shared" / "data" / "pointcloud" / "dales_objects"
 NPZ = DALES / "dales_objects_499.npz"
 TAR = DALES / "pointclouds-500_xyz.tar.xz"
 CLASSES = ["building", "car", "fence", "pole", "tree"]
-pytestmark = pytest.mark.skipif(not NPZ.is_file() or not TAR.is_file(),
-                                reason=f"DALES objects not in {DALES}")
+pytestmark = pytest.mark.skipif(not NPZ.is_file() or not TAR.is_file(), reason=f"DALES objects not in {DALES}")
 
 
 def pre(**options):
@@ -62,16 +62,29 @@ def cloud():
 
 def write_pcd(path: Path, cols: dict[str, np.ndarray], types: dict[str, str], data: str = "ascii") -> Path:
     n = len(next(iter(cols.values())))
-    header = ["# .PCD v0.7", "VERSION 0.7", "FIELDS " + " ".join(cols), "SIZE " + " ".join("4" for _ in cols),
-              "TYPE " + " ".join(types.get(c, "F") for c in cols), "COUNT " + " ".join("1" for _ in cols),
-              f"WIDTH {n}", "HEIGHT 1", "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {n}", f"DATA {data}"]
-    rows = [" ".join(f"{v:.9g}" if types.get(c, "F") == "F" else str(int(v)) for c, v in zip(cols, vals))
-            for vals in zip(*cols.values())]
+    header = [
+        "# .PCD v0.7",
+        "VERSION 0.7",
+        "FIELDS " + " ".join(cols),
+        "SIZE " + " ".join("4" for _ in cols),
+        "TYPE " + " ".join(types.get(c, "F") for c in cols),
+        "COUNT " + " ".join("1" for _ in cols),
+        f"WIDTH {n}",
+        "HEIGHT 1",
+        "VIEWPOINT 0 0 0 1 0 0 0",
+        f"POINTS {n}",
+        f"DATA {data}",
+    ]
+    rows = [
+        " ".join(f"{v:.9g}" if types.get(c, "F") == "F" else str(int(v)) for c, v in zip(cols, vals))
+        for vals in zip(*cols.values())
+    ]
     path.write_text("\n".join(header + rows) + "\n")
     return path
 
 
 # ---- formats -----------------------------------------------------------------------------------
+
 
 def test_point_formats_round_trip_to_the_same_tensor(tmp_path, cloud):
     import trimesh
@@ -80,8 +93,7 @@ def test_point_formats_round_trip_to_the_same_tensor(tmp_path, cloud):
     rgb01 = rgb / 255.0
     packed = (rgb[:, 0].astype(np.uint32) << 16) | (rgb[:, 1].astype(np.uint32) << 8) | rgb[:, 2]
     np.savetxt(tmp_path / "a.xyz", np.c_[xyz, intensity], fmt="%.9g")
-    np.savetxt(tmp_path / "b.txt", np.c_[xyz, rgb], fmt="%.9g", delimiter=",", header="x,y,z,r,g,b",
-               comments="")
+    np.savetxt(tmp_path / "b.txt", np.c_[xyz, rgb], fmt="%.9g", delimiter=",", header="x,y,z,r,g,b", comments="")
     np.save(tmp_path / "c.npy", np.c_[xyz, normals])
     np.savez(tmp_path / "d.npz", points=xyz, colors=rgb, normals=normals, intensity=intensity)
     xs = {a: xyz[:, i] for i, a in enumerate("xyz")}
@@ -89,17 +101,24 @@ def test_point_formats_round_trip_to_the_same_tensor(tmp_path, cloud):
     write_pcd(tmp_path / "pcl.pcd", {**xs, "rgb": packed, "intensity": intensity, **nf}, {"rgb": "U"})
     write_pcd(tmp_path / "o3d.pcd", {**xs, "rgb": packed.view(np.float32), **nf}, {})  # Open3D: float bits
     trimesh.PointCloud(xyz, colors=np.c_[rgb, np.full(300, 255, np.uint8)]).export(tmp_path / "e.ply")
-    header = ("ply\nformat ascii 1.0\nelement vertex 300\n" + "".join(f"property float {p}\n" for p in
-              ("x", "y", "z", "nx", "ny", "nz", "intensity")) + "end_header\n")
+    header = (
+        "ply\nformat ascii 1.0\nelement vertex 300\n"
+        + "".join(f"property float {p}\n" for p in ("x", "y", "z", "nx", "ny", "nz", "intensity"))
+        + "end_header\n"
+    )
     body = "\n".join(" ".join(f"{v:.9g}" for v in row) for row in np.c_[xyz, normals, intensity])
     (tmp_path / "f.ply").write_text(header + body + "\n")
 
-    expect = {"a.xyz": {"intensity": intensity[:, None]}, "b.txt": {"rgb": rgb01},
-              "c.npy": {"normal": normals},
-              "d.npz": {"rgb": rgb01, "normal": normals, "intensity": intensity[:, None]},
-              "pcl.pcd": {"rgb": rgb01, "normal": normals, "intensity": intensity[:, None]},
-              "o3d.pcd": {"rgb": rgb01, "normal": normals}, "e.ply": {"rgb": rgb01},
-              "f.ply": {"normal": normals, "intensity": intensity[:, None]}}
+    expect = {
+        "a.xyz": {"intensity": intensity[:, None]},
+        "b.txt": {"rgb": rgb01},
+        "c.npy": {"normal": normals},
+        "d.npz": {"rgb": rgb01, "normal": normals, "intensity": intensity[:, None]},
+        "pcl.pcd": {"rgb": rgb01, "normal": normals, "intensity": intensity[:, None]},
+        "o3d.pcd": {"rgb": rgb01, "normal": normals},
+        "e.ply": {"rgb": rgb01},
+        "f.ply": {"normal": normals, "intensity": intensity[:, None]},
+    }
     for name, feats in expect.items():
         got = read_cloud(tmp_path / name, mesh_points=10)
         np.testing.assert_allclose(got.xyz, xyz, rtol=1e-7, err_msg=name)
@@ -112,16 +131,14 @@ def test_point_formats_round_trip_to_the_same_tensor(tmp_path, cloud):
     assert ref.shape == (128, 10) and ref.dtype == torch.float32
     torch.testing.assert_close(p(tmp_path / "d.npz", train=False), ref)
     torch.testing.assert_close(p(str(tmp_path / "pcl.pcd"), train=False), ref)
-    named = pre(num_points=128, features=["rgb", "normal", "intensity"],
-                point_columns=["rgb", "normal", "intensity"])
+    named = pre(num_points=128, features=["rgb", "normal", "intensity"], point_columns=["rgb", "normal", "intensity"])
     torch.testing.assert_close(named(np.c_[xyz, rgb, normals, intensity], train=False), ref)
     with pytest.raises(SampleError, match="has no"):  # 7 extra columns and no point_columns: no guess
         p(np.c_[xyz, rgb, normals, intensity], train=False)
     plain = pre(num_points=128)
     xyz_ref = plain(xyz, train=False)
     torch.testing.assert_close(xyz_ref, ref[:, :3])
-    for raw in [*(tmp_path / n for n in expect), torch.from_numpy(xyz), xyz.tolist(),
-                xyz.reshape(-1).tolist()]:
+    for raw in [*(tmp_path / n for n in expect), torch.from_numpy(xyz), xyz.tolist(), xyz.reshape(-1).tolist()]:
         torch.testing.assert_close(plain(raw, train=False), xyz_ref, msg=str(raw)[:60])
 
 
@@ -158,7 +175,7 @@ def test_dales_xyz_files_equal_the_npz_copy(tmp_path):
         tar.extractall(tmp_path, members=members, filter="data")
     for m in members:
         i = ids.index(int(Path(m.name).stem))
-        ref = z["points"][z["offsets"][i]:z["offsets"][i + 1]]
+        ref = z["points"][z["offsets"][i] : z["offsets"][i + 1]]
         got = read_cloud(tmp_path / m.name, mesh_points=1)
         assert got.xyz.shape == ref.shape and not got.features
         np.testing.assert_array_equal(got.xyz.astype(np.float32), ref)
@@ -167,6 +184,7 @@ def test_dales_xyz_files_equal_the_npz_copy(tmp_path):
 
 
 # ---- sampling, normalisation, augmentation ------------------------------------------------------
+
 
 def test_fps_picks_spread_points_and_is_deterministic_in_eval():
     rng = np.random.default_rng(0)
@@ -215,8 +233,9 @@ def test_normalisation_modes():
     assert abs(np.linalg.norm(sphere, axis=1).max() - 1) < 1e-6
     center = pre(num_points=500, normalize="center", unit=10.0)(pts, train=False).numpy()
     np.testing.assert_allclose(center.mean(0), 0, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(center, axis=1).max() * 10,
-                               np.linalg.norm(pts - pts.mean(0), axis=1).max(), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.norm(center, axis=1).max() * 10, np.linalg.norm(pts - pts.mean(0), axis=1).max(), rtol=1e-5
+    )
     none = pre(num_points=500, normalize="none", sampling="random")(pts, train=False).numpy()
     np.testing.assert_allclose(np.sort(none, 0), np.sort(pts, 0).astype(np.float32), rtol=1e-6)
     radius = pre(num_points=500, radius_feature=True)(pts, train=False).numpy()
@@ -249,6 +268,7 @@ def test_augmentation_only_in_training(cloud):
 
 # ---- errors name the file -----------------------------------------------------------------------
 
+
 def test_bad_samples_raise_sample_error_naming_the_file(tmp_path):
     pts = np.random.default_rng(3).normal(size=(100, 3))
     nan = pts.copy()
@@ -260,10 +280,16 @@ def test_bad_samples_raise_sample_error_naming_the_file(tmp_path):
     (tmp_path / "empty.obj").write_text("")
     write_pcd(tmp_path / "binary.pcd", {a: pts[:, i] for i, a in enumerate("xyz")}, {}, data="binary")
     np.savetxt(tmp_path / "plain.xyz", pts)
-    cases = [("nan.npy", {}, "NaN"), ("few.xyz", {"min_points": 10}, "fewer than min_points 10"),
-             ("corrupt.ply", {}, "cannot read mesh"), ("truncated.off", {}, "cannot read mesh"),
-             ("empty.obj", {}, "cannot read mesh|no geometry"), ("binary.pcd", {}, "only ascii"),
-             ("plain.xyz", {"features": ["rgb"]}, r"has no \['rgb'\]"), ("missing.npy", {}, "no such file")]
+    cases = [
+        ("nan.npy", {}, "NaN"),
+        ("few.xyz", {"min_points": 10}, "fewer than min_points 10"),
+        ("corrupt.ply", {}, "cannot read mesh"),
+        ("truncated.off", {}, "cannot read mesh"),
+        ("empty.obj", {}, "cannot read mesh|no geometry"),
+        ("binary.pcd", {}, "only ascii"),
+        ("plain.xyz", {"features": ["rgb"]}, r"has no \['rgb'\]"),
+        ("missing.npy", {}, "no such file"),
+    ]
     for name, options, match in cases:
         with pytest.raises(SampleError, match=match) as info:
             pre(num_points=16, **options)(tmp_path / name, train=False)
@@ -276,8 +302,16 @@ def test_bad_samples_raise_sample_error_naming_the_file(tmp_path):
 
 # ---- encoders -----------------------------------------------------------------------------------
 
-TINY_PATCH = {"encoder": "patch", "num_points": 128, "num_groups": 16, "group_size": 16, "width": 32,
-              "layers": 1, "heads": 2, "token_widths": [16, 32]}
+TINY_PATCH = {
+    "encoder": "patch",
+    "num_points": 128,
+    "num_groups": 16,
+    "group_size": 16,
+    "width": 32,
+    "layers": 1,
+    "heads": 2,
+    "token_widths": [16, 32],
+}
 
 
 def test_batched_fps_equals_per_cloud_loop():
@@ -294,8 +328,14 @@ def test_batched_fps_equals_per_cloud_loop():
         assert np.array_equal(fps_reference(c, 24, s), i.numpy())
 
 
-@pytest.mark.parametrize("options", [{"num_points": 128, "widths": [16, 32], "pooling": "maxmean"},
-                                     TINY_PATCH, {**TINY_PATCH, "pooling": "mean", "norm": "layer"}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"num_points": 128, "widths": [16, 32], "pooling": "maxmean"},
+        TINY_PATCH,
+        {**TINY_PATCH, "pooling": "mean", "norm": "layer"},
+    ],
+)
 def test_encoders_shapes_gradients_and_batch_independence(options):
     torch.manual_seed(0)
     adapter = build_adapter("pointcloud", {**options, "features": ["intensity"]})
@@ -319,18 +359,25 @@ def test_options_are_validated():
     from pydantic import ValidationError
 
     assert ADAPTERS.get("pointcloud").__name__ == "PointCloudAdapter"
-    cases = [({"width": 64}, "do not apply to encoder 'pointnet'"),
-             ({"encoder": "patch", "widths": [8]}, "patch"), ({"pooling": "cls"}, "not for encoder"),
-             ({"encoder": "patch", "width": 30, "heads": 4}, "divisible"),
-             ({"encoder": "patch", "num_points": 32, "num_groups": 64}, "num_groups"),
-             ({"scale": [1.2, 0.8]}, "scale"), ({"features": ["rgb", "rgb"]}, "duplicates"),
-             ({"unit": 10.0}, "unit"), ({"features": ["color"]}, "features"), ({"num_point": 5}, "num_point")]
+    cases = [
+        ({"width": 64}, "do not apply to encoder 'pointnet'"),
+        ({"encoder": "patch", "widths": [8]}, "patch"),
+        ({"pooling": "cls"}, "not for encoder"),
+        ({"encoder": "patch", "width": 30, "heads": 4}, "divisible"),
+        ({"encoder": "patch", "num_points": 32, "num_groups": 64}, "num_groups"),
+        ({"scale": [1.2, 0.8]}, "scale"),
+        ({"features": ["rgb", "rgb"]}, "duplicates"),
+        ({"unit": 10.0}, "unit"),
+        ({"features": ["color"]}, "features"),
+        ({"num_point": 5}, "num_point"),
+    ]
     for options, match in cases:
         with pytest.raises(ValidationError, match=match):
             build_adapter("pointcloud", options)
 
 
 # ---- packed-npz source --------------------------------------------------------------------------
+
 
 def test_packed_npz_layouts_splits_and_errors(tmp_path):
     from align.data.tables import load_table
@@ -341,20 +388,32 @@ def test_packed_npz_layouts_splits_and_errors(tmp_path):
     colors = rng.integers(0, 256, (sizes.sum(), 3)).astype(np.uint8)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     labels = np.arange(40) % 4
-    np.savez(tmp_path / "a.npz", points=points, offsets=bounds, labels=labels, ids=np.arange(40) + 100,
-             class_names=np.array(["a", "b", "c", "d"]), colors=colors)
+    np.savez(
+        tmp_path / "a.npz",
+        points=points,
+        offsets=bounds,
+        labels=labels,
+        ids=np.arange(40) + 100,
+        class_names=np.array(["a", "b", "c", "d"]),
+        colors=colors,
+    )
     np.savez(tmp_path / "starts.npz", points=points, offsets=bounds[:-1], labels=labels)
     np.savez(tmp_path / "bad.npz", points=points, offsets=bounds[:-3], labels=labels)
 
     def spec(file, split="all", **kw):
-        return DatasetSpec(source="packed-npz", data_files=str(tmp_path / file), split=split,
-                           columns={"pointcloud": "points"}, load_kwargs=kw)
+        return DatasetSpec(
+            source="packed-npz",
+            data_files=str(tmp_path / file),
+            split=split,
+            columns={"pointcloud": "points"},
+            load_kwargs=kw,
+        )
 
     t = load_table(spec("a.npz", per_point={"colors": "colors"}))
     assert t.features["label"].names == ["a", "b", "c", "d"] and t["id"][:3] == [100, 101, 102]
     for i in (0, 17, 39):
-        np.testing.assert_array_equal(np.asarray(t[i]["points"], np.float32), points[bounds[i]:bounds[i + 1]])
-        np.testing.assert_array_equal(t[i]["colors"], colors[bounds[i]:bounds[i + 1]])
+        np.testing.assert_array_equal(np.asarray(t[i]["points"], np.float32), points[bounds[i] : bounds[i + 1]])
+        np.testing.assert_array_equal(t[i]["colors"], colors[bounds[i] : bounds[i + 1]])
     starts = load_table(spec("starts.npz"))
     assert starts["points"] == t["points"] and "id" not in starts.column_names
     flat = load_table(spec("a.npz", flat=True))
@@ -366,8 +425,12 @@ def test_packed_npz_layouts_splits_and_errors(tmp_path):
     assert np.bincount(test["label"]).tolist() == [2, 2, 2, 2]
     folds = [set(load_table(spec("a.npz", "test", folds=4, fold=k))["id"]) for k in range(4)]
     assert set().union(*folds) == set(range(100, 140)) and sum(map(len, folds)) == 40
-    for s, match in [(spec("bad.npz"), "bad.npz.*offsets"), (spec("a.npz", columns={"y": "nope"}), "nope"),
-                     (spec("nothere.npz"), "nothere.npz"), (spec("a.npz", color="x"), "unknown load_kwargs")]:
+    for s, match in [
+        (spec("bad.npz"), "bad.npz.*offsets"),
+        (spec("a.npz", columns={"y": "nope"}), "nope"),
+        (spec("nothere.npz"), "nothere.npz"),
+        (spec("a.npz", color="x"), "unknown load_kwargs"),
+    ]:
         with pytest.raises(DataError, match=match):
             load_table(s)
 
@@ -380,8 +443,7 @@ def test_on_error_skip_counts_bad_files(tmp_path, caplog):
         np.save(tmp_path / f"good{i}.npy", pts + i)
     (tmp_path / "corrupt.stl").write_bytes(b"solid x\nfacet normal 0 0\n")
     np.save(tmp_path / "nan.npy", np.full((50, 3), np.nan))
-    table = load_table(DatasetSpec(source="files", data_files=str(tmp_path / "*"),
-                                   columns={"pointcloud": "path"}))
+    table = load_table(DatasetSpec(source="files", data_files=str(tmp_path / "*"), columns={"pointcloud": "path"}))
     names = [Path(p).name for p in table["path"]]
     p = {"pointcloud": pre(num_points=32)}
     ds = PairedDataset(table, {"pointcloud": "path"}, p, train=False, on_error="skip", name="eval.data")
@@ -396,38 +458,74 @@ def test_on_error_skip_counts_bad_files(tmp_path, caplog):
 
 # ---- learning on real DALES objects -------------------------------------------------------------
 
+
 def test_tiny_pointnet_learns_dales_zero_shot(tmp_path, capsys):
     from align.app.cli import main
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
 
     templates = ["an aerial lidar scan of a {}.", "a point cloud of a {}.", "lidar points of a {}."]
 
     def data(split, temps):
-        return {"source": "packed-npz", "data_files": str(NPZ), "split": split, "load_kwargs": {"flat": True},
-                "columns": {"pointcloud": "points", "text": "label_captions"}, "label_column": "label",
-                "caption_templates": temps}
+        return {
+            "source": "packed-npz",
+            "data_files": str(NPZ),
+            "split": split,
+            "load_kwargs": {"flat": True},
+            "columns": {"pointcloud": "points", "text": "label_captions"},
+            "label_column": "label",
+            "caption_templates": temps,
+        }
 
-    cfg = {"output_dir": str(tmp_path / "run"), "seed": 0,
-           "model": {"embed_dim": 32, "modalities": {
-               "pointcloud": {"options": {"num_points": 128, "sampling": "random", "normalize": "center",
-                                          "unit": 10.0, "widths": [32, 64], "pooling": "maxmean",
-                                          "rotate_up": True}},
-               "text": {"options": {"text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32,
-                                                 "heads": 2, "layers": 1}, "output_dim": 32}}}},
-           "data": {"train": data("train", templates)},
-           "train": {"batch_size": 32, "steps": 150, "lr": 3e-3, "warmup_steps": 10, "weight_decay": 0.0,
-                     "progress": False, "log_every": 10},
-           "eval": {"data": data("test", templates[:1]),
-                    "zeroshot": {"query": "pointcloud", "classnames": CLASSES, "templates": templates}}}
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "model": {
+            "embed_dim": 32,
+            "modalities": {
+                "pointcloud": {
+                    "options": {
+                        "num_points": 128,
+                        "sampling": "random",
+                        "normalize": "center",
+                        "unit": 10.0,
+                        "widths": [32, 64],
+                        "pooling": "maxmean",
+                        "rotate_up": True,
+                    }
+                },
+                "text": {
+                    "options": {
+                        "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+                        "output_dim": 32,
+                    }
+                },
+            },
+        },
+        "data": {"train": data("train", templates)},
+        "train": {
+            "batch_size": 32,
+            "steps": 150,
+            "lr": 3e-3,
+            "warmup_steps": 10,
+            "weight_decay": 0.0,
+            "progress": False,
+            "log_every": 10,
+        },
+        "eval": {
+            "data": data("test", templates[:1]),
+            "zeroshot": {"query": "pointcloud", "classnames": CLASSES, "templates": templates},
+        },
+    }
     t0 = time.perf_counter()
     result = train(config_from_dict(cfg))
     losses = [v for _, v in result.losses]
-    assert main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "run"),
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "ev")]) == 0
     report = json.loads((tmp_path / "ev" / "zeroshot.json").read_text())["metrics"]
     with capsys.disabled():
-        print(f"\nDALES tiny PointNet: loss {np.mean(losses[:3]):.3f} -> {np.mean(losses[-3:]):.3f}, "
-              f"zero-shot top-1 {report['top1']:.3f} (n={report['n']}), {time.perf_counter() - t0:.0f} s")
+        print(
+            f"\nDALES tiny PointNet: loss {np.mean(losses[:3]):.3f} -> {np.mean(losses[-3:]):.3f}, "
+            f"zero-shot top-1 {report['top1']:.3f} (n={report['n']}), {time.perf_counter() - t0:.0f} s"
+        )
     assert report["n"] == 100
     assert report["top1"] > 0.6, report["top1"]  # 100 held-out objects, chance 0.20

@@ -1,5 +1,6 @@
 """Text adapters: HF transformers encoders (tiny BERT saved locally) with mean/CLS pooling, and
 raw-text preprocessing. Nothing downloads."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
-from align.modalities import build_adapter
 from align.errors import SampleError
+from align.modalities import build_adapter
 
 TINY_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
 TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16}
@@ -32,14 +33,21 @@ def tiny_bert_dir(tmp_path_factory):
     vocab_dir = root / "vocab"
     vocab_dir.mkdir()
     (vocab_dir / "vocab.txt").write_text(
-        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CAPTION_WORDS, ".", ","]) + "\n")
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CAPTION_WORDS, ".", ","]) + "\n"
+    )
     tok = BertTokenizer.from_pretrained(str(vocab_dir))
     ids = tok("a photo of the number seven.")["input_ids"]
     assert tok.unk_token_id not in ids, "test vocab was not picked up by the tokenizer"
 
     torch.manual_seed(3)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+    )
     model_dir = root / "model"
     BertModel(config).save_pretrained(str(model_dir))
     tok.save_pretrained(str(model_dir))
@@ -119,6 +127,7 @@ def test_hf_text_max_length_truncates(tiny_bert_dir):
 # --------------------------------------------------------------------------------------------
 # text preprocessing of raw samples
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def cfg_text_adapter():

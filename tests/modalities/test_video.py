@@ -1,5 +1,6 @@
 """Video: real decoding (mmaction2's mp4/avi clips, re-encoded webm/mkv), frame sampling policies,
 broken files, the adapter's contract, and learning motion direction on moving MNIST digits."""
+
 from __future__ import annotations
 
 import copy
@@ -17,16 +18,26 @@ from align.modalities.video_io import FrameSampler, decode_all, read_video, vide
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 CLIPS = DATA / "video" / "mmaction2_clips"
 MNIST = DATA / "image" / "mnist5k" / "mnist_5k.csv.gz"
-HEADERS = {"demo.mp4": (280, 28.0, 340, 256, "h264"), "test.mp4": (300, 30.0, 340, 256, "h264"),
-           "test.avi": (164, 25.0, 320, 240, "mpeg4")}
+HEADERS = {
+    "demo.mp4": (280, 28.0, 340, 256, "h264"),
+    "test.mp4": (300, 30.0, 340, 256, "h264"),
+    "test.avi": (164, 25.0, 320, 240, "mpeg4"),
+}
 
-pytestmark = pytest.mark.skipif(not (CLIPS / "demo.mp4").is_file() or not MNIST.is_file(),
-                                reason="shared video clips / MNIST missing")
+pytestmark = pytest.mark.skipif(
+    not (CLIPS / "demo.mp4").is_file() or not MNIST.is_file(), reason="shared video clips / MNIST missing"
+)
 
-TINY_IMAGE = {"vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16,
-                             "pool_type": "avg"}, "output_dim": 32, "mean": [0.0] * 3, "std": [0.5] * 3}
-TINY_TEXT = {"text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-             "output_dim": 32}
+TINY_IMAGE = {
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16, "pool_type": "avg"},
+    "output_dim": 32,
+    "mean": [0.0] * 3,
+    "std": [0.5] * 3,
+}
+TINY_TEXT = {
+    "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "output_dim": 32,
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +63,12 @@ def small_source(full):
     """24 real frames of demo.mp4 at 96x64 (even sizes for yuv420p)."""
     import av
 
-    return np.stack([av.VideoFrame.from_ndarray(f, format="rgb24").reformat(96, 64).to_ndarray(format="rgb24")
-                     for f in full["demo.mp4"][:24]])
+    return np.stack(
+        [
+            av.VideoFrame.from_ndarray(f, format="rgb24").reformat(96, 64).to_ndarray(format="rgb24")
+            for f in full["demo.mp4"][:24]
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +83,7 @@ def reencoded(tmp_path_factory, small_source):
 # ------------------------------------------------------------------------------------------
 # decoding and sampling
 # ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(HEADERS))
 def test_headers_and_uniform_sampling_match_a_full_decode(name, full):
@@ -111,8 +127,11 @@ def test_stride_and_fps_define_the_candidate_grid(full):
     assert FrameSampler(8, fps=10).grid(10, 25.0).tolist() == [0, 2, 5, 7]  # frame shown at k / 10 s
     assert FrameSampler(8, fps=50).grid(3, 25.0).tolist() == [0, 0, 1, 1, 2, 2]  # upsampling repeats
     assert FrameSampler(8, fps=14, stride=2).grid(28, 28.0).tolist() == [0, 4, 8, 12, 16, 20, 24]
-    for sampler, name in [(FrameSampler(6, stride=5), "demo.mp4"), (FrameSampler(6, fps=10), "test.avi"),
-                          (FrameSampler(6, "segment", fps=5, stride=2), "test.mp4")]:
+    for sampler, name in [
+        (FrameSampler(6, stride=5), "demo.mp4"),
+        (FrameSampler(6, fps=10), "test.avi"),
+        (FrameSampler(6, "segment", fps=5, stride=2), "test.mp4"),
+    ]:
         n, fps = HEADERS[name][:2]
         idx = sampler.indices(n, fps)
         assert set(idx) <= set(sampler.grid(n, fps))
@@ -140,13 +159,24 @@ def test_short_clips_are_stretched_to_exactly_t_frames_in_order(full):
 def test_raw_forms_decode_the_same(full):
     path = CLIPS / "test.avi"
     ref = read_video(path, FrameSampler(4))
-    for raw in (str(path), path.read_bytes(), {"path": str(path), "bytes": None},
-                {"path": "ignored.avi", "bytes": path.read_bytes()}):
+    for raw in (
+        str(path),
+        path.read_bytes(),
+        {"path": str(path), "bytes": None},
+        {"path": "ignored.avi", "bytes": path.read_bytes()},
+    ):
         np.testing.assert_array_equal(read_video(raw, FrameSampler(4)), ref)
     clip = full["test.avi"][:6]
     gray = clip[..., 0]
-    for arr in (clip, clip.tolist(), torch.from_numpy(clip), clip[..., :1], gray, np.concatenate(
-            [clip, np.full(clip.shape[:3] + (1,), 255, np.uint8)], -1), clip.astype(np.float32) / 255.0):
+    for arr in (
+        clip,
+        clip.tolist(),
+        torch.from_numpy(clip),
+        clip[..., :1],
+        gray,
+        np.concatenate([clip, np.full(clip.shape[:3] + (1,), 255, np.uint8)], -1),
+        clip.astype(np.float32) / 255.0,
+    ):
         out = read_video(arr, FrameSampler(3))
         assert out.shape == (3, 240, 320, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(read_video(gray, FrameSampler(3))[..., 2], gray[[0, 2, 5]])
@@ -198,8 +228,11 @@ def test_broken_files_raise_sample_errors_naming_the_file(tmp_path, reencoded):
     # Matroska names the codec by a string; an unknown one leaves the stream with no decoder
     unknown_codec = reencoded["mkv"].read_bytes().replace(b"V_MPEG4/ISO/AVC", b"V_XYZWV/ISO/QQQ")
     cases = {
-        "random.mp4": ("bytes", np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes(),
-                       "not a readable video container"),
+        "random.mp4": (
+            "bytes",
+            np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes(),
+            "not a readable video container",
+        ),
         "truncated.mp4": ("bytes", demo[:10_000], "corrupt or truncated"),
         "empty.mp4": ("bytes", b"", "empty file"),
         "noframes.avi": ("make", lambda p: _no_frames(p, "mpeg4"), "no frames"),
@@ -237,6 +270,7 @@ def test_broken_files_raise_sample_errors_naming_the_file(tmp_path, reencoded):
 # the adapter
 # ------------------------------------------------------------------------------------------
 
+
 def _adapter(**options):
     from align.modalities import build_adapter
 
@@ -244,25 +278,35 @@ def _adapter(**options):
 
 
 def test_options_are_validated_by_key():
-    from align.errors import ConfigError
     from align.config.schema import config_from_dict
+    from align.errors import ConfigError
 
     def cfg(video_options):
         mods = {"video": {"options": video_options}, "text": {"options": TINY_TEXT}}
-        return {"model": {"modalities": mods},
-                "data": {"train": {"source": "x", "columns": {"video": "v", "text": "t"}}}}
+        return {
+            "model": {"modalities": mods},
+            "data": {"train": {"source": "x", "columns": {"video": "v", "text": "t"}}},
+        }
 
     ok = config_from_dict(cfg({"image": TINY_IMAGE}))
     opts = ok.model.modalities["video"].options
     defaults = {k: opts[k] for k in ("frames", "sampling", "temporal", "stride", "fps", "augment")}
-    assert defaults == {"frames": 8, "sampling": "uniform", "temporal": "mean", "stride": 1, "fps": None,
-                        "augment": True}
-    for bad, key in [({"image": {**TINY_IMAGE, "vision_cfg": {"widht": 3}}}, "options.image.vision_cfg"),
-                     ({"image": TINY_IMAGE, "sampling": "dense"}, "options.sampling"),
-                     ({"image": TINY_IMAGE, "temporal": "lstm"}, "options.temporal"),
-                     ({"image": TINY_IMAGE, "frame": 4}, "options.frame"),
-                     ({"image": TINY_IMAGE, "fps": 0}, "options.fps"),
-                     ({}, "options.image")]:
+    assert defaults == {
+        "frames": 8,
+        "sampling": "uniform",
+        "temporal": "mean",
+        "stride": 1,
+        "fps": None,
+        "augment": True,
+    }
+    for bad, key in [
+        ({"image": {**TINY_IMAGE, "vision_cfg": {"widht": 3}}}, "options.image.vision_cfg"),
+        ({"image": TINY_IMAGE, "sampling": "dense"}, "options.sampling"),
+        ({"image": TINY_IMAGE, "temporal": "lstm"}, "options.temporal"),
+        ({"image": TINY_IMAGE, "frame": 4}, "options.frame"),
+        ({"image": TINY_IMAGE, "fps": 0}, "options.fps"),
+        ({}, "options.image"),
+    ]:
         with pytest.raises(ConfigError, match=rf"model\.modalities\.video\.{key}"):
             config_from_dict(cfg(bad))
     with pytest.raises(ValueError, match="temporal_heads"):
@@ -310,8 +354,9 @@ def test_one_batched_tower_call_and_gradients(temporal):
         torch.testing.assert_close(adapter.frame_features(batch), per_frame, rtol=1e-4, atol=1e-5)
     out.pow(2).sum().backward()
     grads = {n: p.grad for n, p in adapter.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), \
-        [n for n, g in grads.items() if g is None]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), [
+        n for n, g in grads.items() if g is None
+    ]
     assert grads["image.tower.conv1.weight"].abs().sum() > 0
     if temporal == "transformer":
         assert grads["temporal.frame_pos_embed"].abs().sum() > 0
@@ -332,12 +377,12 @@ def test_mean_pooling_cannot_see_frame_order_the_transformer_can():
 # moving digits: data and learning
 # ------------------------------------------------------------------------------------------
 
+
 def test_moving_digit_clips_reverse_into_their_opposite_direction():
     from align.data.sources.common import read_pixel_csv
 
     images, labels = read_pixel_csv(MNIST)
-    clips = {d: moving_digit_clips(images[:1], labels[:1], 6, 32, seed=7, directions=[d])[0][0]
-             for d in range(4)}
+    clips = {d: moving_digit_clips(images[:1], labels[:1], 6, 32, seed=7, directions=[d])[0][0] for d in range(4)}
     # the same path drawn backwards: identical frame sets, so only order tells left from right
     np.testing.assert_array_equal(clips[0], clips[1][::-1])
     np.testing.assert_array_equal(clips[2], clips[3][::-1])
@@ -355,12 +400,17 @@ def test_moving_digit_clips_reverse_into_their_opposite_direction():
 
 def test_moving_digits_source():
     from align.config.dataset import DatasetSpec
-    from align.errors import DataError
     from align.data.tables import load_table
+    from align.errors import DataError
 
     def spec(split, **kw):
-        return DatasetSpec(source="moving-digits", data_files=str(MNIST), split=split,
-                           columns={"video": "video"}, load_kwargs={"frames": 4, "size": 24, **kw})
+        return DatasetSpec(
+            source="moving-digits",
+            data_files=str(MNIST),
+            split=split,
+            columns={"video": "video"},
+            load_kwargs={"frames": 4, "size": 24, **kw},
+        )
 
     train, test = load_table(spec("train")), load_table(spec("test", clips_per_image=2))
     assert (len(train), len(test)) == (4000, 2000)
@@ -388,30 +438,57 @@ def _direction_config(out: Path, temporal: str) -> dict:
     steps: seeds 0-7 all reach >= 0.99 direction accuracy by step 300 (with the defaults, several
     seeds were still on the plateau at step 240).
     """
-    def spec(split: str) -> dict:
-        return {"source": "moving-digits", "data_files": str(MNIST), "split": split,
-                "columns": {"video": "video", "text": "caption"}, "label_column": "direction",
-                "load_kwargs": {"frames": 6, "size": 32, "digit_size": 12, "digits": [3],
-                                "clips_per_image": 4}}
 
-    video = {"image": copy.deepcopy(TINY_IMAGE), "frames": 6, "temporal": temporal, "temporal_layers": 1,
-             "temporal_heads": 2, "temporal_pos_std": 0.5, "augment": False}
-    return {"output_dir": str(out), "seed": 0,
-            "model": {"embed_dim": 32,
-                      "modalities": {"video": {"options": video}, "text": {"options": TINY_TEXT}}},
-            "data": {"train": spec("train")},
-            "train": {"batch_size": 32, "steps": 300, "lr": 1e-3, "warmup_steps": 60, "weight_decay": 0.0,
-                      "progress": False, "log_every": 50},
-            "eval": {"data": spec("test"), "batch_size": 200,
-                     "zeroshot": {"query": "video", "classnames": {d: f"three moving {d}" for d in DIRECTIONS},
-                                  "templates": VIDEO_CAPTIONS}}}
+    def spec(split: str) -> dict:
+        return {
+            "source": "moving-digits",
+            "data_files": str(MNIST),
+            "split": split,
+            "columns": {"video": "video", "text": "caption"},
+            "label_column": "direction",
+            "load_kwargs": {"frames": 6, "size": 32, "digit_size": 12, "digits": [3], "clips_per_image": 4},
+        }
+
+    video = {
+        "image": copy.deepcopy(TINY_IMAGE),
+        "frames": 6,
+        "temporal": temporal,
+        "temporal_layers": 1,
+        "temporal_heads": 2,
+        "temporal_pos_std": 0.5,
+        "augment": False,
+    }
+    return {
+        "output_dir": str(out),
+        "seed": 0,
+        "model": {"embed_dim": 32, "modalities": {"video": {"options": video}, "text": {"options": TINY_TEXT}}},
+        "data": {"train": spec("train")},
+        "train": {
+            "batch_size": 32,
+            "steps": 300,
+            "lr": 1e-3,
+            "warmup_steps": 60,
+            "weight_decay": 0.0,
+            "progress": False,
+            "log_every": 50,
+        },
+        "eval": {
+            "data": spec("test"),
+            "batch_size": 200,
+            "zeroshot": {
+                "query": "video",
+                "classnames": {d: f"three moving {d}" for d in DIRECTIONS},
+                "templates": VIDEO_CAPTIONS,
+            },
+        },
+    }
 
 
 def test_transformer_learns_motion_direction_mean_pooling_cannot(tmp_path):
     """The real trainer on held-out clips: the temporal transformer reads direction; mean pooling
     sees the same frame set for a clip and its reverse, so it is at chance between opposites."""
-    from align.config.schema import config_from_dict
     from align.app.trainer import train
+    from align.config.schema import config_from_dict
 
     scores = {}
     for temporal in ("mean", "transformer"):

@@ -1,6 +1,7 @@
 """Checkpoint folders and their manifest: what today's code writes, and checkpoints written by
 earlier versions (manifest entries with ``size`` instead of ``bytes``) still load and are still
 verified. A tiny open_clip image<->text model; no training needed to test the files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,19 +14,29 @@ import torch
 
 from align.config.schema import config_from_dict, load_config
 from align.model.align_model import AlignModel
-from align.model.checkpoint import (CheckpointError, load_model, load_training_state, load_weights,
-                                    save_checkpoint)
+from align.model.checkpoint import CheckpointError, load_model, load_training_state, load_weights, save_checkpoint
 from tests.support.tiny import TINY_MODALITIES
 
-DIGITS_TRAIN = {"source": "sklearn-digits", "split": "train", "max_samples": 64,
-                "columns": {"image": "image", "text": "caption"}, "label_column": "label"}
+DIGITS_TRAIN = {
+    "source": "sklearn-digits",
+    "split": "train",
+    "max_samples": 64,
+    "columns": {"image": "image", "text": "caption"},
+    "label_column": "label",
+}
 
 
 @pytest.fixture
 def saved(tmp_path) -> tuple[Path, AlignModel]:
-    cfg = config_from_dict({"output_dir": str(tmp_path / "run"), "seed": 3,
-                            "model": {"embed_dim": 16, "modalities": TINY_MODALITIES},
-                            "data": {"train": DIGITS_TRAIN}, "train": {"steps": 4}})
+    cfg = config_from_dict(
+        {
+            "output_dir": str(tmp_path / "run"),
+            "seed": 3,
+            "model": {"embed_dim": 16, "modalities": TINY_MODALITIES},
+            "data": {"train": DIGITS_TRAIN},
+            "train": {"steps": 4},
+        }
+    )
     torch.manual_seed(0)
     model = AlignModel(cfg.model)
     return save_checkpoint(tmp_path / "run" / "checkpoints", 4, model, cfg, {"note": "x"}), model
@@ -43,7 +54,7 @@ def write_old_manifest(ckpt: Path) -> None:
 
 def flip(path: Path, offset: int, n: int = 64) -> None:
     data = bytearray(path.read_bytes())
-    data[offset:offset + n] = bytes(b ^ 0xFF for b in data[offset:offset + n])
+    data[offset : offset + n] = bytes(b ^ 0xFF for b in data[offset : offset + n])
     path.write_bytes(bytes(data))
 
 
@@ -58,8 +69,10 @@ def test_manifest_lists_bytes_and_sha256_of_every_file(saved):
     assert m["format"] == "align.model.checkpoint/v2" and m["step"] == 4
     assert set(m["files"]) == {"model.safetensors", "training_state.pt", "config.yaml"}
     for name, entry in m["files"].items():
-        assert entry == {"bytes": (ckpt / name).stat().st_size,
-                         "sha256": hashlib.sha256((ckpt / name).read_bytes()).hexdigest()}
+        assert entry == {
+            "bytes": (ckpt / name).stat().st_size,
+            "sha256": hashlib.sha256((ckpt / name).read_bytes()).hexdigest(),
+        }
     assert [p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")] == []  # no temporaries left
     assert (ckpt.parent / "latest").read_text() == "step-000004\n"
 
@@ -83,8 +96,11 @@ def test_old_size_manifest_still_refuses_damage_naming_the_file(saved):
     with pytest.raises(CheckpointError, match=r"model\.safetensors: content is damaged \(sha256"):
         load_model(ckpt)
     weights.write_bytes(original[: len(original) // 3])
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ bytes where manifest\.json says "
-                                              rf"{len(original)} \(truncated\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: \d+ bytes where manifest\.json says "
+        rf"{len(original)} \(truncated\)",
+    ):
         load_weights(AlignModel(load_config(ckpt / "config.yaml").model), ckpt)
     weights.write_bytes(original)
     flip(ckpt / "training_state.pt", 40, 8)

@@ -1,6 +1,7 @@
 """Momentum towers and queues (MoCo v2 / ALBEF, align/model/momentum.py): the EMA and the queue move as
 specified (the loss is tested in tests/objectives/test_queue.py), checkpoints carry both and a resumed run
 continues exactly; trained on scikit-learn's real digits."""
+
 from __future__ import annotations
 
 import copy
@@ -16,13 +17,31 @@ MOMENTUM = {"queue_size": 40, "momentum": 0.9, "distill": 0.4}
 def tiny(tmp_path, **train):
     from align.config.schema import config_from_dict
 
-    return config_from_dict({
-        "output_dir": str(tmp_path), "seed": 3,
-        "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES), "momentum": MOMENTUM},
-        "data": {"train": {"source": "sklearn-digits", "max_samples": 64, "label_column": "label",
-                           "columns": {"image": "image", "text": "caption"}}},
-        "train": {"batch_size": 16, "steps": 12, "lr": 1e-3, "warmup_steps": 2, "progress": False,
-                  "log_every": 1, "checkpoint_every": 6, **train}})
+    return config_from_dict(
+        {
+            "output_dir": str(tmp_path),
+            "seed": 3,
+            "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES), "momentum": MOMENTUM},
+            "data": {
+                "train": {
+                    "source": "sklearn-digits",
+                    "max_samples": 64,
+                    "label_column": "label",
+                    "columns": {"image": "image", "text": "caption"},
+                }
+            },
+            "train": {
+                "batch_size": 16,
+                "steps": 12,
+                "lr": 1e-3,
+                "warmup_steps": 2,
+                "progress": False,
+                "log_every": 1,
+                "checkpoint_every": 6,
+                **train,
+            },
+        }
+    )
 
 
 def test_momentum_run_moves_ema_and_queue_and_resumes_exactly(tmp_path):
@@ -36,7 +55,7 @@ def test_momentum_run_moves_ema_and_queue_and_resumes_exactly(tmp_path):
     moved = [n for n in main if not torch.equal(main[n], ema[n])]
     assert moved and all(not p.requires_grad for p in ema.values())
     # the newest queue entries are momentum embeddings: unit vectors, not the random initial ones
-    newest = mom.queue("text")[(mom.queue_ptr("text") - 16) % 40: mom.queue_ptr("text") or 40]
+    newest = mom.queue("text")[(mom.queue_ptr("text") - 16) % 40 : mom.queue_ptr("text") or 40]
     torch.testing.assert_close(newest.norm(dim=-1), torch.ones(len(newest)))
 
     first = train(tiny(tmp_path / "split"), stop_at=6)
@@ -68,6 +87,10 @@ def test_momentum_refuses_other_objectives():
     from align.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.momentum"):
-        config_from_dict({"model": {"modalities": {"image": {}, "text": {}}, "loss": "dcl", "momentum": MOMENTUM},
-                          "data": {"train": {"source": "csv", "columns": {"image": "a", "text": "b"}}}},
-                         validate_adapters=False)
+        config_from_dict(
+            {
+                "model": {"modalities": {"image": {}, "text": {}}, "loss": "dcl", "momentum": MOMENTUM},
+                "data": {"train": {"source": "csv", "columns": {"image": "a", "text": "b"}}},
+            },
+            validate_adapters=False,
+        )

@@ -1,5 +1,6 @@
 """align.objectives.losses against open_clip's reference losses (float64), plus the model's temperature,
 bias and score API, and the loss registry."""
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ def test_clip_loss_matches_open_clip(batch, dim, bias):
     seed = 1000 * batch + dim + int(bias)
     ref = oc_loss.ClipLoss(local_loss=False, gather_with_grad=True, rank=0, world_size=1)
     for local in (True, False):  # local_loss must not matter on one process
-        v_ref, g_ref = _check_parity(losses.ClipLoss(local_loss=local, rank=0, world_size=1), ref,
-                                     batch, dim, seed, bias)
+        v_ref, g_ref = _check_parity(
+            losses.ClipLoss(local_loss=local, rank=0, world_size=1), ref, batch, dim, seed, bias
+        )
     if batch > 1:  # with one sample InfoNCE is identically 0; otherwise the check must have teeth
         assert v_ref > 0
         assert all(g.abs().max() > 0 for g in g_ref)
@@ -57,8 +59,9 @@ def test_clip_loss_matches_open_clip(batch, dim, bias):
 @pytest.mark.parametrize("batch,dim", SHAPES)
 def test_siglip_loss_matches_open_clip(batch, dim):
     seed = 7 + 1000 * batch + dim
-    v_ref, g_ref = _check_parity(losses.SigLipLoss(rank=0, world_size=1),
-                                 oc_loss.SigLipLoss(rank=0, world_size=1), batch, dim, seed, bias=True)
+    v_ref, g_ref = _check_parity(
+        losses.SigLipLoss(rank=0, world_size=1), oc_loss.SigLipLoss(rank=0, world_size=1), batch, dim, seed, bias=True
+    )
     assert v_ref > 0
     assert all(g.abs().max() > 0 for g in g_ref)
 
@@ -101,8 +104,7 @@ def test_logit_scale_and_bias_init(clip_model, siglip_model):
 
 def test_logit_scale_overrides(tiny_model_config):
     torch.manual_seed(0)
-    m = AlignModel(tiny_model_config("clip", init_logit_scale=1.25, init_logit_bias=-2.5,
-                                     learn_logit_scale=False))
+    m = AlignModel(tiny_model_config("clip", init_logit_scale=1.25, init_logit_bias=-2.5, learn_logit_scale=False))
     assert m.logit_scale.item() == pytest.approx(1.25)
     assert not m.logit_scale.requires_grad
     assert m.logit_bias.item() == pytest.approx(-2.5)
@@ -112,8 +114,13 @@ def test_clamp_logit_scale(tiny_model_config):
     torch.manual_seed(0)
     m = AlignModel(tiny_model_config("siglip"))
     bias_before = m.logit_bias.item()
-    for value, expected in [(10.0, math.log(100.0)), (-3.0, 0.0), (1.5, 1.5),
-                            (math.log(100.0) + 1e-3, math.log(100.0)), (0.0, 0.0)]:
+    for value, expected in [
+        (10.0, math.log(100.0)),
+        (-3.0, 0.0),
+        (1.5, 1.5),
+        (math.log(100.0) + 1e-3, math.log(100.0)),
+        (0.0, 0.0),
+    ]:
         with torch.no_grad():
             m.logit_scale.fill_(value)
         m.clamp_logit_scale_()
@@ -165,8 +172,12 @@ def test_contrastive_loss_uses_model_temperature(loss, clip_model, siglip_model)
         model.logit_scale.fill_(2.1)
         got = contrastive_loss(model, emb, [("image", "text")], factory.build_loss(loss))
     ref_fn = oc_loss.ClipLoss() if loss == "clip" else oc_loss.SigLipLoss()
-    ref = ref_fn(emb["image"], emb["text"], torch.tensor(math.exp(2.1)),
-                 None if model.logit_bias is None else model.logit_bias.detach())
+    ref = ref_fn(
+        emb["image"],
+        emb["text"],
+        torch.tensor(math.exp(2.1)),
+        None if model.logit_bias is None else model.logit_bias.detach(),
+    )
     torch.testing.assert_close(got, ref)
 
 
@@ -218,14 +229,16 @@ def test_loss_names_are_known_before_their_modules_are_imported():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "from align.registry import LOSSES\n"
-            "assert 'dcl' in LOSSES.names() and 'symile' in LOSSES.names()\n"
-            "assert not any(m.startswith('align.objectives') for m in sys.modules), sorted(sys.modules)\n"
-            "assert LOSSES.get('dcl').__module__ == 'align.objectives.variants'\n"
-            "assert 'align.objectives.multiway' not in sys.modules\n"
-            "assert LOSSES.get('gram').__module__ == 'align.objectives.multiway'\n"
-            "print('ok')\n")
+    code = (
+        "import sys\n"
+        "from align.registry import LOSSES\n"
+        "assert 'dcl' in LOSSES.names() and 'symile' in LOSSES.names()\n"
+        "assert not any(m.startswith('align.objectives') for m in sys.modules), sorted(sys.modules)\n"
+        "assert LOSSES.get('dcl').__module__ == 'align.objectives.variants'\n"
+        "assert 'align.objectives.multiway' not in sys.modules\n"
+        "assert LOSSES.get('gram').__module__ == 'align.objectives.multiway'\n"
+        "print('ok')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
@@ -233,26 +246,54 @@ def test_loss_names_are_known_before_their_modules_are_imported():
 def _loss_config(model: dict | None = None, train: dict | None = None):
     from align.config.schema import config_from_dict
 
-    return config_from_dict({
-        "model": {"embed_dim": 16, "modalities": dict(TINY), **(model or {})},
-        "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"},
-                           "label_column": "label"}},
-        "train": dict(train or {})}, validate_adapters=False)
+    return config_from_dict(
+        {
+            "model": {"embed_dim": 16, "modalities": dict(TINY), **(model or {})},
+            "data": {
+                "train": {
+                    "source": "sklearn-digits",
+                    "columns": {"image": "image", "text": "caption"},
+                    "label_column": "label",
+                }
+            },
+            "train": dict(train or {}),
+        },
+        validate_adapters=False,
+    )
 
 
-@pytest.mark.parametrize("model, train, message", [
-    ({"loss": "clipp"}, {}, "config key 'model.loss': unknown loss 'clipp'; pairwise losses: "
-                            "clip, dcl, hcl, mochi, multi_positive, siglip"),
-    ({"loss": "symile"}, {}, "config key 'model.loss': loss 'symile' scores three or more modalities at once"),
-    ({}, {"pairs": [["image", "text"], {"modalities": ["text", "image"], "loss": "gram"}]},
-     "config key 'train.pairs[1].loss': loss 'gram' scores three or more modalities at once"),
-    ({}, {"pairs": [{"modalities": ["image", "text"], "loss": "hlc"}]},
-     "config key 'train.pairs[0].loss': unknown loss 'hlc'; pairwise losses: clip, dcl"),
-    ({}, {"pairs": [], "multiway": {"loss": "clip", "modalities": ["image", "text", "image2"]}},
-     "config key 'train.multiway.loss': loss 'clip' scores a pair"),
-    ({}, {"pairs": [], "multiway": {"loss": "symle", "modalities": ["image", "text", "image2"]}},
-     "config key 'train.multiway.loss': unknown loss 'symle'; multiway losses: gram, symile"),
-])
+@pytest.mark.parametrize(
+    "model, train, message",
+    [
+        (
+            {"loss": "clipp"},
+            {},
+            "config key 'model.loss': unknown loss 'clipp'; pairwise losses: "
+            "clip, dcl, hcl, mochi, multi_positive, siglip",
+        ),
+        ({"loss": "symile"}, {}, "config key 'model.loss': loss 'symile' scores three or more modalities at once"),
+        (
+            {},
+            {"pairs": [["image", "text"], {"modalities": ["text", "image"], "loss": "gram"}]},
+            "config key 'train.pairs[1].loss': loss 'gram' scores three or more modalities at once",
+        ),
+        (
+            {},
+            {"pairs": [{"modalities": ["image", "text"], "loss": "hlc"}]},
+            "config key 'train.pairs[0].loss': unknown loss 'hlc'; pairwise losses: clip, dcl",
+        ),
+        (
+            {},
+            {"pairs": [], "multiway": {"loss": "clip", "modalities": ["image", "text", "image2"]}},
+            "config key 'train.multiway.loss': loss 'clip' scores a pair",
+        ),
+        (
+            {},
+            {"pairs": [], "multiway": {"loss": "symle", "modalities": ["image", "text", "image2"]}},
+            "config key 'train.multiway.loss': unknown loss 'symle'; multiway losses: gram, symile",
+        ),
+    ],
+)
 def test_a_bad_loss_name_names_its_key_and_the_real_losses(model, train, message):
     from align.errors import ConfigError
 
@@ -272,7 +313,10 @@ def test_validation_asks_the_class_for_labels():
     from align.config.schema import config_from_dict
 
     with pytest.raises(ConfigError, match=r"'model.loss': loss 'multi_positive' .* needs data.train.label_column"):
-        config_from_dict({"model": {"embed_dim": 16, "modalities": dict(TINY), "loss": "multi_positive"},
-                          "data": {"train": {"source": "sklearn-digits",
-                                             "columns": {"image": "image", "text": "caption"}}}},
-                         validate_adapters=False)
+        config_from_dict(
+            {
+                "model": {"embed_dim": 16, "modalities": dict(TINY), "loss": "multi_positive"},
+                "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}}},
+            },
+            validate_adapters=False,
+        )

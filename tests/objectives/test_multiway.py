@@ -3,6 +3,7 @@ loops over candidates (float64): Symile (both negative samplings), GRAM, their r
 properties, a higher-order toy problem, Matryoshka, per-pair temperatures, and a 2-process gloo
 gather. Run as a script, this file is the worker of the 2-process test (see ``_worker``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -68,8 +69,9 @@ def ref_symile(xs, scale, perms=None, sign: float = 1.0, insert_positive: bool =
         rows = []
         for i in range(n):
             if perms is not None:
-                tuples = [[xs[k][i if (j == i and insert_positive) else perms[a, k, j]] for k in others]
-                          for j in range(n)]
+                tuples = [
+                    [xs[k][i if (j == i and insert_positive) else perms[a, k, j]] for k in others] for j in range(n)
+                ]
                 positive = i
             else:
                 combos = list(itertools.product(range(n), repeat=m - 1))
@@ -125,10 +127,16 @@ def test_symile_n_matches_reference(m, batch, dim):
         return
     _assert_same(ours, ref, f"symile n M={m} B={batch}")
     _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, sign=-1.0), xs, log_scale), "sign")
-    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, insert_positive=False), xs, log_scale),
-             "positive not inserted")
-    _differs(ours, tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, anchors=range(m - 1)), xs, log_scale),
-             "an anchor dropped")
+    _differs(
+        ours,
+        tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, insert_positive=False), xs, log_scale),
+        "positive not inserted",
+    )
+    _differs(
+        ours,
+        tuple_value_and_grads(lambda x, s: ref_symile(x, s, perms, anchors=range(m - 1)), xs, log_scale),
+        "an anchor dropped",
+    )
 
 
 @pytest.mark.parametrize("m,batch,dim", [(3, 3, 8), (3, 6, 16), (4, 3, 8), (4, 4, 16)])
@@ -177,7 +185,7 @@ def test_symile_with_a_constant_modality_reduces_to_clip(third):
         L = 1/3 (2 ClipLoss(x, y, s') + 2 log N + logsumexp(s' X Y^T) - mean_i s' x_i.y_i)."""
     batch, dim = 6, 16
     (x, y), log_scale = tuple_inputs(2, batch, dim, seed=11)
-    c = torch.full((batch, dim), dim ** -0.5, dtype=torch.float64)
+    c = torch.full((batch, dim), dim**-0.5, dtype=torch.float64)
     xs = [x, y]
     xs.insert(third, c)
     s = log_scale.exp()
@@ -220,15 +228,14 @@ def test_symile_sees_a_higher_order_dependency_pairwise_scores_cannot():
     # candidates whose triple satisfies the relation (the batch holds each value K times)
     scale = torch.tensor(100.0, dtype=torch.float64)
     pairwise = (oc_loss.ClipLoss()(e1, e3, scale) + oc_loss.ClipLoss()(e2, e3, scale)) / 2
-    assert math.isclose(pairwise.item(), math.log(k ** 2), rel_tol=1e-12)
-    assert math.isclose(SymileLoss("n_squared")([e1, e2, e3], scale).item(), math.log(k ** 3), abs_tol=1e-3)
+    assert math.isclose(pairwise.item(), math.log(k**2), rel_tol=1e-12)
+    assert math.isclose(SymileLoss("n_squared")([e1, e2, e3], scale).item(), math.log(k**3), abs_tol=1e-3)
 
 
 # --- GRAM ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("m,batch,dim,anchor", [(3, 1, 8, 0), (3, 5, 16, 0), (3, 7, 8, 2), (4, 4, 16, 1),
-                                                (4, 6, 8, 3)])
+@pytest.mark.parametrize("m,batch,dim,anchor", [(3, 1, 8, 0), (3, 5, 16, 0), (3, 7, 8, 2), (4, 4, 16, 1), (4, 6, 8, 3)])
 def test_gram_matches_reference(m, batch, dim, anchor):
     xs, log_scale = tuple_inputs(m, batch, dim, seed=300 * m + batch)
     ours = tuple_value_and_grads(lambda x, s: GramLoss(rank=0, world_size=1)(x, s, anchor=anchor), xs, log_scale)
@@ -238,8 +245,9 @@ def test_gram_matches_reference(m, batch, dim, anchor):
         return
     _assert_same(ours, ref, f"gram M={m} B={batch} anchor={anchor}")
     _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor, sign=1.0), xs, log_scale), "sign")
-    _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor, both=False), xs, log_scale),
-             "one direction")
+    _differs(
+        ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, anchor, both=False), xs, log_scale), "one direction"
+    )
     _differs(ours, tuple_value_and_grads(lambda x, s: ref_gram(x, s, (anchor + 1) % m), xs, log_scale), "other anchor")
 
 
@@ -248,8 +256,10 @@ def test_gram_label_smoothing_is_the_official_option():
     s = log_scale.exp()
     vol = volume_matrix(xs[0], xs[1:])
     labels = torch.arange(5)
-    expected = (F.cross_entropy(-s * vol, labels, label_smoothing=0.1)
-                + F.cross_entropy(-s * vol.T, labels, label_smoothing=0.1)) / 2
+    expected = (
+        F.cross_entropy(-s * vol, labels, label_smoothing=0.1)
+        + F.cross_entropy(-s * vol.T, labels, label_smoothing=0.1)
+    ) / 2
     torch.testing.assert_close(GramLoss(label_smoothing=0.1)(xs, s), expected, rtol=0, atol=1e-12)
 
 
@@ -267,7 +277,7 @@ def test_gram_volume_properties():
     assert gram_volume(v[:3]) > gram_volume(torch.stack([v[0], v[1], F.normalize(v[0] + 0.1 * v[2], dim=0)]))
     # M = 2: sqrt(1 - cos^2) = |sin|, the same for a and -a
     cos = v[0] @ v[1]
-    torch.testing.assert_close(gram_volume(v[:2]), (1 - cos ** 2).sqrt(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(gram_volume(v[:2]), (1 - cos**2).sqrt(), rtol=0, atol=1e-10)
     torch.testing.assert_close(gram_volume(torch.stack([-v[0], v[1]])), gram_volume(v[:2]), rtol=0, atol=1e-12)
 
 
@@ -289,7 +299,7 @@ def test_gram_two_modalities_is_clip_with_minus_sine_logits():
     s = log_scale.exp()
     cos = a @ b.T
     labels = torch.arange(6)
-    sin = (1 - cos ** 2).sqrt()
+    sin = (1 - cos**2).sqrt()
     expected = (F.cross_entropy(-s * sin, labels) + F.cross_entropy(-s * sin.T, labels)) / 2
     torch.testing.assert_close(GramLoss()([a, b], s), expected, rtol=0, atol=1e-10)
     assert not torch.allclose(GramLoss()([a, b], s), oc_loss.ClipLoss()(a, b, s))
@@ -334,8 +344,10 @@ def test_matryoshka_is_the_weighted_sum_over_prefixes():
     inner = losses.ClipLoss(rank=0, world_size=1)
 
     def reference(xs, s, w=weights):
-        return sum(wi * oc_loss.ClipLoss()(F.normalize(xs[0][:, :m], dim=-1), F.normalize(xs[1][:, :m], dim=-1), s)
-                   for m, wi in zip(dims, w))
+        return sum(
+            wi * oc_loss.ClipLoss()(F.normalize(xs[0][:, :m], dim=-1), F.normalize(xs[1][:, :m], dim=-1), s)
+            for m, wi in zip(dims, w)
+        )
 
     ours = tuple_value_and_grads(lambda xs, s: MatryoshkaLoss(inner, dims, weights)(xs[0], xs[1], s), [a, b], log_scale)
     ref = tuple_value_and_grads(reference, [a, b], log_scale)
@@ -406,8 +418,13 @@ def test_two_process_gather_matches_one_process(tmp_path):
         for rank, (_, local_grads) in enumerate(per_rank[i][case] for i in range(WORLD)):
             rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
             for k in range(m):
-                torch.testing.assert_close(local_grads[k], WORLD * grads[k][rows], rtol=0, atol=GRAD_ATOL,
-                                           msg=lambda msg: f"{case} rank {rank} modality {k}: {msg}")
+                torch.testing.assert_close(
+                    local_grads[k],
+                    WORLD * grads[k][rows],
+                    rtol=0,
+                    atol=GRAD_ATOL,
+                    msg=lambda msg: f"{case} rank {rank} modality {k}: {msg}",
+                )
         scale_grad = sum(r[case][1][m] for r in per_rank) / WORLD  # DDP averages the temperature's
         torch.testing.assert_close(scale_grad, grads[m], rtol=0, atol=GRAD_ATOL, msg=lambda msg: f"{case}: {msg}")
 

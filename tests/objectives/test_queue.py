@@ -1,4 +1,5 @@
 """ALBEF's queue loss (align/objectives/queue.py) equals the paper's formula written out here with loops."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ between dense and tiled.
 
 Run as a script, this file is the worker of the 2-process test (see ``_worker``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,9 @@ def test_tiled_clip_matches_open_clip(batch, tile, bias):
     a, b, log_scale, logit_bias = pair_inputs(batch, 16, seed=100 * batch + tile, bias=bias)
     ref = value_and_grads(oc_loss.ClipLoss(), a, b, log_scale, logit_bias)
     for local in (True, False):  # one process: local_loss must not matter
-        ours = value_and_grads(TiledClipLoss(local_loss=local, rank=0, world_size=1, tile_size=tile),
-                                a, b, log_scale, logit_bias)
+        ours = value_and_grads(
+            TiledClipLoss(local_loss=local, rank=0, world_size=1, tile_size=tile), a, b, log_scale, logit_bias
+        )
         _compare(ours, ref, _close64)
     if batch > 1:  # the check has teeth
         assert ref[0] > 0 and all(g.abs().max() > 0 for g in ref[1][:3])
@@ -87,25 +89,28 @@ def test_float32_large_batch(tile):
     a, b, log_scale, logit_bias = pair_inputs(4096, 64, seed=tile, bias=True, dtype=torch.float32)
     with torch.no_grad():
         log_scale.fill_(math.log(100.0))  # the sharpest temperature CLIP training allows
-    pairs = [(TiledClipLoss(tile_size=tile), oc_loss.ClipLoss(), None),
-             (TiledSigLipLoss(tile_size=tile), oc_loss.SigLipLoss(), logit_bias)]
+    pairs = [
+        (TiledClipLoss(tile_size=tile), oc_loss.ClipLoss(), None),
+        (TiledSigLipLoss(tile_size=tile), oc_loss.SigLipLoss(), logit_bias),
+    ]
     for ours, ref, bias in pairs:
-        _compare(value_and_grads(ours, a, b, log_scale, bias),
-                 value_and_grads(ref, a, b, log_scale, bias), _close32)
+        _compare(value_and_grads(ours, a, b, log_scale, bias), value_and_grads(ref, a, b, log_scale, bias), _close32)
 
 
 def test_no_grad_and_mixed_requires_grad():
     """Under no_grad only the value is computed; a frozen temperature gets no gradient."""
     a, b, log_scale, logit_bias = pair_inputs(9, 8, seed=5, bias=True)
-    for ours, ref in [(TiledClipLoss(tile_size=4), oc_loss.ClipLoss()),
-                      (TiledSigLipLoss(tile_size=4), oc_loss.SigLipLoss())]:
+    for ours, ref in [
+        (TiledClipLoss(tile_size=4), oc_loss.ClipLoss()),
+        (TiledSigLipLoss(tile_size=4), oc_loss.SigLipLoss()),
+    ]:
         with torch.no_grad():
             v = ours(a, b, log_scale.exp(), logit_bias)
             _close64(v, ref(a, b, log_scale.exp(), logit_bias), "no_grad value")
         assert not v.requires_grad
         scale = log_scale.detach().exp()
-        ga, = torch.autograd.grad(ours(a, b.detach(), scale, logit_bias.detach()), [a])
-        ra, = torch.autograd.grad(ref(a, b.detach(), scale, logit_bias.detach()), [a])
+        (ga,) = torch.autograd.grad(ours(a, b.detach(), scale, logit_bias.detach()), [a])
+        (ra,) = torch.autograd.grad(ref(a, b.detach(), scale, logit_bias.detach()), [a])
         _close64(ga, ra, "d/d a")
 
 
@@ -122,8 +127,9 @@ DIST_CASES = {  # name -> (dense, tiled, bias)
 
 def _local_leaves(rank: int, bias: bool):
     """This rank's rows of a fixed global batch, as fresh leaves."""
-    a, b, log_scale, logit_bias = (t.detach() if t is not None else None
-                                   for t in pair_inputs(2 * PER_PROCESS, DIM, seed=42, bias=bias))
+    a, b, log_scale, logit_bias = (
+        t.detach() if t is not None else None for t in pair_inputs(2 * PER_PROCESS, DIM, seed=42, bias=bias)
+    )
     rows = slice(rank * PER_PROCESS, (rank + 1) * PER_PROCESS)
     leaf = lambda t: None if t is None else t.clone().requires_grad_()  # noqa: E731
     return leaf(a[rows]), leaf(b[rows]), leaf(log_scale), leaf(logit_bias)
@@ -132,8 +138,10 @@ def _local_leaves(rank: int, bias: bool):
 def _worker(rank: int, world: int) -> dict:
     results = {}
     for case, (dense, tiled, bias) in DIST_CASES.items():
-        results[case] = {kind: value_and_grads(make(rank, world), *_local_leaves(rank, bias))
-                         for kind, make in (("dense", dense), ("tiled", tiled))}
+        results[case] = {
+            kind: value_and_grads(make(rank, world), *_local_leaves(rank, bias))
+            for kind, make in (("dense", dense), ("tiled", tiled))
+        }
     return results
 
 
@@ -141,8 +149,11 @@ def test_two_process_gather_matches_dense(tmp_path):
     per_rank = run_world(__file__, 2, tmp_path)
     for case in DIST_CASES:
         for rank, results in enumerate(per_rank):
-            _compare(results[case]["tiled"], results[case]["dense"],
-                     lambda x, y, name: _close64(x, y, f"{case} rank {rank} {name}"))
+            _compare(
+                results[case]["tiled"],
+                results[case]["dense"],
+                lambda x, y, name: _close64(x, y, f"{case} rank {rank} {name}"),
+            )
     # and the processes' mean is the one-process loss of the global batch
     a, b, log_scale, bias = pair_inputs(2 * PER_PROCESS, DIM, seed=42, bias=True)
     for case, ref in [("clip-local", oc_loss.ClipLoss()), ("siglip", oc_loss.SigLipLoss())]:
@@ -177,8 +188,14 @@ def test_memory_never_holds_the_logit_matrix():
     """B=16384: the [B, B] float32 logits alone would be 1 GiB (open_clip peaks at ~3.5x that);
     forward + backward must stay under 1/8 of it (measured: ~10 MiB)."""
     batch, dim = 16384, 32
-    proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(batch), str(dim)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(batch), str(dim)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     extra = int(proc.stdout.split()[-1])
     assert extra < batch * batch * 4 / 8, f"peak extra RSS {extra / 2**20:.0f} MiB"
@@ -192,25 +209,31 @@ def _config(**model):
     from tests.support.tiny import TINY_MODALITIES
 
     def make(batch_size: int):
-        return config_from_dict({
-            "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES), **model},
-            "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}}},
-            "train": {"batch_size": batch_size},
-        }, validate_adapters=False)
+        return config_from_dict(
+            {
+                "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES), **model},
+                "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}}},
+                "train": {"batch_size": batch_size},
+            },
+            validate_adapters=False,
+        )
 
     return make
 
 
-@pytest.mark.parametrize("model,batch,world,expected", [
-    ({}, 64, 1, losses.ClipLoss),                                  # auto, small: dense
-    ({}, 4095, 2, losses.ClipLoss),                                # auto, global 8190 < 8192
-    ({}, 4096, 2, TiledClipLoss),                                  # auto, global 8192
-    ({"loss": "siglip"}, 8192, 1, TiledSigLipLoss),
-    ({"loss_tile_above": 100}, 64, 2, TiledClipLoss),
-    ({"loss_tiling": "on"}, 8, 1, TiledClipLoss),
-    ({"loss_tiling": "on", "loss": "siglip"}, 8, 1, TiledSigLipLoss),
-    ({"loss_tiling": "off"}, 65536, 4, losses.ClipLoss),
-])
+@pytest.mark.parametrize(
+    "model,batch,world,expected",
+    [
+        ({}, 64, 1, losses.ClipLoss),  # auto, small: dense
+        ({}, 4095, 2, losses.ClipLoss),  # auto, global 8190 < 8192
+        ({}, 4096, 2, TiledClipLoss),  # auto, global 8192
+        ({"loss": "siglip"}, 8192, 1, TiledSigLipLoss),
+        ({"loss_tile_above": 100}, 64, 2, TiledClipLoss),
+        ({"loss_tiling": "on"}, 8, 1, TiledClipLoss),
+        ({"loss_tiling": "on", "loss": "siglip"}, 8, 1, TiledSigLipLoss),
+        ({"loss_tiling": "off"}, 65536, 4, losses.ClipLoss),
+    ],
+)
 def test_config_selects_loss(model, batch, world, expected):
     from align.objectives.task import ContrastiveTask
 

@@ -6,6 +6,7 @@ processes whose mean equals the one-process loss of the global batch.
 
 Run as a script, this file is the worker of the 2-process test (see ``_worker``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -136,8 +137,7 @@ def ref_hcl(a, b, scale, bias=None, *, labels=None, beta=1.0, tau_plus=0.0, bug=
     return (one(a, b) + one(b, a)) / 2
 
 
-def ref_mochi(a, b, scale, bias=None, *, labels=None, n_hard=16, s1=16, s2=8, mix_query_max=0.5, seed=0,
-              bug=None):
+def ref_mochi(a, b, scale, bias=None, *, labels=None, n_hard=16, s1=16, s2=8, mix_query_max=0.5, seed=0, bug=None):
     """InfoNCE whose denominator also holds, per row, s1 mixes of two of its n_hard hardest negatives
     and s2 mixes of the (detached) query with one (weight < mix_query_max on the query), detached.
     Random numbers drawn as align.objectives.variants.MoCHiLoss documents, from a generator seeded ``seed``."""
@@ -172,18 +172,28 @@ def ref_mochi(a, b, scale, bias=None, *, labels=None, n_hard=16, s1=16, s2=8, mi
 # name -> (make our loss, reference with the same hyper-parameters, label kinds to test)
 CASES = {
     "multi_positive": (lambda s: MultiPositiveLoss(), ref_multi_positive, ["distinct", "repeats", "same"]),
-    "multi_positive-in": (lambda s: MultiPositiveLoss(variant="in"),
-                          lambda *x, **kw: ref_multi_positive(*x, variant="in", **kw), ["distinct", "repeats", "same"]),
+    "multi_positive-in": (
+        lambda s: MultiPositiveLoss(variant="in"),
+        lambda *x, **kw: ref_multi_positive(*x, variant="in", **kw),
+        ["distinct", "repeats", "same"],
+    ),
     "dcl": (lambda s: DecoupledContrastiveLoss(), ref_dcl, [None, "repeats", "same"]),
     "hcl": (lambda s: HardNegativeLoss(), ref_hcl, [None, "repeats", "same"]),
-    "hcl-debiased": (lambda s: HardNegativeLoss(beta=0.5, tau_plus=0.1),
-                     lambda *x, **kw: ref_hcl(*x, beta=0.5, tau_plus=0.1, **kw), [None, "repeats"]),
-    "mochi": (lambda s: MoCHiLoss(generator=torch.Generator().manual_seed(s)),
-              lambda *x, seed, **kw: ref_mochi(*x, seed=seed, **kw), [None, "repeats", "same"]),
-    "mochi-few-hard": (lambda s: MoCHiLoss(n_hard=3, s1=4, s2=3, mix_query_max=0.3,
-                                           generator=torch.Generator().manual_seed(s)),
-                       lambda *x, seed, **kw: ref_mochi(*x, n_hard=3, s1=4, s2=3, mix_query_max=0.3, seed=seed,
-                                                        **kw), [None, "repeats"]),
+    "hcl-debiased": (
+        lambda s: HardNegativeLoss(beta=0.5, tau_plus=0.1),
+        lambda *x, **kw: ref_hcl(*x, beta=0.5, tau_plus=0.1, **kw),
+        [None, "repeats"],
+    ),
+    "mochi": (
+        lambda s: MoCHiLoss(generator=torch.Generator().manual_seed(s)),
+        lambda *x, seed, **kw: ref_mochi(*x, seed=seed, **kw),
+        [None, "repeats", "same"],
+    ),
+    "mochi-few-hard": (
+        lambda s: MoCHiLoss(n_hard=3, s1=4, s2=3, mix_query_max=0.3, generator=torch.Generator().manual_seed(s)),
+        lambda *x, seed, **kw: ref_mochi(*x, n_hard=3, s1=4, s2=3, mix_query_max=0.3, seed=seed, **kw),
+        [None, "repeats"],
+    ),
 }
 
 
@@ -237,19 +247,23 @@ def test_gradcheck(name):
 
 
 @pytest.mark.parametrize("batch", [2, 9])
-@pytest.mark.parametrize("name,ours", [
-    ("multi_positive with distinct labels", MultiPositiveLoss()),
-    ("hcl with beta=0, tau_plus=0 (InfoNCE with the positive in the denominator)", HardNegativeLoss(beta=0.0)),
-    ("mochi with s1=s2=0", MoCHiLoss(s1=0, s2=0)),
-    ("mochi with n_hard=0", MoCHiLoss(n_hard=0)),
-])
+@pytest.mark.parametrize(
+    "name,ours",
+    [
+        ("multi_positive with distinct labels", MultiPositiveLoss()),
+        ("hcl with beta=0, tau_plus=0 (InfoNCE with the positive in the denominator)", HardNegativeLoss(beta=0.0)),
+        ("mochi with s1=s2=0", MoCHiLoss(s1=0, s2=0)),
+        ("mochi with n_hard=0", MoCHiLoss(n_hard=0)),
+    ],
+)
 def test_reduces_to_open_clip(name, ours, batch):
     a, b, log_scale, bias = _inputs(batch, 16, seed=batch, bias=True)
     labels = _labels(batch, "distinct", seed=1)
     for c in (None, bias):  # open_clip's ClipLoss takes no bias; softmax ignores a constant one
         v, g = _value_and_grads(ours, a, b, log_scale, c, labels)
-        v_ref, g_ref = _value_and_grads(lambda x, y, s, _c, labels: _open_clip_loss()(x, y, s),
-                                        a, b, log_scale, None, None)
+        v_ref, g_ref = _value_and_grads(
+            lambda x, y, s, _c, labels: _open_clip_loss()(x, y, s), a, b, log_scale, None, None
+        )
         _close(v, v_ref, f"{name} value", VALUE_ATOL)
         for what, x, y in zip(["d/d a", "d/d b", "d/d log_scale"], g, g_ref):
             _close(x, y, f"{name} {what}", GRAD_ATOL)
@@ -263,7 +277,7 @@ def test_bias_cancels():
         with_bias = make(1)(a, b, log_scale.exp(), bias, labels=labels)
         without = make(1)(a, b, log_scale.exp(), None, labels=labels)
         _close(with_bias, without, f"{name} bias", VALUE_ATOL)
-        grad, = torch.autograd.grad(with_bias, [bias])
+        (grad,) = torch.autograd.grad(with_bias, [bias])
         assert grad.abs() < 1e-10, name
 
 
@@ -280,12 +294,20 @@ def test_scale_of_shape_one():
 # --- the comparisons are sensitive: a wrong sign or a missing term fails -----------------------
 
 
-@pytest.mark.parametrize("name,bug", [
-    ("multi_positive", "one direction"), ("multi_positive", "no 1/|P|"), ("multi_positive-in", "no 1/|P|"),
-    ("dcl", "positive in denominator"), ("dcl", "flipped positive"),
-    ("hcl", "flipped beta"), ("hcl-debiased", "flipped tau_plus"),
-    ("mochi", "no query mixes"), ("mochi", "query weight swapped"),
-])
+@pytest.mark.parametrize(
+    "name,bug",
+    [
+        ("multi_positive", "one direction"),
+        ("multi_positive", "no 1/|P|"),
+        ("multi_positive-in", "no 1/|P|"),
+        ("dcl", "positive in denominator"),
+        ("dcl", "flipped positive"),
+        ("hcl", "flipped beta"),
+        ("hcl-debiased", "flipped tau_plus"),
+        ("mochi", "no query mixes"),
+        ("mochi", "query weight swapped"),
+    ],
+)
 def test_perturbed_reference_fails(name, bug):
     seed = 21
     a, b, log_scale, bias = _inputs(10, 8, seed, bias=True)
@@ -332,10 +354,12 @@ def test_mochi_randomness():
     """Same-seeded generators give the same loss; the global RNG is used without one."""
     a, b, log_scale, _ = _inputs(8, 8, seed=6, bias=False)
     run = lambda loss: loss(a, b, log_scale.exp()).item()  # noqa: E731
-    assert run(MoCHiLoss(generator=torch.Generator().manual_seed(3))) == \
-        run(MoCHiLoss(generator=torch.Generator().manual_seed(3)))
-    assert run(MoCHiLoss(generator=torch.Generator().manual_seed(3))) != \
-        run(MoCHiLoss(generator=torch.Generator().manual_seed(4)))
+    assert run(MoCHiLoss(generator=torch.Generator().manual_seed(3))) == run(
+        MoCHiLoss(generator=torch.Generator().manual_seed(3))
+    )
+    assert run(MoCHiLoss(generator=torch.Generator().manual_seed(3))) != run(
+        MoCHiLoss(generator=torch.Generator().manual_seed(4))
+    )
     torch.manual_seed(9)
     first = run(MoCHiLoss())
     torch.manual_seed(9)
@@ -355,8 +379,12 @@ def test_arguments_and_registry():
         HardNegativeLoss(tau_plus=1.0)
     with pytest.raises(ValueError, match="mochi"):
         MoCHiLoss(s1=-1)
-    for name, cls in [("multi_positive", MultiPositiveLoss), ("dcl", DecoupledContrastiveLoss),
-                      ("hcl", HardNegativeLoss), ("mochi", MoCHiLoss)]:
+    for name, cls in [
+        ("multi_positive", MultiPositiveLoss),
+        ("dcl", DecoupledContrastiveLoss),
+        ("hcl", HardNegativeLoss),
+        ("mochi", MoCHiLoss),
+    ]:
         assert LOSSES.get(name) is cls
         built = factory.build_loss(name, local_loss=False, rank=1, world_size=2)
         assert type(built) is cls and built.local_loss is False and built.dist() == (1, 2)
@@ -371,10 +399,14 @@ DIST_CASES = {  # name -> (make(rank, world), labels?)
     "dcl": (lambda r, w: DecoupledContrastiveLoss(True, r, w), False),
     "dcl-labels": (lambda r, w: DecoupledContrastiveLoss(True, r, w), True),
     "hcl": (lambda r, w: HardNegativeLoss(True, r, w, beta=0.5, tau_plus=0.1), True),
-    "mochi": (lambda r, w: MoCHiLoss(True, r, w, n_hard=4, s1=3, s2=2,
-                                     generator=torch.Generator().manual_seed(8)), False),
-    "mochi-labels-global": (lambda r, w: MoCHiLoss(False, r, w, n_hard=4, s1=3, s2=2,
-                                                   generator=torch.Generator().manual_seed(8)), True),
+    "mochi": (
+        lambda r, w: MoCHiLoss(True, r, w, n_hard=4, s1=3, s2=2, generator=torch.Generator().manual_seed(8)),
+        False,
+    ),
+    "mochi-labels-global": (
+        lambda r, w: MoCHiLoss(False, r, w, n_hard=4, s1=3, s2=2, generator=torch.Generator().manual_seed(8)),
+        True,
+    ),
 }
 
 

@@ -17,6 +17,7 @@ For each loss case it then
 Rank 0 writes ``{case: {...}}`` with ``torch.save`` to ``--out``. With N=1 the whole global batch
 is in one process, which is the reference the N>1 results must reproduce.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,31 +37,49 @@ CASES = {  # name -> (loss, local_loss)
 MICRO = 2
 # Same as TINY_MODALITIES in tests/conftest.py (kept here so the worker is a standalone script).
 TINY_MODALITIES = {
-    "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
-                                         "head_width": 16},
-                          "output_dim": 32}},
-    "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                      "layers": 1},
-                         "output_dim": 32}},
+    "image": {
+        "options": {
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+            "output_dim": 32,
+        }
+    },
+    "text": {
+        "options": {
+            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            "output_dim": 32,
+        }
+    },
 }
-WORDS = ("a photo of the digit zero one two three four five six seven eight nine handwritten "
-         "small large blurry sharp black white number").split()
+WORDS = (
+    "a photo of the digit zero one two three four five six seven eight nine handwritten "
+    "small large blurry sharp black white number"
+).split()
 
 
 def make_config(workdir: Path, case: str, per_process: int):
     from align.config.schema import config_from_dict
 
     loss, local_loss = CASES[case]
-    return config_from_dict({
-        "output_dir": str(workdir / case),
-        "seed": 0,
-        "model": {"embed_dim": 16, "loss": loss, "modalities": copy.deepcopy(TINY_MODALITIES)},
-        # never loaded: the worker feeds its own fixed batch; Config just requires a data section
-        "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}}},
-        # warmup_steps 0: with warmup the cosine schedule's first lr is 0 and the step would be a no-op
-        "train": {"batch_size": per_process, "steps": 10, "lr": 1e-3, "weight_decay": 0.1,
-                  "warmup_steps": 0, "grad_clip": 1.0, "local_loss": local_loss, "progress": False},
-    })
+    return config_from_dict(
+        {
+            "output_dir": str(workdir / case),
+            "seed": 0,
+            "model": {"embed_dim": 16, "loss": loss, "modalities": copy.deepcopy(TINY_MODALITIES)},
+            # never loaded: the worker feeds its own fixed batch; Config just requires a data section
+            "data": {"train": {"source": "sklearn-digits", "columns": {"image": "image", "text": "caption"}}},
+            # warmup_steps 0: with warmup the cosine schedule's first lr is 0 and the step would be a no-op
+            "train": {
+                "batch_size": per_process,
+                "steps": 10,
+                "lr": 1e-3,
+                "weight_decay": 0.1,
+                "warmup_steps": 0,
+                "grad_clip": 1.0,
+                "local_loss": local_loss,
+                "progress": False,
+            },
+        }
+    )
 
 
 def global_batch(preprocessors) -> dict:
@@ -82,8 +101,8 @@ def run_case(case: str, workdir: Path) -> dict | None:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel, contrastive_loss
+    from align.objectives.factory import build_loss
     from align.training.engine import build_accelerator, param_groups
     from align.training.loop import train_step
 
@@ -102,8 +121,9 @@ def run_case(case: str, workdir: Path) -> dict | None:
     scheduler = get_cosine_schedule_with_warmup(optimizer, tc.warmup_steps, tc.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
-    loss_fn = build_loss(cfg.model.loss, local_loss=tc.local_loss, rank=accelerator.process_index,
-                         world_size=accelerator.num_processes)
+    loss_fn = build_loss(
+        cfg.model.loss, local_loss=tc.local_loss, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
     pairs = cfg.loss_pairs()
     modalities = list(cfg.data.train.columns)
     model.train()
@@ -116,11 +136,12 @@ def run_case(case: str, workdir: Path) -> dict | None:
     # --- 1. one forward/backward: loss and DDP-averaged gradients ------------------------------
     micro = MICRO if case == "clip-gradcache" else None
     if micro:  # GradCache: no-autograd pass, loss, re-encode each micro-batch, one all-reduce
-        from align.training.gradcache import cached_loss
         from align.objectives.task import ContrastiveTask
+        from align.training.gradcache import cached_loss
 
-        loss, backward = cached_loss(accelerator, model, ContrastiveTask(core, loss_fn, pairs, modalities),
-                                     batch, micro)
+        loss, backward = cached_loss(
+            accelerator, model, ContrastiveTask(core, loss_fn, pairs, modalities), batch, micro
+        )
         backward()
     else:
         embeddings = model(batch)
@@ -128,11 +149,18 @@ def run_case(case: str, workdir: Path) -> dict | None:
         accelerator.backward(loss)
     mean_loss = accelerator.reduce(loss.detach(), reduction="mean")
     names = [n for n, p in core.named_parameters() if p.requires_grad]
-    grads = {n: (p.grad.detach().clone() if p.grad is not None else None)
-             for n, p in core.named_parameters() if p.requires_grad}
+    grads = {
+        n: (p.grad.detach().clone() if p.grad is not None else None)
+        for n, p in core.named_parameters()
+        if p.requires_grad
+    }
     # one number per parameter from every rank, to check DDP really synchronised the gradients
-    grad_sums = torch.stack([grads[n].double().sum() if grads[n] is not None else torch.tensor(float("nan"),
-                             dtype=torch.float64) for n in names])
+    grad_sums = torch.stack(
+        [
+            grads[n].double().sum() if grads[n] is not None else torch.tensor(float("nan"), dtype=torch.float64)
+            for n in names
+        ]
+    )
     all_grad_sums = accelerator.gather(grad_sums.unsqueeze(0))
     optimizer.zero_grad(set_to_none=True)
 

@@ -10,6 +10,7 @@ saves the full (gathered) parameters after the step; with N = 1 nothing is shard
 reference. Accelerate itself only shards on GPUs (see docs/ARCHITECTURE.md, "Engines"), so the
 model is sharded here with torch directly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,18 @@ import torch
 
 GLOBAL_BATCH = 8
 TINY = {
-    "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
-                                         "head_width": 16}, "output_dim": 32}},
-    "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                      "layers": 1}, "output_dim": 32}},
+    "image": {
+        "options": {
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+            "output_dim": 32,
+        }
+    },
+    "text": {
+        "options": {
+            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            "output_dim": 32,
+        }
+    },
 }
 
 
@@ -37,8 +46,8 @@ def main() -> None:
     from sklearn.datasets import load_digits
 
     from align.config.schema import ModelConfig
-    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel
+    from align.objectives.factory import build_loss
     from align.objectives.task import ContrastiveTask
     from align.training.engine import param_groups
     from align.training.loop import train_step
@@ -53,9 +62,11 @@ def main() -> None:
     images = [np.stack([(im * 16).astype(np.uint8)] * 3, -1) for im in digits.images[:GLOBAL_BATCH]]
     captions = [f"a handwritten {int(t)}" for t in digits.target[:GLOBAL_BATCH]]
     lo, hi = rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world
-    batch = {"image": pre["image"].collate([pre["image"](im, train=False) for im in images[lo:hi]]),
-             "text": pre["text"].collate([pre["text"](c, train=False) for c in captions[lo:hi]]),
-             "index": torch.arange(lo, hi)}
+    batch = {
+        "image": pre["image"].collate([pre["image"](im, train=False) for im in images[lo:hi]]),
+        "text": pre["text"].collate([pre["text"](c, train=False) for c in captions[lo:hi]]),
+        "index": torch.arange(lo, hi),
+    }
     sharded = world > 1
     if sharded:
         from torch.distributed.device_mesh import init_device_mesh
@@ -67,11 +78,13 @@ def main() -> None:
         fully_shard(model, mesh=mesh)
     model.train()
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.98), eps=1e-6)
-    task = ContrastiveTask(model, build_loss("clip", rank=rank, world_size=world), [("image", "text")],
-                           ["image", "text"])
+    task = ContrastiveTask(
+        model, build_loss("clip", rank=rank, world_size=world), [("image", "text")], ["image", "text"]
+    )
     loss = train_step(accelerator, model, task, batch, optimizer, None, grad_clip=1.0)
-    params = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-              for n, p in model.named_parameters()}
+    params = {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()
+    }
     kind = type(next(model.parameters())).__name__
     if rank == 0:
         torch.save({"loss": loss, "params": params, "param_type": kind, "world": world}, args.out)

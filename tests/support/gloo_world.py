@@ -2,6 +2,7 @@
 the workers (``python TEST_FILE --rank R --world W --port P --out OUT``), each worker saves its
 results with torch.save, and the test reads them back. Shared by tests/objectives/test_tiled.py,
 test_variants.py, test_multiway.py and tests/data/test_mixture.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,24 @@ def run_world(script: str, world: int, tmp_path: Path) -> list:
     """Run ``script`` as ``world`` gloo workers; their saved results in rank order."""
     out = str(tmp_path / "rank{rank}.pt")
     # the test file runs as a script: the repository root on its path finds tests.support
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     for _attempt in range(2):  # the port may be taken between _free_port() and the launch
         port = _free_port()
-        procs = [subprocess.Popen([sys.executable, script, "--rank", str(r), "--world", str(world), "--port",
-                                   str(port), "--out", out], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(world)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, script, "--rank", str(r), "--world", str(world), "--port", str(port), "--out", out],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(world)
+        ]
         logs = [p.communicate(timeout=300)[0] for p in procs]
         if all(p.returncode == 0 for p in procs) or "address already in use" not in "".join(logs).lower():
             break
@@ -50,8 +63,7 @@ def worker_main(work: Callable[[int, int], object]) -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank,
-                            world_size=args.world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{args.port}", rank=args.rank, world_size=args.world)
     torch.save(work(args.rank, args.world), args.out.format(rank=args.rank))
     dist.barrier()  # neither process tears gloo down while the other still talks to it
     dist.destroy_process_group()

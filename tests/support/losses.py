@@ -1,5 +1,6 @@
 """What the loss tests share (tests/objectives): float64 leaf inputs drawn from a seed, and a loss's
 value with its gradients with respect to every leaf."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,15 @@ def pair_inputs(batch: int, dim: int, seed: int, bias: bool, bias_std: float = 5
     return a, b, log_scale, logit_bias
 
 
-def value_and_grads(loss_fn: Callable, a: torch.Tensor, b: torch.Tensor, log_scale: torch.Tensor,
-                    logit_bias: torch.Tensor | None, allow_unused: bool = False, **kwargs):
+def value_and_grads(
+    loss_fn: Callable,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    log_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+    allow_unused: bool = False,
+    **kwargs,
+):
     """(value, grads): ``loss_fn(a, b, exp(log_scale), logit_bias, **kwargs)`` and its gradients
     w.r.t. a, b, log_scale (and the bias when there is one); ``allow_unused``: a leaf the loss does
     not use gets zeros."""
@@ -35,8 +43,10 @@ def tuple_inputs(m: int, batch: int, dim: int, seed: int):
     """(xs, log_scale): ``m`` leaf tensors of unit-norm rows [batch, dim] and a log temperature in
     [0, ln 100], for losses over several modalities at once."""
     g = torch.Generator().manual_seed(seed)
-    xs = [F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
-          for _ in range(m)]
+    xs = [
+        F.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=-1).requires_grad_()
+        for _ in range(m)
+    ]
     log_scale = (torch.rand((), generator=g, dtype=torch.float64) * math.log(100.0)).requires_grad_()
     return xs, log_scale
 

@@ -1,5 +1,6 @@
 """Subprocess helpers for tests/training/test_resume.py: an ``align train`` run in the background, its
 DataLoader workers (found in /proc, so none outlives a test), the run lock's holder record."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,13 @@ def align_train(cfg_file: Path) -> subprocess.Popen:
     stays open while any child it started lives on)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with open(cfg_file.with_suffix(".out"), "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "align", "train", str(cfg_file)], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "align", "train", str(cfg_file)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     proc.log = cfg_file.with_suffix(".out")
     return proc
 

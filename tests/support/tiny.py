@@ -4,10 +4,16 @@
 # a second once open_clip is imported. tests/support/dist_worker.py keeps its own copy of this dict
 # because it runs as a standalone script.
 TINY_MODALITIES = {
-    "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
-                                         "head_width": 16},
-                          "output_dim": 32}},
-    "text": {"options": {"text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
-                                      "layers": 1},
-                         "output_dim": 32}},
+    "image": {
+        "options": {
+            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+            "output_dim": 32,
+        }
+    },
+    "text": {
+        "options": {
+            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            "output_dim": 32,
+        }
+    },
 }

@@ -1,6 +1,7 @@
 """FSDP on 2 CPU processes: one ``train_step`` of a model sharded with PyTorch's ``fully_shard``
 (parameters, gradients and AdamW state split across the processes; the loss's gather makes the
 global batch the negatives) leaves the same parameters as one process holding the whole batch."""
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,27 @@ def run(nproc: int, out: Path) -> dict:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                               "--master_addr", "127.0.0.1", "--master_port", str(port), str(WORKER),
-                               "--out", str(out)], cwd=WORKER.parent.parent, env=env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                str(nproc),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(WORKER),
+                "--out",
+                str(out),
+            ],
+            cwd=WORKER.parent.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if proc.returncode == 0 or TEARDOWN_ABORT not in proc.stderr:
             break
     if proc.returncode != 0:

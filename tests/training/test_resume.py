@@ -1,6 +1,7 @@
 """Safety of runs and files: one writer per run folder, damaged checkpoints refused (and skipped on
 resume), and a resumed run's records (log, skipped count, best checkpoint) equal to an
 uninterrupted run's. Tiny open_clip towers on scikit-learn's digits; a few steps each."""
+
 from __future__ import annotations
 
 import copy
@@ -19,29 +20,68 @@ import pytest
 import torch
 import yaml
 
-from align.model.checkpoint import (CheckpointError, load_model, load_training_state, load_weights, save_checkpoint,
-                              step_folders)
-from align.config.schema import config_from_dict
-from align.training.runlock import RunLock
 from align.app.trainer import train
+from align.config.schema import config_from_dict
+from align.model.checkpoint import (
+    CheckpointError,
+    load_model,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    step_folders,
+)
+from align.training.runlock import RunLock
+from tests.support.run_processes import (
+    FORK,
+    REPO,
+    align_train,
+    children,
+    holder_pid,
+    kill_if_still,
+    output,
+    proc_stat,
+    wait_for,
+)
 from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
-from tests.support.run_processes import FORK, REPO, align_train, children, holder_pid, kill_if_still, output, proc_stat, wait_for
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DIGITS_TRAIN = {"source": "sklearn-digits", "split": "train", "max_samples": 64,
-                "columns": {"image": "image", "text": "caption"}, "label_column": "label"}
-EVAL = {"data": {"source": "sklearn-digits", "split": "test", "max_samples": 60,
-                 "columns": {"image": "image", "text": "caption"}, "label_column": "label"},
-        "zeroshot": {"query": "image", "classnames": DIGITS, "templates": ["the digit {}"]}}
+DIGITS_TRAIN = {
+    "source": "sklearn-digits",
+    "split": "train",
+    "max_samples": 64,
+    "columns": {"image": "image", "text": "caption"},
+    "label_column": "label",
+}
+EVAL = {
+    "data": {
+        "source": "sklearn-digits",
+        "split": "test",
+        "max_samples": 60,
+        "columns": {"image": "image", "text": "caption"},
+        "label_column": "label",
+    },
+    "zeroshot": {"query": "image", "classnames": DIGITS, "templates": ["the digit {}"]},
+}
 TIMING = ("wall_s", "samples_per_s")  # the only log fields allowed to differ between runs
 
 
 def tiny(out: Path, train_data: dict | None = None, eval_section: dict | None = None, **train_kw) -> dict:
-    cfg = {"output_dir": str(out), "seed": 3,
-           "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES)},
-           "data": {"train": copy.deepcopy(train_data or DIGITS_TRAIN)},
-           "train": {"batch_size": 16, "steps": 8, "lr": 1e-3, "warmup_steps": 2, "progress": False,
-                     "log_every": 1, "eval_at_end": False, **train_kw}}
+    cfg = {
+        "output_dir": str(out),
+        "seed": 3,
+        "model": {"embed_dim": 16, "modalities": copy.deepcopy(TINY_MODALITIES)},
+        "data": {"train": copy.deepcopy(train_data or DIGITS_TRAIN)},
+        "train": {
+            "batch_size": 16,
+            "steps": 8,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+            "progress": False,
+            "log_every": 1,
+            "eval_at_end": False,
+            **train_kw,
+        },
+    }
     return {**cfg, "eval": copy.deepcopy(eval_section)} if eval_section else cfg
 
 
@@ -57,11 +97,12 @@ def log_records(out: Path) -> list[dict]:
 def flip(path: Path, offset: int, n: int) -> None:
     """Invert ``n`` bytes of ``path`` from ``offset`` (every byte really changes)."""
     data = bytearray(path.read_bytes())
-    data[offset:offset + n] = bytes(b ^ 0xFF for b in data[offset:offset + n])
+    data[offset : offset + n] = bytes(b ^ 0xFF for b in data[offset : offset + n])
     path.write_bytes(bytes(data))
 
 
 # ---------------------------------------------------------------- one writer per run folder
+
 
 def test_second_run_in_the_same_output_dir_fails_at_once_naming_the_holder(tmp_path, capsys):
     from align.app.cli import main
@@ -69,8 +110,12 @@ def test_second_run_in_the_same_output_dir_fails_at_once_naming_the_holder(tmp_p
     out = tmp_path / "run"
     # The second run's data is unreadable: had it got as far as loading data it would fail on that.
     (tmp_path / "garbage.jsonl").write_text("not json at all\n")
-    garbage = {"source": "json", "data_files": str(tmp_path / "garbage.jsonl"),
-               "columns": {"image": "image", "text": "caption"}, "label_column": "label"}
+    garbage = {
+        "source": "json",
+        "data_files": str(tmp_path / "garbage.jsonl"),
+        "columns": {"image": "image", "text": "caption"},
+        "label_column": "label",
+    }
     second = write_yaml(tiny(out, train_data=garbage), tmp_path / "second.yaml")
     warm = tmp_path / "warm"
     with RunLock(warm):  # the same refusal in-process; it also does the imports, so the attempt below is quick
@@ -134,6 +179,7 @@ def test_a_forked_child_neither_releases_nor_keeps_the_lock(tmp_path):
 
 # ---------------------------------------------------------------- damaged checkpoints
 
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A finished 4-step run with an eval section: checkpoints/step-000002 and step-000004."""
@@ -183,8 +229,11 @@ def test_truncated_empty_and_missing_files_are_named(ckpt):
     weights, state = ckpt / "model.safetensors", ckpt / "training_state.pt"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     state.write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: \d+ bytes where manifest\.json says \d+ "
-                                              r"\(truncated\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: \d+ bytes where manifest\.json says \d+ "
+        r"\(truncated\)",
+    ):
         load_weights(fresh_model(ckpt), ckpt)
     with pytest.raises(CheckpointError, match=r"training_state\.pt: 0 bytes .*\(empty\)"):
         load_training_state(ckpt)
@@ -237,8 +286,10 @@ def test_resume_falls_back_to_the_newest_good_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     res = train(cfg, resume=True)
     printed = capsys.readouterr().out
-    assert f"skipping checkpoint {root / 'step-000006'}: " in printed and "model.safetensors: content is damaged" \
-        in printed, printed
+    assert (
+        f"skipping checkpoint {root / 'step-000006'}: " in printed
+        and "model.safetensors: content is damaged" in printed
+    ), printed
     assert f"skipping checkpoint {root / 'step-000004'}: " in printed and "'logit_scale'" in printed, printed
     assert f"resumed from {root / 'step-000002'} at step 2" in printed
     assert [s for s, _ in res.losses] == list(range(3, 9))
@@ -260,11 +311,16 @@ def test_resume_starts_at_latest_not_at_an_earlier_runs_higher_steps(tmp_path):
     (tmp_path / "latest").write_text("step-000004\n")
     assert [p.name for p in resume_candidates(tmp_path)] == ["step-000004", "step-000002"]
     (tmp_path / "latest").write_text("step-000099\n")  # names nothing: every step folder, newest first
-    assert [p.name for p in resume_candidates(tmp_path, say=lambda _: None)] == \
-        ["step-000008", "step-000006", "step-000004", "step-000002"]
+    assert [p.name for p in resume_candidates(tmp_path, say=lambda _: None)] == [
+        "step-000008",
+        "step-000006",
+        "step-000004",
+        "step-000002",
+    ]
 
 
 # ---------------------------------------------------------------- a resumed run's records
+
 
 def test_best_for_a_checkpoint_from_before_it_was_stored_comes_from_checkpoints_best(ckpt, tmp_path):
     from align.training.resume import restored_best
@@ -295,20 +351,36 @@ def digits_with_a_corrupt_one(tmp_path_factory) -> Path:
             path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"broken" * 10)
         else:
             Image.fromarray((digits.images[i] * 255 / 16).round().astype(np.uint8)).save(path)
-        rows.append({"file": str(path), "caption": f"the digit {DIGITS[digits.target[i]]}",
-                     "label": int(digits.target[i])})
+        rows.append(
+            {"file": str(path), "caption": f"the digit {DIGITS[digits.target[i]]}", "label": int(digits.target[i])}
+        )
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
 
 def test_resumed_run_keeps_the_log_skipped_count_and_best_checkpoint(digits_with_a_corrupt_one, tmp_path, capsys):
-    spec = {"source": "json", "data_files": str(digits_with_a_corrupt_one / "rows.jsonl"),
-            "columns": {"image": "file", "text": "caption"}, "label_column": "label", "on_error": "skip",
-            "load_kwargs": {"cache_dir": str(tmp_path / "hf")}}
+    spec = {
+        "source": "json",
+        "data_files": str(digits_with_a_corrupt_one / "rows.jsonl"),
+        "columns": {"image": "file", "text": "caption"},
+        "label_column": "label",
+        "on_error": "skip",
+        "load_kwargs": {"cache_dir": str(tmp_path / "hf")},
+    }
 
     def config(out: Path):
-        return config_from_dict(tiny(out, train_data=spec, eval_section=EVAL, batch_size=8, steps=12,
-                                     checkpoint_every=4, eval_every=2, best_metric="zeroshot/top1"))
+        return config_from_dict(
+            tiny(
+                out,
+                train_data=spec,
+                eval_section=EVAL,
+                batch_size=8,
+                steps=12,
+                checkpoint_every=4,
+                eval_every=2,
+                best_metric="zeroshot/top1",
+            )
+        )
 
     full = train(config(tmp_path / "full"))
     cfg = config(tmp_path / "split")
@@ -316,8 +388,12 @@ def test_resumed_run_keeps_the_log_skipped_count_and_best_checkpoint(digits_with
     assert first.skipped >= 1, "precondition: a sample was skipped before the checkpoint"
     assert full.best[0] <= 8, "precondition: the best step is before the resume point, else nothing to restore"
     ckpts = tmp_path / "split" / "checkpoints"
-    leftovers = [ckpts / ".step-000012.tmp-k1ll3d", ckpts / ".best.tmp-x7", ckpts / ".latest.a8b2",
-                 tmp_path / "split" / ".train_log.jsonl.q9"]
+    leftovers = [
+        ckpts / ".step-000012.tmp-k1ll3d",
+        ckpts / ".best.tmp-x7",
+        ckpts / ".latest.a8b2",
+        tmp_path / "split" / ".train_log.jsonl.q9",
+    ]
     keep = [ckpts / "notes.txt", tmp_path / "split" / ".my-own-file"]
     for path in leftovers[:2]:
         path.mkdir()
@@ -341,8 +417,11 @@ def test_resumed_run_keeps_the_log_skipped_count_and_best_checkpoint(digits_with
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 13))
     assert second.skipped == full.skipped, "the skipped-sample count restarted at the resume"
     assert second.best == full.best
-    assert load_training_state(ckpts / "best")["step"] == load_training_state(
-        tmp_path / "full" / "checkpoints" / "best")["step"] == full.best[0]
+    assert (
+        load_training_state(ckpts / "best")["step"]
+        == load_training_state(tmp_path / "full" / "checkpoints" / "best")["step"]
+        == full.best[0]
+    )
 
     for path in leftovers:
         assert not path.exists(), f"{path} was not cleaned up"
@@ -355,7 +434,8 @@ def test_align_eval_needs_no_training_state(finished_run, ckpt, tmp_path, capsys
     from align.app.cli import main
 
     (ckpt / "training_state.pt").unlink()  # an exported checkpoint: weights + config only
-    assert main(["eval", "zeroshot", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval")]) == 0, \
+    assert main(["eval", "zeroshot", "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval")]) == 0, (
         capsys.readouterr().err
+    )
     report = json.loads((tmp_path / "eval" / "zeroshot.json").read_text())
     assert report["model"]["step"] == 4  # from the weights' metadata

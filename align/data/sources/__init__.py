@@ -6,6 +6,7 @@ underscores), as ``ADAPTERS`` does for modalities; every source registers a func
 Names are known before import from the ``align.data.sources`` entry points (pyproject), where other
 packages add their own. Shared helpers live in ``align.data.sources.common``.
 """
+
 from __future__ import annotations
 
 from align.registry import Registry

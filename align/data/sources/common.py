@@ -1,12 +1,16 @@
 """What the builtin sources share: option checking, the fixed splits, the digit captions and
 tables, reading a pixel CSV. Each source is its own module in ``align.data.sources``; they all import
 from here and from nothing else in the package, so there is no circle."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from align.data.splits import SplitError, split_rows
+from align.errors import DataError
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGIT_CAPTIONS = [
@@ -19,10 +23,6 @@ DIGIT_CAPTIONS = [
     "a small image of the digit {}.",
     "a blurry photo of the number {}.",
 ]
-
-
-from align.data.splits import SplitError, split_rows
-from align.errors import DataError
 
 
 def builtin_options(spec, allowed: dict[str, Any]) -> dict[str, Any]:
@@ -64,18 +64,20 @@ def _split(n: int, split: str, **kwargs) -> np.ndarray:
 def _digit_table(images: list, labels: list[int], rows: np.ndarray):
     import datasets
 
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=DIGIT_NAMES),
-        "caption": datasets.Sequence(datasets.Value("string")),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+            "caption": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     captions = [rotated_captions(DIGIT_CAPTIONS, DIGIT_NAMES[lab], int(r)) for lab, r in zip(labels, rows)]
-    return datasets.Dataset.from_dict({"image": images, "label": labels, "caption": captions},
-                                      features=features)
+    return datasets.Dataset.from_dict({"image": images, "label": labels, "caption": captions}, features=features)
 
 
-def read_pixel_csv(path: str | Path, shape: tuple[int, ...] = (28, 28),
-                   label: str = "last") -> tuple[np.ndarray, np.ndarray]:
+def read_pixel_csv(
+    path: str | Path, shape: tuple[int, ...] = (28, 28), label: str = "last"
+) -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 [N, *shape], labels int64 [N])`` from a (gzip) CSV of pixel rows."""
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
@@ -83,8 +85,10 @@ def read_pixel_csv(path: str | Path, shape: tuple[int, ...] = (28, 28),
         raise DataError(f"cannot read pixel CSV {path}: {err}") from None
     n_pixels = int(np.prod(shape))
     if table.ndim != 2 or table.shape[1] != n_pixels + 1:
-        raise DataError(f"pixel CSV {path}: expected {n_pixels} pixel columns + 1 label column for shape "
-                        f"{list(shape)}, got table shape {table.shape}")
+        raise DataError(
+            f"pixel CSV {path}: expected {n_pixels} pixel columns + 1 label column for shape "
+            f"{list(shape)}, got table shape {table.shape}"
+        )
     labels = table[:, -1] if label == "last" else table[:, 0]
     pixels = table[:, :-1] if label == "last" else table[:, 1:]
     if pixels.min() < 0 or pixels.max() > 255:

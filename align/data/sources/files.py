@@ -1,4 +1,5 @@
 """``files``: one row per file matched by glob(s), with columns from a regex on its name or path."""
+
 from __future__ import annotations
 
 import glob
@@ -6,8 +7,8 @@ import re
 from pathlib import Path
 
 from align.data.sources import SOURCES
-from align.errors import DataError
 from align.data.sources.common import builtin_options
+from align.errors import DataError
 
 
 @SOURCES.register("files")
@@ -38,8 +39,10 @@ def files(spec):
             if m is None:
                 if opts["skip_unmatched"]:
                     continue
-                raise DataError(f"file {path} does not match load_kwargs.pattern {opts['pattern']!r} "
-                                f"(searched in its {opts['match']})")
+                raise DataError(
+                    f"file {path} does not match load_kwargs.pattern {opts['pattern']!r} "
+                    f"(searched in its {opts['match']})"
+                )
             for g, v in m.groupdict().items():
                 rows[g].append(v)
         rows["path"].append(path)

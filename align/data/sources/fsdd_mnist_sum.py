@@ -14,6 +14,7 @@ whenever a class's rows divide by 10 (they do for FSDD: 270 train / 30 test reco
     DatasetSpec(source="fsdd-mnist-sum", split="train", columns={...},
                 load_kwargs={"fsdd_dir": ".../fsdd/recordings", "mnist_csv": ".../mnist_5k.csv.gz"})
 """
+
 from __future__ import annotations
 
 import re
@@ -53,14 +54,19 @@ def fsdd_rows(fsdd_dir: str | Path, split: str) -> tuple[list[str], np.ndarray, 
     found = sorted((p, FSDD_NAME.match(p.name)) for p in folder.glob("*.wav"))
     found = [(p, m) for p, m in found if m is not None]
     if not found:
-        raise DataError(f"fsdd-mnist-sum: load_kwargs.fsdd_dir {str(folder)!r} has no "
-                        "<digit>_<speaker>_<take>.wav recordings")
+        raise DataError(
+            f"fsdd-mnist-sum: load_kwargs.fsdd_dir {str(folder)!r} has no <digit>_<speaker>_<take>.wav recordings"
+        )
     keep = {"train": lambda t: t >= TEST_TAKES, "test": lambda t: t < TEST_TAKES, "all": lambda t: True}
     if split not in keep:
         raise DataError(f"fsdd-mnist-sum: split must be train, test or all, not {split!r}")
     found = [(p, m) for p, m in found if keep[split](int(m.group(3)))]
-    return ([str(p) for p, _ in found], np.array([int(m.group(1)) for _, m in found], dtype=np.int64),
-            [m.group(2) for _, m in found], np.array([int(m.group(3)) for _, m in found], dtype=np.int64))
+    return (
+        [str(p) for p, _ in found],
+        np.array([int(m.group(1)) for _, m in found], dtype=np.int64),
+        [m.group(2) for _, m in found],
+        np.array([int(m.group(3)) for _, m in found], dtype=np.int64),
+    )
 
 
 def balanced_partners(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -117,14 +123,28 @@ def fsdd_mnist_sum(spec):
     b = balanced_partners(a, rng)
     img = mnist_rows[pick_images(labels[mnist_rows], b, rng)]
     total = (a + b) % 10
-    features = datasets.Features({
-        "path": datasets.Value("string"), "image": datasets.Image(), "speaker": datasets.Value("string"),
-        "take": datasets.Value("int64"), "label_audio": datasets.Value("int64"),
-        "label_image": datasets.Value("int64"), "label": datasets.ClassLabel(names=DIGIT_NAMES),
-        "caption": datasets.Sequence(datasets.Value("string")),
-    })
-    return datasets.Dataset.from_dict({
-        "path": [paths[r] for r in rec], "image": [Image.fromarray(images[r], mode="L") for r in img],
-        "speaker": [speakers[r] for r in rec], "take": takes[rec], "label_audio": a, "label_image": b,
-        "label": total, "caption": [rotated_captions(SUM_CAPTIONS, DIGIT_NAMES[t], k) for k, t in enumerate(total)],
-    }, features=features)
+    features = datasets.Features(
+        {
+            "path": datasets.Value("string"),
+            "image": datasets.Image(),
+            "speaker": datasets.Value("string"),
+            "take": datasets.Value("int64"),
+            "label_audio": datasets.Value("int64"),
+            "label_image": datasets.Value("int64"),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+            "caption": datasets.Sequence(datasets.Value("string")),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "path": [paths[r] for r in rec],
+            "image": [Image.fromarray(images[r], mode="L") for r in img],
+            "speaker": [speakers[r] for r in rec],
+            "take": takes[rec],
+            "label_audio": a,
+            "label_image": b,
+            "label": total,
+            "caption": [rotated_captions(SUM_CAPTIONS, DIGIT_NAMES[t], k) for k, t in enumerate(total)],
+        },
+        features=features,
+    )

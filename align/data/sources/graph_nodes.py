@@ -38,6 +38,7 @@ only ``.npy`` arrays (``x`` float32 [N, F] when there are features, ``edge_index
 cache folder can execute code. It is written to a temporary folder and renamed into place, so
 concurrent runs either see a complete store or build their own and keep the first.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,15 +58,32 @@ from align.io.safe_pickle import restricted_pickle
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
 PLANETOID_CLASSES = {
     "citeseer": ["Agents", "AI", "DB", "IR", "ML", "HCI"],
-    "cora": ["Case_Based", "Genetic_Algorithms", "Neural_Networks", "Probabilistic_Methods",
-             "Reinforcement_Learning", "Rule_Learning", "Theory"],
+    "cora": [
+        "Case_Based",
+        "Genetic_Algorithms",
+        "Neural_Networks",
+        "Probabilistic_Methods",
+        "Reinforcement_Learning",
+        "Rule_Learning",
+        "Theory",
+    ],
     "pubmed": ["Diabetes Mellitus Experimental", "Diabetes Mellitus Type 1", "Diabetes Mellitus Type 2"],
 }
 PLANETOID_RAW = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 PLANETOID_SPLITS = ("train", "val", "test")
-OPTIONS = {"format": "planetoid", "name": None, "nodes": None, "edges": None, "node_id": "node",
-           "features": None, "source": "source", "target": "target", "undirected": True,
-           "split_column": "split", "cache_dir": None}
+OPTIONS = {
+    "format": "planetoid",
+    "name": None,
+    "nodes": None,
+    "edges": None,
+    "node_id": "node",
+    "features": None,
+    "source": "source",
+    "target": "target",
+    "undirected": True,
+    "split_column": "split",
+    "cache_dir": None,
+}
 
 
 @SOURCES.register("graph-nodes")
@@ -82,6 +100,7 @@ def graph_nodes(spec):
 # ------------------------------------------------------------------------------------------------
 # the store
 # ------------------------------------------------------------------------------------------------
+
 
 def cache_base(cache_dir: str | None) -> Path:
     if cache_dir:
@@ -126,13 +145,15 @@ def _ref_column(store: Path, nodes: np.ndarray) -> list[dict[str, Any]]:
 # format: planetoid
 # ------------------------------------------------------------------------------------------------
 
+
 def _planetoid(spec, opts: dict[str, Any]):
     import datasets
 
     name = str(opts["name"] or "").lower()
     if name not in PLANETOID_CLASSES:
-        raise DataError(f"load_kwargs.name must be one of {sorted(PLANETOID_CLASSES)} for format "
-                        f"'planetoid', got {opts['name']!r}")
+        raise DataError(
+            f"load_kwargs.name must be one of {sorted(PLANETOID_CLASSES)} for format 'planetoid', got {opts['name']!r}"
+        )
     if not spec.data_dir:
         raise DataError("source 'graph-nodes' (planetoid) needs data_dir: the folder holding raw/ind.<name>.*")
     raw = Path(spec.data_dir) / "raw"
@@ -154,15 +175,23 @@ def _planetoid(spec, opts: dict[str, Any]):
     for s in PLANETOID_SPLITS:
         split[masks[s]] = s
     nodes = np.arange(len(y)) if spec.split == "all" else np.nonzero(masks[spec.split])[0]
-    features = datasets.Features({
-        "node": datasets.Value("int64"),
-        "graph": {"store": datasets.Value("string"), "center": datasets.Value("int64")},
-        "label": datasets.ClassLabel(names=PLANETOID_CLASSES[name]),
-        "split": datasets.Value("string"),
-    })
-    return datasets.Dataset.from_dict({"node": nodes.tolist(), "graph": _ref_column(store, nodes),
-                                       "label": y[nodes].tolist(), "split": split[nodes].tolist()},
-                                      features=features)
+    features = datasets.Features(
+        {
+            "node": datasets.Value("int64"),
+            "graph": {"store": datasets.Value("string"), "center": datasets.Value("int64")},
+            "label": datasets.ClassLabel(names=PLANETOID_CLASSES[name]),
+            "split": datasets.Value("string"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "node": nodes.tolist(),
+            "graph": _ref_column(store, nodes),
+            "label": y[nodes].tolist(),
+            "split": split[nodes].tolist(),
+        },
+        features=features,
+    )
 
 
 def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
@@ -181,14 +210,21 @@ def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
         test_idx = np.nonzero(test_mask)[0]
         pad = (np.arange(len(y)) >= test_idx.min()) & ~test_mask
         y[pad] = -1
-    return {"x": data.x.numpy().astype(np.float32), "edge_index": data.edge_index.numpy().astype(np.int64),
-            "num_nodes": np.asarray(data.num_nodes, dtype=np.int64), "y": y,
-            "train_mask": data.train_mask.numpy(), "val_mask": data.val_mask.numpy(), "test_mask": test_mask}
+    return {
+        "x": data.x.numpy().astype(np.float32),
+        "edge_index": data.edge_index.numpy().astype(np.int64),
+        "num_nodes": np.asarray(data.num_nodes, dtype=np.int64),
+        "y": y,
+        "train_mask": data.train_mask.numpy(),
+        "val_mask": data.val_mask.numpy(),
+        "test_mask": test_mask,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # format: tables
 # ------------------------------------------------------------------------------------------------
+
 
 def read_frame(path: Path, what: str):
     """A csv / parquet / json(l) file as a pandas DataFrame; errors name the load_kwargs key."""
@@ -222,13 +258,16 @@ def _features(df, spec_features: str | list[str], path: Path) -> np.ndarray:
             try:
                 rows.append(np.asarray(v, dtype=np.float32).reshape(-1))
             except (TypeError, ValueError):
-                raise DataError(f"load_kwargs.features: {path} row {i}, column '{spec_features}' is not a "
-                                f"list of numbers: {str(v):.80}") from None
+                raise DataError(
+                    f"load_kwargs.features: {path} row {i}, column '{spec_features}' is not a "
+                    f"list of numbers: {str(v):.80}"
+                ) from None
         widths = {len(r) for r in rows}
         if len(widths) > 1:
             i = next(i for i, r in enumerate(rows) if len(r) != len(rows[0]))
-            raise DataError(f"load_kwargs.features: {path} row {i} has {len(rows[i])} features, row 0 has "
-                            f"{len(rows[0])}")
+            raise DataError(
+                f"load_kwargs.features: {path} row {i} has {len(rows[i])} features, row 0 has {len(rows[0])}"
+            )
         x = np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     else:
         try:
@@ -248,14 +287,17 @@ def _edges(path: Path, opts: dict[str, Any], index: dict[str, int], nodes_path: 
     for key in ("source", "target"):
         col = opts[key]
         if col not in df.columns:
-            raise DataError(f"load_kwargs.{key}: column '{col}' is not in the edge table {path} "
-                            f"(columns: {list(df.columns)})")
+            raise DataError(
+                f"load_kwargs.{key}: column '{col}' is not in the edge table {path} (columns: {list(df.columns)})"
+            )
         ids = df[col].astype(str).to_numpy()
         mapped = np.fromiter((index.get(v, -1) for v in ids), dtype=np.int64, count=len(ids))
         if (mapped < 0).any():
             r = int(np.nonzero(mapped < 0)[0][0])
-            raise DataError(f"edge table {path} row {r}: {key} {df[col].iloc[r]!r} (column '{col}') is not a "
-                            f"node id in {nodes_path} (column '{opts['node_id']}')")
+            raise DataError(
+                f"edge table {path} row {r}: {key} {df[col].iloc[r]!r} (column '{col}') is not a "
+                f"node id in {nodes_path} (column '{opts['node_id']}')"
+            )
         ends.append(mapped)
     ei = np.stack(ends) if ends[0].size else np.zeros((2, 0), np.int64)
     if opts["undirected"] and ei.shape[1]:
@@ -272,8 +314,10 @@ def _tables(spec, opts: dict[str, Any]):
     df = read_frame(nodes_path, "nodes")
     id_col = opts["node_id"]
     if id_col not in df.columns:
-        raise DataError(f"load_kwargs.node_id: column '{id_col}' is not in the node table {nodes_path} "
-                        f"(columns: {list(df.columns)})")
+        raise DataError(
+            f"load_kwargs.node_id: column '{id_col}' is not in the node table {nodes_path} "
+            f"(columns: {list(df.columns)})"
+        )
     ids = df[id_col].astype(str).to_numpy()
     index: dict[str, int] = {}
     for i, v in enumerate(ids):
@@ -288,8 +332,10 @@ def _tables(spec, opts: dict[str, Any]):
     key = store_key([nodes_path, edges_path], {"format": "tables", **shape_opts})
     store = base / key
     if not store.is_dir():
-        arrays = {"edge_index": _edges(edges_path, opts, index, nodes_path),
-                  "num_nodes": np.asarray(len(df), dtype=np.int64)}
+        arrays = {
+            "edge_index": _edges(edges_path, opts, index, nodes_path),
+            "num_nodes": np.asarray(len(df), dtype=np.int64),
+        }
         if feat_cols:
             arrays["x"] = _features(df, feats, nodes_path)
         store = write_store(base, key, arrays)
@@ -297,13 +343,16 @@ def _tables(spec, opts: dict[str, Any]):
     split_col = opts["split_column"]
     if spec.split != "all":
         if split_col not in df.columns:
-            raise DataError(f"split '{spec.split}' needs a '{split_col}' column in the node table {nodes_path} "
-                            f"(load_kwargs.split_column), or split: all")
+            raise DataError(
+                f"split '{spec.split}' needs a '{split_col}' column in the node table {nodes_path} "
+                f"(load_kwargs.split_column), or split: all"
+            )
         values = df[split_col].astype(str).to_numpy()
         keep = np.nonzero(values == spec.split)[0]
         if not len(keep):
-            raise DataError(f"no rows of {nodes_path} have {split_col} == '{spec.split}' "
-                            f"(values: {sorted(set(values))[:10]})")
+            raise DataError(
+                f"no rows of {nodes_path} have {split_col} == '{spec.split}' (values: {sorted(set(values))[:10]})"
+            )
     rest = df.drop(columns=feat_cols).iloc[keep].reset_index(drop=True)
     if split_col in rest.columns:
         rest[split_col] = rest[split_col].astype(str)

@@ -12,6 +12,7 @@ opposite directions, a temporal model is not.
     DatasetSpec(source="moving-digits", data_files=".../mnist_5k.csv.gz", split="train",
                 load_kwargs={"frames": 8, "size": 32, "clips_per_image": 1, "seed": 0})
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -58,8 +59,9 @@ def resize_digits(images: np.ndarray, digit_size: int) -> np.ndarray:
     return y[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def paths(n: int, frames: int, free: int, travel: int, rng: np.random.Generator,
-          directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def paths(
+    n: int, frames: int, free: int, travel: int, rng: np.random.Generator, directions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-left corners (rows, cols) [n, frames] of each digit.
 
     The moving coordinate covers ``[a, a + travel]`` with ``a`` uniform in ``[0, free - travel]``
@@ -79,9 +81,15 @@ def paths(n: int, frames: int, free: int, travel: int, rng: np.random.Generator,
     return rows, cols
 
 
-def moving_digit_clips(images: np.ndarray, labels: np.ndarray, frames: int = 8, size: int = 32,
-                       seed: int = 0, digit_size: int | None = None,
-                       directions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def moving_digit_clips(
+    images: np.ndarray,
+    labels: np.ndarray,
+    frames: int = 8,
+    size: int = 32,
+    seed: int = 0,
+    digit_size: int | None = None,
+    directions: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Clips uint8 [N, frames, size, size] of each digit moving across a black canvas, and each
     clip's direction (index into ``DIRECTIONS``; balanced, shuffled unless given).
 
@@ -96,8 +104,9 @@ def moving_digit_clips(images: np.ndarray, labels: np.ndarray, frames: int = 8, 
     digit_size = digit_size or size // 2
     free = size - digit_size
     if frames < 2 or free < 1:
-        raise ValueError(f"need frames >= 2 and digit_size < size, got frames={frames}, size={size}, "
-                         f"digit_size={digit_size}")
+        raise ValueError(
+            f"need frames >= 2 and digit_size < size, got frames={frames}, size={size}, digit_size={digit_size}"
+        )
     rng = np.random.default_rng(seed)
     if directions is None:
         directions = rng.permutation(np.arange(n) % len(DIRECTIONS))
@@ -127,8 +136,19 @@ def moving_digits_table(spec):
     """
     import datasets
 
-    opts = builtin_options(spec, {"frames": 8, "size": 32, "digit_size": None, "clips_per_image": 1,
-                                  "seed": 0, "test_fraction": 0.2, "label": "last", "digits": None})
+    opts = builtin_options(
+        spec,
+        {
+            "frames": 8,
+            "size": 32,
+            "digit_size": None,
+            "clips_per_image": 1,
+            "seed": 0,
+            "test_fraction": 0.2,
+            "label": "last",
+            "digits": None,
+        },
+    )
     frames, size, per = int(opts["frames"]), int(opts["size"]), int(opts["clips_per_image"])
     if per < 1:
         raise DataError("moving-digits: load_kwargs.clips_per_image must be >= 1")
@@ -143,19 +163,24 @@ def moving_digits_table(spec):
     split_code = {"train": 0, "test": 1}.get(spec.split, 2)  # the splits draw different paths
     seed = int(np.random.SeedSequence([int(opts["seed"]), split_code]).generate_state(1)[0])
     try:
-        clips, directions = moving_digit_clips(images[rows], labels[rows], frames, size, seed=seed,
-                                               digit_size=opts["digit_size"])
+        clips, directions = moving_digit_clips(
+            images[rows], labels[rows], frames, size, seed=seed, digit_size=opts["digit_size"]
+        )
     except ValueError as err:
         raise DataError(f"moving-digits: {err}") from None
     names = class_names()
     classes = labels[rows] * len(DIRECTIONS) + directions
-    features = datasets.Features({
-        "video": datasets.Array3D(shape=(frames, size, size), dtype="uint8"),
-        "label": datasets.ClassLabel(names=DIGIT_NAMES),
-        "direction": datasets.ClassLabel(names=DIRECTIONS),
-        "class": datasets.ClassLabel(names=names),
-        "caption": datasets.Sequence(datasets.Value("string")),
-    })
+    features = datasets.Features(
+        {
+            "video": datasets.Array3D(shape=(frames, size, size), dtype="uint8"),
+            "label": datasets.ClassLabel(names=DIGIT_NAMES),
+            "direction": datasets.ClassLabel(names=DIRECTIONS),
+            "class": datasets.ClassLabel(names=names),
+            "caption": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     captions = [rotated_captions(VIDEO_CAPTIONS, names[c], k) for k, c in enumerate(classes)]
-    return datasets.Dataset.from_dict({"video": clips, "label": labels[rows], "direction": directions,
-                                       "class": classes, "caption": captions}, features=features)
+    return datasets.Dataset.from_dict(
+        {"video": clips, "label": labels[rows], "direction": directions, "class": classes, "caption": captions},
+        features=features,
+    )

@@ -23,6 +23,7 @@ an average DALES object), which matters when one DataLoader worker feeds a train
 Rows: ``points`` (built as Arrow lists straight from numpy, so the 1.15 M DALES points load in
 well under a second), the ``columns`` and the ``per_point`` columns.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,21 +32,31 @@ from typing import Any
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.errors import DataError
 from align.data.sources.common import builtin_options, fold_rows, single_file, stratified_split
+from align.errors import DataError
 
-DEFAULTS: dict[str, Any] = {"points": "points", "offsets": "offsets",
-                            "columns": {"label": "labels", "id": "ids"}, "per_point": {},
-                            "class_names": "class_names", "stratify": "label",
-                            "test_fraction": 0.2, "seed": 0, "folds": None, "fold": 0, "flat": False}
+DEFAULTS: dict[str, Any] = {
+    "points": "points",
+    "offsets": "offsets",
+    "columns": {"label": "labels", "id": "ids"},
+    "per_point": {},
+    "class_names": "class_names",
+    "stratify": "label",
+    "test_fraction": 0.2,
+    "seed": 0,
+    "folds": None,
+    "fold": 0,
+    "flat": False,
+}
 
 
 def object_bounds(offsets: np.ndarray, n_points: int, n_objects: int | None, path: str) -> np.ndarray:
     """N + 1 boundaries from either layout; checks them against the point and object counts."""
     offsets = np.asarray(offsets)
     if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or not len(offsets):
-        raise DataError(f"{path}: offsets must be a non-empty 1-D integer array, got {offsets.dtype} "
-                        f"{list(offsets.shape)}")
+        raise DataError(
+            f"{path}: offsets must be a non-empty 1-D integer array, got {offsets.dtype} {list(offsets.shape)}"
+        )
     if n_objects is None:  # no per-object column to count by: boundaries if the last one is P
         n_objects = len(offsets) - 1 if offsets[-1] == n_points else len(offsets)
     if len(offsets) == n_objects + 1 and offsets[-1] == n_points:
@@ -53,8 +64,10 @@ def object_bounds(offsets: np.ndarray, n_points: int, n_objects: int | None, pat
     elif len(offsets) == n_objects:
         bounds = np.append(offsets, n_points).astype(np.int64)
     else:
-        raise DataError(f"{path}: {len(offsets)} offsets (last {int(offsets[-1])}) fit neither {n_objects} "
-                        f"objects + 1 ending at {n_points} points nor {n_objects} start offsets")
+        raise DataError(
+            f"{path}: {len(offsets)} offsets (last {int(offsets[-1])}) fit neither {n_objects} "
+            f"objects + 1 ending at {n_points} points nor {n_objects} start offsets"
+        )
     if bounds[0] != 0 or (np.diff(bounds) < 0).any() or bounds[-1] > n_points:
         raise DataError(f"{path}: offsets must start at 0, not decrease and stay within {n_points} points")
     return bounds
@@ -114,8 +127,9 @@ def packed_npz(spec):
 
     points = array(opts["points"], "points")
     if points.ndim != 2 or points.dtype.kind != "f":
-        raise DataError(f"{path}: '{opts['points']}' must be a float [P, D] array, got {points.dtype} "
-                        f"{list(points.shape)}")
+        raise DataError(
+            f"{path}: '{opts['points']}' must be a float [P, D] array, got {points.dtype} {list(points.shape)}"
+        )
     explicit = "columns" in spec.load_kwargs
     columns = {c: array(k, f"columns.{c}") for c, k in opts["columns"].items() if explicit or k in data}
     sizes = {c: len(v) for c, v in columns.items()}
@@ -131,8 +145,10 @@ def packed_npz(spec):
 
     stratify = opts["stratify"]
     if stratify is not None and stratify not in columns:
-        raise DataError(f"{path}: load_kwargs.stratify '{stratify}' is not a column ({sorted(columns)}); "
-                        "give the label column or stratify: null for a plain random split")
+        raise DataError(
+            f"{path}: load_kwargs.stratify '{stratify}' is not a column ({sorted(columns)}); "
+            "give the label column or stratify: null for a plain random split"
+        )
     labels = columns[stratify] if stratify is not None else np.zeros(n, np.int64)
     rows = split_rows(labels, spec.split, opts)
 
@@ -140,12 +156,13 @@ def packed_npz(spec):
     if explicit and opts["class_names"] is not None and stratify is None:
         raise DataError("load_kwargs.class_names needs load_kwargs.stratify (the label column)")
     if stratify is not None and opts["class_names"] is not None and (explicit or opts["class_names"] in data):
-        names = [str(v.decode() if isinstance(v, bytes) else v)
-                 for v in array(opts["class_names"], "class_names")]
+        names = [str(v.decode() if isinstance(v, bytes) else v) for v in array(opts["class_names"], "class_names")]
         lab = columns[stratify]
         if lab.dtype.kind not in "iu" or lab.min() < 0 or lab.max() >= len(names):
-            raise DataError(f"{path}: '{stratify}' must hold integers 0..{len(names) - 1} for class_names "
-                            f"{names}, got {lab.min()}..{lab.max()}")
+            raise DataError(
+                f"{path}: '{stratify}' must hold integers 0..{len(names) - 1} for class_names "
+                f"{names}, got {lab.min()}..{lab.max()}"
+            )
 
     flat = bool(opts["flat"])
     table = {"points": ragged_column(points, bounds, rows, flat)}

@@ -1,9 +1,16 @@
 """``pixel-csv``: one image per CSV row, pixels then the label (e.g. the MNIST 5k subset)."""
+
 from __future__ import annotations
 
 from align.data.sources import SOURCES
-from align.data.sources.common import _digit_table, builtin_options, check_digit_labels, read_pixel_csv, single_file, \
-    stratified_split
+from align.data.sources.common import (
+    _digit_table,
+    builtin_options,
+    check_digit_labels,
+    read_pixel_csv,
+    single_file,
+    stratified_split,
+)
 
 
 @SOURCES.register("pixel-csv")
@@ -16,5 +23,4 @@ def pixel_csv(spec):
     images, labels = read_pixel_csv(single_file(spec), tuple(opts["shape"]), opts["label"])
     check_digit_labels(labels, "pixel-csv")
     rows = stratified_split(labels, spec.split, float(opts["test_fraction"]), int(opts["seed"]))
-    return _digit_table([Image.fromarray(images[r], mode="L") for r in rows],
-                        [int(labels[r]) for r in rows], rows)
+    return _digit_table([Image.fromarray(images[r], mode="L") for r in rows], [int(labels[r]) for r in rows], rows)

@@ -1,11 +1,12 @@
 """``sklearn-digits``: scikit-learn's 1,797 real 8x8 digits (ship inside scikit-learn; the demo)."""
+
 from __future__ import annotations
 
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.errors import DataError
 from align.data.sources.common import _digit_table, stratified_split
+from align.errors import DataError
 
 
 @SOURCES.register("sklearn-digits")
@@ -23,6 +24,5 @@ def sklearn_digits(spec_or_split):
         raise DataError(f"sklearn-digits has splits 'train' and 'test', not '{split}'")
     digits = load_digits()
     rows = stratified_split(digits.target, split, 0.2, 0)
-    images = [Image.fromarray((digits.images[r] * (255.0 / 16.0)).round().astype(np.uint8), mode="L")
-              for r in rows]
+    images = [Image.fromarray((digits.images[r] * (255.0 / 16.0)).round().astype(np.uint8), mode="L") for r in rows]
     return _digit_table(images, [int(digits.target[r]) for r in rows], rows)

@@ -20,13 +20,14 @@ class) and ``id`` (the row's index in the whole table). The feature names are in
 * ``iris``: 150 irises, setosa / versicolor / virginica (50 each); 4 features: sepal length,
   sepal width, petal length, petal width (cm).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from align.data.sources import SOURCES
-from align.errors import DataError
 from align.data.sources.common import builtin_options, stratified_split
+from align.errors import DataError
 
 # name -> (scikit-learn loader, class names; None: scikit-learn's target_names, already readable)
 TABLES: dict[str, tuple[str, list[str] | None]] = {
@@ -57,14 +58,21 @@ def sklearn_table(spec):
         raise DataError(f"source 'sklearn-table' needs load_kwargs.name, one of {sorted(TABLES)}")
     x, y, classes, feature_names = load_sklearn_table(opts["name"])
     rows = stratified_split(y, spec.split, float(opts["test_fraction"]), int(opts["seed"]))
-    features = datasets.Features({
-        "features": datasets.Sequence(datasets.Value("float64")),
-        "label": datasets.ClassLabel(names=classes),
-        "id": datasets.Value("int64"),
-    })
-    info = datasets.DatasetInfo(features=features, description=(
-        f"scikit-learn '{opts['name']}' table, split '{spec.split}' ({len(rows)} of {len(y)} rows; stratified "
-        f"test_fraction {opts['test_fraction']}, seed {opts['seed']}); classes {classes}; features "
-        f"({len(feature_names)}, in order): {', '.join(feature_names)}"))
-    return datasets.Dataset.from_dict({"features": x[rows].tolist(), "label": y[rows].tolist(),
-                                       "id": rows.tolist()}, features=features, info=info)
+    features = datasets.Features(
+        {
+            "features": datasets.Sequence(datasets.Value("float64")),
+            "label": datasets.ClassLabel(names=classes),
+            "id": datasets.Value("int64"),
+        }
+    )
+    info = datasets.DatasetInfo(
+        features=features,
+        description=(
+            f"scikit-learn '{opts['name']}' table, split '{spec.split}' ({len(rows)} of {len(y)} rows; stratified "
+            f"test_fraction {opts['test_fraction']}, seed {opts['seed']}); classes {classes}; features "
+            f"({len(feature_names)}, in order): {', '.join(feature_names)}"
+        ),
+    )
+    return datasets.Dataset.from_dict(
+        {"features": x[rows].tolist(), "label": y[rows].tolist(), "id": rows.tolist()}, features=features, info=info
+    )

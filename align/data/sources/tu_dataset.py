@@ -16,6 +16,7 @@ function ``TUDataset.process`` calls) on every load — under a second for PROTE
 ``align train``, and a cache keyed by the folder's path kept serving old labels after the raw
 files were edited. The source folder is only read.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,22 +24,23 @@ from pathlib import Path
 import numpy as np
 
 from align.data.sources import SOURCES
-from align.errors import DataError
 from align.data.sources.common import builtin_options, fold_rows
+from align.errors import DataError
 
 
 def read_tu_graphs(source: Path, name: str, use_node_attr: bool):
     """PyG's ``read_tu_data`` on ``<source>/<name>/raw`` (no processed cache), with the same column
     choices ``TUDataset(use_node_attr, use_edge_attr=False)`` makes; returns a dataset of graphs."""
-    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
     from torch_geometric.data import InMemoryDataset
     from torch_geometric.io import read_tu_data
 
+    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
+
     data, slices, sizes = read_tu_data(str(source / name / "raw"), name)
     if data.x is not None and not use_node_attr:  # continuous attributes come first in x
-        data.x = data.x[:, sizes["num_node_attributes"]:]
+        data.x = data.x[:, sizes["num_node_attributes"] :]
     if data.edge_attr is not None:  # TUDataset's default use_edge_attr=False keeps only edge labels
-        data.edge_attr = data.edge_attr[:, sizes["num_edge_attributes"]:]
+        data.edge_attr = data.edge_attr[:, sizes["num_edge_attributes"] :]
     graphs = InMemoryDataset()  # no root: nothing is downloaded, processed or written
     graphs.data, graphs.slices = data, slices
     return graphs
@@ -51,8 +53,9 @@ def tu_dataset(spec):
     opts = builtin_options(spec, {"name": None, "folds": 10, "fold": 0, "seed": 0, "use_node_attr": False})
     name = opts["name"]
     if not name or not spec.data_dir:
-        raise DataError("source 'tu-dataset' needs data_dir (the folder holding <name>/raw) and "
-                        "load_kwargs.name, e.g. MUTAG")
+        raise DataError(
+            "source 'tu-dataset' needs data_dir (the folder holding <name>/raw) and load_kwargs.name, e.g. MUTAG"
+        )
     source = Path(spec.data_dir)
     if not (source / name / "raw" / f"{name}_A.txt").is_file():
         raise DataError(f"no TU dataset '{name}' in {source}: expected {source / name / 'raw' / (name + '_A.txt')}")
@@ -65,10 +68,14 @@ def tu_dataset(spec):
     graphs = []
     for i in rows:
         g = ds[int(i)]
-        item = {"edge_index": g.edge_index.tolist(), "num_nodes": int(g.num_nodes),
-                "x": g.x.float().tolist() if g.x is not None else None}
+        item = {
+            "edge_index": g.edge_index.tolist(),
+            "num_nodes": int(g.num_nodes),
+            "x": g.x.float().tolist() if g.x is not None else None,
+        }
         if g.edge_attr is not None:
             item["edge_attr"] = g.edge_attr.float().tolist()
         graphs.append(item)
-    return datasets.Dataset.from_dict({"graph": graphs, "label": labels[rows].astype(np.int64).tolist(),
-                                       "graph_id": rows.astype(np.int64).tolist()})
+    return datasets.Dataset.from_dict(
+        {"graph": graphs, "label": labels[rows].astype(np.int64).tolist(), "graph_id": rows.astype(np.int64).tolist()}
+    )

@@ -2,6 +2,7 @@
 once as .npy files and gives one small row per node; the graph preprocessor cuts each node's
 k-hop neighbourhood on the fly. Checked against PyG's own reader and ``k_hop_subgraph`` on the
 whole graph, the ``tables`` format against the same graph, errors, and a short training run."""
+
 from __future__ import annotations
 
 import json
@@ -12,21 +13,28 @@ import pytest
 import torch
 
 from align.config.dataset import DatasetSpec
-from align.errors import DataError
 from align.data.tables import load_table
+from align.errors import DataError, SampleError
 from align.modalities import build_adapter
-from align.errors import SampleError
 
 CITESEER = Path(__file__).resolve().parents[4] / "shared" / "data" / "graph" / "citeseer"
-pytestmark = pytest.mark.skipif(not (CITESEER / "raw" / "ind.citeseer.graph").is_file(),
-                                reason="shared CiteSeer data missing")
+pytestmark = pytest.mark.skipif(
+    not (CITESEER / "raw" / "ind.citeseer.graph").is_file(), reason="shared CiteSeer data missing"
+)
 FIELDS = ["Agents", "AI", "DB", "IR", "ML", "HCI"]
 EGO = {"node_dim": 3703, "pooling": "center", "ego_hops": 2, "norm": "none"}
 
 
 def spec(split: str, cache: Path, **kw) -> DatasetSpec:
-    return DatasetSpec(source="graph-nodes", data_dir=str(CITESEER), split=split, columns={"graph": "graph"},
-                       label_column="label", load_kwargs={"name": "citeseer", "cache_dir": str(cache)}, **kw)
+    return DatasetSpec(
+        source="graph-nodes",
+        data_dir=str(CITESEER),
+        split=split,
+        columns={"graph": "graph"},
+        label_column="label",
+        load_kwargs={"name": "citeseer", "cache_dir": str(cache)},
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +50,9 @@ def tables(cache) -> dict:
 @pytest.fixture(scope="module")
 def whole():
     """The reference: PyG's reader on the raw files, independent of the store."""
-    import align.modalities.graph_io  # noqa: F401
     from torch_geometric.io import read_planetoid_data
+
+    import align.modalities.graph_io  # noqa: F401
 
     return read_planetoid_data(str(CITESEER / "raw"), "citeseer")
 
@@ -156,17 +165,32 @@ def test_tables_format_with_string_ids_gives_the_same_subgraphs(tmp_path, whole)
     x, y, n = whole.x[keep], whole.y[keep], len(keep)
     order = np.random.default_rng(0).permutation(n)  # table row k is reference node order[k]
     ids = [f"paper-{int(k)}" for k in keep]
-    pd.DataFrame({"node": [ids[i] for i in order], "x": [x[i].tolist() for i in order],
-                  "label": [int(y[i]) for i in order],
-                  "split": ["test" if k % 3 == 0 else "train" for k in range(n)]}
-                 ).to_parquet(tmp_path / "nodes.parquet")
+    pd.DataFrame(
+        {
+            "node": [ids[i] for i in order],
+            "x": [x[i].tolist() for i in order],
+            "label": [int(y[i]) for i in order],
+            "split": ["test" if k % 3 == 0 else "train" for k in range(n)],
+        }
+    ).to_parquet(tmp_path / "nodes.parquet")
     one_way = ei[:, ei[0] < ei[1]]
     pd.DataFrame({"src": [ids[i] for i in one_way[0]], "dst": [ids[i] for i in one_way[1]]}).to_csv(
-        tmp_path / "edges.csv", index=False)
-    kwargs = {"format": "tables", "nodes": str(tmp_path / "nodes.parquet"), "edges": str(tmp_path / "edges.csv"),
-              "features": "x", "source": "src", "target": "dst", "cache_dir": str(tmp_path / "cache")}
-    table = load_table(DatasetSpec(source="graph-nodes", split="test", columns={"graph": "graph"},
-                                   label_column="label", load_kwargs=kwargs))
+        tmp_path / "edges.csv", index=False
+    )
+    kwargs = {
+        "format": "tables",
+        "nodes": str(tmp_path / "nodes.parquet"),
+        "edges": str(tmp_path / "edges.csv"),
+        "features": "x",
+        "source": "src",
+        "target": "dst",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    table = load_table(
+        DatasetSpec(
+            source="graph-nodes", split="test", columns={"graph": "graph"}, label_column="label", load_kwargs=kwargs
+        )
+    )
     assert len(table) == 100 and set(table["split"]) == {"test"} and "x" not in table.column_names
     assert table.column_names == ["node", "graph", "node_id", "label", "split"]
     assert [ids[order[k]] for k in table["node"]] == table["node_id"]  # numbered in table order
@@ -183,16 +207,25 @@ def test_tables_format_with_string_ids_gives_the_same_subgraphs(tmp_path, whole)
         ours = order[np.sort(inverse[ref_subset.numpy()])]  # sample node j as a reference node
         assert sample.num_nodes == len(ref_subset) and int(ours[int(sample.center)]) == ref_c
         torch.testing.assert_close(sample.x, x[ours])
-        assert ({(int(ours[a]), int(ours[b])) for a, b in sample.edge_index.T.tolist()}
-                == {(int(ref_subset[a]), int(ref_subset[b])) for a, b in ref_ei.T.tolist()})
+        assert {(int(ours[a]), int(ours[b])) for a, b in sample.edge_index.T.tolist()} == {
+            (int(ref_subset[a]), int(ref_subset[b])) for a, b in ref_ei.T.tolist()
+        }
 
 
 def test_unknown_node_in_edge_table_is_a_data_error_naming_it(tmp_path):
     (tmp_path / "nodes.csv").write_text("node,text\na,first\nb,second\nc,third\n")
     (tmp_path / "edges.csv").write_text("source,target\na,b\nb,c\nc,zzz\n")
-    s = DatasetSpec(source="graph-nodes", split="all", columns={"graph": "graph"},
-                    load_kwargs={"format": "tables", "nodes": str(tmp_path / "nodes.csv"),
-                                 "edges": str(tmp_path / "edges.csv"), "cache_dir": str(tmp_path / "cache")})
+    s = DatasetSpec(
+        source="graph-nodes",
+        split="all",
+        columns={"graph": "graph"},
+        load_kwargs={
+            "format": "tables",
+            "nodes": str(tmp_path / "nodes.csv"),
+            "edges": str(tmp_path / "edges.csv"),
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    )
     with pytest.raises(DataError, match=r"config key 'data.train.*edges\.csv row 2: target 'zzz'.*nodes\.csv"):
         load_table(s)
     assert not any((tmp_path / "cache").glob("*"))  # nothing half-written
@@ -215,7 +248,8 @@ def test_short_training_beats_chance_on_the_test_nodes(tmp_path, cache, capsys):
     cfg["model"]["modalities"]["graph"]["options"]["width"] = 32
     cfg["model"]["modalities"]["text"]["options"] = {
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-        "output_dim": 32}
+        "output_dim": 32,
+    }
     for s in (cfg["data"]["train"], cfg["eval"]["data"]):
         s.update(data_dir=str(CITESEER), load_kwargs={**s["load_kwargs"], "cache_dir": str(cache)})
     cfg["train"].update(steps=80, warmup_steps=10, progress=False)
@@ -227,7 +261,9 @@ def test_short_training_beats_chance_on_the_test_nodes(tmp_path, cache, capsys):
     loaded = load_config(tmp_path / "cfg.yaml")
     lr = node_feature_logreg(loaded.data.train, loaded.eval.data)
     with capsys.disabled():
-        print(f"\nCiteSeer node<->text (80 steps, width 32): zero-shot top-1 {top1:.3f} on 1000 test nodes; "
-              f"LR on raw features {lr['accuracy']:.3f}")
+        print(
+            f"\nCiteSeer node<->text (80 steps, width 32): zero-shot top-1 {top1:.3f} on 1000 test nodes; "
+            f"LR on raw features {lr['accuracy']:.3f}"
+        )
     assert top1 >= 0.40, report["metrics"]
     assert lr["n_train"] == 120 and lr["n_test"] == 1000 and lr["accuracy"] > 0.4
