@@ -68,6 +68,7 @@ def png_size(path) -> tuple[int, int]:
 
 
 def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_once(run, tmp_path, capsys, monkeypatch):
+    import align.eval.pairs as pairs
     import align.model.checkpoint as checkpoint
 
     cfg = eval_yaml(tmp_path / "eval.yaml", {"positives": "label", "ks": [1, 5, 10]})
@@ -85,7 +86,7 @@ def test_every_pair_equals_its_single_retrieval_and_each_modality_is_encoded_onc
         model.encode = counted
         return model, config
 
-    monkeypatch.setattr(checkpoint, "load_model", spied_load)
+    monkeypatch.setattr(pairs, "load_model", spied_load)  # where `align eval pairs` looks it up
     out = tmp_path / "pairs"
     assert main(["eval", "pairs", "--checkpoint", str(run / "run"), "--config", cfg, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
