@@ -14,6 +14,7 @@ from align.config.dataset import DatasetSpec
 from align.config.schema import config_from_dict
 from align.data.tables import load_table
 from align.errors import DataError
+from tests.support.tiny import TINY_MODALITIES
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 FSDD = DATA / "audio" / "fsdd" / "recordings"
@@ -144,23 +145,7 @@ def test_join_pairs_each_recording_with_an_mnist_digit_of_its_class():
         )
 
 
-TINY = {
-    "embed_dim": 16,
-    "modalities": {
-        "image": {
-            "options": {
-                "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-                "output_dim": 32,
-            }
-        },
-        "text": {
-            "options": {
-                "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-                "output_dim": 32,
-            }
-        },
-    },
-}
+TINY = {"embed_dim": 16, "modalities": TINY_MODALITIES}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -35,21 +36,9 @@ CASES = {  # name -> (loss, local_loss)
     "clip-gradcache": ("clip", True),  # train.micro_batch_size = MICRO: GradCache under the gather
 }
 MICRO = 2
-# Same as TINY_MODALITIES in tests/conftest.py (kept here so the worker is a standalone script).
-TINY_MODALITIES = {
-    "image": {
-        "options": {
-            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-            "output_dim": 32,
-        }
-    },
-    "text": {
-        "options": {
-            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-            "output_dim": 32,
-        }
-    },
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # a standalone script: the repository root
+from tests.support.tiny import TINY_MODALITIES  # noqa: E402
+
 WORDS = (
     "a photo of the digit zero one two three four five six seven eight nine handwritten "
     "small large blurry sharp black white number"

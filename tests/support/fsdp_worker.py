@@ -16,25 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 GLOBAL_BATCH = 8
-TINY = {
-    "image": {
-        "options": {
-            "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
-            "output_dim": 32,
-        }
-    },
-    "text": {
-        "options": {
-            "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-            "output_dim": 32,
-        }
-    },
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # a standalone script: the repository root
+from tests.support.tiny import TINY_MODALITIES  # noqa: E402
 
 
 def main() -> None:
@@ -56,7 +46,7 @@ def main() -> None:
     accelerator = Accelerator(cpu=True)  # the process group (gloo); the model is sharded below
     rank = accelerator.process_index
     torch.manual_seed(0)
-    model = AlignModel(ModelConfig(embed_dim=16, modalities=copy.deepcopy(TINY)))
+    model = AlignModel(ModelConfig(embed_dim=16, modalities=copy.deepcopy(TINY_MODALITIES)))
     pre = model.preprocessors()
     digits = load_digits()
     images = [np.stack([(im * 16).astype(np.uint8)] * 3, -1) for im in digits.images[:GLOBAL_BATCH]]

@@ -1,8 +1,7 @@
 """The tiny image<->text model every training test builds."""
 
 # A tiny image<->text AlignModel (open_clip towers built from config) that builds in well under
-# a second once open_clip is imported. tests/support/dist_worker.py keeps its own copy of this dict
-# because it runs as a standalone script.
+# a second once open_clip is imported (the standalone worker scripts beside this file import it too).
 TINY_MODALITIES = {
     "image": {
         "options": {
