@@ -11,8 +11,12 @@ task looks the features up (``CachedFeatures``) and the model applies only the h
 Storage: ``memory`` (a float32 tensor [rows, feature_dim]) or ``disk`` (a memory-mapped file
 ``<cache_dir>/<tower hash>/<rows hash>.f32`` for sets larger than RAM, written under a temporary
 name and renamed when complete, then reused by any run with the same tower weights and the same
-rows). Results equal the uncached tower's up to float rounding from batch padding (text batches
-are padded to their longest caption, masked out by the pooling).
+rows). The file is trusted only with its checksum: ``<rows hash>.f32.json`` (sha256, bytes,
+shape) is written beside it after it is complete and checked on every reuse; a file that does not
+match (zeroed, edited, truncated, or with no checksum) is recomputed, saying why. Features are
+checked finite as they are computed: a tower that gives NaN or inf is an error naming the rows and
+the file, and nothing is cached. Results equal the uncached tower's up to float rounding from
+batch padding (text batches are padded to their longest caption, masked out by the pooling).
 
 Each process computes the whole cache (a forward over the training rows once, against one per
 step otherwise); ``model.modalities.<m>.cache: off`` turns it off, ``memory`` / ``disk`` insist on it
@@ -32,7 +36,8 @@ import torch
 
 from align.config.schema import Config
 from align.errors import ConfigError, SampleError
-from align.io.atomic import atomic_file
+from align.io.atomic import atomic_file, write_atomic
+from align.io.hashing import sha256_file
 from align.modalities.layers import is_frozen
 from align.model.align_model import AlignModel
 from align.model.cached import CachedFeatures
@@ -92,9 +97,16 @@ def rows_hash(values: list[Any]) -> str:
 
 @torch.no_grad()
 def encode_rows(
-    model: AlignModel, mod: str, values: list[Any], device, write: Callable[[int, np.ndarray], None], name: str
+    model: AlignModel,
+    mod: str,
+    values: list[Any],
+    device,
+    write: Callable[[int, np.ndarray], None],
+    name: str,
+    where: str = "in memory",
 ) -> None:
-    """Features of every row, in batches, evaluation preprocessing; ``write(start, features)``."""
+    """Features of every row, in batches, evaluation preprocessing; ``write(start, features)``.
+    Non-finite features are refused, naming the rows and where the cache was going (``where``)."""
     from accelerate.utils import send_to_device
 
     adapter = model.adapters[mod]
@@ -110,7 +122,15 @@ def encode_rows(
                 except (SampleError, OSError, ValueError, TypeError, RuntimeError) as err:
                     raise SampleError(f"{name} row {i} ({mod}), caching the frozen tower's features: {err}") from err
             batch = pre.collate(items)
-            write(start, adapter(send_to_device(batch, device)).float().cpu().numpy())
+            features = adapter(send_to_device(batch, device)).float().cpu().numpy()
+            bad = np.flatnonzero(~np.isfinite(features).all(axis=1))
+            if len(bad):
+                rows = ", ".join(str(start + int(i)) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                raise SampleError(
+                    f"{name} rows {rows} ({mod}): the frozen tower's features are not finite (NaN or inf), "
+                    f"so nothing is cached ({where}); check the tower's weights"
+                )
+            write(start, features)
     finally:
         adapter.train(was_training)
 
@@ -149,18 +169,49 @@ def build_feature_caches(
     return caches
 
 
+def checksum_path(path: Path) -> Path:
+    """Where a cache file's checksum lives: ``<rows hash>.f32.json`` beside it."""
+    return path.with_name(path.name + ".json")
+
+
+def mismatch(path: Path, shape: tuple[int, int]) -> str | None:
+    """None when ``path`` is the file this cache wrote (size, shape and sha256 as recorded beside
+    it); otherwise why it cannot be reused."""
+    size = path.stat().st_size
+    if size != shape[0] * shape[1] * 4:
+        return f"{size} bytes, expected {shape[0] * shape[1] * 4} for {shape[0]} rows x {shape[1]} features"
+    try:
+        record = json.loads(checksum_path(path).read_text())
+    except (OSError, ValueError):
+        return f"no readable checksum ({checksum_path(path).name})"
+    if record.get("shape") != list(shape) or record.get("bytes") != size:
+        return f"its checksum file describes another shape ({record.get('shape')})"
+    if record.get("sha256") != sha256_file(path):
+        return "its content does not match the sha256 written with it (changed since it was computed)"
+    return None
+
+
 def disk_cache(cfg: Config, model: AlignModel, mod: str, values: list[Any], device, say) -> FeatureCache:
     root = Path(cfg.model.modalities[mod].cache_dir or Path(cfg.output_dir) / "feature_cache")
     path = root / tower_hash(model, mod) / f"{rows_hash(values)}.f32"
     shape = (len(values), model.adapters[mod].feature_dim)
-    if path.exists() and path.stat().st_size == shape[0] * shape[1] * 4:
-        say(f"{mod}: frozen tower's features reused from {path}")
-        return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))
+    if path.exists():
+        why = mismatch(path, shape)
+        if why is None:
+            say(f"{mod}: frozen tower's features reused from {path} (sha256 verified)")
+            return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))
+        say(f"{mod}: the feature cache {path} is not reused, {why}: recomputing it")
+        checksum_path(path).unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:  # complete, or not there: a killed run leaves only a .tmp- file
         out = np.memmap(tmp, np.float32, "w+", shape=shape)
-        encode_rows(model, mod, values, device, writer(out), "data.train")
+        encode_rows(model, mod, values, device, writer(out), "data.train", where=str(path))
         out.flush()
         del out  # unmapped before the rename
+    # the checksum last: a file without one (a run killed here) is recomputed, never trusted
+    write_atomic(
+        checksum_path(path),
+        json.dumps({"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(shape)}),
+    )
     say(f"{mod}: frozen tower's features computed once for {shape[0]} rows ({path})")
     return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))

@@ -144,3 +144,49 @@ def test_cache_samples_featurises_each_row_once(tmp_path):
         GraphPreprocessor.__call__ = original
     assert len(result.losses) == 4  # 2 epochs of 2 batches
     assert len(calls) == len(set(calls)) == 32  # once per row, not once per epoch
+
+
+def test_a_disk_cache_is_reused_only_when_its_checksum_matches(minilm, tmp_path):
+    """A cache file that was zeroed, edited with NaN, or lost its checksum is recomputed (saying
+    why), never trained on; a matching one is reused. A tower giving NaN is refused, naming the rows."""
+    from align.errors import SampleError
+    from align.model.align_model import AlignModel
+    from align.training.feature_cache import checksum_path, disk_cache
+
+    cfg = config(tmp_path, "t", text={"cache": "disk", "cache_dir": str(tmp_path / "fc")})
+    model = AlignModel(cfg.model)
+    values = [f"a molecule with {n} carbon atoms." for n in range(1, 21)]
+    said: list[str] = []
+    first = np.array(disk_cache(cfg, model, "text", values, "cpu", said.append).features)
+    (path,) = (tmp_path / "fc").rglob("*.f32")
+    assert np.isfinite(first).all() and np.abs(first).sum() > 0 and checksum_path(path).is_file()
+
+    np.testing.assert_array_equal(disk_cache(cfg, model, "text", values, "cpu", said.append).features, first)
+    assert "(sha256 verified)" in said[-1]
+
+    def tamper(kind: str) -> None:
+        data = np.memmap(path, np.float32, "r+", shape=first.shape)
+        data[:] = 0.0 if kind == "zeroed" else data
+        if kind == "nan":
+            data[3, 7] = np.nan
+        data.flush()
+        del data
+        if kind == "no checksum":
+            checksum_path(path).unlink()
+
+    for kind, why in [
+        ("zeroed", "does not match the sha256"),
+        ("nan", "does not match the sha256"),
+        ("no checksum", "no readable checksum"),
+    ]:
+        tamper(kind)
+        got = np.array(disk_cache(cfg, model, "text", values, "cpu", said.append).features)
+        assert "is not reused" in said[-2] and why in said[-2] and str(path) in said[-2], (kind, said[-2:])
+        np.testing.assert_array_equal(got, first)  # recomputed: the tower's real features again
+        disk_cache(cfg, model, "text", values, "cpu", said.append)
+        assert "(sha256 verified)" in said[-1]  # and the recomputed file is trusted again
+
+    with torch.no_grad():
+        next(model.adapters["text"].parameters()).fill_(float("nan"))
+    with pytest.raises(SampleError, match=r"data\.train rows 0, 1, 2, 3, 4 \.\.\. \(text\).*not finite.*\.f32"):
+        disk_cache(cfg, model, "text", values, "cpu", said.append)
