@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
+from align.data.shard_fingerprints import changed_shard, shard_fingerprints
 from align.data.sources.common import rotated_captions
 from align.data.tables import Collator, seeded_rngs
 from align.errors import ConfigError, DataError, SampleError
@@ -314,6 +315,13 @@ class StreamingLoader:
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
         self.dataset = StreamBatches(stream, spec, key, preprocessors, batch_size, seed, table)
         self.epoch, self.batches, self.positions, self.next_worker = 0, 0, [0] * max(num_workers, 1), 0
+        self._fingerprints: dict[str, dict[str, Any]] | None = None
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        """The shards' sizes and hashes, computed once per run (at its first checkpoint)."""
+        if self._fingerprints is None:
+            self._fingerprints = shard_fingerprints(self.shards)
+        return self._fingerprints
 
     def epoch_batches(self, device=None) -> Iterator[dict[str, Any]]:
         """The rest of this epoch's batches, in lockstep with the other processes (the epoch ends
@@ -350,6 +358,7 @@ class StreamingLoader:
         }
         return {
             "shards": self.shards,
+            "shard_contents": self.fingerprints(),
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "processes": dict(gather((self.rank, mine))),
@@ -357,7 +366,8 @@ class StreamingLoader:
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """Continue where ``state_dict`` was taken; refuses, naming the key, what would not see the
-        same samples: another shard list, process count or worker count."""
+        same samples: another shard list, a shard rewritten since (size and content hash; checkpoints
+        from before these were recorded are checked by name only), process count or worker count."""
         if state is None:
             raise ConfigError(
                 f"config key '{self.key}.streaming': the checkpoint holds no stream position (its "
@@ -375,6 +385,12 @@ class StreamingLoader:
                 f"config key '{self.key}.data_files': the shard list changed since the checkpoint "
                 f"({change}), so the resumed run would not see the samples the interrupted one "
                 "would have; point data_files at the checkpoint's shards or start a new run"
+            )
+        changed = changed_shard(state.get("shard_contents") or {})
+        if changed is not None:
+            raise ConfigError(
+                f"config key '{self.key}.data_files': {changed} since the checkpoint, so the resumed run "
+                "would read another stream than the interrupted one; restore the shard or start a new run"
             )
         if state["world_size"] != self.world_size:
             raise ConfigError(

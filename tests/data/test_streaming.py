@@ -28,7 +28,7 @@ from align.data.streaming import StreamingLoader
 from align.errors import ConfigError, SampleError
 from align.model.align_model import AlignModel
 from align.model.checkpoint import load_training_state, resolve_checkpoint
-from tests.support.tiny import TINY_MODALITIES  # tests/ is on sys.path (no __init__.py)
+from tests.support.tiny import TINY_MODALITIES
 
 REPO = Path(__file__).resolve().parents[2]
 FSDD = REPO.parent / "shared" / "data" / "audio" / "fsdd" / "recordings"
@@ -264,6 +264,31 @@ def test_resume_refuses_another_stream_layout(resumed_runs, shards, override, ke
         data["data"].update(override)
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         train(config_from_dict(data), resume=True)
+
+
+@pytest.mark.parametrize("edit", ["same size", "shorter"])
+def test_resume_refuses_a_shard_rewritten_in_place(shards, tmp_path, edit):
+    """The checkpoint records each shard's size and sha256: a shard with the same name and other
+    content (one byte of a PNG flipped, or the shard cut short) is refused on resume, naming it;
+    unchanged shards resume (test_training_resumed_mid_stream_equals_uninterrupted)."""
+    import shutil
+
+    for f in sorted(shards.glob("digits-*.tar")):
+        shutil.copy(f, tmp_path / f.name)
+    cfg = config_from_dict(run_config(tmp_path / "run", str(tmp_path / "digits-*.tar"), checkpoint_every=3))
+    train(cfg, stop_at=3)
+    state = load_training_state(resolve_checkpoint(tmp_path / "run"))["stream"]
+    victim = sorted(tmp_path.glob("digits-*.tar"))[1]
+    assert state["shard_contents"][str(victim)]["bytes"] == victim.stat().st_size
+    data = bytearray(victim.read_bytes())
+    if edit == "same size":
+        at = data.index(b"IDAT") + 8  # inside the first image's pixel data
+        data[at] ^= 0xFF
+    else:
+        data = data[: len(data) - 1024]
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ConfigError, match=rf"data\.train\.data_files': shard .*{victim.name} was rewritten"):
+        train(cfg, resume=True)
 
 
 @pytest.mark.parametrize("kind", ["png", "wav"])
