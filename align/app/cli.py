@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from align.app.command_table import add_commands
+from align.io.manifest import TRUST_UNVERIFIED_ENV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="align", description="Train and evaluate multi-modal encoders in one shared embedding space."
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="load checkpoints that have no manifest.json (their files cannot be checked for damage)",
+    )
     add_commands(parser)
     return parser
 
@@ -21,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
-    args, extra = parser.parse_known_args([a for a in argv if a != "--debug"])
+    # --debug and --trust-unverified are accepted anywhere on the line, not only before the command
+    debug, trust = "--debug" in argv, "--trust-unverified" in argv
+    args, extra = parser.parse_known_args([a for a in argv if a not in ("--debug", "--trust-unverified")])
     args.debug = debug
     # dotted.key=value overrides may also come after options (argparse stops collecting them there)
     bad = [a for a in extra if a.startswith("-") or "=" not in a]
@@ -31,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        with trusting_unverified(trust):
+            return args.func(args)
     except KeyboardInterrupt:
         print("align: interrupted", file=sys.stderr)
         return 130
@@ -47,6 +58,21 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+@contextmanager
+def trusting_unverified(trust: bool) -> Iterator[None]:
+    """``--trust-unverified`` for this command only (the checkpoint loader reads the variable)."""
+    before = os.environ.get(TRUST_UNVERIFIED_ENV)
+    if trust:
+        os.environ[TRUST_UNVERIFIED_ENV] = "1"
+    try:
+        yield
+    finally:
+        if trust and before is None:
+            os.environ.pop(TRUST_UNVERIFIED_ENV, None)
+        elif trust:
+            os.environ[TRUST_UNVERIFIED_ENV] = before
 
 
 def _is_user_error(err: Exception) -> bool:

@@ -19,6 +19,9 @@ from align.io.atomic import write_atomic
 from align.io.hashing import sha256_file
 
 MANIFEST = "manifest.json"
+# Set (to 1) by ``align --trust-unverified``: a checkpoint with no manifest loads, with a warning,
+# instead of being refused as unverifiable.
+TRUST_UNVERIFIED_ENV = "ALIGN_TRUST_UNVERIFIED"
 
 
 class ManifestError(AlignError, ValueError):

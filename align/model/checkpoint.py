@@ -14,12 +14,13 @@ Everything is written into a temporary sibling folder first and renamed into pla
 as a real one. Atomic writes do not protect against what happens to the files afterwards (a disk
 error, a partial copy, an editor, a NaN that got saved): the manifest is written before the rename
 and checked on every load, and loaded tensors must be finite, so a damaged checkpoint is refused
-with its file (and tensor) named instead of silently training on from garbage. Checkpoints from
-before manifests existed still load, with a warning.
+with its file (and tensor) named instead of silently training on from garbage. A checkpoint with
+no manifest is refused too (``align --trust-unverified`` loads it, with a warning).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -35,7 +36,7 @@ from align.config.schema import Config, dump_config, load_config
 from align.errors import AlignError
 from align.io import manifest as _manifest
 from align.io.atomic import atomic_folder, write_atomic
-from align.io.manifest import MANIFEST, ManifestError
+from align.io.manifest import MANIFEST, TRUST_UNVERIFIED_ENV, ManifestError
 from align.model.align_model import AlignModel
 from align.registry import ADAPTERS
 
@@ -141,18 +142,25 @@ def read_manifest(ckpt: str | Path) -> dict[str, Any] | None:
 
 def verify_files(ckpt: str | Path, names: Iterable[str]) -> None:
     """Check ``names`` in ``ckpt`` against its manifest (listed, present, bytes, sha256). A checkpoint
-    with no manifest (older code) passes with a warning: it cannot be checked, but refusing it would
-    strand every run made before manifests."""
+    with no manifest cannot be checked, so it is refused: every checkpoint align writes has one, and
+    deleting it must not turn verification off. ``align --trust-unverified`` (the
+    ``ALIGN_TRUST_UNVERIFIED=1`` environment variable) loads one anyway, with a warning."""
     ckpt = Path(ckpt)
     manifest = read_manifest(ckpt)
     if manifest is None:
-        warnings.warn(
-            f"checkpoint {ckpt} has no {MANIFEST} (written by an older version of align): its "
-            "files cannot be checked for damage",
-            UserWarning,
-            stacklevel=3,
+        if os.environ.get(TRUST_UNVERIFIED_ENV, "") not in ("", "0"):
+            warnings.warn(
+                f"checkpoint {ckpt} has no {MANIFEST}: loaded unverified (--trust-unverified); its "
+                "files cannot be checked for damage",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        raise CheckpointError(
+            f"checkpoint {ckpt} has no {MANIFEST}, so its files cannot be checked for damage (it was "
+            f"deleted, or the folder was not written by align); rerun with `align --trust-unverified "
+            f"...` (or {TRUST_UNVERIFIED_ENV}=1) to load it unverified"
         )
-        return
     try:
         _manifest.verify_files(ckpt, names, manifest)
     except ManifestError as err:

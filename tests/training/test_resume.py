@@ -242,8 +242,22 @@ def test_truncated_empty_and_missing_files_are_named(ckpt):
         load_model(ckpt)
 
 
-def test_checkpoint_without_manifest_loads_with_a_warning_and_damage_is_still_named(ckpt):
-    (ckpt / "manifest.json").unlink()  # as written before manifests existed
+def test_checkpoint_without_manifest_is_refused_unless_trusted(ckpt, tmp_path, monkeypatch, capsys):
+    """Deleting manifest.json must not turn verification off: loading is refused, naming the file and
+    the flag; `align --trust-unverified` loads it with a warning, and damage is still named then."""
+    from align.app.cli import main
+
+    (ckpt / "manifest.json").unlink()
+    monkeypatch.delenv("ALIGN_TRUST_UNVERIFIED", raising=False)
+    for load in (load_training_state, load_model):
+        with pytest.raises(CheckpointError, match=r"has no manifest\.json.*--trust-unverified"):
+            load(ckpt)
+    args = ["eval", "zeroshot", "--checkpoint", str(ckpt), "--out", str(tmp_path / "ev")]
+    assert main(args) == 2 and "has no manifest.json" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="loaded unverified"):
+        assert main(["--trust-unverified", *args]) == 0
+    assert "ALIGN_TRUST_UNVERIFIED" not in os.environ  # for that command only
+    monkeypatch.setenv("ALIGN_TRUST_UNVERIFIED", "1")
     with pytest.warns(UserWarning, match="no manifest.json"):
         assert load_training_state(ckpt)["step"] == 4
     with pytest.warns(UserWarning, match="no manifest.json"):
