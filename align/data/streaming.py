@@ -386,7 +386,8 @@ class StreamingLoader:
                 f"({change}), so the resumed run would not see the samples the interrupted one "
                 "would have; point data_files at the checkpoint's shards or start a new run"
             )
-        changed = changed_shard(state.get("shard_contents") or {})
+        recorded = state.get("shard_contents")
+        changed = changed_shard(recorded or {})
         if changed is not None:
             raise ConfigError(
                 f"config key '{self.key}.data_files': {changed} since the checkpoint, so the resumed run "
@@ -404,6 +405,8 @@ class StreamingLoader:
                 f"{state['num_workers']} workers per process, now {self.num_workers}; each "
                 "worker reads its own shards, so resume with as many as before"
             )
+        if recorded:  # just verified: the next checkpoint reuses the record instead of hashing again
+            self._fingerprints = recorded
         mine = state["processes"][self.rank]
         self.epoch, self.batches, self.next_worker = mine["epoch"], mine["batches"], mine["next_worker"]
         self.positions = list(mine["positions"])

@@ -38,6 +38,7 @@ from align.config.schema import Config
 from align.errors import ConfigError, SampleError
 from align.io.atomic import atomic_file, write_atomic
 from align.io.hashing import sha256_file
+from align.io.manifest import file_entry
 from align.modalities.layers import is_frozen
 from align.model.align_model import AlignModel
 from align.model.cached import CachedFeatures
@@ -211,7 +212,7 @@ def disk_cache(cfg: Config, model: AlignModel, mod: str, values: list[Any], devi
     # the checksum last: a file without one (a run killed here) is recomputed, never trusted
     write_atomic(
         checksum_path(path),
-        json.dumps({"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(shape)}),
+        json.dumps({**file_entry(path), "shape": list(shape)}),  # the manifests' {bytes, sha256} entry
     )
     say(f"{mod}: frozen tower's features computed once for {shape[0]} rows ({path})")
     return FeatureCache(np.memmap(path, np.float32, "r", shape=shape), where=str(path))
