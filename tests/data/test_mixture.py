@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support.gloo_world import free_port
 from tests.support.tiny import TINY_MODALITIES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -413,7 +414,7 @@ def test_data_parallel_run_with_idle_towers_and_pair_temperatures(tmp_path, mixe
             "--nproc_per_node",
             "2",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "align",
             "train",
@@ -467,14 +468,6 @@ def test_six_modality_config_runs_as_it_is(tmp_path, monkeypatch):
     for mod in last.modalities:  # no weight decay: a tower moves only if its rows gave it gradients
         moved = [not torch.equal(a, b) for a, b in zip(first.tower_parameters(mod), last.tower_parameters(mod))]
         assert any(moved), f"{mod} tower did not train"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":  # a gloo worker of test_two_processes_equal_one_holding_both_halves

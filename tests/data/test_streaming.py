@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +26,7 @@ from align.data.streaming import StreamingLoader
 from align.errors import ConfigError, SampleError
 from align.model.align_model import AlignModel
 from align.model.checkpoint import load_training_state, resolve_checkpoint
+from tests.support.gloo_world import free_port, launch_env
 from tests.support.tiny import TINY_MODALITIES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,12 +397,6 @@ def test_missing_shards_are_named(tmp_path, pre):
         stream(digit_spec(str(tmp_path / "none-*.tar")), pre, 4)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_stay_in_lockstep(tmp_path):
     # uneven shards (30, 30, 30, 12): the process holding the short one runs out first each epoch,
     # and both end the epoch there, so they make the same steps and never wait on each other
@@ -414,13 +407,7 @@ def test_two_processes_stay_in_lockstep(tmp_path):
     data["train"]["batch_size"] = 8
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(data))
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ACCELERATE_")
-        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = launch_env()
     cmd = [
         sys.executable,
         "-m",
@@ -432,7 +419,7 @@ def test_two_processes_stay_in_lockstep(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "align",
         "train",

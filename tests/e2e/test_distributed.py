@@ -9,14 +9,14 @@ and backprop. Losses, every DDP-averaged gradient and the parameters after one
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.support.gloo_world import free_port, launch_env
 
 WORKER = Path(__file__).resolve().parents[1] / "support" / "dist_worker.py"
 REPO = WORKER.parents[2]
@@ -32,26 +32,14 @@ PARAM_RTOL, STEP_FRACTION = 1e-5, 1e-2
 UPDATE_NORM_RTOL = 1e-3
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tail(text: str, n: int = 6000) -> str:
     return text if len(text) <= n else "...\n" + text[-n:]
 
 
 def launch(nproc: int, tmp: Path, probe: bool = False) -> dict:
     out = tmp / f"result-{nproc}.pt"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ACCELERATE_")
-        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    for attempt in range(2):  # the port may be taken between _free_port() and the launch
+    env = launch_env(TRANSFORMERS_OFFLINE="1")
+    for attempt in range(2):  # the port may be taken between free_port() and the launch
         cmd = [
             sys.executable,
             "-m",
@@ -63,7 +51,7 @@ def launch(nproc: int, tmp: Path, probe: bool = False) -> dict:
             "--master_addr",
             "127.0.0.1",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             str(WORKER),
             "--out",
             str(out),
@@ -194,13 +182,7 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
     from align.model.checkpoint import load_model
     from align.training.loop import flat_eval_metrics
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ACCELERATE_")
-        and k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = launch_env()
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -213,7 +195,7 @@ def test_two_process_training_with_eval_shares_encoding_and_agrees(tmp_path):
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "align",
         "train",

@@ -18,10 +18,23 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (a launcher retries if another process takes it first)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``align`` run started under ``torch.distributed.run`` from a test: this
+    process's, without Accelerate's and the launcher's own variables, one OpenMP thread per process,
+    offline, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_") and k not in LAUNCHER_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **extra)
+    return env
 
 
 def run_world(script: str, world: int, tmp_path: Path) -> list:
@@ -33,8 +46,8 @@ def run_world(script: str, world: int, tmp_path: Path) -> list:
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    for _attempt in range(2):  # the port may be taken between _free_port() and the launch
-        port = _free_port()
+    for _attempt in range(2):  # the port may be taken between free_port() and the launch
+        port = free_port()
         procs = [
             subprocess.Popen(
                 [sys.executable, script, "--rank", str(r), "--world", str(world), "--port", str(port), "--out", out],
