@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from align.config.schema import Config
+from align.data.summary import describe_source
 from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
 from align.model.align_model import AlignModel
@@ -34,10 +35,7 @@ def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: Train
             path = write_report(build_report(task, others, info), Path(cfg.output_dir) / "eval" / f"{task}.json")
             result.eval_reports.append(path)
     line = "  ".join(f"{k} {v:.4f}" for k, v in flat_eval_metrics(metrics).items() if k.count("/") <= 2)
-    accelerator.print(
-        f"eval ({metrics['dataset']['source']} split '{metrics['dataset']['split']}', "
-        f"{metrics['dataset']['rows']} rows): {line}"
-    )
+    accelerator.print(f"eval ({describe_source(metrics['dataset'])}, {metrics['dataset']['rows']} rows): {line}")
 
 
 EVAL_HOOKS = EvalHooks(evaluate=evaluate, write_reports=write_eval_reports)

@@ -122,25 +122,25 @@ def load_and_summarize(cfg: Config) -> dict[str, Any]:
     return summarize_config(cfg, tables)
 
 
+def describe_source(d: dict[str, Any]) -> str:
+    """Where rows come from, as one phrase: the source, its split, the ``where`` filter and the
+    holdout side with its group, so held-out test rows of a 'train' split never read as 'train'."""
+    text = f"{d['source']} split '{d['split']}'"
+    if d.get("where"):
+        text += f", where {d['where']}"
+    hold = d.get("holdout")
+    if hold:
+        folds = hold.get("folds")
+        how = f"fold {hold['fold']} of {folds}" if folds else f"test_fraction {hold['test_fraction']}"
+        group = f", group '{hold['group']}'" if hold.get("group") else ""
+        text += f", holdout {hold['take']} ({how}, seed {hold['seed']}{group})"
+    return text
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     lines = []
     for d in summary["datasets"]:
-        where = f", where {d['where']}" if d.get("where") else ""
-        hold = d.get("holdout")
-        hold = (
-            (
-                f", holdout {hold['take']} ("
-                + (
-                    f"fold {hold['fold']} of {hold['folds']}"
-                    if hold["folds"]
-                    else f"test_fraction {hold['test_fraction']}"
-                )
-                + f", seed {hold['seed']})"
-            )
-            if hold
-            else ""
-        )
-        lines.append(f"{d['key']}: {d['rows']} rows from {d['source']} split '{d['split']}'{where}{hold}")
+        lines.append(f"{d['key']}: {d['rows']} rows from {describe_source(d)}")
         lines.append("  columns: " + ", ".join(f"{m} <- '{c}'" for m, c in d["columns"].items()))
         if d.get("classes"):
             lines.append(

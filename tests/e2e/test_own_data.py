@@ -197,7 +197,7 @@ def test_labels_from_a_folder_in_the_path(tmp_path):
         load_table(DatasetSpec.model_validate({**spec, "load_kwargs": {**spec["load_kwargs"], "match": "name"}}))
 
 
-def test_crossval_on_a_csv_source(digit_files, tmp_path):
+def test_crossval_on_a_csv_source(digit_files, tmp_path, capsys):
     """``align crossval`` on a plain csv: the holdout section gives the folds, the reports say which."""
     import yaml
 
@@ -219,6 +219,8 @@ def test_crossval_on_a_csv_source(digit_files, tmp_path):
     assert [f["fold"] for f in report["per_fold"]] == [0, 1] and sum(f["n_test"] for f in report["per_fold"]) == 360
     ev = json.loads((tmp_path / "cv" / "fold1" / "eval" / "zeroshot.json").read_text())
     assert ev["dataset"]["holdout"]["take"] == "test" and ev["dataset"]["fold"] == 1 and ev["dataset"]["rows"] == 180
+    # the console says these are held-out test rows, not rows of split 'train'
+    assert "eval (csv split 'train', holdout test (fold 1 of 2, seed 0), 180 rows)" in capsys.readouterr().out
     from align.training.runlock import RunLock, RunLockedError
 
     with RunLock(tmp_path / "cv"):  # another cross-validation writing this root's crossval.json
