@@ -76,20 +76,29 @@ def baseline_arguments(p: argparse.ArgumentParser) -> None:
 def baseline_cli(args: argparse.Namespace) -> int:
     from align.config.schema import load_config
     from align.errors import ConfigError
-    from align.eval.baselines import node_feature_logreg
+    from align.data.summary import describe_source
+    from align.data.tables import describe_spec
+    from align.eval.baselines import input_logreg, node_feature_logreg
 
     cfg = load_config(args.config, args.overrides)
     if cfg.eval is None:
         raise ConfigError(f"{args.config}: no eval section (eval.data is the test table)")
+    zs = cfg.eval.zeroshot
+    modality = zs.query if zs is not None else next(iter(cfg.data.train.columns))
     start = time.perf_counter()
     try:
-        r = node_feature_logreg(cfg.data.train, cfg.eval.data, C=args.C, seed=cfg.seed)
+        if cfg.data.train.source == "graph-nodes":
+            r = node_feature_logreg(cfg.data.train, cfg.eval.data, C=args.C, seed=cfg.seed)
+            r["features"] = "raw node features"
+        else:
+            r = input_logreg(cfg, modality, C=args.C, seed=cfg.seed)
     except ValueError as err:  # names the column / config key: one line, exit 2
         raise ConfigError(str(err)) from err
+    train, test = (describe_source(describe_spec(s)) for s in (cfg.data.train, cfg.eval.data))
     print(
-        f"logistic regression on raw node features (C={args.C}): trained on {r['n_train']} "
-        f"{cfg.data.train.split} rows, accuracy {r['accuracy']:.4f} on {r['n_test']} "
-        f"{cfg.eval.data.split} rows ({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
+        f"logistic regression on {r['features']} (C={args.C}): trained on {r['n_train']} rows of "
+        f"{train}, accuracy {r['accuracy']:.4f} on {r['n_test']} rows of {test} "
+        f"({r['n_classes']} classes, chance {1 / r['n_classes']:.3f}); "
         f"fit+predict {r['seconds']:.2f} s, total {time.perf_counter() - start:.1f} s"
     )
     return 0

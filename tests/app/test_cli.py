@@ -98,7 +98,8 @@ def test_eval_baseline_on_citeseer(capsys, monkeypatch):
     monkeypatch.chdir(REPO)  # the config reads ../shared/data from the checkout root
     assert main(["eval", "baseline", "configs/citeseer-node-text.yaml"]) == 0
     out = capsys.readouterr().out
-    assert "trained on 120 train rows" in out and "on 1000 test rows (6 classes" in out, out
+    assert "on raw node features" in out and "trained on 120 rows of graph-nodes split 'train'" in out, out
+    assert "on 1000 rows of graph-nodes split 'test' (6 classes" in out, out
     accuracy = float(out.split("accuracy ")[1].split()[0])
     assert accuracy == pytest.approx(0.593, abs=5e-4)  # the README figure; chance 0.17
 
