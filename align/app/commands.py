@@ -75,9 +75,9 @@ def baseline_arguments(p: argparse.ArgumentParser) -> None:
 
 def baseline_cli(args: argparse.Namespace) -> int:
     from align.config.schema import load_config
-    from align.errors import ConfigError
     from align.data.summary import describe_source
     from align.data.tables import describe_spec
+    from align.errors import ConfigError
     from align.eval.baselines import input_logreg, node_feature_logreg
 
     cfg = load_config(args.config, args.overrides)
