@@ -162,3 +162,18 @@ def test_every_installed_module_sits_in_a_layer(tmp_path):
     }
     (site / "align" / "stray.py").write_text("X = 1\n")  # a module in no layer's package
     assert modules_outside_layers(site, entries) == ["align.stray"]
+
+
+def test_the_test_extra_brings_what_the_parity_tests_compare_against():
+    """`pip install -e '.[test]'` alone must run the CLIP_benchmark parity tests, not skip them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert "clip-benchmark==1.6.2" in extra
+    try:
+        assert version("clip-benchmark") == "1.6.2"
+    except PackageNotFoundError:  # pragma: no cover - an install without the extra
+        raise AssertionError("clip-benchmark is missing: install the test extra (pip install -e '.[test]')")
+    import clip_benchmark.metrics.zeroshot_retrieval  # noqa: F401  (imports with its own dependencies)

@@ -185,7 +185,7 @@ def test_ranked_ids_from_faiss():
         assert got[f"image_to_text/R@{k}"] == dense[f"image_to_text/R@{k}"]
 
 
-# --- CLIP_benchmark (pip install clip-benchmark --no-deps; not a project dependency) ---------
+# --- CLIP_benchmark (in the test extra: pip install -e ".[test]") ---------------------------
 
 
 def _cb_evaluate(img, txt, img_of_txt, ks, batch_size=8):
