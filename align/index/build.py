@@ -1,8 +1,10 @@
 """``align index build`` and ``align query``: encode a dataset into a FAISS index folder, then
 search it with a query of any modality the checkpoint has.
 
-An index remembers which model made it (``model`` in its manifest: the checkpoint's weights hash
-and path), so querying it with another model's embeddings fails instead of returning nonsense.
+An index remembers which model made it (``model`` in its manifest and its content.json: the checkpoint's
+weights hash and path), so querying it with another model's embeddings fails instead of returning
+nonsense. The checkpoint is verified against its own manifest before that comparison: a damaged one is
+named as damaged (``CheckpointError``), not mistaken for another model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from align.errors import AlignError, ConfigError
 from align.index.embedding_index import EmbeddingIndex
 from align.io.hashing import sha256_file
 from align.model.align_model import raw_encoder
-from align.model.checkpoint import load_model, resolve_checkpoint
+from align.model.checkpoint import load_model, read_manifest, resolve_checkpoint, verify_files
 
 
 class IndexBuildError(AlignError, ValueError):
@@ -26,7 +28,14 @@ class IndexBuildError(AlignError, ValueError):
 
 
 def model_identity(ckpt: Path) -> str:
-    return f"sha256:{sha256_file(ckpt / 'model.safetensors')[:16]} {ckpt.resolve()}"
+    """``sha256:<16 hex of model.safetensors> <resolved folder>``: what an index records as the model that
+    built it and a query compares with. The checkpoint is verified against its own manifest first
+    (``CheckpointError`` naming the damaged file), so damage is reported as damage, not as "a different
+    model"; the digest is then the manifest's, just verified (hashed only here with --trust-unverified)."""
+    verify_files(ckpt, ["model.safetensors", "config.yaml"])
+    entry = ((read_manifest(ckpt) or {}).get("files") or {}).get("model.safetensors")
+    digest = entry["sha256"] if entry else sha256_file(ckpt / "model.safetensors")
+    return f"sha256:{digest[:16]} {ckpt.resolve()}"
 
 
 def parse_data_spec(text: str):
@@ -119,7 +128,7 @@ def query_index(index_dir: str | Path, modality: str, raw: Any, k: int = 5, chec
     if not checkpoint and not built_with:
         raise IndexBuildError(f"index {index_dir} does not record the model that built it; pass --checkpoint")
     ckpt = resolve_checkpoint(checkpoint or built_with.split(" ", 1)[-1])
-    identity = model_identity(ckpt)
+    identity = model_identity(ckpt)  # verifies the checkpoint first: damage is named as damage
     if built_with and built_with.split(" ")[0] != identity.split(" ")[0]:
         raise IndexBuildError(
             f"index {index_dir} was built with a different model ({built_with}); this checkpoint is {identity}"

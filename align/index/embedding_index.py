@@ -4,9 +4,11 @@
 ("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ64", ...) in an ``IndexIDMap2`` so items keep
 stable int64 ids, and keeps per-item metadata (JSON-able dicts) beside the vectors. A saved index is
 a folder: ``index.faiss``, ``metadata.jsonl`` (one ``{"id": ..., "metadata": {...}}`` per item, in id
-order) and ``manifest.json`` (dim, count, spec, model identity, modality, and the size and sha256 of
-every other file in the folder), written atomically and cross-checked on load: an edited, truncated or
-swapped file is refused naming it, never served.
+order), ``content.json`` (count, dim, model identity, modality and the sha256 of the two files before it,
+recorded at save; ``align/index/content.py``) and ``manifest.json`` (dim, count, spec, model identity,
+modality, and the size and sha256 of every other file in the folder), written atomically and
+cross-checked on load: an edited, truncated or swapped file is refused naming it, never served, even
+when manifest.json was recomputed over it (what is and is not caught: ``align/index/content.py``).
 Saves to one folder hold ``<folder>.lock`` (``filelock``, in its parent) around check, write and rename:
 without it two ``overwrite=False`` saves could both see no folder, the later silently replacing the
 earlier. The lock file stays (deleting one that others wait on lets two holders in at once).

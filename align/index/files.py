@@ -1,10 +1,16 @@
 """Saving and loading an ``EmbeddingIndex`` folder (``align/index/embedding_index.py``): ``index.faiss``,
-``metadata.jsonl`` and ``manifest.json`` with the bytes and sha256 of every file (``align.io.manifest``),
-written atomically (``align.io.atomic``) under the folder's lock file and cross-checked on load (see
-``align/index/embedding_index.py``'s docstring)."""
+``metadata.jsonl``, ``content.json`` (what the index holds: count, dim, model, and the sha256 of the other
+two files, see ``align/index/content.py``) and ``manifest.json`` with the bytes and sha256 of every file
+(``align.io.manifest``), written atomically (``align.io.atomic``) under the folder's lock file and
+cross-checked on load (see ``align/index/embedding_index.py``'s docstring).
+
+Format versions: 1 checksummed index.faiss only; 2 every file; 3 adds content.json, without which a
+rebuilt index.faiss or an edited metadata.jsonl under a recomputed manifest.json went unnoticed. 1 and 2
+still load, with a warning that they are checked against their manifest only."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -12,13 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from align.errors import AlignError
+from align.index import content
 from align.io.atomic import atomic_folder
 from align.io.manifest import ManifestError, file_entries, read_manifest, verify_file, write_manifest
 
-# 2: the manifest's "files" holds the size and sha256 of every file beside it (1 had index.faiss's only).
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-_FILES = ("index.faiss", "metadata.jsonl", "manifest.json")
+# 3: content.json binds index.faiss and metadata.jsonl to what was built (2: the manifest's "files" holds
+# the size and sha256 of every file beside it; 1: index.faiss's only).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+_FILES = ("index.faiss", "metadata.jsonl", "manifest.json")  # and content.json from format 3 on
 SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
 
 
@@ -68,7 +76,17 @@ def save_folder(idx, folder, *, model: str | None = None, modality: str | None =
             with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
                 for i in ids.tolist():
                     f.write(json.dumps({"id": i, "metadata": idx._meta.get(i, {})}, ensure_ascii=False) + "\n")
-            files = file_entries(tmp)
+            files = file_entries(tmp, ["index.faiss", "metadata.jsonl"])
+            content.write_record(
+                tmp,
+                count=len(idx),
+                dim=idx.dim,
+                model=model,
+                modality=modality,
+                index_sha256=files["index.faiss"]["sha256"],
+                metadata_sha256=files["metadata.jsonl"]["sha256"],
+            )
+            files = dict(sorted({**files, **file_entries(tmp, [content.CONTENT])}.items()))
             write_manifest(
                 tmp,
                 {
@@ -101,9 +119,11 @@ def load_folder(
     expect_modality: str | None = None,
     use_gpu: bool = True,
 ):
-    """Load a folder written by ``save``, checking that manifest, index.faiss and metadata.jsonl agree
-    and that every file the manifest lists has its recorded size and sha256. ``cls``: the index class
-    to build (``EmbeddingIndex``)."""
+    """Load a folder written by ``save``: every file the manifest lists has its recorded size and sha256
+    (so a damaged file is named), and index.faiss, metadata.jsonl and manifest.json agree with each other
+    and with content.json (so a file replaced or edited under a recomputed manifest is named too; what
+    that does and does not catch: ``align/index/content.py``). ``cls``: the index class to build
+    (``EmbeddingIndex``)."""
     import faiss
 
     folder = Path(folder)
@@ -121,7 +141,7 @@ def load_folder(
     missing = [f for f in _FILES if not (folder / f).is_file()]
     if missing:
         raise fail(f"missing {', '.join(missing)}")
-    try:  # files entries come back as {bytes, sha256} (format 2) or not at all (format 1)
+    try:  # files entries come back as {bytes, sha256} (format 2, 3) or not at all (format 1)
         m = read_manifest(folder, require_files=False)
     except ManifestError as e:
         raise fail(f"manifest.json: {e.detail}") from None
@@ -129,27 +149,50 @@ def load_folder(
         dim, count, spec = int(m["dim"]), int(m["count"]), str(m["spec"])
     except (ValueError, KeyError, TypeError) as e:
         raise fail(f"manifest.json is unreadable or lacks dim/count/spec: {e!r}") from e
-    if m.get("format_version") not in READABLE_VERSIONS:
-        raise fail(f"format_version {m.get('format_version')!r}, this code reads {READABLE_VERSIONS}")
-    if m["format_version"] == 1:  # checksummed index.faiss only
+    version = m.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise fail(f"format_version {version!r}, this code reads {READABLE_VERSIONS}")
+    if version >= 3 and not (folder / content.CONTENT).is_file():
+        raise fail(f"missing {content.CONTENT} (the record of what the index holds, from format 3 on)")
+    if version < 3:
         import warnings
 
-        files = {"index.faiss": {"sha256": m.get("index_sha256")}}
+        no_sums = "its manifest has no checksum of metadata.jsonl, and " if version == 1 else ""
         warnings.warn(
-            f"index folder {folder}: saved by an older align, its manifest has no checksum of "
-            f"metadata.jsonl; re-save it to add one (EmbeddingIndex.load(f).save(f, overwrite=True))",
+            f"index folder {folder}: saved by an older align (format {version}): {no_sums}it has no "
+            f"{content.CONTENT}, so index.faiss and metadata.jsonl are checked against manifest.json only (one "
+            f"rebuilt under a recomputed manifest would pass); re-save it to add one "
+            f"(EmbeddingIndex.load(f).save(f, overwrite=True))",
             stacklevel=2,
         )
+    if version == 1:  # checksummed index.faiss only
+        files = {"index.faiss": {"sha256": m.get("index_sha256")}}
     else:
         files = m.get("files")  # read_manifest checked the entries and that they name plain files
-        if not isinstance(files, dict) or not {"index.faiss", "metadata.jsonl"} <= set(files):
-            raise fail('manifest.json\'s "files" must map index.faiss, metadata.jsonl, ... to {bytes, sha256}')
+        needed = {"index.faiss", "metadata.jsonl"} | ({content.CONTENT} if version >= 3 else set())
+        if not isinstance(files, dict) or not needed <= set(files):
+            raise fail(f'manifest.json\'s "files" must map {", ".join(sorted(needed))}, ... to {{bytes, sha256}}')
 
     def verify(name: str) -> None:
         try:
             verify_file(folder, name, files[name])
         except ManifestError as e:
             raise fail(f"{name}: {e.detail}") from None
+
+    record = None
+    if version >= 3:
+        verify(content.CONTENT)
+        try:
+            record = content.read_record(folder)
+        except ValueError as e:
+            raise fail(str(e)) from None
+
+    def check(step, *args) -> None:  # one of content.check_*: what was read against content.json
+        if record is not None:
+            try:
+                step(record, *args)
+            except ValueError as e:
+                raise fail(str(e)) from None
 
     verify("index.faiss")  # before faiss parses it
     try:
@@ -162,6 +205,7 @@ def load_folder(
         raise fail(f"manifest says dim {dim} but index.faiss has dim {index.d}")
     if index.ntotal != count:
         raise fail(f"manifest says count {count} but index.faiss holds {index.ntotal} vectors")
+    check(content.check_index, int(index.ntotal), int(index.d), files["index.faiss"]["sha256"])
     out = cls(
         dim,
         spec,
@@ -171,9 +215,10 @@ def load_folder(
         modality=m.get("modality"),
         _index=index,
     )
-    meta_ids, meta = [], {}
-    with open(folder / "metadata.jsonl", encoding="utf-8") as f:
+    meta_ids, meta, digest = [], {}, hashlib.sha256()
+    with open(folder / "metadata.jsonl", "rb") as f:  # hashed as parsed: the digest is of what was read
         for line_no, line in enumerate(f, 1):
+            digest.update(line)
             try:
                 rec = json.loads(line)
                 meta_ids.append(int(rec["id"]))
@@ -188,8 +233,10 @@ def load_folder(
     # after the record checks above, which say more precisely what is wrong; this catches the rest
     # (an edited label, path or caption keeps the record count and ids)
     for name in files:
-        if name != "index.faiss":
+        if name not in ("index.faiss", content.CONTENT):
             verify(name)
+    check(content.check_metadata, len(meta_ids), digest.hexdigest())  # edited under a recomputed manifest
+    check(content.check_manifest, m)  # e.g. a manifest rewritten to name another model
     out._meta = meta
     if (expect_dim is not None and expect_dim != dim) or (expect_model is not None and expect_model != out.model):
         raise fail(
