@@ -120,5 +120,8 @@ def test_index_build_and_query(demo_run, tmp_path, capsys):
     weights = load_file(ckpt / "model.safetensors")
     weights["logit_scale"] = weights["logit_scale"] + 1
     save_file(weights, str(ckpt / "model.safetensors"))
+    from align.model.checkpoint import write_manifest
+
+    write_manifest(ckpt, 40)  # a valid checkpoint of another model (unrecorded weights are damage, not that)
     assert main(["query", "--index", str(folder), "--checkpoint", str(ckpt), "--text", "seven"]) == 2
     assert "different model" in capsys.readouterr().err
