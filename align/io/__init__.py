@@ -1,3 +1,3 @@
 """File safety shared by every layer: hashes (``hashing``), manifests (``manifest``), atomic writes
-(``atomic``), the restricted unpickler (``safe_pickle``). Imports nothing of align but align.errors.
+(``atomic``), the data-pickle opcode reader (``safe_pickle``). Imports nothing of align but align.errors.
 """

@@ -10,11 +10,13 @@ neighbourhood on the fly (``align.modalities.graph_io.load_store``, ``GraphPrepr
 
 ``load_kwargs``:
   * ``format: planetoid`` (default): ``name`` citeseer | cora | pubmed; ``spec.data_dir`` is the
-    folder holding ``raw/ind.<name>.*``. Read by PyG's own reader
-    (``torch_geometric.io.read_planetoid_data``) straight from ``raw/``: the ``Planetoid`` dataset
-    class would write (and later trust) a ``processed/`` torch pickle next to it, and the shared
-    data folder must only be read. ``spec.split``: train | val | test (the standard Planetoid
-    masks: 120 / 500 / 1,000 nodes for CiteSeer) | all. Rows: ``node``, ``graph``, ``label`` (a
+    folder holding ``raw/ind.<name>.*``. Read straight from ``raw/`` (the ``Planetoid`` dataset
+    class would write, and later trust, a ``processed/`` torch pickle next to it, and the shared
+    data folder must only be read): the raw pickles by ``align.io.safe_pickle``'s opcode reader
+    (plain numeric arrays, CSR matrices and int lists only, checked against each other), then
+    assembled by PyG's own ``read_planetoid_data`` (``align.data.sources.planetoid_raw``).
+    ``spec.split``: train | val | test (the standard Planetoid masks: 120 / 500 / 1,000 nodes for
+    CiteSeer) | all. Rows: ``node``, ``graph``, ``label`` (a
     ClassLabel with the dataset's field names) and ``split`` (train / val / test / other).
     CiteSeer's 15 isolated test-range nodes that have no features and no label in the raw files
     (PyG pads them with zeros, i.e. label 0) get label -1 and split ``unlabeled``: they only appear
@@ -51,9 +53,10 @@ import numpy as np
 
 from align.data.sources import SOURCES
 from align.data.sources.common import builtin_options
+from align.data.sources.planetoid_raw import PARTS as PLANETOID_RAW
+from align.data.sources.planetoid_raw import read_planetoid
 from align.errors import DataError
 from align.io.atomic import atomic_folder
-from align.io.safe_pickle import restricted_pickle
 
 STORE_VERSION = 1  # bump when the store's layout changes, so old caches are not misread
 PLANETOID_CLASSES = {
@@ -69,7 +72,6 @@ PLANETOID_CLASSES = {
     ],
     "pubmed": ["Diabetes Mellitus Experimental", "Diabetes Mellitus Type 1", "Diabetes Mellitus Type 2"],
 }
-PLANETOID_RAW = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 PLANETOID_SPLITS = ("train", "val", "test")
 OPTIONS = {
     "format": "planetoid",
@@ -167,7 +169,7 @@ def _planetoid(spec, opts: dict[str, Any]):
     key = store_key(files, {"format": "planetoid", "name": name})
     store = base / key
     if not store.is_dir():
-        store = write_store(base, key, _read_planetoid(raw, name))
+        store = write_store(base, key, read_planetoid(raw, name))
     y = np.array(read_array(store, "y"))
     masks = {s: np.asarray(read_array(store, f"{s}_mask")) for s in PLANETOID_SPLITS}
     split = np.full(len(y), "other", dtype=object)
@@ -192,33 +194,6 @@ def _planetoid(spec, opts: dict[str, Any]):
         },
         features=features,
     )
-
-
-def _read_planetoid(raw: Path, name: str) -> dict[str, np.ndarray]:
-    import torch_geometric.io.planetoid as planetoid_io
-
-    import align.modalities.graph_io  # noqa: F401  (quiets torch_geometric's import-time warning)
-
-    try:
-        with restricted_pickle(planetoid_io):  # the raw files are pickles: let them hold data only
-            data = planetoid_io.read_planetoid_data(str(raw), name)
-    except Exception as err:  # PyG's reader raises plain errors on malformed pickles; name the folder
-        raise DataError(f"cannot read planetoid '{name}' from {raw}: {err!r}") from None
-    y = data.y.numpy().astype(np.int64)
-    test_mask = data.test_mask.numpy()
-    if name == "citeseer":  # the reader's zero padding of the test range: nodes with no label
-        test_idx = np.nonzero(test_mask)[0]
-        pad = (np.arange(len(y)) >= test_idx.min()) & ~test_mask
-        y[pad] = -1
-    return {
-        "x": data.x.numpy().astype(np.float32),
-        "edge_index": data.edge_index.numpy().astype(np.int64),
-        "num_nodes": np.asarray(data.num_nodes, dtype=np.int64),
-        "y": y,
-        "train_mask": data.train_mask.numpy(),
-        "val_mask": data.val_mask.numpy(),
-        "test_mask": test_mask,
-    }
 
 
 # ------------------------------------------------------------------------------------------------
