@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from align.errors import SampleError
 from align.modalities.base import AdapterOptions, ModalityAdapter, Preprocessor
@@ -64,6 +64,45 @@ def check_dataclass_keys(field: str, cls_name: str, data: dict) -> None:
         raise ValueError(
             f"unknown key(s) {[f'{field}.{k}' for k in unknown]} (not {cls_name} fields); known: {sorted(known)}"
         )
+    check_tower_sizes(cls_name, data)
+
+
+# open_clip tower sizes (CLIPVisionCfg / CLIPTextCfg fields): open_clip does not check them, so a
+# width of -8 used to fail only when the model was built, as torch's "negative dimension" error
+TOWER_SIZES = (
+    "width",
+    "layers",
+    "heads",
+    "head_width",
+    "mlp_ratio",
+    "patch_size",
+    "image_size",
+    "context_length",
+    "vocab_size",
+    "attn_pooler_queries",
+    "attn_pooler_heads",
+)
+
+
+def check_tower_sizes(cls_name: str, data: dict) -> None:
+    """Every size in an open_clip tower config is a positive number (``layers`` / ``image_size`` may
+    be a tuple of them). Raised as a ValidationError located at the key, so that, raised inside the
+    options' field validator, the message names the whole dotted key (``...vision_cfg.width``)."""
+    from pydantic_core import PydanticCustomError
+
+    errors = []
+    for key in TOWER_SIZES:
+        if key not in data:
+            continue
+        value = data[key]
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) and value else [(None, value)]
+        for i, item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
+                loc = (key,) if i is None else (key, i)
+                msg = PydanticCustomError("positive_size", "must be a positive number, got {got}", {"got": repr(item)})
+                errors.append({"type": msg, "loc": loc, "input": item})
+    if errors:
+        raise ValidationError.from_exception_data(cls_name, errors)
 
 
 def load_image(raw: Any):
