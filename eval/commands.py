@@ -30,10 +30,10 @@ def eval_config(
 ):
     """The eval section: from ``config`` (a YAML file) if given, else the checkpoint's own; then the
     ``eval.*`` dotted overrides and a templates file."""
-    import yaml
+    from align.config.safe_yaml import load_yaml_file
 
     if config:
-        data = yaml.safe_load(Path(config).read_text()) or {}
+        data = load_yaml_file(config) or {}  # bounded, as every config read (an alias bomb is refused)
         section = data.get("eval") if isinstance(data, dict) else None
         if section is None:
             raise ConfigError(f"config key 'eval': {config} has no eval section")

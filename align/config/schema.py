@@ -28,6 +28,7 @@ from align.config.objectives import (
     check_objectives,
     pair_specs,
 )
+from align.config.safe_yaml import load_yaml_file, load_yaml_text
 from align.errors import ConfigError
 from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
 from align.io.atomic import write_atomic
@@ -402,7 +403,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like dotted.key=value")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
+        out.append((key.strip(), load_yaml_text(raw, f"override '{item}'")))
     return out
 
 
@@ -446,12 +447,7 @@ def load_config(
     data: dict = copy.deepcopy(base or {})  # overrides must not reach into the caller's dict
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        loaded = load_yaml_file(path)  # bounded: an alias bomb or a huge file is refused, naming it
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         data = loaded
