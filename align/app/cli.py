@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from align.app.command_table import add_commands
+from align.cpu import apply_cpu_defaults
 from align.io.manifest import TRUST_UNVERIFIED_ENV
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_cpu_defaults()  # before any command imports torch: libgomp reads it once, when it loads
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug and --trust-unverified are accepted anywhere on the line, not only before the command

@@ -112,6 +112,15 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"\| random \| \d+\.\d\d \|",
         ],
     ),
+    "cpu_contention": (
+        None,
+        [
+            r"# cpu_contention: \d+ CPUs, load average before",
+            r"\| workload \| busy processes \| setting \| torch threads \| median rate /s \|",
+            r"\| train \| 0 \| align \| 1 \| \d+\.\d \|",
+            r"\| encode \| 0 \| align \| 1 \| \d+\.\d \|",
+        ],
+    ),
     "faiss_index": (
         None,
         [
