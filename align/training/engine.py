@@ -11,7 +11,6 @@ those configs runs plain DDP; ``build_accelerator`` says so instead of letting i
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -22,6 +21,7 @@ from align.data.streaming import streaming_loader
 from align.data.tables import Collator, PairedDataset, load_table
 from align.errors import ConfigError
 from align.model.align_model import AlignModel
+from align.training.runlock import make_run_dir
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -47,7 +47,7 @@ def build_accelerator(cfg: Config):
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    make_run_dir(cfg.output_dir)  # an unwritable output_dir is named here, before anything loads
     # Accelerate keeps one process-wide state; a second run in the same process (a notebook, the
     # tests) with another mixed-precision setting must start from a clean one. The distributed
     # part (PartialState, the process group) is kept.

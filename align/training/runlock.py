@@ -65,6 +65,26 @@ class RunLockedError(AlignError, RuntimeError):
     """Another process holds the run folder; the message names it (pid, host, start, command)."""
 
 
+class RunDirError(AlignError, OSError):
+    """``output_dir`` cannot be created or written; the message names the folder and the OS error."""
+
+
+def _unwritable(output_dir: Path, err: OSError) -> RunDirError:
+    why = "it is a file, not a folder" if isinstance(err, FileExistsError) else str(err)
+    return RunDirError(f"output_dir {output_dir} cannot be written: {why}; choose another output_dir")
+
+
+def make_run_dir(output_dir: str | Path) -> Path:
+    """Create ``output_dir`` (and its parents), or say why it cannot be: a path under a regular file,
+    a read-only parent, ... (an unexpected NotADirectoryError / PermissionError otherwise)."""
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _unwritable(output_dir, err) from None
+    return output_dir
+
+
 def read_holder(output_dir: str | Path) -> dict[str, Any] | None:
     """The holder record written beside the lock, or None if there is none (or it is unreadable)."""
     try:
@@ -109,7 +129,11 @@ class RunLock:
     def acquire(self) -> RunLock:
         from filelock import FileLock, Timeout
 
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(self.dir)
+        try:  # our own open first: some filelock versions report an unwritable lock file as "held"
+            os.close(os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644))
+        except OSError as err:
+            raise _unwritable(self.dir, err) from None
         lock = FileLock(str(self.lock_path), timeout=0)
         try:
             lock.acquire()
@@ -123,8 +147,10 @@ class RunLock:
                 raise RunLockedError(self._busy_message(read_holder(self.dir), dead=True)) from None
         try:
             self._write_holder()
-        except BaseException:
+        except BaseException as err:
             lock.release()
+            if isinstance(err, OSError):  # a full disk, a quota: the folder cannot take the record
+                raise _unwritable(self.dir, err) from None
             raise
         self._lock = lock
         _HELD.add(os.path.realpath(self.lock_path))
