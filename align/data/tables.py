@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
+from align.data.builders import check_source, generation_error
 from align.data.labels import class_names, encode_labels
 from align.data.sources import SOURCES
 from align.data.sources.common import rotated_captions
@@ -30,8 +31,11 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
     """Load the table a spec names and check its columns; errors name the config key."""
     import datasets
 
+    builtin = spec.source in SOURCES or spec.source in SOURCES.names()  # registered, else declared
+    if not builtin:
+        check_source(spec, key)  # a typo fails here, not after a Hub lookup; a binary "csv" is named
     try:
-        if spec.source in SOURCES or spec.source in SOURCES.names():  # registered, else declared
+        if builtin:
             ds = SOURCES.get(spec.source)(spec)
         else:
             ds = datasets.load_dataset(
@@ -44,6 +48,8 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
             f"config key '{key}.load_kwargs': source '{spec.source}' does not take "
             f"{sorted(spec.load_kwargs)}: {err} (to split any source use '{key}.holdout')"
         ) from None
+    except datasets.exceptions.DatasetGenerationError as err:  # the builder failed on a file
+        raise generation_error(spec, key, err) from None
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         raise DataError(
             f"config key '{key}.source': cannot load '{spec.source}' "
