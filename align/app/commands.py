@@ -139,6 +139,7 @@ def query_flags() -> list[str]:
 
 
 def query_cli(args: argparse.Namespace) -> int:
+    from align.app.terminal import printable
     from align.index.build import IndexBuildError, query_index
 
     flags = query_flags()
@@ -153,8 +154,9 @@ def query_cli(args: argparse.Namespace) -> int:
         )
     modality, raw = given[0]
     for rank, (score, id_, meta) in enumerate(query_index(args.index, modality, raw, args.k, args.checkpoint), 1):
-        extras = "  ".join(f"{k}={v}" for k, v in meta.items() if k != "row")
-        print(f"{rank:>3}. score {score:.4f}  id {id_}  {extras}")
+        # captions, labels and paths are data: their control characters are shown, not obeyed
+        extras = "  ".join(f"{printable(k)}={printable(v)}" for k, v in meta.items() if k != "row")
+        print(f"{rank:>3}. score {score:.4f}  id {printable(id_)}  {extras}")
     return 0
 
 
