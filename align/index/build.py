@@ -40,11 +40,15 @@ def model_identity(ckpt: Path) -> str:
 
 def parse_data_spec(text: str):
     """``--data`` is a YAML file holding a dataset spec, or the spec inline as YAML."""
-    import yaml
     from pydantic import ValidationError
 
-    path = Path(text)
-    data = yaml.safe_load(path.read_text()) if path.is_file() else yaml.safe_load(text)
+    from align.config.safe_yaml import load_yaml_file, load_yaml_text
+
+    try:
+        is_file = "\n" not in text and Path(text).is_file()
+    except OSError:  # an inline spec longer than a file name can be
+        is_file = False
+    data = load_yaml_file(text) if is_file else load_yaml_text(text, "--data")
     if not isinstance(data, dict):
         raise ConfigError(f"--data: expected a dataset spec mapping (source, split, columns, ...), got {text!r}")
     try:

@@ -12,6 +12,7 @@ import torch
 
 from align.app.cli import main
 from align.config.schema import config_from_dict
+from align.errors import ConfigError
 from align.index.build import IndexBuildError, build_index, parse_data_spec, query_index
 from align.model.align_model import AlignModel
 from align.model.checkpoint import CheckpointError, save_checkpoint, write_manifest
@@ -79,3 +80,13 @@ def test_untouched_index_queries_identically(built, capsys):
     assert record["count"] == 24 and record["dim"] == 16 and record["model"].endswith(str(ckpt.resolve()))
     assert main(["query", "--index", str(folder), "--text", "a seven", "-k", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 5
+
+
+def test_data_spec_yaml_is_read_with_the_config_bounds():
+    """`align index build --data` goes through the same bounded YAML reader as configs: an alias bomb
+    (9 levels, 9**9 strings once expanded) is refused before it is built."""
+    levels = "abcdefghi"
+    lines = ["a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]"]
+    lines += [f"{cur}: &{cur} [{','.join(f'*{prev}' for _ in range(9))}]" for prev, cur in zip(levels, levels[1:])]
+    with pytest.raises(ConfigError, match=r"^--data: refused: .*more than"):
+        parse_data_spec("\n".join(lines))
