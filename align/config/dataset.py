@@ -103,11 +103,13 @@ class DatasetSpec(Strict):
     where: dict[str, Condition] | None = Field(
         None, description="keep rows whose columns pass these tests, e.g. {take: {lt: 5}, speaker: {ne: theo}}"
     )
-    label_names: list[str] | None = Field(
+    label_names: list[str] | dict[str, str] | None = Field(
         None,
-        description="class names for label_column: an integer "
-        "label i is label_names[i]; a string label is looked up by "
-        "name (default: sorted distinct strings)",
+        description="class names for label_column, in class id order: an integer label i is "
+        "label_names[i]; a string label or a ClassLabel's name (imagefolder / audiofolder folders) is "
+        "matched by name, ignoring case, '_', '-' and spaces, never by position (default: the "
+        "ClassLabel's names, else the sorted distinct strings). A mapping {name in the data: name "
+        "shown} names every class and shows it renamed, in the mapping's order",
     )
     join: JoinSpec | None = None
     pack_columns: dict[str, list[str]] | None = Field(
@@ -145,7 +147,8 @@ class DatasetSpec(Strict):
                 raise ValueError(f"caption_templates must each contain '{{}}' for the class name: {bad}")
         if self.label_names is not None and not self.label_column:
             raise ValueError("label_names needs label_column")
-        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+        shown = list(self.label_names.values()) if isinstance(self.label_names, dict) else self.label_names
+        if shown is not None and len(set(shown)) != len(shown):
             raise ValueError(f"label_names must be unique: {self.label_names}")
         return self
 
@@ -175,6 +178,11 @@ class DatasetSpec(Strict):
         for name, why in whole_table.items():
             if data.get(name) is not None:
                 raise ValueError(f"cannot be combined with '{name}': {why}")
+        if isinstance(data.get("label_names"), dict):
+            raise ValueError(
+                "label_names as a mapping renames the data's class names, which a stream does not "
+                "have before training (its labels are ids or strings); give a list, in class id order"
+            )
         if data.get("caption_templates") and data.get("label_names") is None:
             raise ValueError(
                 "caption_templates on a stream need label_names: class names cannot be collected "

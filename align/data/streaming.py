@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
+from align.data.labels import class_id
 from align.data.shard_fingerprints import changed_shard, shard_fingerprints
 from align.data.sources.common import rotated_captions
 from align.data.tables import Collator, seeded_rngs
@@ -116,8 +117,8 @@ def stream_row(example: dict, spec: DatasetSpec, key: str = "data.train") -> dic
             row.update({f"{col}.{k}": v for k, v in value.items()})
     if spec.label_column:
         label, names = row.get(spec.label_column), spec.label_names
-        if isinstance(label, str) and names is not None and label in names:
-            label = names.index(label)
+        if isinstance(label, str) and names is not None and class_id(label, names) is not None:
+            label = class_id(label, names)  # by name, as a table's strings are (align/data/labels.py)
         if (
             isinstance(label, bool)
             or not isinstance(label, (int, np.integer))

@@ -63,15 +63,15 @@ def load_table(spec: DatasetSpec, key: str = "data.train"):
         ds = holdout_rows(ds, spec, key)
     if spec.where:
         ds = filter_rows(ds, spec.where, key)
-    if spec.join is not None:
-        ds = join_by_label(ds, spec.join, f"{key}.join")
     if spec.label_column and spec.label_column not in ds.column_names:
         raise DataError(
             f"config key '{key}.label_column': column '{spec.label_column}' is not in the "
             f"dataset (columns: {ds.column_names})"
         )
-    if spec.label_column:
+    if spec.label_column:  # before the join: it pairs by the class ids the joined table has too
         ds = encode_labels(ds, spec.label_column, spec.label_names, key)
+    if spec.join is not None:
+        ds = join_by_label(ds, spec.join, f"{key}.join")
     if spec.caption_templates:
         ds = add_label_captions(ds, spec.label_column, spec.caption_templates, key)
     if spec.pack_columns:
