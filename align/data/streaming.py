@@ -13,8 +13,10 @@ Batches. A worker decodes its samples with the modalities' preprocessors (augmen
 A sample that fails to decode is skipped and counted in the batch's ``skipped`` (``on_error:
 skip``) or raised naming its shard and key. Members the webdataset builder decodes itself
 (``.json``, ``.npy``, ``.cls``) cannot be skipped: a bad one stops the stream with a ``DataError``
-naming the shard. The process takes its workers' batches in a fixed order (turns go round the
-workers; a finished worker's turns are skipped), whatever order they arrive in.
+naming the shard; a shard cut short is refused, or read up to its cut under ``on_error: skip``, before
+the stream opens (``align/data/shard_truncation.py``). The process takes its workers' batches in a
+fixed order (turns go round the workers; a finished worker's turns are skipped), whatever order they
+arrive in (``align/data/stream_order.py``).
 
 Epochs. Training is by steps. When one process's stream ends, the epoch ends on every process (one
 all-reduced number per step keeps them in lockstep, so all make the same number of steps), and the
@@ -39,7 +41,6 @@ import itertools
 import logging
 import os
 import tarfile
-from collections import deque
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -49,7 +50,9 @@ import torch
 from align.config.dataset import DatasetSpec
 from align.data.labels import class_id
 from align.data.shard_fingerprints import changed_shard, shard_fingerprints
+from align.data.shard_truncation import missed_truncations, readable_data_files, truncated_shards
 from align.data.sources.common import rotated_captions
+from align.data.stream_order import all_processes, gather, round_robin
 from align.data.tables import Collator, seeded_rngs
 from align.errors import ConfigError, DataError, SampleError
 
@@ -79,11 +82,11 @@ def open_stream(spec: DatasetSpec, key: str = "data.train"):
     preprocessors decode them, so a bad file is named with its shard and key)."""
     import datasets
 
-    shard_files(spec, key)
+    data_files = readable_data_files(spec, shard_files(spec, key), key)  # a truncated shard: refused or cut clean
     try:
         ds = datasets.load_dataset(
             spec.source,
-            data_files=spec.data_files,
+            data_files=data_files,
             data_dir=spec.data_dir,
             split=spec.split,
             streaming=True,
@@ -218,6 +221,9 @@ class StreamBatches(torch.utils.data.IterableDataset):
             except StopIteration:
                 return
             except (OSError, ValueError, EOFError, tarfile.TarError) as err:  # not a sample we decode
+                cut = missed_truncations(shard_files(self.spec, self.key))
+                if cut:  # a cut the end check at open missed (zeros at the end): named, whatever on_error says
+                    raise DataError(f"{self.name}: {cut[0].describe()}; write the shard again") from err
                 near = (
                     f" (the last sample read: {where(last)}; shuffled, the bad one is up to "
                     f"{self.spec.shuffle_buffer} samples on)"
@@ -247,48 +253,6 @@ class StreamBatches(torch.utils.data.IterableDataset):
         return item
 
 
-def round_robin(batches, workers: int, first: int = 0) -> Iterator[dict]:
-    """The workers' batches in a fixed order, whatever order they arrive in: turns go round the
-    workers from ``first``; a finished worker's turns are skipped."""
-    pending, done, turn = [deque() for _ in range(workers)], [False] * workers, first % workers
-    for batch in batches:
-        pending[batch["worker"]].append(batch)
-        while not all(done):
-            if done[turn]:
-                turn = (turn + 1) % workers
-            elif not pending[turn]:
-                break  # wait for this worker's next batch
-            elif pending[turn][0].get("end"):
-                pending[turn].popleft()
-                done[turn] = True
-            else:
-                yield pending[turn].popleft()
-                turn = (turn + 1) % workers
-
-
-def all_processes(flag: bool, device=None) -> bool:
-    """Whether ``flag`` holds on every process (one all-reduced number; ``flag`` itself when not
-    distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor(int(flag), device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def gather(obj: Any) -> list[Any]:
-    """``obj`` from every process (a list of one when not distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 class StreamingLoader:
     """A process's batches of a streamed dataset, epoch after epoch, resumable exactly. Not a
     DataLoader, so Accelerate's ``prepare`` leaves it alone: the sharding is done here, and
@@ -312,6 +276,7 @@ class StreamingLoader:
         self.key, self.batch_size, self.num_workers, self.worker_init_fn = key, batch_size, num_workers, worker_init_fn
         self.rank, self.world_size = rank, world_size
         self.shards = shard_files(spec, key)
+        self.truncated = truncated_shards(self.shards)  # read up to their cut (on_error skip), else refused
         stream = open_stream(spec, key).shuffle(seed=seed, buffer_size=spec.shuffle_buffer)
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
         self.dataset = StreamBatches(stream, spec, key, preprocessors, batch_size, seed, table)
