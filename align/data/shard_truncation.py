@@ -12,8 +12,10 @@ shard failing that is walked header by header (member data is seeked over) to fi
 samples wholly before it and the sample the cut went through. ``on_error: raise`` refuses the stream
 naming the shard and the byte; ``on_error: skip`` warns and streams the whole samples before the cut
 from a copy of them that ends cleanly (in a temporary folder, removed at exit; the checkpoint still
-records the configured shards). How many samples followed the cut is not known: ``align shards``
-(``align/data/shards.py``) records no per-shard count, so the report says "count unknown".
+records the configured shards). How many samples were lost is the shard's count in the
+``PREFIX.shards.json`` that ``align shards`` writes beside its shards (``align/data/shards.py``)
+minus the whole ones; shards written by other tools have no such record, and the report says
+"count unknown".
 
 A cut that leaves zeros at the end (inside a run of zero bytes of a member) passes the end check; the
 reader then stops mid-stream, and that error walks every shard to name the truncated one.
@@ -49,12 +51,26 @@ class Truncation:
     whole_end: int
     cut_key: str | None
 
+    @property
+    def lost(self) -> int | None:
+        """Samples lost to the cut (the one cut through included), from the count ``align shards``
+        recorded; None when no record names the shard."""
+        from align.data.shards import recorded_count
+
+        count = recorded_count(self.shard)
+        return None if count is None else max(count - self.whole, 0)
+
     def describe(self) -> str:
         cut = f", sample {self.cut_key!r} cut at it" if self.cut_key else ""
+        lost = self.lost
+        count = (
+            f"{lost} of its {lost + self.whole} samples are lost"
+            if lost is not None
+            else f"the samples after byte {self.size} are lost (count unknown: no *.shards.json record names it)"
+        )
         return (
             f"shard {os.path.basename(self.shard)} is truncated at byte {self.size} (samples after it are "
-            f"lost): {self.whole} whole samples before the cut{cut}; the samples after byte {self.size} are "
-            "lost (count unknown: align shards records no per-shard sample count)"
+            f"lost): {self.whole} whole samples before the cut{cut}; {count}"
         )
 
 

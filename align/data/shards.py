@@ -3,7 +3,9 @@
 A sample is a run of tar members sharing a key, ``KEY.EXT`` side by side: encoded media (``.wav``,
 ``.flac``, ``.png``, ``.jpg``) as their bytes, a caption as ``.txt``, metadata (the label as a class
 id, a speaker, a take) as ``.json``; shards are ``PREFIX-000000.tar``, ... of ``shard_size``
-samples. datasets' ``webdataset`` builder reads them, as a stream (``streaming: true``,
+samples, and ``PREFIX.shards.json`` beside them records each shard's sample count (what a truncated
+shard lost is then a number, ``align/data/shard_truncation.py``; a glob of ``PREFIX-*.tar`` never
+matches it). datasets' ``webdataset`` builder reads them, as a stream (``streaming: true``,
 ``align/data/streaming.py``) or whole. From the checkout root::
 
     align shards configs/fsdd-audio-text.yaml runs/shards --prefix fsdd --shard-size 225
@@ -53,10 +55,11 @@ def write_shards(
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, paths, seen = iter(rows), [], set()
+    rows, paths, seen, counts = iter(rows), [], set(), {}
     for index in itertools.count():
         chunk = list(itertools.islice(rows, shard_size))
         if not chunk:
+            write_counts(out / f"{prefix}{COUNTS_SUFFIX}", counts)
             return paths
         path = out / f"{prefix}-{index:06d}.tar"
         # a glob never matches a half shard: written under a .tmp- name, renamed when whole
@@ -73,7 +76,32 @@ def write_shards(
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
         paths.append(path)
+        counts[path.name] = len(chunk)
     return paths
+
+
+COUNTS_SUFFIX = ".shards.json"
+
+
+def write_counts(path: Path, counts: dict[str, int]) -> None:
+    """``{"version": 1, "samples": {shard file name: sample count}}``, written whole."""
+    with atomic_file(path, perms=0o644) as tmp:
+        Path(tmp).write_text(json.dumps({"version": 1, "samples": counts}, indent=1) + "\n")
+
+
+def recorded_count(shard: str | Path) -> int | None:
+    """The sample count ``align shards`` recorded for ``shard`` (from any ``*.shards.json`` beside it
+    naming it), or None when none does."""
+    shard = Path(shard)
+    for record in sorted(shard.parent.glob(f"*{COUNTS_SUFFIX}")):
+        try:
+            samples = json.loads(record.read_text()).get("samples", {})
+        except (OSError, ValueError, AttributeError):
+            continue  # an unreadable record only means the count stays unknown
+        count = samples.get(shard.name) if isinstance(samples, dict) else None
+        if isinstance(count, int) and count >= 0:
+            return count
+    return None
 
 
 def table_rows(table, spec) -> Iterator[dict[str, Any]]:

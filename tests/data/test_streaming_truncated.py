@@ -112,13 +112,15 @@ def test_a_truncated_shard_is_refused_naming_it_and_the_byte(written, tmp_path, 
     cut = f", sample '{shard[7][0]}' cut at it" if where != "between-samples" else ""
     expected = (
         rf"config key 'data\.train\.data_files': shard fsdd-000001\.tar is truncated at byte {byte} \(samples "
-        rf"after it are lost\): 7 whole samples before the cut{cut}; the samples after byte {byte} are lost "
-        r"\(count unknown"
-    )
+        rf"after it are lost\): 7 whole samples before the cut{cut}; 13 of its 20 samples are lost"
+    )  # the count align shards recorded in fsdd.shards.json, less the 7 whole ones
     with pytest.raises(DataError, match=expected):
         loader(spec(folder), pre)
     with pytest.raises(DataError, match=expected):  # the look before training too
         head_table(DatasetSpec(**spec(folder)))
+    (folder / "fsdd.shards.json").unlink()  # shards from another tool: no record, so no count
+    with pytest.raises(DataError, match=rf"; the samples after byte {byte} are lost \(count unknown"):
+        loader(spec(folder), pre)
 
 
 @pytest.mark.parametrize("where", WHERE)
@@ -133,7 +135,7 @@ def test_skip_reads_the_whole_samples_and_reports_what_was_lost(written, tmp_pat
     assert sum(int(b.get("skipped", 0)) for b in batches) == 0  # lost to the cut, not 1 "skipped" sample
     warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert len(warned) == 1 and f"truncated at byte {byte}" in warned[0]
-    assert "reading its 7 whole samples" in warned[0] and "count unknown" in warned[0]
+    assert "reading its 7 whole samples" in warned[0] and "13 of its 20 samples are lost" in warned[0]
     assert (folder / "fsdd-000001.tar").stat().st_size == byte  # the shard itself is left as it is
 
 
