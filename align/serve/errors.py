@@ -1,0 +1,10 @@
+"""The one error the search API raises for a request it cannot answer."""
+
+from __future__ import annotations
+
+
+class SearchError(ValueError):
+    """A request the ``Searcher`` refuses: an unknown modality or index, a bad ``k``, an empty batch,
+    an item that cannot be read (its position in the batch named), an unknown filter field. A
+    ``ValueError`` so an HTTP layer can map it to 400 Bad Request without knowing each case; the
+    message says what was wrong and what would be accepted."""
