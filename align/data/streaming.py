@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from align.config.dataset import DatasetSpec
+from align.data.builders import check_source
 from align.data.labels import class_id
 from align.data.shard_fingerprints import changed_shard, shard_fingerprints
 from align.data.shard_truncation import missed_truncations, readable_data_files, truncated_shards
@@ -82,6 +83,7 @@ def open_stream(spec: DatasetSpec, key: str = "data.train"):
     preprocessors decode them, so a bad file is named with its shard and key)."""
     import datasets
 
+    check_source(spec, key)  # a typo fails here, not after a Hub lookup
     data_files = readable_data_files(spec, shard_files(spec, key), key)  # a truncated shard: refused or cut clean
     try:
         ds = datasets.load_dataset(

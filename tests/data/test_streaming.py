@@ -23,7 +23,7 @@ from align.config.dataset import DatasetSpec
 from align.config.schema import ModelConfig, config_from_dict, load_config
 from align.data.shards import write_shards
 from align.data.streaming import StreamingLoader
-from align.errors import ConfigError, SampleError
+from align.errors import ConfigError, DataError, SampleError
 from align.model.align_model import AlignModel
 from align.model.checkpoint import load_training_state, resolve_checkpoint
 from tests.support.gloo_world import free_port, launch_env
@@ -471,3 +471,16 @@ def test_fsdd_shards_config_trains(tmp_path, monkeypatch):
     assert [s for s, _ in res.losses] == [1, 2] and all(np.isfinite(v) for _, v in res.losses)
     summary = json.loads((tmp_path / "run" / "data.json").read_text())
     assert summary["datasets"][0]["classes"][7]["name"] == "seven"  # json.label named by label_names
+
+
+def test_a_misspelled_stream_source_fails_at_once_naming_the_builder(tmp_path):
+    from align.data.streaming import open_stream
+
+    (tmp_path / "a-000000.tar").write_bytes(b"")
+    spec = DatasetSpec(
+        source="webdatset", data_files=str(tmp_path / "a-*.tar"), streaming=True, columns={"text": "txt"}
+    )
+    with pytest.raises(
+        DataError, match=r"config key 'data.train.source': unknown source 'webdatset'; did you mean 'webdataset'"
+    ):
+        open_stream(spec)
