@@ -42,3 +42,17 @@ def require(table: dict[str, tuple[str, tuple[str, ...]]], name: str, key: str) 
             f"config key '{key}': '{name}' needs {', '.join(missing)}, which "
             f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'align[{extra}]'"
         )
+
+
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
+
+
+def require_extra(extra: str, modules: tuple[str, ...], what: str) -> None:
+    """One line naming ``what`` needs, and the extra that installs it (e.g. ``align serve`` and
+    ``align[serve]``), instead of an ImportError from inside a command."""
+    missing = [m for m in modules if not installed(m)]
+    if missing:
+        raise ConfigError(
+            f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"pip install 'align[{extra}]'"
+        )

@@ -7,7 +7,9 @@ each: any CPU-bound neighbour) under each setting:
 * ``spin``     torch's own default: OpenMP threads spin-wait (``ALIGN_CPU_DEFAULTS=0``)
 * ``align``    align's default (``align.cpu.apply_cpu_defaults``: ``OMP_WAIT_POLICY=PASSIVE``)
 * ``1 thread`` ``OMP_NUM_THREADS=1`` with torch's spin-waiting
-* ``passive, 1 thread``
+* ``passive+1 thread``
+* ``spin 10k`` / ``spin 100k``: ``GOMP_SPINCOUNT`` 10,000 / 100,000 (libgomp's default is 300,000
+  spins, then sleep; PASSIVE is 0)
 
 Workloads (scikit-learn's digits, the demo's towers, nothing downloaded): ``train`` (``align.train``
 on configs/demo-digits.yaml, samples/s over its steps), ``eval`` (``align.eval.runner.evaluate``:
@@ -40,7 +42,9 @@ SETTINGS = {
     "spin": {"ALIGN_CPU_DEFAULTS": "0"},
     "align": {},
     "1 thread": {"ALIGN_CPU_DEFAULTS": "0", "OMP_NUM_THREADS": "1"},
-    "passive, 1 thread": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"},
+    "passive+1 thread": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"},
+    "spin 10k": {"ALIGN_CPU_DEFAULTS": "0", "GOMP_SPINCOUNT": "10000"},
+    "spin 100k": {"ALIGN_CPU_DEFAULTS": "0", "GOMP_SPINCOUNT": "100000"},
 }
 USER_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "ALIGN_CPU_DEFAULTS")
 
