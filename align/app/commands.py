@@ -139,8 +139,10 @@ def query_flags() -> list[str]:
 
 
 def query_cli(args: argparse.Namespace) -> int:
+    """One query: against a running service (``--server``: nothing is loaded here), or through the
+    in-process ``Searcher`` the service is built on (the checkpoint and index loaded for this one query)."""
     from align.app.terminal import printable
-    from align.index.build import IndexBuildError, query_index
+    from align.index.build import IndexBuildError
 
     flags = query_flags()
     given = [(m, getattr(args, m, None)) for m in flags if getattr(args, m, None) is not None]
@@ -153,7 +155,21 @@ def query_cli(args: argparse.Namespace) -> int:
             "give exactly one query: --modality M --query Q, or one of " + ", ".join(f"--{m}" for m in flags)
         )
     modality, raw = given[0]
-    for rank, (score, id_, meta) in enumerate(query_index(args.index, modality, raw, args.k, args.checkpoint), 1):
+    if args.server:
+        from align.serve.client import remote_search
+
+        if args.checkpoint:
+            raise IndexBuildError("--checkpoint is the server's (align serve --checkpoint), not a query's")
+        hits = remote_search(args.server, modality, raw, args.k, index=args.index, token=args.token)
+        rows = [(h["score"], h["id"], h["metadata"]) for h in hits]
+    else:
+        if not args.index:
+            raise IndexBuildError("give --index FOLDER (or --server URL of a running align serve)")
+        from align.serve.searcher import Searcher
+
+        searcher = Searcher(args.checkpoint, {"query": args.index})
+        rows = [(h.score, h.id, h.metadata) for h in searcher.search(modality, [raw], args.k)[0]]
+    for rank, (score, id_, meta) in enumerate(rows, 1):
         # captions, labels and paths are data: their control characters are shown, not obeyed
         extras = "  ".join(f"{printable(k)}={printable(v)}" for k, v in meta.items() if k != "row")
         print(f"{rank:>3}. score {score:.4f}  id {printable(id_)}  {extras}")
@@ -186,8 +202,10 @@ def build_arguments(b: argparse.ArgumentParser) -> None:
 
 
 def query_arguments(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--index", required=True)
+    q.add_argument("--index", help="index folder; with --server, the name of one of the server's indexes")
     q.add_argument("--checkpoint", help="default: the checkpoint that built the index")
+    q.add_argument("--server", help="URL of a running `align serve` (e.g. http://127.0.0.1:8000): ask it, load nothing")
+    q.add_argument("--token", help="the server's bearer token (default: $ALIGN_SERVE_TOKEN)")
     q.add_argument("-k", type=int, default=5)
     q.add_argument("--modality", help="the query's modality (any the checkpoint has), with --query")
     q.add_argument("--query", help="the raw query: a string, a file path, a SMILES ...")

@@ -42,9 +42,11 @@ class LoadedIndex:
     was built with another model than ``identity`` (``align.index.build.model_identity``), as
     ``align query`` refuses it."""
 
-    def __init__(self, name: str, folder: str | Path, identity: str, embed_dim: int) -> None:
+    def __init__(
+        self, name: str, folder: str | Path, identity: str, embed_dim: int, loaded: EmbeddingIndex | None = None
+    ) -> None:
         self.name, self.folder = name, Path(folder)
-        self.emb = EmbeddingIndex.load(self.folder)
+        self.emb = loaded if loaded is not None else EmbeddingIndex.load(self.folder)
         built_with = self.emb.model or ""
         if not built_with:
             warnings.warn(

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from align.errors import SampleError
-from align.index.build import model_identity
+from align.index.build import IndexBuildError, model_identity
+from align.index.embedding_index import EmbeddingIndex
 from align.model.align_model import raw_encoder
 from align.model.checkpoint import load_model, resolve_checkpoint
 from align.serve.errors import SearchError
@@ -57,12 +58,24 @@ class Hit:
     index: str
 
 
+def recorded_checkpoint(indexes: Mapping[str, str | Path]) -> tuple[str, dict[str, EmbeddingIndex]]:
+    """The checkpoint folder the one given index recorded as the model that built it, and that
+    index, loaded (so it is read once)."""
+    if len(indexes) != 1:
+        raise SearchError(f"give the checkpoint: with {len(indexes)} indexes there is no one recorded model")
+    ((name, folder),) = indexes.items()
+    emb = EmbeddingIndex.load(folder)
+    if not emb.model:
+        raise IndexBuildError(f"index {folder} does not record the model that built it; pass --checkpoint")
+    return emb.model.split(" ", 1)[-1], {name: emb}
+
+
 class Searcher:
     """A checkpoint and its index folders, loaded once; ``search``, ``encode`` and ``classify``."""
 
     def __init__(
         self,
-        checkpoint: str | Path,
+        checkpoint: str | Path | None,
         indexes: Mapping[str, str | Path] | None = None,
         *,
         device: str | None = None,
@@ -71,6 +84,10 @@ class Searcher:
         max_text_chars: int = MAX_TEXT_CHARS,
         classifier_cache: int = 32,
     ) -> None:
+        preloaded: dict[str, EmbeddingIndex] = {}
+        if checkpoint is None:  # the model the index records: the index is read first, so a folder that
+            # is no index is reported as that, not as a missing checkpoint its manifest could not name
+            checkpoint, preloaded = recorded_checkpoint(indexes or {})
         self.checkpoint = resolve_checkpoint(checkpoint)
         self.identity = model_identity(self.checkpoint)  # verified against its manifest first
         model, cfg = load_model(self.checkpoint)
@@ -83,7 +100,9 @@ class Searcher:
         for name, folder in (indexes or {}).items():
             if not isinstance(name, str) or not name:
                 raise SearchError(f"index names must be non-empty strings, got {name!r}")
-            self._indexes[name] = LoadedIndex(name, folder, self.identity, cfg.model.embed_dim)
+            self._indexes[name] = LoadedIndex(
+                name, folder, self.identity, cfg.model.embed_dim, loaded=preloaded.get(name)
+            )
         self._classifiers = ClassifierCache(self.model, classifier_cache)
 
     # ------------------------------------------------------------------ what is loaded
