@@ -103,6 +103,7 @@ def run_one(workload: str, setting: str, busy: int, args) -> dict[str, float]:
     # suite runs it single-threaded beside another)
     env = {k: v for k, v in os.environ.items() if args.smoke or k not in USER_THREAD_ENV}
     env.update(SETTINGS[setting], HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT))
+    load_before = os.getloadavg()[0]  # what else was running: a cell measured beside other work says so
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         out = subprocess.run(
@@ -118,7 +119,7 @@ def run_one(workload: str, setting: str, busy: int, args) -> dict[str, float]:
             p.wait()
     if out.returncode != 0:
         raise SystemExit(f"{workload} / {setting} / busy {busy} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "load": load_before}
 
 
 def main() -> None:
@@ -156,16 +157,20 @@ def main() -> None:
             for setting in settings:
                 runs = [run_one(workload, setting, busy, args) for _ in range(args.repeats)]
                 rate = statistics.median(r["rate"] for r in runs)
-                rows.append((workload, busy, setting, rate, runs[0]["threads"]))
-                print(f"  {workload:11s} busy {busy} {setting:18s} {rate:9.1f}/s", flush=True)
+                load = max(r["load"] for r in runs)
+                rows.append((workload, busy, setting, rate, runs[0]["threads"], load))
+                print(f"  {workload:11s} busy {busy} {setting:18s} {rate:9.1f}/s  (load before {load:.2f})", flush=True)
     print()
-    print("| workload | busy processes | setting | torch threads | median rate /s | share of quiet spin | fair share |")
-    print("|---|---:|---|---:|---:|---:|---:|")
-    for workload, busy, setting, rate, threads in rows:
+    print(
+        "| workload | busy processes | setting | torch threads | median rate /s | share of quiet spin | fair share "
+        "| load before |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for workload, busy, setting, rate, threads, load in rows:
         quiet = next((r[3] for r in rows if r[0] == workload and r[1] == 0 and r[2] == "spin"), None)
         share = f"{rate / quiet:.2f}" if quiet else "-"
         fair = min(1, cores / (cores + busy))
-        print(f"| {workload} | {busy} | {setting} | {threads} | {rate:.1f} | {share} | {fair:.2f} |")
+        print(f"| {workload} | {busy} | {setting} | {threads} | {rate:.1f} | {share} | {fair:.2f} | {load:.2f} |")
     rerun = " ".join(["python", "benchmarks/cpu_contention.py", *sys.argv[1:]])
     print(f"\nrerun: {rerun}")
 

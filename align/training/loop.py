@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from align.config.schema import Config
+from align.cpu import ThreadGovernor
 from align.data.tables import hf_progress
 from align.errors import AlignError, ConfigError
 from align.model.align_model import AlignModel
@@ -195,8 +196,10 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
     )
     _begin_training(run, stop_at)  # train mode, the seed again for a fresh run, the clocks
     on_nonfinite = partial(_stop_on_nonfinite, run, result)
+    governor = ThreadGovernor()  # one thread while other processes want the cores (align/cpu.py)
     while run.step < run.end:
         for batch in _epoch_batches(run):
+            governor.tick()
             loss_value = train_step(
                 accelerator,
                 run.model,
@@ -221,6 +224,7 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
             if run.step >= run.end:
                 break
     bar.close()
+    governor.close()
     _finish(run, result, hooks)
     return result
 

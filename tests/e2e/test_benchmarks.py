@@ -121,6 +121,17 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"\| encode \| 0 \| align \| 1 \| \d+\.\d \|",
         ],
     ),
+    "serve_load": (
+        None,
+        [
+            r"# serve_load: \d+ CPUs, load average before",
+            r"in-process batched \(Searcher\.search, 64 text queries per call\): \d+ q/s",
+            r"\| text \| 1 \| 40 \| \d+\.\d \| \d+\.\d \| \d+\.\d \| \d+\.\d\dx \| 0 \|",
+            r"\| image \| 4 \| 40 \| \d+\.\d \|",
+            r"server RSS: \d+ MB before, \d+ MB after 160 requests",
+            r"server exit after SIGTERM: 0",
+        ],
+    ),
     "faiss_index": (
         None,
         [
