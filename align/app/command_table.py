@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from align.app import commands, crossval, train_commands
+from align.app import commands, crossval, serve_command, train_commands
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,12 @@ COMMANDS: tuple[Command, ...] = (
         "index build", "encode a dataset column into an index folder", commands.build_arguments, commands.build_cli
     ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
+    Command(
+        "serve",
+        "HTTP search service over a checkpoint and its indexes",
+        serve_command.serve_arguments,
+        serve_command.serve_cli,
+    ),
 )
 
 

@@ -1,0 +1,110 @@
+"""``align serve``: the HTTP search service over a checkpoint and its index folders.
+
+Start-up order is the point: the serve extra is checked, the token rule applied, and the model and
+every index loaded and verified (``Searcher``) before the port is bound, so a damaged or stale index
+folder is one ``align: error:`` line and exit 2, never a server that answers 500s. Only then does
+uvicorn start; SIGTERM drains in-flight requests and exits 0 (``align.serve.server.run_server``).
+
+Security defaults: the server binds 127.0.0.1; binding any other address needs a bearer token
+(``--token`` or ``$ALIGN_SERVE_TOKEN``) or an explicit ``--insecure-no-token``, which prints a warning.
+Module level imports argparse only: ``align --help`` loads neither torch nor fastapi.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+TOKEN_ENV = "ALIGN_SERVE_TOKEN"  # the variable align.serve.client reads too
+
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="run or checkpoint folder (default: the one the single --index records)")
+    p.add_argument(
+        "--index", action="append", default=[], metavar="NAME=DIR", help="an index folder to serve (repeatable)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV})")
+    p.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="allow a non-loopback --host without a token (anyone can query)",
+    )
+    p.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long the worker gathers a batch (ms)")
+    p.add_argument("--max-batch", type=int, default=64, help="items per batched model call")
+    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (MB)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def parse_indexes(pairs: list[str]) -> dict[str, str]:
+    from align.errors import ConfigError
+
+    if not pairs:
+        raise ConfigError("align serve needs at least one --index NAME=DIR")
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--index {pair!r}: expected NAME=DIR, e.g. --index digits=runs/digits-index")
+        if name in out:
+            raise ConfigError(f"--index {name!r} is given twice")
+        out[name] = folder
+    return out
+
+
+def serve_cli(args: argparse.Namespace) -> int:
+    from align.errors import ConfigError
+    from align.extras import SERVE_MODULES, require_extra
+
+    require_extra("serve", SERVE_MODULES, "align serve")
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    if not is_loopback(args.host) and not token:
+        if not args.insecure_no_token:
+            raise ConfigError(
+                f"--host {args.host} is reachable from other machines: give --token (or ${TOKEN_ENV}), "
+                "or pass --insecure-no-token to serve without one"
+            )
+        print(f"align serve: WARNING: no token on {args.host}: anyone who can reach it can query", file=sys.stderr)
+    for name, value, low in (("--max-batch", args.max_batch, 1), ("--batch-wait-ms", args.batch_wait_ms, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+    if args.max_body_mb <= 0:
+        raise ConfigError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    indexes = parse_indexes(args.index)
+
+    from align.serve.searcher import Searcher
+
+    searcher = Searcher(args.checkpoint, indexes)  # every file verified before the port is bound
+
+    from align.serve.server import run_server
+    from align.serve.service import create_app
+
+    app = create_app(
+        searcher,
+        token=token,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch=args.max_batch,
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(
+        f"align serve: {searcher.checkpoint} with {', '.join(indexes)} on http://{host}:{args.port}/ "
+        f"({'token required' if token else 'no token'}); API docs at /docs",
+        file=sys.stderr,
+        flush=True,
+    )
+    if not run_server(app, args.host, args.port):
+        print(f"align: error: the server did not start on {args.host}:{args.port} (see above)", file=sys.stderr)
+        return 1
+    return 0
