@@ -119,6 +119,8 @@ class Batcher:
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down")
+            if self._thread is None:  # nothing would ever answer it
+                raise RuntimeError("the batcher is not started: run the app with its lifespan (`with TestClient(app)`)")
             try:
                 self._queue.put_nowait(job)
             except queue.Full:

@@ -146,6 +146,11 @@ def test_a_full_queue_is_refused_and_stop_drains_what_is_queued():
         batcher.submit(Job("encode", "text", ["late"]))
 
 
+def test_a_job_for_a_batcher_never_started_is_refused_not_left_waiting():
+    with pytest.raises(RuntimeError, match="not started"):
+        Batcher(FakeSearcher()).submit(Job("encode", "text", ["x"]))
+
+
 def test_a_factory_runs_in_the_worker_and_its_error_reaches_start():
     made = []
     batcher = Batcher(lambda: made.append(threading.current_thread().name) or FakeSearcher())
