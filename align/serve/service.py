@@ -10,10 +10,11 @@ What each part is for:
 * errors have one shape, ``{"detail": "one line"}``: a ``SearchError`` (the ``Searcher``'s own
   message) is 400, a body that does not fit the schema 422 (``errors`` lists each field), a full
   queue 503 with ``Retry-After``;
-* ``GET /v1/items/{index}/{id}/file`` serves only the file the index recorded for that item, never
-  a path from the request; media types a browser renders safely (images except SVG, audio, video)
-  are sent inline, anything else as an attachment, all with ``nosniff`` and a sandboxing CSP, so a
-  recorded HTML or SVG file cannot run script in the page's origin.
+* ``GET /v1/items/{index}/{id}/file`` (and ``.../render``, a drawing of a molecule or point cloud)
+  read only the file the index recorded for that item, never a path from the request; media types a
+  browser renders safely (images except SVG, audio, video) are sent inline, anything else as an
+  attachment, all with ``nosniff`` and a sandboxing CSP, so a recorded HTML or SVG file cannot run
+  script in the page's origin.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 
+from align.errors import AlignError
 from align.serve import http_models as m
 from align.serve.batching import Batcher, Job, QueueFull, SearcherSource
 from align.serve.errors import SearchError
@@ -288,6 +290,29 @@ def _v1_routes(router: APIRouter) -> None:
         )
 
 
+def _render_routes(router: APIRouter) -> None:
+    @router.get(
+        "/items/{index}/{id}/render",
+        response_class=Response,
+        responses={404: {"model": m.ErrorResponse, "description": "nothing the server can draw for this item"}},
+        summary="a drawing of a molecule / graph / point-cloud item (SVG or PNG)",
+    )
+    async def item_render(request: Request, index: str, id: int) -> Response:  # noqa: A002
+        from align.serve.render import render_item
+
+        metadata = _item(request, index, id)
+        modality = request.app.state.health["indexes"][index]["modality"]
+        try:  # rdkit / PIL / networkx: off the event loop, and off the model's worker thread
+            drawn = await asyncio.to_thread(render_item, modality, metadata)
+        except (AlignError, OSError, ValueError) as err:
+            raise HTTPException(404, f"index {index!r} item {id}: cannot draw it ({err})") from None
+        if drawn is None:
+            raise HTTPException(404, f"index {index!r} item {id}: nothing to draw for a {modality} item")
+        content, media_type = drawn
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+        return Response(content, media_type=media_type, headers=headers)
+
+
 def _snapshot(app: FastAPI, searcher: Any) -> None:
     """What health and the item endpoints read, taken once (the indexes do not change while serving)."""
     infos = searcher.indexes
@@ -342,6 +367,7 @@ def create_app(
     security = [Security(HTTPBearer(auto_error=False))] if token else []  # documents the scheme; the gate checks it
     router = APIRouter(prefix="/v1", responses=m.ERRORS, dependencies=security)
     _v1_routes(router)
+    _render_routes(router)
     app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False, dependencies=security)

@@ -141,15 +141,24 @@ def test_items_and_their_recorded_files(client, served, tmp_path):
     assert client.get("/v1/items/files/3/file", params={"path": "/etc/passwd"}).content == file.content
     assert client.get("/v1/items/files/..%2F..%2Fetc%2Fpasswd/file").status_code in (404, 422)
 
+    nothing = client.get("/v1/items/files/3/render")
+    assert nothing.status_code == 404 and "nothing to draw for a image item" in nothing.json()["detail"]
     # a recorded file that is gone is 404; a recorded HTML file is an attachment, never rendered inline
     page = tmp_path / "x.html"
     page.write_text("<script>alert(1)</script>")
-    metadata = {0: {"path": str(tmp_path / "gone.png")}, 1: {"path": str(page)}}
+    cloud = tmp_path / "cloud.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32))
+    metadata = {0: {"path": str(tmp_path / "gone.png")}, 1: {"path": str(page)}, 2: {"path": str(cloud)}}
     stub = type("Stub", (), {"get_metadata": lambda self, i: metadata[i]})()
     app = client.app
     saved = app.state.items["files"]
     app.state.items["files"] = (stub, frozenset(metadata))
+    app.state.health["indexes"]["files"]["modality"] = "pointcloud"
     try:
+        drawing = client.get("/v1/items/files/2/render")
+        assert drawing.status_code == 200 and drawing.headers["content-type"] == "image/png"
+        assert drawing.content.startswith(b"\x89PNG") and "sandbox" in drawing.headers["content-security-policy"]
+        assert client.get("/v1/items/files/0/render").status_code == 404  # its file is gone
         gone = client.get("/v1/items/files/0/file")
         assert gone.status_code == 404 and "recorded a file that is gone" in gone.json()["detail"]
         html = client.get("/v1/items/files/1/file")
@@ -158,6 +167,7 @@ def test_items_and_their_recorded_files(client, served, tmp_path):
         assert "sandbox" in html.headers["content-security-policy"]
     finally:
         app.state.items["files"] = saved
+        app.state.health["indexes"]["files"]["modality"] = "image"
 
 
 def test_metrics_count_requests_by_endpoint_and_status(client):
