@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import os
 import statistics
 import subprocess
@@ -171,7 +172,7 @@ def main() -> None:
         share = f"{rate / quiet:.2f}" if quiet else "-"
         fair = min(1, cores / (cores + busy))
         print(f"| {workload} | {busy} | {setting} | {threads} | {rate:.1f} | {share} | {fair:.2f} | {load:.2f} |")
-    rerun = " ".join(["python", "benchmarks/cpu_contention.py", *sys.argv[1:]])
+    rerun = shlex.join(["python", "benchmarks/cpu_contention.py", *sys.argv[1:]])
     print(f"\nrerun: {rerun}")
 
 

@@ -142,16 +142,16 @@ def query_cli(args: argparse.Namespace) -> int:
     """One query: against a running service (``--server``: nothing is loaded here), or through the
     in-process ``Searcher`` the service is built on (the checkpoint and index loaded for this one query)."""
     from align.app.terminal import printable
-    from align.index.build import IndexBuildError
+    from align.errors import ConfigError  # not align.index's error: a --server query imports no torch
 
     flags = query_flags()
     given = [(m, getattr(args, m, None)) for m in flags if getattr(args, m, None) is not None]
     if args.modality is not None or args.query is not None:
         if args.modality is None or args.query is None:
-            raise IndexBuildError("--modality and --query go together, e.g. --modality text --query 'a seven'")
+            raise ConfigError("--modality and --query go together, e.g. --modality text --query 'a seven'")
         given.append((args.modality, args.query))
     if len(given) != 1:
-        raise IndexBuildError(
+        raise ConfigError(
             "give exactly one query: --modality M --query Q, or one of " + ", ".join(f"--{m}" for m in flags)
         )
     modality, raw = given[0]
@@ -159,12 +159,12 @@ def query_cli(args: argparse.Namespace) -> int:
         from align.serve.client import remote_search
 
         if args.checkpoint:
-            raise IndexBuildError("--checkpoint is the server's (align serve --checkpoint), not a query's")
+            raise ConfigError("--checkpoint is the server's (align serve --checkpoint), not a query's")
         hits = remote_search(args.server, modality, raw, args.k, index=args.index, token=args.token)
         rows = [(h["score"], h["id"], h["metadata"]) for h in hits]
     else:
         if not args.index:
-            raise IndexBuildError("give --index FOLDER (or --server URL of a running align serve)")
+            raise ConfigError("give --index FOLDER (or --server URL of a running align serve)")
         from align.serve.searcher import Searcher
 
         searcher = Searcher(args.checkpoint, {"query": args.index})

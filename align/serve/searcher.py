@@ -116,6 +116,12 @@ class Searcher:
         """Loaded indexes by name: items' modality, size, dim, spec, metadata fields."""
         return {name: idx.info for name, idx in self._indexes.items()}
 
+    @property
+    def index_items(self) -> dict[str, EmbeddingIndex]:
+        """Loaded indexes by name, for per-item lookups (metadata, recorded files); not to be searched
+        around the lock."""
+        return {name: idx.emb for name, idx in self._indexes.items()}
+
     # ------------------------------------------------------------------ requests
     def search(
         self,

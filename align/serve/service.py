@@ -325,9 +325,8 @@ def _snapshot(app: FastAPI, searcher: Any) -> None:
             for name, i in infos.items()
         },
     }
-    # the Searcher has no per-item lookup of its own: its loaded indexes' metadata, and their ids as a set
-    loaded = getattr(searcher, "_indexes", {})
-    app.state.items = {name: (idx.emb, frozenset(idx.emb.ids.tolist())) for name, idx in loaded.items()}
+    # the loaded indexes' metadata, and their ids as a set
+    app.state.items = {name: (emb, frozenset(emb.ids.tolist())) for name, emb in searcher.index_items.items()}
 
 
 def create_app(

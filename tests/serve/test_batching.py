@@ -25,7 +25,7 @@ class FakeSearcher:
     """Records each call; a call can be held until ``release`` is set; an item ``"bad"`` raises."""
 
     max_batch = 256
-    checkpoint, modalities, indexes = "fake", ["text"], {}
+    checkpoint, modalities, indexes, index_items = "fake", ["text"], {}, {}
 
     def __init__(self, hold: bool = False) -> None:
         self.calls: list[tuple] = []
