@@ -5,9 +5,10 @@ torch's OpenMP threads (GNU libgomp) spin-wait between parallel regions: on a qu
 saves a wake-up per op, but when other processes share the cores a spinning thread burns the time
 slice a working thread needed, and a run can fall to a small fraction of its fair share (issue 21
 item 10: Cora node<->text 420 samples/s quiet, 10 samples/s beside two busy processes). Measured on
-this project's 2-core box (``benchmarks/cpu_contention.py``, table in benchmarks/README.md), demo
-training: spin-waiting 428 samples/s quiet but 57 beside 2 busy processes; passive waiting 210
-there, but 327 quiet (a wake-up per op costs the demo's small ops ~24 %); one thread 265 quiet.
+this project's 2-core box (``benchmarks/cpu_contention.py``, table in benchmarks/README.md): beside
+two busy processes CiteSeer node<->text falls from 663 to 63 samples/s with spin-waiting, the demo's
+training from 432 to 113; passive waiting keeps them at 310 and 252 (about the fair half), but
+always on it costs the demo's small ops ~24 % on a quiet machine (327 vs 428: a wake-up per op).
 No one setting wins both, so align picks per situation:
 
 * ``apply_cpu_defaults()`` (the CLI calls it first thing, before torch loads: libgomp reads its
