@@ -167,6 +167,31 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"align serve not ready after {timeout} s")
 
 
+def serve_phases(cmd: list[str], args, pngs: list[bytes], kinds: list[str], levels: str):
+    """Start ``cmd`` (an ``align serve``) on a free port, run each kind x concurrency phase, SIGTERM it.
+    Returns (rows, RSS MB before, RSS MB after, exit code)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(base, proc, 120)
+        rss_before = rss_mb(proc.pid)
+        rows = [
+            asyncio.run(phase(base, kind, int(c), args.requests, args.seconds, pngs))
+            for kind in kinds
+            for c in levels.split(",")
+        ]
+        rss_after = rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = "killed after 30 s"
+    return rows, rss_before, rss_after, code
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, default=100_000)
@@ -185,26 +210,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, folder, pngs = build(Path(tmp), args.items, args.train_steps)
         batched = in_process_rate(ckpt, folder, 64, 3 if args.smoke else 10)
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "align", "serve", "--checkpoint", str(ckpt), "--index", f"bench={folder}"]
-        proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_ready(base, proc, 120)
-            rss_before = rss_mb(proc.pid)
-            rows = [
-                asyncio.run(phase(base, kind, int(c), args.requests, args.seconds, pngs))
-                for kind in args.kinds.split(",")
-                for c in args.concurrency.split(",")
-            ]
-            rss_after = rss_mb(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = "killed after 30 s"
+        rows, rss_before, rss_after, code = serve_phases(cmd, args, pngs, args.kinds.split(","), args.concurrency)
+        # the same text load at concurrency 16 (or the highest asked) with batching off (one request per model call):
+        # what dynamic batching buys, measured rather than assumed
+        levels = args.concurrency.split(",")
+        level = "16" if "16" in levels else levels[-1]  # the throughput target's level
+        unbatched, *_ = serve_phases([*cmd, "--max-batch", "1", "--batch-wait-ms", "0"], args, pngs, ["text"], level)
     print(f"\nindex: {args.items:,} items (Flat, dim 64)")
     print(f"in-process batched (Searcher.search, 64 text queries per call): {batched:.0f} q/s")
     print("\n| query | concurrency | requests | p50 ms | p99 ms | requests/s | vs in-process text | errors |")
@@ -215,6 +227,13 @@ def main() -> None:
             f"| {r['kind']} | {r['concurrency']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
             f"{r['rps']:.1f} | {ratio} | {r['errors']} |"
         )
+    u = unbatched[0]
+    batched_top = next((r for r in rows if r["kind"] == "text" and r["concurrency"] == u["concurrency"]), None)
+    print(
+        f"\nbatching off (--max-batch 1), text at concurrency {u['concurrency']}: {u['rps']:.1f} requests/s, "
+        f"p50 {u['p50_ms']:.1f} ms, {u['errors']} errors"
+        + (f"; dynamic batching: {batched_top['rps'] / u['rps']:.2f}x the requests/s" if batched_top else "")
+    )
     total = sum(r["requests"] for r in rows)
     growth = 100 * (rss_after - rss_before) / rss_before
     print(f"\nserver RSS: {rss_before:.0f} MB before, {rss_after:.0f} MB after {total} requests ({growth:+.1f} %)")

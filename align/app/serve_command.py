@@ -82,6 +82,13 @@ def serve_cli(args: argparse.Namespace) -> int:
     if args.max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb must be positive, got {args.max_body_mb}")
     indexes = parse_indexes(args.index)
+    # a service is a mixed load: the event loop parses requests while the model thread runs torch, so
+    # torch's spin-waiting OpenMP threads would take the cores the event loop needs between batches
+    # (benchmarks/serve_load.py: measured in the README's serving table); wait passively unless the
+    # user chose (their OMP_* settings win; ALIGN_CPU_DEFAULTS=0 turns it off)
+    from align.cpu import apply_cpu_defaults
+
+    apply_cpu_defaults(busy=True)
 
     from align.serve.searcher import Searcher
 

@@ -129,6 +129,7 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"\| text \| 1 \| 40 \| \d+\.\d \| \d+\.\d \| \d+\.\d \| \d+\.\d\dx \| 0 \|",
             r"\| image \| 4 \| 40 \| \d+\.\d \|",
             r"server RSS: \d+ MB before, \d+ MB after 160 requests",
+            r"batching off \(--max-batch 1\), text at concurrency 4: \d+\.\d requests/s, .*batching: \d+\.\d\dx",
             r"server exit after SIGTERM: 0",
         ],
     ),
