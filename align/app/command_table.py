@@ -60,13 +60,14 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "eval baseline",
-        "logistic regression on a node source's raw features: data.train -> eval.data",
+        "supervised reference: logistic regression on data.train's labels, scored on eval.data",
         commands.baseline_arguments,
         commands.baseline_cli,
     ),
     Command(
         "index build", "encode a dataset column into an index folder", commands.build_arguments, commands.build_cli
     ),
+    Command("index info", "what an index folder holds (verified first)", commands.info_arguments, commands.info_cli),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(
         "serve",

@@ -211,3 +211,20 @@ def query_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--query", help="the raw query: a string, a file path, a SMILES ...")
     for m in query_flags():
         q.add_argument(f"--{m}", help=f"{m} query ({QUERY_HELP.get(m, 'a file path')})")
+
+
+def info_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="an index folder (align index build --out)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+
+
+def info_cli(args: argparse.Namespace) -> int:
+    import json
+
+    from align.app.terminal import printable
+    from align.index.info import format_info, index_info
+
+    info = index_info(args.folder)
+    # field names and the model path come from files: shown inert, line by line
+    print(json.dumps(info, indent=1) if args.json else "\n".join(map(printable, format_info(info).splitlines())))
+    return 0
