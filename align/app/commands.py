@@ -106,6 +106,7 @@ def baseline_cli(args: argparse.Namespace) -> int:
 
 def build_cli(args: argparse.Namespace) -> int:
     from align.index.build import IndexBuildError, build_index, parse_data_spec
+    from align.index.choose import BudgetError, parse_size
     from align.index.files import check_save_target
 
     def check_out() -> None:
@@ -116,14 +117,37 @@ def build_cli(args: argparse.Namespace) -> int:
 
     check_out()  # before the model loads or anything is encoded: a refused --out should cost nothing
     spec = parse_data_spec(args.data)
-    index = build_index(args.checkpoint, spec, args.modality, args.spec, args.batch_size, dim=args.dim)
+    budget = args.max_memory is not None or args.max_query_ms is not None
+    factory = args.factory or args.spec or (None if budget else "Flat")  # --factory overrides the choice
+    try:
+        max_memory = None if args.max_memory is None else parse_size(args.max_memory)
+    except ValueError as e:
+        raise IndexBuildError(f"--max-memory: {e}") from None
+    try:
+        index = build_index(
+            args.checkpoint,
+            spec,
+            args.modality,
+            factory,
+            args.batch_size,
+            dim=args.dim,
+            max_memory=max_memory,
+            max_query_ms=args.max_query_ms,
+        )
+    except BudgetError as e:
+        raise IndexBuildError(str(e)) from None
     try:
         folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
     except FileExistsError:
         check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
         raise
     skipped = f"; skipped {index.skipped} rows that failed to load" if index.skipped else ""
-    print(f"indexed {len(index)} {args.modality} items ({args.spec}) into {folder}{skipped}")
+    print(f"indexed {len(index)} {args.modality} items ({index.spec}) into {folder}{skipped}")
+    if index.build_report:
+        from align.index.info import format_info, index_info
+
+        lines = format_info(index_info(folder)).splitlines()
+        print("\n".join(line for line in lines if line.split()[0] in ("chosen", "estimated", "recall@10", "measured")))
     return 0
 
 
@@ -191,7 +215,12 @@ def build_arguments(b: argparse.ArgumentParser) -> None:
         help="index only the first DIM embedding dims (Matryoshka-trained models; queries are truncated to match)",
     )
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
-    b.add_argument("--spec", default="Flat", help="faiss index_factory string: Flat, HNSW32, IVF256,Flat, ...")
+    b.add_argument("--spec", help="faiss index_factory string: Flat (default), HNSW32, IVF256,Flat, ...")
+    b.add_argument("--factory", help="the same as --spec; overrides the choice --max-memory would make")
+    b.add_argument(
+        "--max-memory", help="choose the index for this memory budget (e.g. 512MiB, 2GB) and score it (recall@10)"
+    )
+    b.add_argument("--max-query-ms", type=float, help="... and for this one-query time budget")
     b.add_argument("--batch-size", type=int, default=256)
     b.add_argument(
         "--overwrite",

@@ -9,14 +9,18 @@ named as damaged (``CheckpointError``), not mistaken for another model.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from align.config.dataset import DatasetSpec
 from align.config.schema import _format_validation_error
 from align.data.labels import class_names
 from align.data.tables import Collator, PairedDataset, load_table
 from align.errors import AlignError, ConfigError
+from align.index.choose import as_record, choose, measure, prepare
 from align.index.embedding_index import EmbeddingIndex
 from align.io.hashing import sha256_file
 from align.model.align_model import raw_encoder
@@ -77,13 +81,20 @@ def build_index(
     checkpoint: str | Path,
     spec,
     modality: str,
-    index_spec: str = "Flat",
+    index_spec: str | None = "Flat",
     batch_size: int = 256,
     progress: bool = True,
     dim: int | None = None,
+    max_memory: int | None = None,
+    max_query_ms: float | None = None,
+    score_queries: int = 200,
 ):
     """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
-    whose metadata holds each item's row, path, label and caption where the data has them."""
+    whose metadata holds each item's row, path, label and caption where the data has them.
+    ``index_spec=None``: chosen for ``max_memory`` / ``max_query_ms`` (``align.index.choose``). IVF and
+    PQ parts are trained on a sample of all items. Unless ``score_queries=0``, the built index is scored
+    (recall@10 against exact search on up to that many cross-modal and same-modality queries, query
+    time, memory) into ``index.build_report``, which the folder's manifest records."""
     import torch
     from accelerate.utils import send_to_device as to_device
     from tqdm.auto import tqdm
@@ -109,17 +120,44 @@ def build_index(
         on_error=spec.on_error,
     )
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
-    index = EmbeddingIndex(dim or cfg.model.embed_dim, index_spec, model=model_identity(ckpt), modality=modality)
     device = next(model.parameters()).device
-    index.skipped = 0  # rows left out because they failed to load (on_error=skip)
+    skipped, chunks, ids, meta = 0, [], [], []
     for batch in tqdm(loader, desc=f"encode {modality}", disable=not progress):
-        index.skipped += int(batch["skipped"])
+        skipped += int(batch["skipped"])
         if not len(batch["index"]):
             continue
         with torch.no_grad():
-            emb = model.encode(modality, to_device(batch[modality], device)).float().cpu()
+            chunks.append(model.encode(modality, to_device(batch[modality], device)).float().cpu().numpy())
         rows = batch["index"].tolist()
-        index.add(emb, ids=rows, metadata=[_metadata(table[i], i, spec, modality, names) for i in rows])
+        ids += rows
+        meta += [_metadata(table[i], i, spec, modality, names) for i in rows]
+    width = dim or cfg.model.embed_dim
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+    row_ids = np.asarray(ids, dtype=np.int64)
+    report = None
+    if index_spec is None:  # chosen for the budget, then scored on held-out cross-modal queries
+        chosen, why = choose(len(vectors), width, max_memory, max_query_ms)
+        index_spec = chosen.spec
+        report = as_record(chosen, why, {"max_memory": max_memory, "max_query_ms": max_query_ms})
+    index = EmbeddingIndex(width, index_spec, model=model_identity(ckpt), modality=modality)
+    start = time.perf_counter()
+    if len(vectors):
+        rng = np.random.default_rng(0)  # train IVF / PQ on a sample of all items, not the first batch
+        index.train(vectors[rng.choice(len(vectors), min(len(vectors), 100_000), replace=False)])
+        index.add(vectors, ids=row_ids, metadata=meta)
+        prepare(index)
+    build_s = time.perf_counter() - start
+    if len(vectors) and (report is not None or score_queries):
+        n = min(score_queries, len(vectors))
+        queries = {f"{modality} (indexed items)": vectors[:n]}
+        other = next((m for m in spec.columns if m != modality and m in model.adapters), None)
+        if other is not None:
+            raws = [table[i][spec.columns[other]] for i in range(min(n, len(table)))]
+            queries = {f"{other} -> {modality} (cross-modal)": raw_encoder(model, other)(raws).numpy(), **queries}
+        report = {**(report or {"chosen": {"spec": index_spec}}), "build_s": build_s}
+        report.update(measure(index, vectors, row_ids, queries))
+    index.skipped = skipped  # rows left out because they failed to load (on_error=skip)
+    index.build_report = report
     return index
 
 

@@ -48,6 +48,7 @@ class EmbeddingIndex:
         import faiss
 
         self.dim, self.spec, self.normalize, self.auto_train = int(dim), spec, normalize, auto_train
+        self.build_report: dict | None = None  # how align index build chose and scored it
         self.model, self.modality, self.add_batch_size = model, modality, add_batch_size
         self.use_gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
         self._gpu_index = None

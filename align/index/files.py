@@ -103,6 +103,8 @@ def save_folder(idx, folder, *, model: str | None = None, modality: str | None =
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "faiss_version": faiss.__version__,
                     "index_sha256": files["index.faiss"]["sha256"],
+                    # what the chooser picked and why, and the built index scored (align/index/choose.py)
+                    "build": getattr(idx, "build_report", None),
                 },
                 files,
             )
@@ -215,6 +217,7 @@ def load_folder(
         modality=m.get("modality"),
         _index=index,
     )
+    out.build_report = m.get("build")
     meta_ids, meta, digest = [], {}, hashlib.sha256()
     with open(folder / "metadata.jsonl", "rb") as f:  # hashed as parsed: the digest is of what was read
         for line_no, line in enumerate(f, 1):

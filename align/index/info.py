@@ -51,6 +51,7 @@ def index_info(folder: str | Path) -> dict[str, Any]:
         "files": files,
         "index_bytes_per_vector": (files.get("index.faiss") or 0) / count if count else None,
         "memory_bytes": int(faiss.serialize_index(idx.index).size),
+        "build": idx.build_report,
     }
 
 
@@ -62,6 +63,15 @@ def _size(n: float | int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _budget(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget.get("max_memory") is not None:
+        parts.append(f"max memory {_size(budget['max_memory'])}")
+    if budget.get("max_query_ms") is not None:
+        parts.append(f"max {budget['max_query_ms']} ms a query")
+    return ", ".join(parts) or "no budget"
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -87,5 +97,13 @@ def format_info(info: dict[str, Any]) -> str:
         ("on disk", ", ".join(f"{name} {_size(n)}" for name, n in info["files"].items())),
         ("per vector", "-" if per_vector is None else f"{per_vector:.1f} bytes in index.faiss"),
     ]
+    build = info.get("build") or {}
+    if build.get("why"):
+        rows.append(("chosen", f"{build['chosen']['spec']} for {_budget(build.get('budget') or {})}: {build['why']}"))
+        rows.append(("estimated", f"{_size(build['chosen']['bytes'])}, {build['chosen']['query_ms']:.2f} ms a query"))
+    for name, value in (build.get("recall@10") or {}).items():
+        rows.append(("recall@10", f"{value:.3f} vs exact search, queries: {name}"))
+    if "query_ms_p50" in build:
+        rows.append(("measured", f"{build['query_ms_p50']:.2f} ms a query (p50), built in {build['build_s']:.2f} s"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
