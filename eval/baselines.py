@@ -72,14 +72,19 @@ def node_feature_logreg(
     train, test = _labelled_tables(train_spec, test_spec)
     x_train = node_features(train, _graph_column(train_spec))
     x_test = node_features(test, _graph_column(test_spec))
-    y_train = np.asarray(train[train_spec.label_column])
-    y_test = np.asarray(test[test_spec.label_column])
     start = time.perf_counter()
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
+    return _fit_and_score(clf, (x_train, train, train_spec), (x_test, test, test_spec), start)
+
+
+def _fit_and_score(clf, fit_on: tuple, score_on: tuple, start: float) -> dict[str, Any]:
+    """Fit ``clf`` on (features, table, spec) ``fit_on``'s labels, score it on ``score_on``'s."""
+    (x_train, train, train_spec), (x_test, test, test_spec) = fit_on, score_on
+    y_train = np.asarray(train[train_spec.label_column])
+    y_test = np.asarray(test[test_spec.label_column])
     clf.fit(x_train, y_train)
-    accuracy = float((clf.predict(x_test) == y_test).mean())
     return {
-        "accuracy": accuracy,
+        "accuracy": float((clf.predict(x_test) == y_test).mean()),
         "n_train": len(y_train),
         "n_test": len(y_test),
         "n_classes": len(np.unique(y_train)),
@@ -176,16 +181,5 @@ def input_logreg(cfg, modality: str, *, C: float = 1.0, max_iter: int = 2000, se
         if x_train.shape[1] > MAX_RAW_DIM:
             steps.append(PCA(n_components=min(PCA_DIM, len(x_train)), random_state=seed))
             features += f", PCA to {steps[-1].n_components}"
-    y_train = np.asarray(train[train_spec.label_column])
-    y_test = np.asarray(test[test_spec.label_column])
     clf = make_pipeline(*steps, LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
-    clf.fit(x_train, y_train)
-    accuracy = float((clf.predict(x_test) == y_test).mean())
-    return {
-        "accuracy": accuracy,
-        "n_train": len(y_train),
-        "n_test": len(y_test),
-        "n_classes": len(np.unique(y_train)),
-        "seconds": time.perf_counter() - start,
-        "features": features,
-    }
+    return {**_fit_and_score(clf, (x_train, train, train_spec), (x_test, test, test_spec), start), "features": features}

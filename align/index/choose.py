@@ -132,12 +132,13 @@ def _fmt(n: float | None) -> str:
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Ids (row numbers) of each query's k best inner products, exactly."""
-    scores = queries @ vectors.T
+    """Row numbers of each query's k best inner products, exactly (faiss's blocked brute force: no
+    [queries, items] score matrix, which for 200 queries over 10M items would be 8 GB)."""
+    import faiss
+
     k = min(k, vectors.shape[0])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-    return np.take_along_axis(top, order, axis=1)
+    x, q = (np.ascontiguousarray(a, dtype=np.float32) for a in (vectors, queries))
+    return faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
 
 
 def measure(index, vectors: np.ndarray, row_ids: np.ndarray, query_sets: dict[str, np.ndarray], k: int = 10) -> dict:

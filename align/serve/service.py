@@ -280,7 +280,7 @@ def _v1_routes(router: APIRouter) -> None:
             raise HTTPException(404, f"index {index!r} {what} for item {id}")
         ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         inline = ctype.startswith(INLINE_TYPES) and ctype != "image/svg+xml"
-        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+        headers = dict(SANDBOXED)
         return FileResponse(
             file,
             media_type=ctype if inline else "application/octet-stream",
@@ -288,6 +288,10 @@ def _v1_routes(router: APIRouter) -> None:
             content_disposition_type="inline" if inline else "attachment",
             headers=headers,
         )
+
+
+# what a recorded file or a drawing is sent with: never sniffed into HTML, never allowed to run anything
+SANDBOXED = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
 
 
 def _render_routes(router: APIRouter) -> None:
@@ -309,7 +313,7 @@ def _render_routes(router: APIRouter) -> None:
         if drawn is None:
             raise HTTPException(404, f"index {index!r} item {id}: nothing to draw for a {modality} item")
         content, media_type = drawn
-        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox"}
+        headers = dict(SANDBOXED)
         return Response(content, media_type=media_type, headers=headers)
 
 

@@ -13,29 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from align.data.sources.common import DIGIT_NAMES
 from align.serve import Searcher, SearchError, Upload
+from tests.support.tiny import DIGITS_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATA = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-MODEL = {
-    "embed_dim": 32,
-    "modalities": {
-        "image": {
-            "options": {
-                "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
-                "output_dim": 32,
-            }
-        },
-        "text": {
-            "options": {
-                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-                "output_dim": 32,
-            }
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +39,7 @@ def served(tmp_path_factory, one_thread) -> dict:
     cfg = {
         "output_dir": str(out / "run"),
         "seed": 0,
-        "model": copy.deepcopy(MODEL),
+        "model": copy.deepcopy(DIGITS_MODEL),
         "data": {"train": train_spec, "num_workers": 0},
         "train": {"batch_size": 64, "steps": 150, "lr": 2e-3, "warmup_steps": 5, "progress": False},
     }
@@ -77,13 +61,13 @@ def test_text_search_equals_align_query_and_has_learned(served):
     from align.index.build import query_index
 
     searcher, folder = served["searcher"], served["folders"]["digits"]
-    queries = [f"the digit {n}." for n in NAMES]
+    queries = [f"the digit {n}." for n in DIGIT_NAMES]
     for query in (queries[7], "a photo of the number three.", "something else entirely"):
         (hits,) = searcher.search("text", [query], k=10, index="digits")
         assert as_tuples(hits) == query_index(folder, "text", query, k=10)  # identical ids, scores, metadata
         assert [h.rank for h in hits] == list(range(1, 11)) and {h.index for h in hits} == {"digits"}
     top5 = searcher.search("text", queries, k=5, index="digits")
-    precision = [sum(h.metadata["label"] == name for h in hits) / 5 for name, hits in zip(NAMES, top5)]
+    precision = [sum(h.metadata["label"] == name for h in hits) / 5 for name, hits in zip(DIGIT_NAMES, top5)]
     assert sum(precision) / 10 >= 0.4, precision  # chance is 0.1
     assert precision[7] >= 0.6, top5[7]  # "the digit seven.": mostly sevens
 
@@ -172,19 +156,20 @@ def test_classify_equals_the_eval_zeroshot_classifier(served):
     searcher = served["searcher"]
     path, _ = digit_png(served["tmp"])
     templates = ["a photo of the number {}.", "the digit {}."]
-    result = searcher.classify(path, NAMES, templates, modality="image")
-    assert sorted(c for c, _ in result) == sorted(NAMES) and sum(p for _, p in result) == pytest.approx(1.0)
+    result = searcher.classify(path, DIGIT_NAMES, templates, modality="image")
+    assert sorted(c for c, _ in result) == sorted(DIGIT_NAMES) and sum(p for _, p in result) == pytest.approx(1.0)
     assert [p for _, p in result] == sorted((p for _, p in result), reverse=True)
     model = searcher.model
     with torch.no_grad():
-        classifier = build_classifier(model, NAMES, templates, "text")
+        classifier = build_classifier(model, DIGIT_NAMES, templates, "text")
         logits = model.logit_scale.exp() * classify(torch.from_numpy(searcher.encode("image", [path])), classifier)
-        expected = dict(zip(NAMES, logits.softmax(-1)[0].tolist()))
+        expected = dict(zip(DIGIT_NAMES, logits.softmax(-1)[0].tolist()))
     assert {c: p for c, p in result} == pytest.approx(expected, abs=1e-6)
     builds = searcher._classifiers.builds
-    assert searcher.classify(path, NAMES, list(templates), modality="image") == result
+    assert searcher.classify(path, DIGIT_NAMES, list(templates), modality="image") == result
     assert searcher._classifiers.builds == builds  # the class embeddings came from the cache
-    assert searcher.classify(path, NAMES, "digits", modality="image")[0][0] in NAMES  # a shipped template set
+    shipped = searcher.classify(path, DIGIT_NAMES, "digits", modality="image")  # a shipped template set
+    assert shipped[0][0] in DIGIT_NAMES
 
 
 @pytest.mark.parametrize(
@@ -232,7 +217,7 @@ def test_loads_once_reports_what_it_holds_and_refuses_another_models_index(serve
     for _ in range(3):
         searcher.search("text", ["the digit one."], k=2)  # the one loaded index is the default
         searcher.encode("image", [digit_png(served["tmp"])[0]])
-    searcher.classify("the digit one.", NAMES, ["{}"], modality="text")
+    searcher.classify("the digit one.", DIGIT_NAMES, ["{}"], modality="text")
     assert len(calls) == 1
     assert searcher.modalities == ["image", "text"]
     info = searcher.indexes["digits"]

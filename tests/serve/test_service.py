@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from align.data.sources.common import DIGIT_NAMES
 from align.serve import Upload
 from align.serve.service import create_app
-from tests.support.serving import NAMES, digit_png, serve_in_thread
+from tests.support.serving import digit_png, serve_in_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 QUERIES = ["the digit seven.", "a handwritten three.", "a photo of the number zero."]
@@ -102,11 +103,11 @@ def test_encode_and_classify_equal_the_searcher(client, served):
     np.testing.assert_allclose(np.array(got["embeddings"]), searcher.encode("text", QUERIES[:2]), atol=1e-6)
 
     templates = ["a photo of the number {}.", "the digit {}."]
-    want = searcher.classify(Upload(digit_png(0), "d.png"), NAMES, templates, modality="image")
+    want = searcher.classify(Upload(digit_png(0), "d.png"), DIGIT_NAMES, templates, modality="image")
     upload = client.post(
         "/v1/classify/upload",
         files={"file": ("d.png", digit_png(0), "image/png")},
-        data={"modality": "image", "class_names": json.dumps(NAMES), "templates": json.dumps(templates)},
+        data={"modality": "image", "class_names": json.dumps(DIGIT_NAMES), "templates": json.dumps(templates)},
     )
     assert upload.status_code == 200, upload.text
     assert [c["name"] for c in upload.json()["classes"]] == [n for n, _ in want]
@@ -114,9 +115,9 @@ def test_encode_and_classify_equal_the_searcher(client, served):
     named = client.post(
         "/v1/classify/upload",
         files={"file": ("d.png", digit_png(0), "image/png")},
-        data={"modality": "image", "class_names": json.dumps(NAMES), "templates": "digits"},  # a shipped set
+        data={"modality": "image", "class_names": json.dumps(DIGIT_NAMES), "templates": "digits"},  # a shipped set
     )
-    assert named.status_code == 200 and named.json()["classes"][0]["name"] in NAMES
+    assert named.status_code == 200 and named.json()["classes"][0]["name"] in DIGIT_NAMES
 
     text = client.post("/v1/classify", json={"modality": "text", "item": "seven", "class_names": ["seven", "one"]})
     expected = searcher.classify("seven", ["seven", "one"], ["{}"], modality="text")

@@ -34,26 +34,11 @@ from typing import Any
 
 import pytest
 
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+from align.data.sources.common import DIGIT_NAMES
+from tests.support.tiny import DIGITS_MODEL
+
 DIGITS = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
 FILE_ITEMS = 40
-MODEL = {
-    "embed_dim": 32,
-    "modalities": {
-        "image": {
-            "options": {
-                "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
-                "output_dim": 32,
-            }
-        },
-        "text": {
-            "options": {
-                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-                "output_dim": 32,
-            }
-        },
-    },
-}
 
 
 @dataclass
@@ -102,7 +87,7 @@ def train_digits(out: Path, steps: int = 150) -> DigitsRun:
         cfg = {
             "output_dir": str(out / "run"),
             "seed": 0,
-            "model": copy.deepcopy(MODEL),
+            "model": copy.deepcopy(DIGITS_MODEL),
             "data": {
                 "train": {
                     "source": "sklearn-digits",
@@ -118,7 +103,7 @@ def train_digits(out: Path, steps: int = 150) -> DigitsRun:
         pngs = []
         (out / "pngs").mkdir()
         for i, row in enumerate(sklearn_digits("test").select(range(FILE_ITEMS))):
-            path = out / "pngs" / f"{NAMES[row['label']]}_{i:03d}.png"
+            path = out / "pngs" / f"{DIGIT_NAMES[row['label']]}_{i:03d}.png"
             row["image"].save(path)
             pngs.append(path)
         files = (

@@ -14,31 +14,14 @@ from align.app.trainer import train
 from align.config.schema import config_from_dict, load_config
 from align.model.checkpoint import load_model, load_training_state, resolve_checkpoint
 from align.training.loop import TrainingError
-
-TINY_MODEL = {
-    "embed_dim": 32,
-    "modalities": {
-        "image": {
-            "options": {
-                "vision_cfg": {"image_size": 16, "patch_size": 4, "width": 32, "layers": 1, "head_width": 16},
-                "output_dim": 32,
-            }
-        },
-        "text": {
-            "options": {
-                "text_cfg": {"context_length": 12, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-                "output_dim": 32,
-            }
-        },
-    },
-}
+from tests.support.tiny import DIGITS_MODEL
 
 
 def tiny_config(out: Path, **train) -> dict:
     return {
         "output_dir": str(out),
         "seed": 3,
-        "model": copy.deepcopy(TINY_MODEL),
+        "model": copy.deepcopy(DIGITS_MODEL),
         "data": {
             "train": {
                 "source": "sklearn-digits",
