@@ -4,6 +4,8 @@ Start-up order is the point: the serve extra is checked, the token rule applied,
 every index loaded and verified (``Searcher``) before the port is bound, so a damaged or stale index
 folder is one ``align: error:`` line and exit 2, never a server that answers 500s. Only then does
 uvicorn start; SIGTERM drains in-flight requests and exits 0 (``align.serve.server.run_server``).
+While serving, the index folders are checked every ``--reload-interval`` seconds and one rebuilt on
+disk is loaded and swapped in (``align.serve.reload``; one that fails to load leaves the old serving).
 
 Security defaults: the server binds 127.0.0.1; binding any other address needs a bearer token
 (``--token`` or ``$ALIGN_SERVE_TOKEN``) or an explicit ``--insecure-no-token``, which prints a warning.
@@ -36,6 +38,13 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=3.0, help="how long the worker gathers a batch (ms)")
     p.add_argument("--max-batch", type=int, default=64, help="items per batched model call")
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body accepted (MB)")
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="check the index folders this often and load one that was rebuilt, without a restart (0: never)",
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -81,6 +90,8 @@ def serve_cli(args: argparse.Namespace) -> int:
             raise ConfigError(f"{name} must be at least {low}, got {value}")
     if args.max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb must be positive, got {args.max_body_mb}")
+    if not args.reload_interval >= 0:  # also refuses nan
+        raise ConfigError(f"--reload-interval must be 0 (off) or more seconds, got {args.reload_interval}")
     indexes = parse_indexes(args.index)
     # a service is a mixed load: the event loop parses requests while the model thread runs torch, so
     # torch's spin-waiting OpenMP threads would take the cores the event loop needs between batches
@@ -103,7 +114,11 @@ def serve_cli(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         batch_wait_ms=args.batch_wait_ms,
         max_batch=args.max_batch,
+        reload_interval=args.reload_interval,
     )
+    from align.serve.reload import log_to_stderr
+
+    log_to_stderr()  # each reload and each refused folder: one "align serve: ..." line
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"align serve: {searcher.checkpoint} with {', '.join(indexes)} on http://{host}:{args.port}/ "

@@ -88,6 +88,9 @@ class IndexSummary(Strict):
     dim: int
     spec: str
     fields: list[str] = Field(..., description="metadata fields a filter may name")
+    reload_error: str | None = Field(
+        None, description="present while the folder on disk failed to reload: why (the loaded one still serves)"
+    )
 
 
 class HealthResponse(Strict):
@@ -95,6 +98,16 @@ class HealthResponse(Strict):
     checkpoint: str
     modalities: list[str]
     indexes: dict[str, IndexSummary]
+
+
+class ReloadResponse(Strict):
+    index: str
+    result: Literal["reloaded", "unchanged", "error"] = Field(
+        ..., description="error: the folder on disk was not loaded and the previous index still serves"
+    )
+    size: int = Field(..., description="items in the index serving now")
+    previous_size: int = Field(..., description="items in the index that served before the check")
+    error: str | None = Field(None, description="why the folder was not loaded (error only)")
 
 
 class ItemResponse(Strict):

@@ -10,10 +10,15 @@ no parameters (``PQ``) fall back to over-fetching: search ``2k * size / matching
 ``2k``), keep the matching hits, and search again four times deeper for the queries still short,
 until each has ``k`` or the whole index was searched. Approximate indexes (IVF, HNSW) return what their search
 visits, with a filter as without: possibly fewer than k hits.
+
+Each loaded index keeps ``fingerprint``, its folder's ``folder_fingerprint`` taken *before* it was read,
+so that a folder replaced while it was being loaded looks changed on the next check
+(``align/serve/reload.py`` polls it to pick up a rebuilt index without a restart).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +42,51 @@ class IndexInfo:
     fields: tuple[str, ...]  # metadata fields a filter may name
 
 
+Fingerprint = tuple[tuple[int, ...], tuple[tuple[str, int, int, int], ...]]
+
+
+def folder_fingerprint(folder: str | Path) -> Fingerprint | None:
+    """A cheap stamp of an index folder: its (device, inode) and, per visible entry, (name, inode, size,
+    mtime_ns); None while it is no index folder (missing, or no ``manifest.json`` yet).
+
+    Why these: ``atomic_folder(exists="replace")`` (how every save and update writes) renames a new
+    folder in, a new inode; a file rewritten in place changes its own mtime / size. One ``scandir`` of
+    a handful of files costs microseconds, so it can run every second, and it names no file but
+    ``manifest.json`` (the folder's format may change under it). Hidden entries (a writer's
+    ``.tmp-`` files) are left out: the rename that ends such a write gives the file a new inode."""
+    folder = Path(folder)
+    try:
+        top = os.stat(folder)
+        if not (folder / "manifest.json").is_file():
+            return None
+        with os.scandir(folder) as entries:
+            files = sorted(
+                (e.name, st.st_ino, st.st_size, st.st_mtime_ns)
+                for e in entries
+                if not e.name.startswith(".")
+                for st in (e.stat(),)
+            )
+    except (FileNotFoundError, NotADirectoryError):  # mid-replace: the name is empty for a moment
+        return None
+    return (top.st_dev, top.st_ino), tuple(files)
+
+
 class LoadedIndex:
     """An ``EmbeddingIndex`` folder, verified on load (``EmbeddingIndex.load``) and refused when it
     was built with another model than ``identity`` (``align.index.build.model_identity``), as
     ``align query`` refuses it."""
 
     def __init__(
-        self, name: str, folder: str | Path, identity: str, embed_dim: int, loaded: EmbeddingIndex | None = None
+        self,
+        name: str,
+        folder: str | Path,
+        identity: str,
+        embed_dim: int,
+        loaded: EmbeddingIndex | None = None,
+        fingerprint: Fingerprint | None = None,
     ) -> None:
         self.name, self.folder = name, Path(folder)
+        self.fingerprint = fingerprint if fingerprint is not None else folder_fingerprint(self.folder)
         self.emb = loaded if loaded is not None else EmbeddingIndex.load(self.folder)
         built_with = self.emb.model or ""
         if not built_with:

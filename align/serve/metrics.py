@@ -22,7 +22,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 class Metrics:
     """Request counts by endpoint and status, latency by endpoint, sizes of the batches the worker
-    ran (requests and items per ``Searcher`` call), and the queue depth (read when scraped)."""
+    ran (requests and items per ``Searcher`` call), the queue depth (read when scraped), and index
+    reloads by index and result (``align.serve.reload``)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -46,6 +47,12 @@ class Metrics:
             "align_batch_items", "items encoded by one Searcher call", buckets=BATCH_BUCKETS, registry=self.registry
         )
         self.queue_depth = Gauge("align_queue_depth", "requests waiting for the worker", registry=self.registry)
+        self.reloads = Counter(
+            "align_index_reloads",
+            "index folders that changed on disk, loaded (ok) or refused (error; the old one kept serving)",
+            ["index", "result"],
+            registry=self.registry,
+        )
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from ``depth`` at scrape time (no bookkeeping on every put / get)."""
@@ -54,6 +61,10 @@ class Metrics:
     def observe_batch(self, requests: int, items: int) -> None:
         self.batch_requests.observe(requests)
         self.batch_items.observe(items)
+
+    def observe_reload(self, index: str, ok: bool) -> None:
+        """One reload attempt of ``index`` (a name the server was started with: a bounded label set)."""
+        self.reloads.labels(index, "ok" if ok else "error").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,6 +16,11 @@ model's ``output_dim`` for its index's width for the duration of the forward. Ev
 holds one lock, so calls from several threads are serialised rather than interleaved. Forwards run
 under ``torch.inference_mode``.
 
+Index folders rebuilt while serving: ``swap_index`` replaces one loaded index by another under the
+lock, so a search in progress finishes on the old one and the next uses the new one (``generation``
+counts swaps); ``align.serve.reload.IndexReloader`` loads and checks the new folder off the request
+path and calls it.
+
 Bad requests raise ``SearchError`` (a ``ValueError``) saying what is wrong; a damaged checkpoint or
 index folder fails the constructor with the error that names the file (``CheckpointError``,
 ``IndexFormatError``), an index built with another model with ``IndexBuildError``.
@@ -104,6 +109,7 @@ class Searcher:
                 name, folder, self.identity, cfg.model.embed_dim, loaded=preloaded.get(name)
             )
         self._classifiers = ClassifierCache(self.model, classifier_cache)
+        self.generation = 0  # index swaps so far: what an HTTP layer compares to know its snapshot is stale
 
     # ------------------------------------------------------------------ what is loaded
     @property
@@ -121,6 +127,21 @@ class Searcher:
         """Loaded indexes by name, for per-item lookups (metadata, recorded files); not to be searched
         around the lock."""
         return {name: idx.emb for name, idx in self._indexes.items()}
+
+    def loaded_index(self, name: str | None = None) -> LoadedIndex:
+        """The ``LoadedIndex`` now serving as ``name``; ``SearchError`` for an unknown name."""
+        return self._index(name)
+
+    def swap_index(self, name: str, new: LoadedIndex, expected: LoadedIndex) -> bool:
+        """Serve ``new`` as ``name`` from the next call on, if ``expected`` is still the one serving (a
+        compare-and-swap: of two reloaders over one ``Searcher`` only the first swaps); False otherwise.
+        Under the lock, so no call sees half of a swap; the old index is freed once its last search ends."""
+        with self._lock:
+            if self._indexes.get(name) is not expected:
+                return False
+            self._indexes[name] = new
+            self.generation += 1
+            return True
 
     # ------------------------------------------------------------------ requests
     def search(

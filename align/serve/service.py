@@ -43,6 +43,8 @@ from align.serve.errors import SearchError
 from align.serve.gate import GateMiddleware
 from align.serve.inputs import Upload
 from align.serve.metrics import Metrics, MetricsMiddleware
+from align.serve.reload import IndexReloader
+from align.serve.reload_route import reload_routes
 from align.serve.searcher import MAX_K
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -195,7 +197,7 @@ def _recorded_file(metadata: dict[str, Any]) -> Path | None:
 def _v1_routes(router: APIRouter) -> None:
     json_body, multipart = Depends(require_type("application/json")), Depends(require_type("multipart/form-data"))
 
-    @router.get("/health", response_model=m.HealthResponse, summary="what is loaded")
+    @router.get("/health", response_model=m.HealthResponse, response_model_exclude_unset=True, summary="what is loaded")
     async def health(request: Request) -> dict[str, Any]:
         return request.app.state.health
 
@@ -317,20 +319,26 @@ def _render_routes(router: APIRouter) -> None:
         return Response(content, media_type=media_type, headers=headers)
 
 
-def _snapshot(app: FastAPI, searcher: Any) -> None:
-    """What health and the item endpoints read, taken once (the indexes do not change while serving)."""
-    infos = searcher.indexes
+def _snapshot(app: FastAPI, searcher: Any, errors: dict[str, str] | None = None) -> None:
+    """What health and the item endpoints read, taken at start and again when an index was reloaded
+    (``align.serve.reload``); ``errors``: each index's ``reload_error``. An index's id set is rebuilt
+    only when that index changed."""
+    infos, errors, old = searcher.indexes, errors or {}, getattr(app.state, "items", {})
     app.state.health = {
         "status": "ok",
         "checkpoint": str(searcher.checkpoint),
         "modalities": searcher.modalities,
         "indexes": {
             name: {"modality": i.modality, "size": i.size, "dim": i.dim, "spec": i.spec, "fields": list(i.fields)}
+            | ({"reload_error": errors[name]} if name in errors else {})
             for name, i in infos.items()
         },
     }
     # the loaded indexes' metadata, and their ids as a set
-    app.state.items = {name: (emb, frozenset(emb.ids.tolist())) for name, emb in searcher.index_items.items()}
+    app.state.items = {
+        name: old[name] if old.get(name, (None,))[0] is emb else (emb, frozenset(emb.ids.tolist()))
+        for name, emb in searcher.index_items.items()
+    }
 
 
 def create_app(
@@ -342,9 +350,11 @@ def create_app(
     max_batch: int = 64,
     max_queue: int = 1024,
     static_dir: str | Path | None = STATIC_DIR,
+    reload_interval: float = 2.0,
 ) -> FastAPI:
     """The service over a ``Searcher`` (or a callable making one in the worker thread at start-up).
-    ``token``: when given, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``."""
+    ``token``: when given, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer <token>``.
+    ``reload_interval``: seconds between checks of the index folders for a rebuilt one (0: none)."""
     metrics = Metrics()
     batcher = Batcher(
         searcher_or_factory, batch_wait_ms=batch_wait_ms, max_batch=max_batch, max_queue=max_queue, metrics=metrics
@@ -354,9 +364,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         searcher = await asyncio.to_thread(batcher.start)
         _snapshot(app, searcher)
+        refresh = lambda: _snapshot(app, searcher, reloader.errors)  # noqa: E731
+        app.state.reloader = reloader = IndexReloader(searcher, metrics=metrics, on_change=refresh)
+        reloader.start(reload_interval)
         try:
             yield
         finally:  # uvicorn has answered every in-flight request; anything still queued is answered too
+            await asyncio.to_thread(reloader.stop)
             await asyncio.to_thread(batcher.stop)
 
     app = FastAPI(
@@ -371,6 +385,7 @@ def create_app(
     router = APIRouter(prefix="/v1", responses=m.ERRORS, dependencies=security)
     _v1_routes(router)
     _render_routes(router)
+    reload_routes(router)
     app.include_router(router)
 
     @app.get("/metrics", include_in_schema=False, dependencies=security)
