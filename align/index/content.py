@@ -12,8 +12,10 @@ other items than it was built with. This record binds the index to its content. 
   bytes determine every vector and id, for every index type (a digest of reconstructed vectors would be
   lossy for PQ, need a direct map for IVF, and cost another pass over them; this one costs nothing at
   load, where the file is hashed for its manifest entry anyway),
-- ``metadata_sha256``: the sha256 of ``metadata.jsonl`` as written: every id and its metadata (caption,
-  label, path, row), one record per item in id order,
+- ``metadata_sha256``: the sha256 of the metadata file as written (``metadata.arrow`` from index format 4,
+  ``metadata.jsonl`` before): every id and its metadata (caption, label, path, row), in id order,
+- ``lists_sha256``: the sha256 of ``lists.ivfdata`` for an index whose inverted lists live on disk (where
+  its vectors are; ``index.faiss`` then holds only their directory), else null,
 - ``record_sha256``: the sha256 of the fields above, so a hand edit of one of them is named as such.
 
 ``align.index.files.load_folder`` checks it against what it actually read: faiss's ``ntotal`` and ``d``, the
@@ -60,6 +62,7 @@ def write_record(
     modality: str | None,
     index_sha256: str,
     metadata_sha256: str,
+    lists_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Write ``folder/content.json`` (inside the save's temp folder, so it is renamed into place with the
     rest) and return it; the sha256s are of ``index.faiss`` and ``metadata.jsonl`` as just written."""
@@ -72,6 +75,8 @@ def write_record(
         "index_sha256": index_sha256,
         "metadata_sha256": metadata_sha256,
     }
+    if lists_sha256 is not None:
+        fields["lists_sha256"] = lists_sha256
     record = {**fields, "record_sha256": _digest(fields)}
     (folder / CONTENT).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
@@ -94,6 +99,9 @@ def read_record(folder: Path) -> dict[str, Any]:
     for name in _DIGESTS:
         if not isinstance(record.get(name), str) or len(record[name]) != 64:
             raise ValueError(f"{CONTENT}: {name!r} is {record.get(name)!r}, not a sha256")
+    lists = record.get("lists_sha256")
+    if lists is not None and (not isinstance(lists, str) or len(lists) != 64):
+        raise ValueError(f"{CONTENT}: 'lists_sha256' is {lists!r}, not a sha256")
     fields = {k: v for k, v in record.items() if k != "record_sha256"}
     if record.get("record_sha256") != _digest(fields):
         raise ValueError(
@@ -129,14 +137,29 @@ def check_index(record: dict[str, Any], count: int, dim: int, index_sha256: str)
         )
 
 
-def check_metadata(record: dict[str, Any], rows: int, metadata_sha256: str) -> None:
+def check_lists(record: dict[str, Any], lists_sha256: str | None) -> None:
+    """The on-disk lists file actually read (its sha256, or None for none) against the record."""
+    want = record.get("lists_sha256")
+    if want is None and lists_sha256 is None:
+        return
+    if want is None or lists_sha256 is None:
+        has, says = ("has" if lists_sha256 else "has no"), ("records one" if want else "records none")
+        raise ValueError(f"the folder {has} lists.ivfdata but {CONTENT} {says}: it is not the index that was built")
+    if lists_sha256 != want:
+        raise ValueError(
+            f"lists.ivfdata is not the file this index was built with (its sha256 {lists_sha256[:16]}... is not "
+            f"the {want[:16]}... {CONTENT} recorded): the vectors on disk were replaced"
+        )
+
+
+def check_metadata(record: dict[str, Any], rows: int, metadata_sha256: str, name: str = "metadata.jsonl") -> None:
     """The metadata actually read (its record count, the sha256 of the bytes they were parsed from)
     against the record. Raises ``ValueError`` naming metadata.jsonl and what disagrees."""
     if rows != record["count"]:
-        raise ValueError(f"metadata.jsonl holds {rows} records but {CONTENT} describes {record['count']} items")
+        raise ValueError(f"{name} holds {rows} records but {CONTENT} describes {record['count']} items")
     if metadata_sha256 != record["metadata_sha256"]:
         raise ValueError(
-            f"metadata.jsonl is not the file this index was built with (same ids, but its sha256 "
+            f"{name} is not the file this index was built with (same ids, but its sha256 "
             f"{metadata_sha256[:16]}... is not the {record['metadata_sha256'][:16]}... {CONTENT} recorded): "
             f"its captions, labels or paths were edited, and a manifest.json recomputed over it does not "
             f"make them the index's"

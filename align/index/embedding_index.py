@@ -1,17 +1,19 @@
 """FAISS index over L2-normalised embeddings: inner product = cosine similarity.
 
 ``EmbeddingIndex(dim, spec="Flat")`` wraps ``faiss.index_factory(dim, spec, METRIC_INNER_PRODUCT)``
-("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ64", ...) in an ``IndexIDMap2`` so items keep
-stable int64 ids, and keeps per-item metadata (JSON-able dicts) beside the vectors. A saved index is
-a folder: ``index.faiss``, ``metadata.jsonl`` (one ``{"id": ..., "metadata": {...}}`` per item, in id
-order), ``content.json`` (count, dim, model identity, modality and the sha256 of the two files before it,
-recorded at save; ``align/index/content.py``) and ``manifest.json`` (dim, count, spec, model identity,
-modality, and the size and sha256 of every other file in the folder), written atomically and
-cross-checked on load: an edited, truncated or swapped file is refused naming it, never served, even
-when manifest.json was recomputed over it (what is and is not caught: ``align/index/content.py``).
-Saves to one folder hold ``<folder>.lock`` (``filelock``, in its parent) around check, write and rename:
-without it two ``overwrite=False`` saves could both see no folder, the later silently replacing the
-earlier. The lock file stays (deleting one that others wait on lets two holders in at once).
+("Flat" exact, "HNSW32", "IVF1024,Flat", "IVF1024,PQ64", ...) so items keep stable int64 ids: flat-code
+and graph indexes in an ``IndexIDMap2``; IVF indexes hold the ids in their lists themselves (an
+``IndexIDMap2`` over an IVF index would store them twice, 16 more bytes an item, and its ``remove_ids``
+renumbers the map but not the lists, which corrupts every later search), and their lists may live on disk
+(``lists.ivfdata``, see ``align/index/writer.py``). Per-item metadata (JSON-able dicts) is kept beside the
+vectors (``align/index/metadata.py``: a memory-mapped Arrow file once saved). A saved index is a folder
+(``index.faiss``, ``metadata.arrow``, ``content.json``, ``manifest.json``; ``align/index/files.py``),
+written atomically and cross-checked on load: an edited, truncated or swapped file is refused naming it,
+never served, even when manifest.json was recomputed over it (what is and is not caught:
+``align/index/content.py``). Saves to one folder hold ``<folder>.lock`` (``filelock``, in its parent)
+around check, write and rename: without it two ``overwrite=False`` saves could both see no folder, the
+later silently replacing the earlier. The lock file stays (deleting one that others wait on lets two
+holders in at once).
 
 GPU: with faiss-gpu and ``faiss.get_num_gpus() > 0`` searches run on a GPU copy
 (``index_cpu_to_all_gpus``); the CPU index stays the one that is added to and saved. Index types
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from align.index.files import load_folder, save_folder
+from align.index.metadata import MetadataView
 
 
 class EmbeddingIndex:
@@ -52,18 +55,20 @@ class EmbeddingIndex:
         self.model, self.modality, self.add_batch_size = model, modality, add_batch_size
         self.use_gpu = use_gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
         self._gpu_index = None
-        self._meta: dict[int, dict] = {}
+        self._meta = MetadataView()
+        self.lists_path: Path | None = None  # an IVF index's lists file on disk (lists.ivfdata), if any
+        self._max_id: int | None = None  # the largest id so far, once known (cheap clash checks on add)
         if _index is not None:
             self.index = _index
         else:
             if spec.replace(" ", "").upper().startswith("IDMAP"):
-                raise ValueError(f"index spec {spec!r}: leave out 'IDMap', ids are always kept (IndexIDMap2)")
+                raise ValueError(f"index spec {spec!r}: leave out 'IDMap', ids are always kept")
             try:
                 inner = faiss.index_factory(self.dim, spec, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as e:
                 raise ValueError(f"faiss.index_factory cannot build {spec!r} for dim {self.dim}: {e}") from e
-            self.index = faiss.IndexIDMap2(inner)
-        self.inner = faiss.downcast_index(self.index.index)
+            self.index = inner if faiss.try_extract_index_ivf(inner) is inner else faiss.IndexIDMap2(inner)
+        self.inner = faiss.downcast_index(self.index.index) if self._id_mapped else self.index
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -77,14 +82,33 @@ class EmbeddingIndex:
         return bool(self.index.is_trained)
 
     @property
-    def ids(self) -> np.ndarray:
-        """All ids, in insertion order."""
+    def _id_mapped(self) -> bool:
         import faiss
 
-        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return isinstance(self.index, faiss.IndexIDMap2)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """All ids: in insertion order (``IndexIDMap2``), or list by list (IVF)."""
+        import faiss
+
+        if self._id_mapped:
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        lists = self.index.invlists
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(self.index.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
 
     def get_metadata(self, id_: int) -> dict:
-        return self._meta.get(int(id_), {})
+        return self._meta.get(int(id_), {}) or {}
+
+    @property
+    def metadata_fields(self) -> list[str]:
+        """Every key the items' metadata use (recorded in the saved file: no scan of the rows)."""
+        return self._meta.fields
 
     def _as_array(self, x, what: str = "embeddings") -> np.ndarray:
         if hasattr(x, "detach"):  # torch tensor
@@ -158,9 +182,12 @@ class EmbeddingIndex:
             raise ValueError(f"got {n} embeddings but {len(ids)} ids")
         if len(np.unique(ids)) != n:
             raise ValueError("ids passed to add() contain duplicates")
-        clash = np.intersect1d(ids, self.ids) if len(self) else ()
-        if len(clash):
-            raise ValueError(f"ids already in the index: {clash[:10].tolist()}")
+        if len(self) and self._max_id is None:
+            self._max_id = int(self.ids.max())
+        if n and len(self) and ids.min() <= self._max_id:  # new ids above every old one cannot clash
+            clash = np.intersect1d(ids, self.ids)
+            if len(clash):
+                raise ValueError(f"ids already in the index: {clash[:10].tolist()}")
         if metadata is not None:
             metadata = list(metadata)
             if len(metadata) != n:
@@ -180,8 +207,29 @@ class EmbeddingIndex:
             self.index.add_with_ids(x[s : s + self.add_batch_size], ids[s : s + self.add_batch_size])
         if metadata is not None:
             self._meta.update((int(i), m) for i, m in zip(ids, metadata) if m)
+        if n:
+            self._max_id = max(int(ids.max()), self._max_id if self._max_id is not None else int(ids.max()))
         self._gpu_index = None
         return ids
+
+    def remove(self, ids) -> int:
+        """Remove the items with these ids (all must be in the index); returns how many. HNSW indexes
+        cannot remove (faiss's graph has no deletion): rebuild them instead."""
+        import faiss
+
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        missing = np.setdiff1d(ids, self.ids)
+        if len(missing):
+            raise ValueError(f"ids not in the index: {missing[:10].tolist()}")
+        if self._hnsw() is not None and faiss.try_extract_index_ivf(self.inner) is None:
+            raise ValueError(
+                f"index {self.spec!r} is an HNSW graph, which faiss cannot remove items from; rebuild it "
+                f"without them (align index build), or use a Flat / IVF index"
+            )
+        removed = int(self.index.remove_ids(faiss.IDSelectorBatch(ids)))
+        self._meta.remove(ids.tolist())
+        self._max_id, self._gpu_index = None, None
+        return removed
 
     # --------------------------------------------------------------- searching
     def set_search_params(self, nprobe: int | None = None, efSearch: int | None = None) -> None:
@@ -252,7 +300,7 @@ class EmbeddingIndex:
         """Per query, a list of (score, id, metadata) best first (missing hits left out)."""
         scores, ids = self.search(queries, k)
         return [
-            [(float(s), int(i), self._meta.get(int(i), {})) for s, i in zip(srow, irow) if i != -1]
+            [(float(s), int(i), self._meta.get(int(i), {}) or {}) for s, i in zip(srow, irow) if i != -1]
             for srow, irow in zip(scores, ids)
         ]
 
@@ -262,6 +310,27 @@ class EmbeddingIndex:
         an existing non-empty folder is only replaced with ``overwrite=True``, and only if it is an
         index folder (``check_save_target``)."""
         return save_folder(self, folder, model=model, modality=modality, overwrite=overwrite)
+
+    @classmethod
+    def open_files(cls, folder, like: EmbeddingIndex) -> EmbeddingIndex:
+        """``like`` (a loaded on-disk index) re-read from the copies of its ``index.faiss`` and
+        ``lists.ivfdata`` in ``folder``: the same items and metadata, its lists now that copy, so a
+        change writes there (``align.index.writer.update_folder``)."""
+        import faiss
+
+        index = faiss.read_index(str(Path(folder) / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+        out = cls(
+            like.dim,
+            like.spec,
+            normalize=like.normalize,
+            use_gpu=like.use_gpu,
+            model=like.model,
+            modality=like.modality,
+            _index=index,
+        )
+        out._meta, out.build_report = like._meta, like.build_report
+        out.lists_path = Path(folder) / "lists.ivfdata"
+        return out
 
     @classmethod
     def load(

@@ -1,33 +1,36 @@
-"""Saving and loading an ``EmbeddingIndex`` folder (``align/index/embedding_index.py``): ``index.faiss``,
-``metadata.jsonl``, ``content.json`` (what the index holds: count, dim, model, and the sha256 of the other
-two files, see ``align/index/content.py``) and ``manifest.json`` with the bytes and sha256 of every file
-(``align.io.manifest``), written atomically (``align.io.atomic``) under the folder's lock file and
-cross-checked on load (see ``align/index/embedding_index.py``'s docstring).
+"""Saving and loading an ``EmbeddingIndex`` folder (``align/index/embedding_index.py``): ``index.faiss``
+(and ``lists.ivfdata`` for lists on disk), ``metadata.arrow``, ``content.json`` (what the index holds:
+count, dim, model, and the sha256 of the other files, see ``align/index/content.py``) and
+``manifest.json`` with the bytes and sha256 of every file (``align.io.manifest``), written atomically
+(``align.io.atomic``) under the folder's lock file and cross-checked on load (see
+``align/index/embedding_index.py``'s docstring).
 
 Format versions: 1 checksummed index.faiss only; 2 every file; 3 adds content.json, without which a
-rebuilt index.faiss or an edited metadata.jsonl under a recomputed manifest.json went unnoticed. 1 and 2
-still load, with a warning that they are checked against their manifest only."""
+rebuilt index.faiss or an edited metadata.jsonl under a recomputed manifest.json went unnoticed; 4 keeps
+metadata in a memory-mapped Arrow file and may keep IVF lists on disk (``align/index/writer.py``). 1 and 2
+still load, with a warning that they are checked against their manifest only; 3 loads as it is. Saves
+write format 4."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from align.errors import AlignError
 from align.index import content
+from align.index.metadata import METADATA, ArrowMetadata, MetadataView
+from align.index.writer import FORMAT_VERSION, LISTS, save_lock, write_contents
 from align.io.atomic import atomic_folder
-from align.io.manifest import ManifestError, file_entries, read_manifest, verify_file, write_manifest
+from align.io.manifest import ManifestError, read_manifest, verify_file
 
-# 3: content.json binds index.faiss and metadata.jsonl to what was built (2: the manifest's "files" holds
-# the size and sha256 of every file beside it; 1: index.faiss's only).
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-_FILES = ("index.faiss", "metadata.jsonl", "manifest.json")  # and content.json from format 3 on
-SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
+# 4: metadata.arrow (memory-mapped) replaces metadata.jsonl, and IVF lists may live on disk in
+# lists.ivfdata; 3: content.json binds index.faiss and metadata.jsonl to what was built (2: the
+# manifest's "files" holds the size and sha256 of every file beside it; 1: index.faiss's only).
+READABLE_VERSIONS = (1, 2, 3, 4)
+__all__ = ["FORMAT_VERSION", "IndexFormatError", "check_save_target", "load_folder", "save_folder"]
 
 
 class IndexFormatError(AlignError, ValueError):
@@ -57,57 +60,16 @@ def save_folder(idx, folder, *, model: str | None = None, modality: str | None =
     """Write the index folder atomically (temp folder + rename) under the folder's lock file, so that
     of two concurrent saves with ``overwrite=False`` exactly one succeeds, and with ``overwrite=True``
     the folder ends up holding one complete index. An existing non-empty folder is only replaced with
-    ``overwrite=True``, and only if it is an index folder (see ``check_save_target``)."""
-    import faiss
-    from filelock import FileLock
-
+    ``overwrite=True``, and only if it is an index folder (see ``check_save_target``). The files:
+    ``align/index/writer.py``."""
     folder = Path(folder)
     model = model if model is not None else idx.model
     modality = modality if modality is not None else idx.modality
     check_save_target(folder, overwrite)  # fail fast, before waiting for the lock
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # in the resolved parent, so every spelling of the path shares one lock; a timeout raises
-    # filelock's Timeout (a TimeoutError) naming <folder>.lock
-    with FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S):
+    with save_lock(folder):
         check_save_target(folder, overwrite)  # the check that counts: nobody can save between it and rename
         with atomic_folder(folder, exists="replace") as tmp:  # check_save_target allowed any old one
-            faiss.write_index(idx.index, str(tmp / "index.faiss"))
-            ids = np.sort(idx.ids)
-            with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
-                for i in ids.tolist():
-                    f.write(json.dumps({"id": i, "metadata": idx._meta.get(i, {})}, ensure_ascii=False) + "\n")
-            files = file_entries(tmp, ["index.faiss", "metadata.jsonl"])
-            content.write_record(
-                tmp,
-                count=len(idx),
-                dim=idx.dim,
-                model=model,
-                modality=modality,
-                index_sha256=files["index.faiss"]["sha256"],
-                metadata_sha256=files["metadata.jsonl"]["sha256"],
-            )
-            files = dict(sorted({**files, **file_entries(tmp, [content.CONTENT])}.items()))
-            write_manifest(
-                tmp,
-                {
-                    "format_version": FORMAT_VERSION,
-                    "dim": idx.dim,
-                    "count": len(idx),
-                    "spec": idx.spec,
-                    "metric": "inner_product",
-                    "normalize": idx.normalize,
-                    "model": model,
-                    "modality": modality,
-                    "nprobe": idx.nprobe,
-                    "efSearch": idx.efSearch,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "faiss_version": faiss.__version__,
-                    "index_sha256": files["index.faiss"]["sha256"],
-                    # what the chooser picked and why, and the built index scored (align/index/choose.py)
-                    "build": getattr(idx, "build_report", None),
-                },
-                files,
-            )
+            write_contents(tmp, idx, model=model, modality=modality)
     idx.model, idx.modality = model, modality
     return folder
 
@@ -122,12 +84,10 @@ def load_folder(
     use_gpu: bool = True,
 ):
     """Load a folder written by ``save``: every file the manifest lists has its recorded size and sha256
-    (so a damaged file is named), and index.faiss, metadata.jsonl and manifest.json agree with each other
-    and with content.json (so a file replaced or edited under a recomputed manifest is named too; what
-    that does and does not catch: ``align/index/content.py``). ``cls``: the index class to build
-    (``EmbeddingIndex``)."""
-    import faiss
-
+    (so a damaged file is named), and index.faiss, the lists file, the metadata and manifest.json agree
+    with each other and with content.json (so a file replaced or edited under a recomputed manifest is
+    named too; what that does and does not catch: ``align/index/content.py``). ``cls``: the index class
+    to build (``EmbeddingIndex``)."""
     folder = Path(folder)
 
     def fail(msg: str) -> IndexFormatError:
@@ -140,10 +100,7 @@ def load_folder(
             "has no manifest.json, so it is not an index written by `align index build` / "
             "EmbeddingIndex.save (or it is an incomplete copy of one)"
         )
-    missing = [f for f in _FILES if not (folder / f).is_file()]
-    if missing:
-        raise fail(f"missing {', '.join(missing)}")
-    try:  # files entries come back as {bytes, sha256} (format 2, 3) or not at all (format 1)
+    try:  # files entries come back as {bytes, sha256} (format 2, 3, 4) or not at all (format 1)
         m = read_manifest(folder, require_files=False)
     except ManifestError as e:
         raise fail(f"manifest.json: {e.detail}") from None
@@ -154,8 +111,12 @@ def load_folder(
     version = m.get("format_version")
     if version not in READABLE_VERSIONS:
         raise fail(f"format_version {version!r}, this code reads {READABLE_VERSIONS}")
-    if version >= 3 and not (folder / content.CONTENT).is_file():
-        raise fail(f"missing {content.CONTENT} (the record of what the index holds, from format 3 on)")
+    meta_name = METADATA if version >= 4 else "metadata.jsonl"
+    on_disk = m.get("storage") == "ondisk"
+    needed = ["index.faiss", meta_name] + ([LISTS] if on_disk else []) + ([content.CONTENT] if version >= 3 else [])
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise fail(f"missing {', '.join(missing)}")
     if version < 3:
         import warnings
 
@@ -171,8 +132,7 @@ def load_folder(
         files = {"index.faiss": {"sha256": m.get("index_sha256")}}
     else:
         files = m.get("files")  # read_manifest checked the entries and that they name plain files
-        needed = {"index.faiss", "metadata.jsonl"} | ({content.CONTENT} if version >= 3 else set())
-        if not isinstance(files, dict) or not needed <= set(files):
+        if not isinstance(files, dict) or not set(needed) <= set(files):
             raise fail(f'manifest.json\'s "files" must map {", ".join(sorted(needed))}, ... to {{bytes, sha256}}')
 
     def verify(name: str) -> None:
@@ -197,12 +157,10 @@ def load_folder(
                 raise fail(str(e)) from None
 
     verify("index.faiss")  # before faiss parses it
-    try:
-        index = faiss.read_index(str(folder / "index.faiss"))
-    except RuntimeError as e:
-        raise fail(f"faiss cannot read index.faiss: {e}") from e
-    if not isinstance(index, faiss.IndexIDMap2):
-        raise fail(f"index.faiss holds {type(index).__name__}, expected IndexIDMap2")
+    if on_disk:
+        verify(LISTS)  # a truncated or damaged lists file is named before faiss maps it
+    check(content.check_lists, files[LISTS]["sha256"] if on_disk else None)
+    index = _read_faiss(folder, on_disk, fail)
     if index.d != dim:
         raise fail(f"manifest says dim {dim} but index.faiss has dim {index.d}")
     if index.ntotal != count:
@@ -217,30 +175,29 @@ def load_folder(
         modality=m.get("modality"),
         _index=index,
     )
+    out.lists_path = folder / LISTS if on_disk else None
     out.build_report = m.get("build")
-    meta_ids, meta, digest = [], {}, hashlib.sha256()
-    with open(folder / "metadata.jsonl", "rb") as f:  # hashed as parsed: the digest is of what was read
-        for line_no, line in enumerate(f, 1):
-            digest.update(line)
-            try:
-                rec = json.loads(line)
-                meta_ids.append(int(rec["id"]))
-            except (ValueError, KeyError, TypeError) as e:
-                raise fail(f'metadata.jsonl line {line_no} is not a {{"id": ..., ...}} record: {e!r}') from e
-            if rec.get("metadata"):
-                meta[meta_ids[-1]] = rec["metadata"]
+    if version >= 4:
+        verify(METADATA)  # hashed whole before it is mapped: the digest is of what is read
+        try:
+            store = ArrowMetadata(folder / METADATA)
+        except (ValueError, OSError) as e:
+            raise fail(f"{METADATA}: {e}") from None
+        meta_ids, view, digest = store.ids, MetadataView(store), files[METADATA]["sha256"]
+    else:
+        meta_ids, view, digest = _read_jsonl(folder, fail)
     if len(meta_ids) != count:
-        raise fail(f"metadata.jsonl has {len(meta_ids)} records but manifest/index count is {count}")
+        raise fail(f"{meta_name} has {len(meta_ids)} records but manifest/index count is {count}")
     if not np.array_equal(np.asarray(meta_ids, dtype=np.int64), np.sort(out.ids)):
-        raise fail("ids in metadata.jsonl do not match the ids stored in index.faiss")
+        raise fail(f"ids in {meta_name} do not match the ids stored in index.faiss")
     # after the record checks above, which say more precisely what is wrong; this catches the rest
     # (an edited label, path or caption keeps the record count and ids)
     for name in files:
-        if name not in ("index.faiss", content.CONTENT):
+        if name not in ("index.faiss", LISTS, METADATA, content.CONTENT):
             verify(name)
-    check(content.check_metadata, len(meta_ids), digest.hexdigest())  # edited under a recomputed manifest
+    check(content.check_metadata, len(meta_ids), digest, meta_name)  # edited under a recomputed manifest
     check(content.check_manifest, m)  # e.g. a manifest rewritten to name another model
-    out._meta = meta
+    out._meta = view
     if (expect_dim is not None and expect_dim != dim) or (expect_model is not None and expect_model != out.model):
         raise fail(
             f"index built with a different embedding dim or model: it has dim {dim}, model "
@@ -249,3 +206,39 @@ def load_folder(
     if expect_modality is not None and expect_modality != out.modality:
         raise fail(f"index holds {out.modality!r} embeddings, expected {expect_modality!r}")
     return out
+
+
+def _read_faiss(folder: Path, on_disk: bool, fail):
+    """index.faiss as faiss reads it: an ``IndexIDMap2`` (flat codes, HNSW) or an IVF index holding its
+    ids itself; on disk, its lists mapped from ``lists.ivfdata`` beside it."""
+    import faiss
+
+    try:
+        index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0)
+    except RuntimeError as e:
+        raise fail(f"faiss cannot read index.faiss: {e}") from e
+    if not isinstance(index, faiss.IndexIDMap2) and faiss.try_extract_index_ivf(index) is not index:
+        raise fail(f"index.faiss holds {type(index).__name__}, expected IndexIDMap2 or an IVF index")
+    lists = faiss.try_extract_index_ivf(index)
+    is_on_disk = lists is not None and isinstance(
+        faiss.downcast_InvertedLists(lists.invlists), faiss.OnDiskInvertedLists
+    )
+    if is_on_disk != on_disk:
+        raise fail(f"manifest.json says storage {'ondisk' if on_disk else 'ram'} but index.faiss disagrees")
+    return index
+
+
+def _read_jsonl(folder: Path, fail) -> tuple[list[int], MetadataView, str]:
+    """Formats 1-3: metadata.jsonl read whole, hashed as parsed (the digest is of what was read)."""
+    meta_ids, view, digest = [], MetadataView(), hashlib.sha256()
+    with open(folder / "metadata.jsonl", "rb") as f:
+        for line_no, line in enumerate(f, 1):
+            digest.update(line)
+            try:
+                rec = json.loads(line)
+                meta_ids.append(int(rec["id"]))
+            except (ValueError, KeyError, TypeError) as e:
+                raise fail(f'metadata.jsonl line {line_no} is not a {{"id": ..., ...}} record: {e!r}') from e
+            if rec.get("metadata"):
+                view.added[meta_ids[-1]] = rec["metadata"]
+    return meta_ids, view, digest.hexdigest()

@@ -64,12 +64,12 @@ def test_a_missing_serve_extra_is_one_line(capsys, monkeypatch):
 def test_a_stale_index_folder_fails_before_binding(digits_run, tmp_path, capsys):  # noqa: F811
     stale = tmp_path / "stale"
     shutil.copytree(digits_run.folders["digits"], stale)
-    with open(stale / "metadata.jsonl", "a") as f:
+    with open(stale / "metadata.arrow", "a") as f:
         f.write("\n")  # the manifest's sha256 no longer matches
     port = free_port()
     assert main(["serve", "--checkpoint", str(digits_run.run), "--index", f"d={stale}", "--port", str(port)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("align: error: ") and "metadata.jsonl" in err and err.count("\n") == 1, err
+    assert err.startswith("align: error: ") and "metadata.arrow" in err and err.count("\n") == 1, err
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing was bound
 

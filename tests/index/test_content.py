@@ -15,6 +15,7 @@ import pytest
 from align.index.embedding_index import EmbeddingIndex
 from align.index.files import IndexFormatError
 from align.io.manifest import file_entries, read_manifest, write_manifest
+from tests.support.index_files import as_jsonl_folder, read_records, write_records
 
 DIM, N = 16, 100
 
@@ -63,8 +64,7 @@ def test_index_faiss_with_another_count_and_a_recomputed_manifest_is_refused(tmp
     folder = tmp_path / "idx"
     build(folder)
     swap_index_faiss(folder, vectors(1)[: N - 1])  # the last item hidden from both files
-    meta = folder / "metadata.jsonl"
-    meta.write_text("".join(meta.read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8")
+    write_records(folder, read_records(folder)[:-1])
     forge_manifest(folder)
     with pytest.raises(
         IndexFormatError, match=rf"idx: index.faiss holds {N - 1} vectors but content.json describes {N} items"
@@ -75,12 +75,11 @@ def test_index_faiss_with_another_count_and_a_recomputed_manifest_is_refused(tmp
 def test_swapped_captions_with_a_recomputed_manifest_are_refused(tmp_path):
     folder = tmp_path / "idx"
     build(folder)
-    meta = folder / "metadata.jsonl"
-    rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines()]
+    rows = read_records(folder)
     rows[0]["metadata"], rows[1]["metadata"] = rows[1]["metadata"], rows[0]["metadata"]
-    meta.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_records(folder, rows)
     forge_manifest(folder)
-    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl is not the file this index was built with"):
+    with pytest.raises(IndexFormatError, match=r"idx: metadata.arrow is not the file this index was built with"):
         EmbeddingIndex.load(folder)
 
 
@@ -112,6 +111,7 @@ def test_dropping_the_content_record_warns(tmp_path):
     checked against manifest.json only, and says so."""
     folder = tmp_path / "idx"
     build(folder)
+    as_jsonl_folder(folder)
     (folder / "content.json").unlink()
     m = read_manifest(folder)
     write_manifest(folder, {**m, "format_version": 2}, file_entries(folder))

@@ -10,6 +10,8 @@ import torch
 
 from align.index.embedding_index import EmbeddingIndex
 from align.index.files import IndexFormatError
+from align.io.manifest import file_entries
+from tests.support.index_files import read_records, write_records
 
 
 def unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -157,8 +159,7 @@ def test_save_load_round_trip(tmp_path, spec):
     assert hit[1] == 5 and hit[2] == {"path": "img/0.png", "label": 0, "caption": "item 0 ü"}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["count"] == 600 and manifest["dim"] == 16 and len(manifest["index_sha256"]) == 64
-    lines = (folder / "metadata.jsonl").read_text().splitlines()
-    assert [json.loads(x)["id"] for x in lines] == list(range(5, 1805, 3))
+    assert [r["id"] for r in read_records(folder)] == list(range(5, 1805, 3))
 
 
 def test_refuses_to_overwrite(tmp_path):
@@ -188,15 +189,23 @@ def test_expect_mismatch(tmp_path):
 
 def test_tampering_is_detected(tmp_path):
     _, folder, _ = make_index(tmp_path)
-    meta = folder / "metadata.jsonl"
-    original = meta.read_text()
-    meta.write_text("".join(original.splitlines(keepends=True)[:-1]))
-    with pytest.raises(IndexFormatError, match=r"idx: metadata.jsonl has 599 records but .* count is 600"):
+    meta = folder / "metadata.arrow"
+    original, records, man = meta.read_bytes(), read_records(folder), folder / "manifest.json"
+    manifest = man.read_text()
+
+    def forged(rows):  # metadata.arrow rewritten and the manifest's entry for it recomputed
+        write_records(folder, rows)
+        m = json.loads(manifest)
+        man.write_text(json.dumps({**m, "files": {**m["files"], **file_entries(folder, ["metadata.arrow"])}}))
+
+    forged(records[:-1])
+    with pytest.raises(IndexFormatError, match=r"idx: metadata.arrow has 599 records but .* count is 600"):
         EmbeddingIndex.load(folder)
-    meta.write_text(original.replace('{"id": 5,', '{"id": 4,'))
-    with pytest.raises(IndexFormatError, match="ids in metadata.jsonl do not match"):
+    forged([{**records[0], "id": 4}] + records[1:])
+    with pytest.raises(IndexFormatError, match="ids in metadata.arrow do not match"):
         EmbeddingIndex.load(folder)
-    meta.write_text(original)
+    meta.write_bytes(original)
+    man.write_text(manifest)
 
     man = folder / "manifest.json"
     m = json.loads(man.read_text())

@@ -18,6 +18,7 @@ import pytest
 from align.app.cli import main
 from align.index.embedding_index import EmbeddingIndex
 from align.index.files import IndexFormatError
+from tests.support.index_files import as_jsonl_folder
 
 DIM, N = 32, 3000  # big enough that writing takes milliseconds, so the two saves overlap
 DATA = "{source: sklearn-digits, split: test, columns: {image: image, text: caption}, label_column: label}"
@@ -155,13 +156,13 @@ def test_concurrent_overwrites_leave_one_complete_index(tmp_path):
 
 def test_edited_metadata_is_refused_naming_the_file(tmp_path):
     folder = make("a", 1, n=100).save(tmp_path / "idx")
-    meta = folder / "metadata.jsonl"
+    meta = folder / "metadata.arrow"
     original = meta.read_bytes()
     edited = original.replace(b'"label": "cat"}', b'"label": "dog"}', 1)  # same length, same ids
     assert edited != original and len(edited) == len(original)
     meta.write_bytes(edited)
     with pytest.raises(
-        IndexFormatError, match=r"idx: metadata.jsonl: content is damaged \(sha256 .* does not match manifest"
+        IndexFormatError, match=r"idx: metadata.arrow: content is damaged \(sha256 .* does not match manifest"
     ):
         EmbeddingIndex.load(folder)
     meta.write_bytes(original)
@@ -171,7 +172,8 @@ def test_edited_metadata_is_refused_naming_the_file(tmp_path):
 
 
 def test_old_manifest_without_file_checksums_loads_with_a_warning(tmp_path):
-    folder = make("a", 1, n=100).save(tmp_path / "idx")
+    folder = as_jsonl_folder(make("a", 1, n=100).save(tmp_path / "idx"))
+    (folder / "content.json").unlink()
     m = json.loads((folder / "manifest.json").read_text())
     del m["files"]
     (folder / "manifest.json").write_text(json.dumps({**m, "format_version": 1}))
@@ -184,8 +186,9 @@ def test_folder_with_the_old_bytes_manifest_loads_and_is_verified(tmp_path):
     ``bytes`` + ``sha256``, indent 2) still loads, and a flipped byte is still refused naming the file."""
     import hashlib
 
-    folder = make("a", 1, n=100).save(tmp_path / "idx")
-    m = json.loads((folder / "manifest.json").read_text())
+    folder = as_jsonl_folder(make("a", 1, n=100).save(tmp_path / "idx"))
+    (folder / "content.json").unlink()
+    m = {**json.loads((folder / "manifest.json").read_text()), "format_version": 2}
     m["files"] = {
         p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for p in sorted(folder.iterdir())

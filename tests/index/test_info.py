@@ -24,7 +24,7 @@ def test_info_describes_what_the_folder_holds(tmp_path):
     folder = _index(tmp_path)
     info = index_info(folder)
     assert (info["count"], info["dim"], info["spec"], info["modality"]) == (300, 16, "Flat", "image")
-    assert info["metadata_fields"] == ["label", "row"] and info["format"] == 3
+    assert info["metadata_fields"] == ["label", "row"] and info["format"] == 4
     assert not info["checkpoint_present"]  # the recorded model folder does not exist
     assert info["files"]["index.faiss"] == (folder / "index.faiss").stat().st_size
     assert info["index_bytes_per_vector"] >= 16 * 4  # flat float32 vectors, plus the id map
@@ -39,11 +39,11 @@ def test_cli_prints_it_and_refuses_a_damaged_folder(tmp_path, capsys):
     assert "items" in out and "300 of dim 16" in out and "(that folder is gone)" in out and "label, row" in out
     assert main(["index", "info", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 300
-    data = bytearray((folder / "metadata.jsonl").read_bytes())
-    data[20] ^= 1
-    (folder / "metadata.jsonl").write_bytes(bytes(data))
+    data = bytearray((folder / "metadata.arrow").read_bytes())
+    data[len(data) // 2] ^= 1
+    (folder / "metadata.arrow").write_bytes(bytes(data))
     assert main(["index", "info", str(folder)]) == 2
-    assert "metadata.jsonl" in capsys.readouterr().err
+    assert "metadata.arrow" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("spec", ["HNSW8"])

@@ -1,0 +1,116 @@
+"""Writing an index folder's files (format 4) into a folder that is then renamed into place, and
+changing a saved folder (``align index add`` / ``remove``) so that a killed change leaves the old one.
+
+What a folder holds:
+
+- ``index.faiss``: the faiss index (``faiss.write_index``);
+- ``lists.ivfdata``: an IVF index's inverted lists on disk (faiss's ``OnDiskInvertedLists``), when it
+  was built with them; ``index.faiss`` then holds only the coarse quantizer and the lists' directory,
+  and is read with ``IO_FLAG_ONDISK_SAME_DIR`` so the lists are mapped from beside it wherever the
+  folder was moved;
+- ``metadata.arrow``: per-item metadata (``align/index/metadata.py``);
+- ``content.json`` (``align/index/content.py``) and ``manifest.json`` (every file's bytes and sha256).
+
+``update_folder`` makes a change the way a save is made: under the folder's lock file, into a temporary
+sibling, renamed onto the old folder only when complete. An on-disk index is changed in a copy of its
+lists file inside that temporary folder (faiss updates ``lists.ivfdata`` in place, which in the live
+folder would leave a half-changed index behind a killed ``add``); the copy costs a sequential read and
+write of the lists, the price of never serving a half-written index.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from align.index import content
+from align.index.metadata import METADATA, write_metadata
+from align.io.manifest import file_entries, write_manifest
+
+FORMAT_VERSION = 4
+LISTS = "lists.ivfdata"
+SAVE_LOCK_TIMEOUT_S = 3600.0  # a save waits this long for another save of the same folder to finish
+
+
+def save_lock(folder: Path):
+    """The lock every save and change of ``folder`` holds: ``<folder>.lock`` in its resolved parent, so
+    every spelling of the path shares one; a timeout raises filelock's Timeout naming the lock file."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S)
+
+
+def write_contents(tmp: Path, idx, *, model: str | None, modality: str | None) -> dict[str, Any]:
+    """Write ``idx`` (an ``EmbeddingIndex``) into the empty-or-partial folder ``tmp``: its lists file
+    (copied there unless it already lives there), index.faiss, metadata.arrow, content.json and
+    manifest.json. Returns the manifest."""
+    import faiss
+
+    names = ["index.faiss", METADATA]
+    if idx.lists_path is not None:
+        if Path(idx.lists_path).resolve() != (tmp / LISTS).resolve():
+            shutil.copyfile(idx.lists_path, tmp / LISTS)
+        names.append(LISTS)
+    faiss.write_index(idx.index, str(tmp / "index.faiss"))
+    ids = idx.ids
+    write_metadata(tmp / METADATA, idx._meta.batches(ids), idx._meta.fields)
+    files = file_entries(tmp, names)
+    content.write_record(
+        tmp,
+        count=len(idx),
+        dim=idx.dim,
+        model=model,
+        modality=modality,
+        index_sha256=files["index.faiss"]["sha256"],
+        metadata_sha256=files[METADATA]["sha256"],
+        lists_sha256=files[LISTS]["sha256"] if LISTS in files else None,
+    )
+    files = dict(sorted({**files, **file_entries(tmp, [content.CONTENT])}.items()))
+    return write_manifest(
+        tmp,
+        {
+            "format_version": FORMAT_VERSION,
+            "dim": idx.dim,
+            "count": len(idx),
+            "spec": idx.spec,
+            "storage": "ondisk" if idx.lists_path is not None else "ram",
+            "metric": "inner_product",
+            "normalize": idx.normalize,
+            "model": model,
+            "modality": modality,
+            "nprobe": idx.nprobe,
+            "efSearch": idx.efSearch,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "faiss_version": faiss.__version__,
+            "index_sha256": files["index.faiss"]["sha256"],
+            # what the chooser picked and why, and the built index scored (align/index/choose.py)
+            "build": getattr(idx, "build_report", None),
+        },
+        files,
+    )
+
+
+def update_folder(folder: str | Path, change: Callable[[Any], Any], *, cls=None):
+    """Load the index folder ``folder`` (verified), apply ``change(index)`` and write the result over
+    it atomically under its lock file; returns what ``change`` returned. An on-disk index is loaded from
+    a copy of its files in the temporary folder, so the change never touches the live one. A change
+    that raises (or a kill) leaves ``folder`` as it was."""
+    from align.index.embedding_index import EmbeddingIndex
+    from align.io.atomic import atomic_folder
+
+    cls = cls or EmbeddingIndex
+    folder = Path(folder)
+    with save_lock(folder):
+        current = cls.load(folder)  # verified, under the lock: what we change is what is there
+        with atomic_folder(folder, exists="replace") as tmp:
+            if current.lists_path is not None:
+                for name in ("index.faiss", LISTS):
+                    shutil.copyfile(folder / name, tmp / name)
+                current = cls.open_files(tmp, current)  # the same index, its lists now the copy in tmp
+            result = change(current)
+            write_contents(tmp, current, model=current.model, modality=current.modality)
+    return result
