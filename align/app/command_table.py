@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from align.app import commands, crossval, serve_command, train_commands
+from align.app import commands, crossval, index_commands, serve_command, train_commands
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,18 @@ COMMANDS: tuple[Command, ...] = (
         "index build", "encode a dataset column into an index folder", commands.build_arguments, commands.build_cli
     ),
     Command("index info", "what an index folder holds (verified first)", commands.info_arguments, commands.info_cli),
+    Command(
+        "index add",
+        "append a dataset's rows to an index folder (atomic)",
+        index_commands.add_arguments,
+        index_commands.add_cli,
+    ),
+    Command(
+        "index remove",
+        "remove items from an index folder by id (atomic)",
+        index_commands.remove_arguments,
+        index_commands.remove_cli,
+    ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(
         "serve",

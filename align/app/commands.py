@@ -137,7 +137,7 @@ def build_cli(args: argparse.Namespace) -> int:
     except BudgetError as e:
         raise IndexBuildError(str(e)) from None
     try:
-        folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+        folder = _save(index, args)
     except FileExistsError:
         check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
         raise
@@ -149,6 +149,25 @@ def build_cli(args: argparse.Namespace) -> int:
         lines = format_info(index_info(folder)).splitlines()
         print("\n".join(line for line in lines if line.split()[0] in ("chosen", "estimated", "recall@10", "measured")))
     return 0
+
+
+def _save(index, args: argparse.Namespace) -> Path:
+    """Save the built index to --out; with --on-disk its IVF lists go to a file first (beside --out,
+    copied into the folder as lists.ivfdata), so serving it maps them instead of loading them."""
+    import tempfile
+
+    from align.index.build import IndexBuildError
+
+    if not args.on_disk:
+        return index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.lists-") as scratch:
+        try:
+            index.move_lists_to_disk(Path(scratch) / "lists.ivfdata")
+        except ValueError as e:
+            raise IndexBuildError(f"--on-disk: {e}") from None
+        return index.save(out, model=index.model, modality=args.modality, overwrite=args.overwrite)
 
 
 QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml / .gexf file"}
@@ -213,6 +232,12 @@ def build_arguments(b: argparse.ArgumentParser) -> None:
         "--dim",
         type=int,
         help="index only the first DIM embedding dims (Matryoshka-trained models; queries are truncated to match)",
+    )
+    b.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="keep an IVF index's inverted lists on disk (lists.ivfdata, memory-mapped): RAM holds the coarse "
+        "quantizer only",
     )
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
     b.add_argument("--spec", help="faiss index_factory string: Flat (default), HNSW32, IVF256,Flat, ...")

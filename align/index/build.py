@@ -77,38 +77,15 @@ def _metadata(row: dict, i: int, spec, modality: str, names) -> dict[str, Any]:
     return meta
 
 
-def build_index(
-    checkpoint: str | Path,
-    spec,
-    modality: str,
-    index_spec: str | None = "Flat",
-    batch_size: int = 256,
-    progress: bool = True,
-    dim: int | None = None,
-    max_memory: int | None = None,
-    max_query_ms: float | None = None,
-    score_queries: int = 200,
+def encode_rows(
+    model, table, spec, modality: str, width: int, batch_size: int = 256, progress: bool = True, first_id: int = 0
 ):
-    """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
-    whose metadata holds each item's row, path, label and caption where the data has them.
-    ``index_spec=None``: chosen for ``max_memory`` / ``max_query_ms`` (``align.index.choose``). IVF and
-    PQ parts are trained on a sample of all items. Unless ``score_queries=0``, the built index is scored
-    (recall@10 against exact search on up to that many cross-modal and same-modality queries, query
-    time, memory) into ``index.build_report``, which the folder's manifest records."""
+    """``table``'s ``modality`` column encoded by ``model`` to ``width`` dims: (vectors [N, width], ids
+    ``first_id + row``, metadata per row, rows skipped because they failed to load with ``on_error: skip``)."""
     import torch
     from accelerate.utils import send_to_device as to_device
     from tqdm.auto import tqdm
 
-    ckpt = resolve_checkpoint(checkpoint)
-    model, cfg = load_model(ckpt)
-    if modality not in model.adapters:
-        raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
-    if modality not in spec.columns:
-        raise IndexBuildError(f"--data names no column for modality '{modality}' (columns: {spec.columns})")
-    if dim is not None and not 0 < dim <= cfg.model.embed_dim:
-        raise IndexBuildError(f"--dim {dim}: the model embeds to {cfg.model.embed_dim} dims")
-    model.output_dim = dim  # a Matryoshka prefix; the index's dim records it for queries
-    table = load_table(spec, "data")
     names = class_names(table, spec.label_column) if spec.label_column else None
     pre = {modality: model.adapters[modality].preprocessor()}
     ds = PairedDataset(
@@ -129,11 +106,42 @@ def build_index(
         with torch.no_grad():
             chunks.append(model.encode(modality, to_device(batch[modality], device)).float().cpu().numpy())
         rows = batch["index"].tolist()
-        ids += rows
+        ids += [first_id + i for i in rows]
         meta += [_metadata(table[i], i, spec, modality, names) for i in rows]
-    width = dim or cfg.model.embed_dim
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
-    row_ids = np.asarray(ids, dtype=np.int64)
+    return vectors, np.asarray(ids, dtype=np.int64), meta, skipped
+
+
+def build_index(
+    checkpoint: str | Path,
+    spec,
+    modality: str,
+    index_spec: str | None = "Flat",
+    batch_size: int = 256,
+    progress: bool = True,
+    dim: int | None = None,
+    max_memory: int | None = None,
+    max_query_ms: float | None = None,
+    score_queries: int = 200,
+):
+    """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
+    whose metadata holds each item's row, path, label and caption where the data has them.
+    ``index_spec=None``: chosen for ``max_memory`` / ``max_query_ms`` (``align.index.choose``). IVF and
+    PQ parts are trained on a sample of all items. Unless ``score_queries=0``, the built index is scored
+    (recall@10 against exact search on up to that many cross-modal and same-modality queries, query
+    time, memory) into ``index.build_report``, which the folder's manifest records."""
+    ckpt = resolve_checkpoint(checkpoint)
+    model, cfg = load_model(ckpt)
+    if modality not in model.adapters:
+        raise IndexBuildError(f"checkpoint {ckpt} has no modality '{modality}' (it has {model.modalities})")
+    if modality not in spec.columns:
+        raise IndexBuildError(f"--data names no column for modality '{modality}' (columns: {spec.columns})")
+    if dim is not None and not 0 < dim <= cfg.model.embed_dim:
+        raise IndexBuildError(f"--dim {dim}: the model embeds to {cfg.model.embed_dim} dims")
+    model.output_dim = dim  # a Matryoshka prefix; the index's dim records it for queries
+    table = load_table(spec, "data")
+    width = dim or cfg.model.embed_dim
+    vectors, row_ids, meta, skipped = encode_rows(model, table, spec, modality, width, batch_size, progress)
     report = None
     if index_spec is None:  # chosen for the budget, then scored on held-out cross-modal queries
         chosen, why = choose(len(vectors), width, max_memory, max_query_ms)

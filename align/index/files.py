@@ -217,7 +217,7 @@ def _read_faiss(folder: Path, on_disk: bool, fail):
         index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else 0)
     except RuntimeError as e:
         raise fail(f"faiss cannot read index.faiss: {e}") from e
-    if not isinstance(index, faiss.IndexIDMap2) and faiss.try_extract_index_ivf(index) is not index:
+    if not isinstance(index, (faiss.IndexIDMap2, faiss.IndexIVF)):
         raise fail(f"index.faiss holds {type(index).__name__}, expected IndexIDMap2 or an IVF index")
     lists = faiss.try_extract_index_ivf(index)
     is_on_disk = lists is not None and isinstance(

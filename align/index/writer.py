@@ -12,10 +12,12 @@ What a folder holds:
 - ``content.json`` (``align/index/content.py``) and ``manifest.json`` (every file's bytes and sha256).
 
 ``update_folder`` makes a change the way a save is made: under the folder's lock file, into a temporary
-sibling, renamed onto the old folder only when complete. An on-disk index is changed in a copy of its
-lists file inside that temporary folder (faiss updates ``lists.ivfdata`` in place, which in the live
-folder would leave a half-changed index behind a killed ``add``); the copy costs a sequential read and
-write of the lists, the price of never serving a half-written index.
+sibling, renamed onto the old folder only when complete. An on-disk index is changed from a copy of its
+lists file inside that temporary folder, read into memory, changed there and written back compact
+(faiss updates ``lists.ivfdata`` in place, which in the live folder would leave a half-changed index
+behind a killed ``add``, and its in-place growth corrupts ids: ``EmbeddingIndex.move_lists_to_memory``).
+So a change to an on-disk index needs memory for its lists, which the build and serving do not: not
+yet an append past RAM.
 """
 
 from __future__ import annotations
@@ -51,11 +53,22 @@ def write_contents(tmp: Path, idx, *, model: str | None, modality: str | None) -
     import faiss
 
     names = ["index.faiss", METADATA]
+    lists = None
     if idx.lists_path is not None:
+        names.append(LISTS)
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(idx.index).invlists)
         if Path(idx.lists_path).resolve() != (tmp / LISTS).resolve():
             shutil.copyfile(idx.lists_path, tmp / LISTS)
-        names.append(LISTS)
-    faiss.write_index(idx.index, str(tmp / "index.faiss"))
+    # index.faiss records the lists file's name, which a load looks for beside it (IO_FLAG_ONDISK_SAME_DIR):
+    # written as lists.ivfdata, then the index in memory goes on using (and growing) its own file
+    own = lists.filename if lists is not None else None
+    try:
+        if lists is not None:
+            lists.filename = str(tmp / LISTS)
+        faiss.write_index(idx.index, str(tmp / "index.faiss"))
+    finally:
+        if lists is not None:
+            lists.filename = own
     ids = idx.ids
     write_metadata(tmp / METADATA, idx._meta.batches(ids), idx._meta.fields)
     files = file_entries(tmp, names)
@@ -107,10 +120,15 @@ def update_folder(folder: str | Path, change: Callable[[Any], Any], *, cls=None)
     with save_lock(folder):
         current = cls.load(folder)  # verified, under the lock: what we change is what is there
         with atomic_folder(folder, exists="replace") as tmp:
-            if current.lists_path is not None:
+            on_disk = current.lists_path is not None
+            if on_disk:  # changed in memory from a copy (the live file is never opened for writing)
                 for name in ("index.faiss", LISTS):
                     shutil.copyfile(folder / name, tmp / name)
                 current = cls.open_files(tmp, current)  # the same index, its lists now the copy in tmp
+                current.move_lists_to_memory()
+                (tmp / LISTS).unlink()
             result = change(current)
+            if on_disk:
+                current.move_lists_to_disk(tmp / LISTS)  # written compact, where the folder keeps it
             write_contents(tmp, current, model=current.model, modality=current.modality)
     return result

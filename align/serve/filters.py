@@ -43,11 +43,16 @@ def _kind(value: Any) -> str:
 class MetadataFilter:
     """The fields of one index's metadata and, per field used so far, value -> ids."""
 
-    def __init__(self, ids: np.ndarray, metadata: Callable[[int], dict], name: str) -> None:
+    def __init__(
+        self, ids: np.ndarray, metadata: Callable[[int], dict], name: str, fields: list[str] | None = None
+    ) -> None:
         self.name = name
         self._ids = ids
         self._meta = metadata
-        self.fields: list[str] = sorted({f for i in ids.tolist() for f in metadata(i)})
+        # ``fields``: what the index recorded (EmbeddingIndex.metadata_fields), else a scan of every item
+        self.fields: list[str] = (
+            sorted(fields) if fields is not None else sorted({f for i in ids.tolist() for f in metadata(i)})
+        )
         self._by_field: dict[str, tuple[dict[str, np.ndarray], set[str], list[Any]]] = {}
 
     def _field(self, field: str) -> tuple[dict[str, np.ndarray], set[str], list[Any]]:

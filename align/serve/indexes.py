@@ -104,7 +104,7 @@ class LoadedIndex:
         if self.emb.dim > embed_dim:
             raise IndexBuildError(f"index '{name}' ({folder}) has dim {self.emb.dim}, the model embeds to {embed_dim}")
         self.output_dim = self.emb.dim if self.emb.dim < embed_dim else None  # built with --dim (Matryoshka)
-        self.filter = MetadataFilter(self.emb.ids, self.emb.get_metadata, name)
+        self.filter = MetadataFilter(self.emb.ids, self.emb.get_metadata, name, self.emb.metadata_fields)
         self._selector_ok = True
 
     def __len__(self) -> int:
