@@ -236,7 +236,7 @@ class EmbeddingIndex:
         """The inverse of ``move_lists_to_disk``, for a change: faiss's on-disk lists corrupt their ids
         when a list outgrows its slot (measured: 409 of 3,010 ids garbage after adding 10 items to a
         compact merged file), so items are added to lists in memory and written back compact. The lists
-        file is emptied in the process: call it on a copy (``align.index.writer.update_folder`` does)."""
+        file is emptied in the process: call it on a copy (``align.index.lifecycle.update_folder`` does)."""
         import faiss
 
         ivf = faiss.extract_index_ivf(self.index)
@@ -349,7 +349,7 @@ class EmbeddingIndex:
     def open_files(cls, folder, like: EmbeddingIndex) -> EmbeddingIndex:
         """``like`` (a loaded on-disk index) re-read from the copies of its ``index.faiss`` and
         ``lists.ivfdata`` in ``folder``: the same items and metadata, its lists now that copy, so a
-        change writes there (``align.index.writer.update_folder``)."""
+        change writes there (``align.index.lifecycle.update_folder``)."""
         import faiss
 
         index = faiss.read_index(str(Path(folder) / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)

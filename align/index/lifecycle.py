@@ -1,5 +1,5 @@
 """Changing a saved index in place of rebuilding it: ``align index add`` appends a dataset's rows,
-``align index remove`` drops items by id. Each change is made by ``align.index.writer.update_folder``:
+``align index remove`` drops items by id. Each change is made by ``update_folder``:
 under the folder's lock, into a temporary copy renamed over the old folder only when complete, so a
 killed ``add`` leaves the previous index whole and a service never loads a half-written one
 (``align serve`` picks up the new folder by itself: ``align/serve/reload.py``).
@@ -11,14 +11,18 @@ items ids after the largest id there (so ids stay unique and the metadata file s
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from align.data.tables import load_table
 from align.index.build import IndexBuildError, encode_rows, model_identity
 from align.index.embedding_index import EmbeddingIndex
-from align.index.writer import update_folder
+from align.index.writer import LISTS, save_lock, write_contents
+from align.io.atomic import atomic_folder
 from align.model.checkpoint import load_model, resolve_checkpoint
 
 
@@ -81,3 +85,27 @@ def remove_ids(folder: str | Path, ids) -> dict:
 
     removed = update_folder(folder, drop)
     return {"removed": removed, "count": len(EmbeddingIndex.load(folder))}
+
+
+def update_folder(folder: str | Path, change: Callable[[Any], Any], *, cls=None):
+    """Load the index folder ``folder`` (verified), apply ``change(index)`` and write the result over
+    it atomically under its lock file; returns what ``change`` returned. An on-disk index is loaded from
+    a copy of its files in the temporary folder, so the change never touches the live one. A change
+    that raises (or a kill) leaves ``folder`` as it was."""
+    cls = cls or EmbeddingIndex
+    folder = Path(folder)
+    with save_lock(folder):
+        current = cls.load(folder)  # verified, under the lock: what we change is what is there
+        with atomic_folder(folder, exists="replace") as tmp:
+            on_disk = current.lists_path is not None
+            if on_disk:  # changed in memory from a copy (the live file is never opened for writing)
+                for name in ("index.faiss", LISTS):
+                    shutil.copyfile(folder / name, tmp / name)
+                current = cls.open_files(tmp, current)  # the same index, its lists now the copy in tmp
+                current.move_lists_to_memory()
+                (tmp / LISTS).unlink()
+            result = change(current)
+            if on_disk:
+                current.move_lists_to_disk(tmp / LISTS)  # written compact, where the folder keeps it
+            write_contents(tmp, current, model=current.model, modality=current.modality)
+    return result

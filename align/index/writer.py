@@ -11,7 +11,8 @@ What a folder holds:
 - ``metadata.arrow``: per-item metadata (``align/index/metadata.py``);
 - ``content.json`` (``align/index/content.py``) and ``manifest.json`` (every file's bytes and sha256).
 
-``update_folder`` makes a change the way a save is made: under the folder's lock file, into a temporary
+``align.index.lifecycle.update_folder`` makes a change the way a save is made: under the folder's lock
+file, into a temporary
 sibling, renamed onto the old folder only when complete. An on-disk index is changed from a copy of its
 lists file inside that temporary folder, read into memory, changed there and written back compact
 (faiss updates ``lists.ivfdata`` in place, which in the live folder would leave a half-changed index
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,30 +105,3 @@ def write_contents(tmp: Path, idx, *, model: str | None, modality: str | None) -
         },
         files,
     )
-
-
-def update_folder(folder: str | Path, change: Callable[[Any], Any], *, cls=None):
-    """Load the index folder ``folder`` (verified), apply ``change(index)`` and write the result over
-    it atomically under its lock file; returns what ``change`` returned. An on-disk index is loaded from
-    a copy of its files in the temporary folder, so the change never touches the live one. A change
-    that raises (or a kill) leaves ``folder`` as it was."""
-    from align.index.embedding_index import EmbeddingIndex
-    from align.io.atomic import atomic_folder
-
-    cls = cls or EmbeddingIndex
-    folder = Path(folder)
-    with save_lock(folder):
-        current = cls.load(folder)  # verified, under the lock: what we change is what is there
-        with atomic_folder(folder, exists="replace") as tmp:
-            on_disk = current.lists_path is not None
-            if on_disk:  # changed in memory from a copy (the live file is never opened for writing)
-                for name in ("index.faiss", LISTS):
-                    shutil.copyfile(folder / name, tmp / name)
-                current = cls.open_files(tmp, current)  # the same index, its lists now the copy in tmp
-                current.move_lists_to_memory()
-                (tmp / LISTS).unlink()
-            result = change(current)
-            if on_disk:
-                current.move_lists_to_disk(tmp / LISTS)  # written compact, where the folder keeps it
-            write_contents(tmp, current, model=current.model, modality=current.modality)
-    return result

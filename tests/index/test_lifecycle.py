@@ -20,7 +20,7 @@ from align.config.schema import config_from_dict
 from align.index.build import parse_data_spec
 from align.index.embedding_index import EmbeddingIndex
 from align.index.files import IndexFormatError
-from align.index.writer import update_folder
+from align.index.lifecycle import update_folder
 from align.model.align_model import AlignModel, raw_encoder
 from align.model.checkpoint import load_model, save_checkpoint
 from tests.support.tiny import TINY_MODALITIES
@@ -163,7 +163,7 @@ def test_hnsw_cannot_remove_and_says_so(tmp_path):
 KILLED = """
 import sys, time
 import numpy as np
-from align.index.writer import update_folder
+from align.index.lifecycle import update_folder
 
 def change(index):
     index.add(np.ones((5, 8), np.float32), ids=np.arange(1000, 1005))
