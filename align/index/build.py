@@ -20,8 +20,9 @@ from align.config.schema import _format_validation_error
 from align.data.labels import class_names
 from align.data.tables import Collator, PairedDataset, load_table
 from align.errors import AlignError, ConfigError
-from align.index.choose import as_record, choose, measure, prepare
+from align.index.choose import as_record, choose
 from align.index.embedding_index import EmbeddingIndex
+from align.index.score import measure, prepare
 from align.io.hashing import sha256_file
 from align.model.align_model import raw_encoder
 from align.model.checkpoint import load_model, read_manifest, resolve_checkpoint, verify_files

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from align.app.cli import main
-from align.index.choose import BudgetError, candidates, choose, exact_topk, measure, parse_size, prepare
+from align.index.choose import BudgetError, candidates, choose, parse_size
 from align.index.embedding_index import EmbeddingIndex
+from align.index.score import measure, prepare
 from tests.index.test_build import DATA
 from tests.index.test_build import built as built  # noqa: F401  (fixture: a tiny checkpoint + index)
 
@@ -61,12 +62,6 @@ def test_estimates_are_what_faiss_builds(n, budget):
         assert report["recall@10"]["held-out"] == 1.0
     else:
         assert 0.5 < report["recall@10"]["held-out"] <= 1.0  # compressed codes and probing lose some
-
-
-def test_exact_topk_is_exact():
-    rng = np.random.default_rng(0)
-    v, q = rng.standard_normal((50, 8)), rng.standard_normal((3, 8))
-    assert (exact_topk(v, q, 5) == np.argsort(-(q @ v.T), axis=1)[:, :5]).all()
 
 
 def test_cli_chooses_records_and_info_shows_it(built, tmp_path, capsys):
