@@ -105,8 +105,11 @@ def baseline_cli(args: argparse.Namespace) -> int:
 
 
 def build_cli(args: argparse.Namespace) -> int:
+    import tempfile
+
     from align.index.build import IndexBuildError, build_index, parse_data_spec
     from align.index.choose import BudgetError, parse_size
+    from align.index.distributed import encoded_shares, process_world, remove_shares, shard_folder
     from align.index.files import check_save_target
 
     def check_out() -> None:
@@ -123,24 +126,40 @@ def build_cli(args: argparse.Namespace) -> int:
         max_memory = None if args.max_memory is None else parse_size(args.max_memory)
     except ValueError as e:
         raise IndexBuildError(f"--max-memory: {e}") from None
-    try:
-        index = build_index(
-            args.checkpoint,
-            spec,
-            args.modality,
-            factory,
-            args.batch_size,
-            dim=args.dim,
-            max_memory=max_memory,
-            max_query_ms=args.max_query_ms,
-        )
-    except BudgetError as e:
-        raise IndexBuildError(str(e)) from None
-    try:
-        folder = _save(index, args)
-    except FileExistsError:
-        check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
-        raise
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chunks = None
+    if process_world()[1] > 1:  # accelerate launch: each process encodes its share, the main one builds
+        chunks = encoded_shares(args.checkpoint, spec, args.modality, out, args.dim, args.batch_size, args.chunk_rows)
+        if chunks is None:
+            return 0
+    # the build spills beside --out (the same filesystem: its lists file is linked into the folder, not copied)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.build-") as scratch:
+        try:
+            index = build_index(
+                args.checkpoint,
+                spec,
+                args.modality,
+                factory,
+                args.batch_size,
+                dim=args.dim,
+                max_memory=max_memory,
+                max_query_ms=args.max_query_ms,
+                storage="ondisk" if args.on_disk else None,
+                scratch=scratch,
+                chunk_rows=args.chunk_rows,
+                chunks=chunks,
+            )
+        except BudgetError as e:
+            raise IndexBuildError(str(e)) from None
+        finally:
+            if chunks is not None:
+                remove_shares(shard_folder(out))
+        try:
+            folder = index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
+        except FileExistsError:
+            check_out()  # --out was written while we encoded: the same refusal, in the CLI's words
+            raise
     skipped = f"; skipped {index.skipped} rows that failed to load" if index.skipped else ""
     print(f"indexed {len(index)} {args.modality} items ({index.spec}) into {folder}{skipped}")
     if index.build_report:
@@ -149,25 +168,6 @@ def build_cli(args: argparse.Namespace) -> int:
         lines = format_info(index_info(folder)).splitlines()
         print("\n".join(line for line in lines if line.split()[0] in ("chosen", "estimated", "recall@10", "measured")))
     return 0
-
-
-def _save(index, args: argparse.Namespace) -> Path:
-    """Save the built index to --out; with --on-disk its IVF lists go to a file first (beside --out,
-    copied into the folder as lists.ivfdata), so serving it maps them instead of loading them."""
-    import tempfile
-
-    from align.index.build import IndexBuildError
-
-    if not args.on_disk:
-        return index.save(args.out, model=index.model, modality=args.modality, overwrite=args.overwrite)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.lists-") as scratch:
-        try:
-            index.move_lists_to_disk(Path(scratch) / "lists.ivfdata")
-        except ValueError as e:
-            raise IndexBuildError(f"--on-disk: {e}") from None
-        return index.save(out, model=index.model, modality=args.modality, overwrite=args.overwrite)
 
 
 QUERY_HELP = {"text": "a string", "graph": "a SMILES string or a .graphml / .gml / .gexf file"}
@@ -238,6 +238,13 @@ def build_arguments(b: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep an IVF index's inverted lists on disk (lists.ivfdata, memory-mapped): RAM holds the coarse "
         "quantizer only",
+    )
+    b.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=16_384,
+        help="rows encoded and spilled to disk at a time (what a build holds besides the index); under "
+        "accelerate launch, chunks go round the processes",
     )
     b.add_argument("--out", required=True, help="index folder (refused if it exists, unless --overwrite)")
     b.add_argument("--spec", help="faiss index_factory string: Flat (default), HNSW32, IVF256,Flat, ...")

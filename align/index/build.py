@@ -9,6 +9,7 @@ named as damaged (``CheckpointError``), not mistaken for another model.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ import numpy as np
 
 from align.config.dataset import DatasetSpec
 from align.config.schema import _format_validation_error
-from align.data.labels import class_names
-from align.data.tables import Collator, PairedDataset, load_table
+from align.data.tables import load_table
 from align.errors import AlignError, ConfigError
 from align.index.choose import as_record, choose
+from align.index.chunked import index_from_spill, spill_chunks
 from align.index.embedding_index import EmbeddingIndex
+from align.index.encode import CHUNK_ROWS, EncodedChunks, row_chunks
 from align.index.score import measure, prepare
 from align.io.hashing import sha256_file
 from align.model.align_model import raw_encoder
@@ -62,57 +64,6 @@ def parse_data_spec(text: str):
         raise ConfigError(_format_validation_error(err, "data.")) from None
 
 
-def _metadata(row: dict, i: int, spec, modality: str, names) -> dict[str, Any]:
-    meta: dict[str, Any] = {"row": i}
-    raw = row[spec.columns[modality]]
-    if isinstance(raw, dict) and raw.get("path"):
-        meta["path"] = raw["path"]
-    elif isinstance(raw, str) and modality != "text":
-        meta["path"] = raw
-    if spec.label_column:
-        label = row[spec.label_column]
-        meta["label"] = names[label] if names is not None else label
-    if "text" in spec.columns:
-        value = row[spec.columns["text"]]
-        meta["caption"] = value[0] if isinstance(value, list) else value
-    return meta
-
-
-def encode_rows(
-    model, table, spec, modality: str, width: int, batch_size: int = 256, progress: bool = True, first_id: int = 0
-):
-    """``table``'s ``modality`` column encoded by ``model`` to ``width`` dims: (vectors [N, width], ids
-    ``first_id + row``, metadata per row, rows skipped because they failed to load with ``on_error: skip``)."""
-    import torch
-    from accelerate.utils import send_to_device as to_device
-    from tqdm.auto import tqdm
-
-    names = class_names(table, spec.label_column) if spec.label_column else None
-    pre = {modality: model.adapters[modality].preprocessor()}
-    ds = PairedDataset(
-        table,
-        {modality: spec.columns[modality]},
-        pre,
-        train=False,
-        name=f"data ({spec.source})",
-        on_error=spec.on_error,
-    )
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=Collator(pre))
-    device = next(model.parameters()).device
-    skipped, chunks, ids, meta = 0, [], [], []
-    for batch in tqdm(loader, desc=f"encode {modality}", disable=not progress):
-        skipped += int(batch["skipped"])
-        if not len(batch["index"]):
-            continue
-        with torch.no_grad():
-            chunks.append(model.encode(modality, to_device(batch[modality], device)).float().cpu().numpy())
-        rows = batch["index"].tolist()
-        ids += [first_id + i for i in rows]
-        meta += [_metadata(table[i], i, spec, modality, names) for i in rows]
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
-    return vectors, np.asarray(ids, dtype=np.int64), meta, skipped
-
-
 def build_index(
     checkpoint: str | Path,
     spec,
@@ -124,13 +75,24 @@ def build_index(
     max_memory: int | None = None,
     max_query_ms: float | None = None,
     score_queries: int = 200,
+    storage: str | None = None,
+    scratch: str | Path | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    chunks=None,
 ):
     """Encode ``spec``'s ``modality`` column with the checkpoint's model into an ``EmbeddingIndex``
     whose metadata holds each item's row, path, label and caption where the data has them.
-    ``index_spec=None``: chosen for ``max_memory`` / ``max_query_ms`` (``align.index.choose``). IVF and
-    PQ parts are trained on a sample of all items. Unless ``score_queries=0``, the built index is scored
-    (recall@10 against exact search on up to that many cross-modal and same-modality queries, query
-    time, memory) into ``index.build_report``, which the folder's manifest records."""
+
+    The rows are encoded a chunk at a time and spilled to ``scratch`` (a folder that must outlive the
+    index until it is saved; default: a temporary one kept alive by the index), so the build holds one
+    chunk plus the index's in-RAM part (``align/index/chunked.py``); ``storage="ondisk"`` puts IVF lists
+    in a file there, merged from shards. ``chunks``: ``Chunk``s encoded elsewhere (the processes of a
+    distributed build) instead of encoding here.
+    ``index_spec=None``: chosen for ``max_memory`` / ``max_query_ms`` (``align.index.choose``), with the
+    storage it chose unless ``storage`` is given. IVF and PQ parts are trained on a sample of all items.
+    Unless ``score_queries=0``, the built index is scored (recall@10 against exact search, computed
+    block by block, on up to that many cross-modal and same-modality queries, query time, memory) into
+    ``index.build_report``, which the folder's manifest records."""
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
     if modality not in model.adapters:
@@ -140,33 +102,48 @@ def build_index(
     if dim is not None and not 0 < dim <= cfg.model.embed_dim:
         raise IndexBuildError(f"--dim {dim}: the model embeds to {cfg.model.embed_dim} dims")
     model.output_dim = dim  # a Matryoshka prefix; the index's dim records it for queries
-    table = load_table(spec, "data")
     width = dim or cfg.model.embed_dim
-    vectors, row_ids, meta, skipped = encode_rows(model, table, spec, modality, width, batch_size, progress)
+    table = None if spec.streaming else load_table(spec, "data")
+    holder = None
+    if scratch is None:
+        holder = tempfile.TemporaryDirectory(prefix="align-index-build-")
+        scratch = holder.name
+    encoded = chunks
+    if encoded is None:
+        encoded = EncodedChunks(model, row_chunks(spec, table, chunk_rows), spec, modality, batch_size, progress)
+    spill, meta = spill_chunks(encoded, width, scratch)
     report = None
     if index_spec is None:  # chosen for the budget, then scored on held-out cross-modal queries
-        chosen, why = choose(len(vectors), width, max_memory, max_query_ms)
+        chosen, why = choose(spill.count, width, max_memory, max_query_ms)
         index_spec = chosen.spec
+        storage = storage or getattr(chosen, "storage", "ram")
         report = as_record(chosen, why, {"max_memory": max_memory, "max_query_ms": max_query_ms})
-    index = EmbeddingIndex(width, index_spec, model=model_identity(ckpt), modality=modality)
     start = time.perf_counter()
-    if len(vectors):
-        rng = np.random.default_rng(0)  # train IVF / PQ on a sample of all items, not the first batch
-        index.train(vectors[rng.choice(len(vectors), min(len(vectors), 100_000), replace=False)])
-        index.add(vectors, ids=row_ids, metadata=meta)
+    try:
+        index = index_from_spill(
+            spill, meta, index_spec, storage=storage or "ram", model=model_identity(ckpt), modality=modality
+        )
+    except ValueError as e:
+        raise IndexBuildError(f"--on-disk: {e}" if storage == "ondisk" else str(e)) from None
+    if spill.count:
         prepare(index)
     build_s = time.perf_counter() - start
-    if len(vectors) and (report is not None or score_queries):
-        n = min(score_queries, len(vectors))
-        queries = {f"{modality} (indexed items)": vectors[:n]}
+    if spill.count and (report is not None or score_queries):
+        n = min(score_queries, spill.count)
+        queries = {f"{modality} (indexed items)": spill.rows(np.arange(n))}
         other = next((m for m in spec.columns if m != modality and m in model.adapters), None)
         if other is not None:
-            raws = [table[i][spec.columns[other]] for i in range(min(n, len(table)))]
+            if table is None:  # a stream: its head, read again
+                from align.data.streaming import head_table
+
+            head = table if table is not None else head_table(spec, "--data", rows=n)
+            raws = [head[i][spec.columns[other]] for i in range(min(n, len(head)))]
             queries = {f"{other} -> {modality} (cross-modal)": raw_encoder(model, other)(raws).numpy(), **queries}
-        report = {**(report or {"chosen": {"spec": index_spec}}), "build_s": build_s}
-        report.update(measure(index, vectors, row_ids, queries))
-    index.skipped = skipped  # rows left out because they failed to load (on_error=skip)
+        report = {**(report or {"chosen": {"spec": index_spec}}), "build_s": build_s, "storage": storage or "ram"}
+        report.update(measure(index, spill.blocks, spill.ids, queries))
+    index.skipped = getattr(encoded, "skipped", 0)  # rows left out because they failed to load (on_error=skip)
     index.build_report = report
+    index._scratch = holder  # the spilled files live as long as the index
     return index
 
 

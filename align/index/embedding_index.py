@@ -173,6 +173,7 @@ class EmbeddingIndex:
         """Add ``[N, dim]`` vectors (numpy or torch); ``ids`` default to len(self)..; ``metadata`` is an
         optional list of N dicts. Returns the ids. An untrained index is trained on this first call
         when ``auto_train`` is set."""
+        self._refuse_on_disk_change("add to")
         x = self._as_array(embeddings)
         n = len(x)
         ids = (
@@ -214,6 +215,16 @@ class EmbeddingIndex:
         self._gpu_index = None
         return ids
 
+    def _refuse_on_disk_change(self, what: str) -> None:
+        """Lists on disk are changed in memory and written back (``move_lists_to_memory``): faiss
+        changes ``lists.ivfdata`` in place, corrupting ids when a list grows, and a saved folder may
+        share the file (a hard link: ``align/index/writer.py``)."""
+        if self.lists_path is not None:
+            raise ValueError(
+                f"cannot {what} an index whose lists are on disk ({self.lists_path}): call "
+                f"move_lists_to_memory() first, or change a saved folder with align index add / remove"
+            )
+
     def move_lists_to_disk(self, path) -> None:
         """Move an IVF index's inverted lists (its codes and ids: nearly all of its memory) into the file
         ``path`` (faiss's ``OnDiskInvertedLists``, mapped, so searching pages in the lists it probes);
@@ -251,6 +262,7 @@ class EmbeddingIndex:
         cannot remove (faiss's graph has no deletion): rebuild them instead."""
         import faiss
 
+        self._refuse_on_disk_change("remove from")
         ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
         missing = np.setdiff1d(ids, self.ids)
         if len(missing):

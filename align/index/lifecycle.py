@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from align.data.tables import load_table
-from align.index.build import IndexBuildError, encode_rows, model_identity
+from align.index.build import IndexBuildError, model_identity
 from align.index.embedding_index import EmbeddingIndex
+from align.index.encode import encode_rows
 from align.index.writer import LISTS, save_lock, write_contents
 from align.io.atomic import atomic_folder
 from align.model.checkpoint import load_model, resolve_checkpoint
@@ -52,7 +53,7 @@ def add_rows(
         raise IndexBuildError(f"index {folder} has dim {current.dim}, the model embeds to {cfg.model.embed_dim}")
     model.output_dim = current.dim if current.dim < cfg.model.embed_dim else None
     first = int(current.ids.max()) + 1 if len(current) else 0
-    table = load_table(spec, "data")
+    table = None if spec.streaming else load_table(spec, "data")  # a stream is read by encode_rows
     vectors, ids, meta, skipped = encode_rows(model, table, spec, modality, current.dim, batch_size, progress, first)
     del current
 

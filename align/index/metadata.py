@@ -162,6 +162,9 @@ class MetadataView:
         the file's rows copied unparsed where they are still in the index, the added ones encoded."""
         ids = np.sort(np.asarray(ids, dtype=np.int64))
         base_ids = self.base.ids if self.base is not None else np.empty(0, np.int64)
+        if not self.added and np.array_equal(ids, base_ids):  # unchanged (a fresh build): copied as it is,
+            yield from self.base.batches()  # without a membership test per batch (seconds at 10M items)
+            return
         newer = ids[~np.isin(ids, base_ids, assume_unique=True)] if len(base_ids) else ids
         if len(newer) and len(base_ids) and newer[0] < base_ids[-1]:  # interleaved ids: one by one
             yield from rows_to_batches((int(i), self._json(int(i))) for i in ids)

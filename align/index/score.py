@@ -26,23 +26,45 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return faiss.knn(q, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
 
 
-def measure(index, vectors: np.ndarray, row_ids: np.ndarray, query_sets: dict[str, np.ndarray], k: int = 10) -> dict:
-    """Recall@k of ``index`` against exact search over ``vectors`` (whose ids are ``row_ids``) per
-    query set, the median one-query search time, and the index's serialised (in-memory) size."""
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def exact_truth(database, queries: np.ndarray, k: int) -> np.ndarray:
+    """Row numbers of each (unit) query's k best inner products over the unit-normalised ``database``:
+    an array, or a callable returning its rows block by block (a build's spilled vectors), searched a
+    block at a time with faiss's ``knn_ground_truth`` so the database is never all in memory."""
+    import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    if isinstance(database, np.ndarray):
+        return exact_topk(_unit(database), queries, k)
+    _, rows = knn_ground_truth(
+        queries, (_unit(block) for block in database()), k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0
+    )
+    return rows
+
+
+def measure(index, vectors, row_ids: np.ndarray, query_sets: dict[str, np.ndarray], k: int = 10) -> dict:
+    """Recall@k of ``index`` against exact search over ``vectors`` (an array, or a callable giving its
+    blocks: ``exact_truth``) whose ids are ``row_ids``, per query set; the median one-query search
+    time, and the index's serialised size (for lists on disk: the part in memory)."""
     import faiss
 
-    x = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    k = min(k, len(row_ids))
     recall = {}
     for name, q in query_sets.items():
         if not len(q):
             continue
-        qn = (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-        truth = row_ids[exact_topk(x, qn, k)]
+        qn = _unit(q)
+        truth = row_ids[exact_truth(vectors, qn, k)]
         _, got = index.search(qn, k)
         recall[name] = float(np.mean([len(set(t) & set(g)) / len(t) for t, g in zip(truth, got)]))
-    probe = next((q for q in query_sets.values() if len(q)), x[:1])[:50].astype(np.float32)
+    probe = next((q for q in query_sets.values() if len(q)), None)
+    if probe is None:
+        probe = vectors[:1] if isinstance(vectors, np.ndarray) else next(iter(vectors()))[:1]
     times = []
-    for row in probe:
+    for row in _unit(probe[:50]):
         t0 = time.perf_counter()
         index.search(row[None, :], k)
         times.append(time.perf_counter() - t0)

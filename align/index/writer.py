@@ -23,6 +23,7 @@ yet an append past RAM.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -46,6 +47,17 @@ def save_lock(folder: Path):
     return FileLock(folder.parent.resolve() / f"{folder.name}.lock", timeout=SAVE_LOCK_TIMEOUT_S)
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the filesystem allows (a build's lists file in its scratch folder beside the
+    index: gigabytes not copied, and the scratch folder removed afterwards leaves the folder's link),
+    else a copy. Nothing writes the file in place afterwards: a change copies it first
+    (``align.index.lifecycle.update_folder``)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def write_contents(tmp: Path, idx, *, model: str | None, modality: str | None) -> dict[str, Any]:
     """Write ``idx`` (an ``EmbeddingIndex``) into the empty-or-partial folder ``tmp``: its lists file
     (copied there unless it already lives there), index.faiss, metadata.arrow, content.json and
@@ -58,7 +70,7 @@ def write_contents(tmp: Path, idx, *, model: str | None, modality: str | None) -
         names.append(LISTS)
         lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(idx.index).invlists)
         if Path(idx.lists_path).resolve() != (tmp / LISTS).resolve():
-            shutil.copyfile(idx.lists_path, tmp / LISTS)
+            _link_or_copy(Path(idx.lists_path), tmp / LISTS)
     # index.faiss records the lists file's name, which a load looks for beside it (IO_FLAG_ONDISK_SAME_DIR):
     # written as lists.ivfdata, then the index in memory goes on using (and growing) its own file
     own = lists.filename if lists is not None else None
