@@ -166,7 +166,7 @@ def build_cli(args: argparse.Namespace) -> int:
         from align.index.info import format_info, index_info
 
         lines = format_info(index_info(folder)).splitlines()
-        print("\n".join(line for line in lines if line.split()[0] in ("chosen", "estimated", "recall@10", "measured")))
+        print("\n".join(line for line in lines if line.split()[0] in ("chosen", "storage", "estimated", "recall@10", "measured")))
     return 0
 
 

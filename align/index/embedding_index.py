@@ -156,7 +156,9 @@ class EmbeddingIndex:
 
         # Polysemous training (faiss's default for PQ codes) only helps polysemous search, which
         # this class never turns on (polysemous_ht stays 0), and takes minutes for PQ64: skip it.
-        for part in (self.inner, faiss.try_extract_index_ivf(self.inner)):
+        base = getattr(self.inner, "base_index", None)  # IndexRefine: the codes it rescores
+        for part in (self.inner, base, faiss.try_extract_index_ivf(self.inner)):
+            part = None if part is None else faiss.downcast_index(part)  # a plain IndexIVF view has no flag
             if part is not None and hasattr(part, "do_polysemous_training"):
                 part.do_polysemous_training = False
         try:

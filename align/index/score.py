@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from align.index.choose import nprobe_for
+from align.index.choose import REFINE_K_FACTOR, nprobe_for
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -82,3 +82,6 @@ def prepare(index) -> None:
     ivf = faiss.try_extract_index_ivf(index.inner)
     if ivf is not None:
         index.set_search_params(nprobe=nprobe_for(int(ivf.nlist)))
+    refine = faiss.downcast_index(index.inner)
+    if isinstance(refine, faiss.IndexRefine):  # rescoring k * k_factor hits (saved with the index)
+        refine.k_factor = REFINE_K_FACTOR
