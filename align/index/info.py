@@ -37,7 +37,7 @@ def index_info(folder: str | Path) -> dict[str, Any]:
     manifest = json.loads((folder / "manifest.json").read_text())
     files = {name: entry.get("bytes") for name, entry in sorted((manifest.get("files") or {}).items())}
     ivf = faiss.try_extract_index_ivf(idx.inner)
-    fields = sorted({key for i in idx.ids.tolist() for key in idx.get_metadata(int(i))})
+    fields = idx.metadata_fields  # recorded in metadata.arrow's schema: no scan of every row (10M items: minutes)
     model = idx.model or None
     ckpt = Path(model.split(" ", 1)[-1]) if model else None
     count = len(idx)
