@@ -133,6 +133,22 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"server exit after SIGTERM: 0",
         ],
     ),
+    "index_scale": (
+        DATA / "image" / "mnist5k" / "mnist_5k.csv.gz",
+        [
+            r"# index_scale: \d+ CPUs, load average before",
+            r"## Scale: 2,000,000 SYNTHETIC clustered vectors .* 32-d, `IVF256,SQ8`, lists on disk",
+            r"\| 2,000,000 \| 244 MiB \| 200 MiB \| \d+\.\d \| [\d,]+ MiB \| [\d,]+ MiB \| "
+            r"\d+ MiB \| \d+ MiB \| \d+\.\d\d \| [01]\.\d{3} \|",
+            r"all of them at once under the cap: MemoryError \(the cap bites\); 2,000,000 items loaded",
+            r"## Frontier: 1,000 real MNIST image embeddings \(64-d\)",
+            r"\| `Flat` \| ram \| 1\.000 \| 1\.000 \| [\d,]+ \| [\d,]+ \| 1\.00x \|",
+            r"\| `IVF16,SQ8`\* \| ondisk \| [01]\.\d{3} \| [01]\.\d{3} \|",
+            r"\| `IVF16,PQ8,Refine\(SQ8\)`\* \| ram \|",
+            r"target recall@10 >= 0\.95 at >= 10x exact's queries/s: (MET|NOT MET)",
+            r"target recall@10 >= 0\.90 at <= 1/10 of Flat's memory \(RAM\): (MET|NOT MET)",
+        ],
+    ),
     "faiss_index": (
         None,
         [
