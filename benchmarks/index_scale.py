@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import resource
 import shlex
 import shutil
 import statistics
@@ -53,6 +52,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from memory import peak_rss_bytes  # noqa: E402 -- benchmarks/memory.py, this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "image" / "mnist5k" / "mnist_5k.csv.gz"
@@ -248,14 +248,15 @@ import json, os, resource, sys, time
 import faiss, pyarrow, pyarrow.ipc  # imported before the cap: their libraries' own data counts
 import numpy as np
 sys.path.insert(0, {root!r})
+sys.path.insert(0, os.path.join({root!r}, "benchmarks"))
+from memory import peak_rss_bytes, proc_status_kb  # benchmarks/memory.py: the one way memory is measured
 from align.index import chunked
 from align.index.chunked import Chunk, build_from_chunks
 from align.index.embedding_index import EmbeddingIndex
 from align.index.score import exact_truth
 
 p = json.loads({params!r})
-def status_kb(f):
-    return int(next(l for l in open('/proc/self/status') if l.startswith(f + ':')).split()[1])
+status_kb = proc_status_kb
 peak_data = [0]
 def note():
     peak_data[0] = max(peak_data[0], status_kb('VmData'))
@@ -305,7 +306,7 @@ rec = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)]))
 note()
 print(json.dumps({{"n": n, "dim": d, "spec": p['spec'], "cap": p['cap'], "base_vmdata": base, "cap_bites": bites,
     "vector_bytes": n * d * 4, "build_s": build_s,
-    "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "ru_maxrss": peak_rss_bytes(),
     "vmhwm": status_kb('VmHWM') * 1024, "peak_vmdata": peak_data[0] * 1024, "disk_bytes": disk, "count": len(loaded),
     "query_p50_ms": 1000 * float(np.median(times)), "query_p99_ms": 1000 * float(np.percentile(times, 99)),
     "recall@10": rec, "exact_s": exact_s}}))
@@ -342,7 +343,7 @@ def print_scale(s: dict) -> None:
         f"\n## Scale: {s['n']:,} SYNTHETIC clustered vectors (Gaussian mixture, 1,000 centres, unit norm) x "
         f"{s['dim']}-d, `{s['spec']}`, lists on disk, built under RLIMIT_DATA\n"
     )
-    print("| vectors | float32 size | cap above warm-up VmData | build + save s | peak RSS (ru_maxrss) | VmHWM "
+    print("| vectors | float32 size | cap above warm-up VmData | build + save s | peak RSS (getrusage max) | VmHWM "
           "| largest VmData above warm-up | on disk | query p50 ms (nprobe 16) | recall@10 |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
@@ -399,7 +400,7 @@ def main(argv=None) -> None:
     print(
         f"\nfaiss {faiss.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs; load average after "
         f"{' '.join(f'{x:.2f}' for x in result['loadavg_after'])}; peak RSS of this process "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB"
+        f"{peak_rss_bytes() / 2**20:,.0f} MiB"
     )
     print("rerun: python benchmarks/index_scale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     if args.json:
