@@ -29,6 +29,7 @@ from align.config.objectives import (
     pair_specs,
 )
 from align.config.safe_yaml import load_yaml_file, load_yaml_text
+from align.config.tuning import InitFromSpec, LockSpec
 from align.errors import ConfigError
 from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
 from align.io.atomic import write_atomic
@@ -39,6 +40,7 @@ class ModalitySpec(Strict):
     adapter: str | None = Field(None, description="registered adapter name; defaults to the modality name")
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (the adapter's schema)")
     head: Literal["linear", "mlp", "identity"] = "linear"
+    lock: LockSpec | None = Field(None, description="which of the tower's parameters train (align/model/locking.py)")
     cache: Literal["auto", "off", "memory", "disk"] = Field(
         "auto",
         description="a frozen tower with deterministic preprocessing: compute its features "
@@ -65,6 +67,9 @@ class ModalitySpec(Strict):
 class ModelConfig(Strict):
     embed_dim: int = Field(512, gt=0)
     modalities: dict[str, ModalitySpec] = Field(min_length=1)
+    init_from: InitFromSpec | None = Field(
+        None, description="start the towers and heads from an align checkpoint: a path, or {path, modalities}"
+    )
     loss: str = Field(
         "clip",
         description="the pairwise objective, a name in align.registry.LOSSES "
@@ -99,6 +104,11 @@ class ModelConfig(Strict):
     )
     loss_tile_size: int = Field(1024, gt=0, description="rows / columns of one block of logits when tiled")
     loss_tile_above: int = Field(8192, gt=0, description="global batch from which loss_tiling auto tiles")
+
+    @field_validator("init_from", mode="before")
+    @classmethod
+    def _path_alone(cls, value):
+        return {"path": value} if isinstance(value, str) else value
 
     @field_validator("loss_tiling", mode="before")
     @classmethod
@@ -166,6 +176,17 @@ class TrainConfig(Strict):
     )
     steps: int = Field(1000, gt=0)
     lr: float = Field(5e-4, gt=0)
+    tower_lr: dict[str, float] = Field(
+        default_factory=dict,
+        description="learning rate per tower (its head included), e.g. {image: 1.0e-5}; the others train at train.lr",
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: a tower's last group (what follows its blocks) trains at "
+        "its rate, each group before at this times the next (groups as model.modalities.<m>.lock's)",
+    )
     weight_decay: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6

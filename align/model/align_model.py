@@ -28,6 +28,7 @@ from align.modalities import build_adapter
 from align.modalities.base import ModalityAdapter
 from align.modalities.layers import is_frozen
 from align.model.cached import CachedFeatures
+from align.model.locking import apply_lock
 from align.model.momentum import MomentumTowers
 from align.registry import ADAPTERS, LOSSES
 
@@ -60,6 +61,8 @@ class AlignModel(nn.Module):
             adapter = build_adapter(spec.adapter_name(mod), spec.options)
             self.adapters[mod] = adapter
             self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim, f"model.modalities.{mod}.head")
+            if spec.lock is not None:
+                apply_lock(adapter, self.heads[mod], spec.lock, f"model.modalities.{mod}.lock")
         self.momentum = None
         if cfg.momentum is not None:  # EMA towers and queues (align.model.momentum), saved with the model
             mc = cfg.momentum

@@ -23,6 +23,7 @@ from align.data.summary import look_at_data
 from align.data.tables import load_table
 from align.model.align_model import AlignModel, fit_adapters
 from align.model.checkpoint import set_rng_state
+from align.model.locking import trainable_report
 from align.objectives.task import ContrastiveTask
 from align.training.engine import build_loader, build_mixture_loader, build_optimizer
 from align.training.feature_cache import build_feature_caches
@@ -122,13 +123,13 @@ def _data_and_model(cfg: Config, accelerator) -> tuple[AlignModel, Any, Any | No
         streaming, caches = False, {}
         tables = {key: load_table(spec, key) for key, spec, _ in cfg.data.train_parts()}
         fitted = fit_adapters(cfg.model, *mixture_columns(cfg, tables))
-        model = AlignModel(cfg.model)
+        model = _new_model(cfg, accelerator)
         loader = build_mixture_loader(cfg, model, tables)
     else:
         streaming = cfg.data.train.streaming  # fit_adapters and the look before training see the stream's head
         train_table = (head_table if streaming else load_table)(cfg.data.train, "data.train")
         fitted = fit_adapters(cfg.model, cfg.data.train.columns, train_table)  # before the model exists
-        model = AlignModel(cfg.model)
+        model = _new_model(cfg, accelerator)
         caches = (
             {} if streaming else build_feature_caches(cfg, model, train_table, accelerator.device, accelerator.print)
         )
@@ -138,6 +139,18 @@ def _data_and_model(cfg: Config, accelerator) -> tuple[AlignModel, Any, Any | No
     val_loader = build_loader(cfg, model, cfg.data.val, "data.val", train=False) if cfg.data.val else None
     look_at_data(cfg, accelerator, loader, val_loader, fitted)
     return model, loader, val_loader, caches, streaming
+
+
+def _new_model(cfg: Config, accelerator) -> AlignModel:
+    """The run's model, its towers from ``model.init_from`` where given (before the frozen towers'
+    features are cached: they are keyed by the weights); prints what was loaded and what trains."""
+    model = AlignModel(cfg.model)
+    if cfg.model.init_from is not None:
+        from align.model.init_from import describe, init_from_checkpoint
+
+        accelerator.print(describe(init_from_checkpoint(model, cfg.model.init_from)))
+    accelerator.print(trainable_report(model))
+    return model
 
 
 def _restore(
