@@ -66,3 +66,31 @@ def test_fsdp_sharded_step_equals_the_single_process_step(tmp_path):
         # AdamW's first step is lr * sign-like(g): float rounding of tiny gradients moves an
         # element by at most ~lr, so compare with a floor of a small fraction of one step
         torch.testing.assert_close(two["params"][name], want, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_tower_learning_rates_and_layer_decay_set_each_parameters_rate():
+    import copy
+
+    from align.config.schema import ModelConfig, TrainConfig
+    from align.errors import ConfigError
+    from align.model.align_model import AlignModel
+    from align.model.locking import parameter_groups
+    from align.training.engine import build_optimizer
+    from tests.support.tiny import DIGITS_MODEL
+
+    model = AlignModel(ModelConfig(**copy.deepcopy(DIGITS_MODEL)))
+    plain = build_optimizer(model, TrainConfig(lr=1e-3))
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.0, 0.2]  # open_clip's two groups, as before
+    opt = build_optimizer(model, TrainConfig(lr=1e-3, tower_lr={"image": 1e-4}, layer_decay=0.5))
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    for mod, base in (("image", 1e-4), ("text", 1e-3)):
+        groups = parameter_groups(model.adapters[mod])
+        for g, names in enumerate(groups):
+            for n in names:
+                assert rate[id(params[f"adapters.{mod}.{n}"])] == pytest.approx(base * 0.5 ** (len(groups) - 1 - g))
+        assert all(rate[id(p)] == pytest.approx(base) for p in model.heads[mod].parameters())
+    assert rate[id(model.logit_scale)] == pytest.approx(1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+    with pytest.raises(ConfigError, match=r"train.tower_lr.audio': the model has no tower 'audio'"):
+        build_optimizer(model, TrainConfig(lr=1e-3, tower_lr={"audio": 1e-4}))
