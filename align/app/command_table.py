@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from align.app import commands, crossval, index_commands, serve_command, train_commands
+from align.app import commands, crossval, index_commands, serve_command, train_commands, tune_commands
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,12 @@ COMMANDS: tuple[Command, ...] = (
         "remove items from an index folder by id (atomic)",
         index_commands.remove_arguments,
         index_commands.remove_cli,
+    ),
+    Command(
+        "interpolate",
+        "weight-space interpolations of two checkpoints (WiSE-FT), each evaluated on eval configs",
+        tune_commands.interpolate_arguments,
+        tune_commands.interpolate_cli,
     ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(
