@@ -27,6 +27,7 @@ class Command:
 GROUPS: dict[str, str] = {
     "eval": "evaluate a checkpoint (zero-shot, retrieval, every pair of modalities) or a baseline",
     "index": "build a FAISS index of a dataset's embeddings",
+    "lora": "LoRA adapters of a fine-tuned run",
 }
 
 COMMANDS: tuple[Command, ...] = (
@@ -85,6 +86,12 @@ COMMANDS: tuple[Command, ...] = (
         "weight-space interpolations of two checkpoints (WiSE-FT), each evaluated on eval configs",
         tune_commands.interpolate_arguments,
         tune_commands.interpolate_cli,
+    ),
+    Command(
+        "lora merge",
+        "fold a LoRA run's adapters into its base weights: a plain checkpoint",
+        tune_commands.merge_arguments,
+        tune_commands.merge_cli,
     ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(

@@ -1,4 +1,5 @@
-"""``align interpolate``: parse and print; the work is ``align.eval.interpolate`` (imported in the call)."""
+"""``align interpolate`` and ``align lora merge``: parse and print; the work is ``align.eval.interpolate``
+and ``align.model.lora_merge`` (imported in the call)."""
 
 from __future__ import annotations
 
@@ -21,4 +22,16 @@ def interpolate_cli(args: argparse.Namespace) -> int:
     record = run_interpolation(args.source, args.target, parse_alphas(args.alphas), args.config, args.out)
     print(record["table"])
     print(f"plot: {record['plot']}")
+    return 0
+
+
+def merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a LoRA run's checkpoint, its checkpoints/ root or the run folder")
+    p.add_argument("--out", required=True, help="folder for the merged checkpoint (out/step-N, out/latest)")
+
+
+def merge_cli(args: argparse.Namespace) -> int:
+    from align.model.lora_merge import merge_checkpoint
+
+    print(f"merged: {merge_checkpoint(args.checkpoint, args.out)}")
     return 0

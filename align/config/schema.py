@@ -29,7 +29,7 @@ from align.config.objectives import (
     pair_specs,
 )
 from align.config.safe_yaml import load_yaml_file, load_yaml_text
-from align.config.tuning import InitFromSpec, LockSpec
+from align.config.tuning import InitFromSpec, LockSpec, LoraSpec
 from align.errors import ConfigError
 from align.extras import MODALITY_EXTRAS, SOURCE_EXTRAS, require
 from align.io.atomic import write_atomic
@@ -41,6 +41,7 @@ class ModalitySpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (the adapter's schema)")
     head: Literal["linear", "mlp", "identity"] = "linear"
     lock: LockSpec | None = Field(None, description="which of the tower's parameters train (align/model/locking.py)")
+    lora: LoraSpec | None = Field(None, description="low-rank adapters on the tower (peft); only they train in it")
     cache: Literal["auto", "off", "memory", "disk"] = Field(
         "auto",
         description="a frozen tower with deterministic preprocessing: compute its features "

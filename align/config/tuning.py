@@ -34,3 +34,16 @@ class InitFromSpec(Strict):
         None, description="the towers to take (default: every modality both the run and the checkpoint have)"
     )
     logit_scale: bool = Field(True, description="take the checkpoint's temperature (and bias) too")
+
+
+class LoraSpec(Strict):
+    """Low-rank adapters on one tower through peft (``align/model/lora.py``): only they train."""
+
+    target_modules: str | list[str] = Field(
+        description="peft's target_modules: a regex matched against whole module names, or a list of "
+        "name suffixes, e.g. '.*(attn|mlp\\\\.c_fc|mlp\\\\.c_proj)$' for open_clip blocks, [query, value] for BERT"
+    )
+    r: int = Field(8, gt=0, description="rank")
+    alpha: float = Field(16.0, gt=0, description="scaling numerator (the update is B A * alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    dora: bool = Field(False, description="weight-decomposed LoRA (DoRA, peft's use_dora)")

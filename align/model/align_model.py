@@ -29,6 +29,7 @@ from align.modalities.base import ModalityAdapter
 from align.modalities.layers import is_frozen
 from align.model.cached import CachedFeatures
 from align.model.locking import apply_lock
+from align.model.lora import apply_lora
 from align.model.momentum import MomentumTowers
 from align.registry import ADAPTERS, LOSSES
 
@@ -63,6 +64,8 @@ class AlignModel(nn.Module):
             self.heads[mod] = build_head(spec.head, adapter.feature_dim, cfg.embed_dim, f"model.modalities.{mod}.head")
             if spec.lock is not None:
                 apply_lock(adapter, self.heads[mod], spec.lock, f"model.modalities.{mod}.lock")
+            if spec.lora is not None:
+                apply_lora(adapter, spec.lora, f"model.modalities.{mod}.lora")
         self.momentum = None
         if cfg.momentum is not None:  # EMA towers and queues (align.model.momentum), saved with the model
             mc = cfg.momentum

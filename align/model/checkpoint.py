@@ -20,6 +20,7 @@ no manifest is refused too (``align --trust-unverified`` loads it, with a warnin
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -36,8 +37,10 @@ from align.config.schema import Config, dump_config, load_config
 from align.errors import AlignError
 from align.io import manifest as _manifest
 from align.io.atomic import atomic_folder, write_atomic
+from align.io.hashing import sha256_file
 from align.io.manifest import MANIFEST, TRUST_UNVERIFIED_ENV, ManifestError
 from align.model.align_model import AlignModel
+from align.model.lora import adapter_only, base_key, lora_modalities
 from align.registry import ADAPTERS
 
 # v2: files entries say "bytes" (v1 said "size"); both are read
@@ -77,6 +80,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+BASE = "base.json"  # a LoRA checkpoint's reference to its base checkpoint
+
+
 def save_checkpoint(
     ckpt_root: str | Path,
     step: int,
@@ -100,6 +106,10 @@ def save_checkpoint(
     # e.g. 'best' is replaced: the old one moves aside so the name is never empty for long
     with atomic_folder(final, exists="replace") as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in (weights or model.state_dict()).items()}
+        base = lora_base(cfg)
+        if base is not None:  # a LoRA run from a base checkpoint: its adapters, and the base by reference
+            weights = adapter_only(weights, cfg.model)
+            write_atomic(tmp / BASE, json.dumps(base, indent=1) + "\n")
         save_file(weights, str(tmp / "model.safetensors"), metadata={"step": str(step)})
         state = {"step": step, "rng": rng_state(), **(training_state or {})}
         torch.save(state, tmp / "training_state.pt")
@@ -238,11 +248,50 @@ def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
     except Exception as err:  # SafetensorError, OSError: a truncated or overwritten file
         raise CheckpointError(f"{path}: cannot be read as safetensors ({type(err).__name__}: {err})") from err
     check_finite(state.items(), path)
+    if (Path(ckpt) / BASE).is_file():  # adapters only: the base's tensors first, under the model's names
+        state = {**base_weights(ckpt, model), **state}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {ckpt} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def lora_base(cfg) -> dict[str, str] | None:
+    """``{"path", "sha256"}`` of the base checkpoint a LoRA run's checkpoints refer to (None: not one)."""
+    if cfg.model.init_from is None or not lora_modalities(cfg.model):
+        return None
+    base = resolve_checkpoint(cfg.model.init_from.path)
+    verify_files(base, ["model.safetensors"])
+    entry = ((read_manifest(base) or {}).get("files") or {}).get("model.safetensors")
+    digest = entry["sha256"] if entry else sha256_file(base / "model.safetensors")
+    return {"path": str(base.resolve()), "sha256": digest}
+
+
+def base_weights(ckpt: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The base checkpoint's tensors named as ``model``'s (LoRA's ``base_layer`` names), after
+    checking its weights are the ones the adapters were trained on (sha256 in ``base.json``)."""
+    from safetensors.torch import load_file
+
+    verify_files(ckpt, [BASE])
+    ref = json.loads((Path(ckpt) / BASE).read_text())
+    base = Path(ref["path"])
+    path = base / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: its base checkpoint {base} (in {BASE}) is gone; LoRA weights need it")
+    digest = sha256_file(path)
+    if digest != ref["sha256"]:
+        raise CheckpointError(
+            f"{ckpt}: its base {path} changed (sha256 {digest[:16]}..., the adapters were trained on "
+            f"{ref['sha256'][:16]}...): the LoRA weights no longer apply to it"
+        )
+    theirs = load_file(str(path))
+    check_finite(theirs.items(), path)
+    out = {}
+    for name in model.state_dict():
+        if base_key(name) in theirs and ".lora_" not in name:
+            out[name] = theirs[base_key(name)]
+    return out
 
 
 def checkpoint_step(ckpt: str | Path) -> int | None:

@@ -20,6 +20,7 @@ import torch
 
 from align.errors import ConfigError
 from align.model.checkpoint import CheckpointError, check_finite, resolve_checkpoint, verify_files
+from align.model.lora import base_key, is_lora_key
 
 SHARED = ("logit_scale", "logit_bias")
 
@@ -53,26 +54,27 @@ def init_from_checkpoint(model, spec, key: str = "model.init_from") -> dict[str,
         if mod not in theirs:
             raise ConfigError(f"config key '{key}.modalities[{i}]': checkpoint {ckpt} has no '{mod}' ({theirs})")
     own = model.state_dict()
+    by_base = {base_key(k): k for k in own if not is_lora_key(k)}  # a LoRA tower's base_layer names
     take = {
         k: v
         for k, v in state.items()
         if (_modality(k) in wanted and not k.startswith("momentum.")) or (spec.logit_scale and k in SHARED)
     }
     for k, v in take.items():
-        if k not in own:
+        if k not in by_base:
             mod = _modality(k)
             raise ConfigError(
                 f"config key '{key}': checkpoint tensor '{k}' has no place in the run's {mod or 'model'} "
                 f"(a different architecture: compare model.modalities.{mod}.options with the checkpoint's)"
             )
-        if tuple(own[k].shape) != tuple(v.shape):
+        if tuple(own[by_base[k]].shape) != tuple(v.shape):
             raise ConfigError(
-                f"config key '{key}': tensor '{k}' is {tuple(v.shape)} in {ckpt} but {tuple(own[k].shape)} in "
+                f"config key '{key}': tensor '{k}' is {tuple(v.shape)} in {ckpt} but {tuple(own[by_base[k]].shape)} in "
                 f"the run (a different architecture or embed_dim)"
             )
     with torch.no_grad():
         for k, v in take.items():
-            own[k].copy_(v.to(own[k].dtype))
+            own[by_base[k]].copy_(v.to(own[by_base[k]].dtype))
         if model.momentum is not None:  # the EMA towers restart from the loaded ones
             for mod in wanted:
                 model.momentum.adapters[mod].load_state_dict(model.adapters[mod].state_dict())
@@ -80,7 +82,8 @@ def init_from_checkpoint(model, spec, key: str = "model.init_from") -> dict[str,
     loaded: dict[str, int] = {}
     for k in take:
         loaded[_modality(k) or "shared"] = loaded.get(_modality(k) or "shared", 0) + 1
-    new = sorted(k for k in own if k not in take and not k.startswith("momentum.") and _modality(k) is not None)
+    targeted = {by_base[k] for k in take}
+    new = sorted(k for k in own if k not in targeted and not k.startswith("momentum.") and _modality(k) is not None)
     dropped = sorted(k for k in state if k not in take and not k.startswith("momentum."))
     return {"checkpoint": str(ckpt), "loaded": loaded, "new": new, "dropped": dropped}
 
