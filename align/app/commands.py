@@ -166,7 +166,8 @@ def build_cli(args: argparse.Namespace) -> int:
         from align.index.info import format_info, index_info
 
         lines = format_info(index_info(folder)).splitlines()
-        print("\n".join(line for line in lines if line.split()[0] in ("chosen", "storage", "estimated", "recall@10", "measured")))
+        shown = ("chosen", "storage", "estimated", "recall@10", "measured")
+        print("\n".join(line for line in lines if line.split()[0] in shown))
     return 0
 
 
