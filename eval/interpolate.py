@@ -29,20 +29,6 @@ def parse_alphas(text: str) -> list[float]:
     return alphas
 
 
-def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The headline numbers of an evaluation: zero-shot top-1 / top-5 / mean per-class recall and
-    every retrieval R@k, mAP and MRR."""
-    out: dict[str, float] = {}
-    zs = metrics.get("zeroshot") or {}
-    for key in ("top1", "top5", "mean_per_class_recall"):
-        if isinstance(zs.get(key), float):
-            out[f"zeroshot/{key}"] = zs[key]
-    for key, value in (metrics.get("retrieval") or {}).items():
-        if isinstance(value, float) and ("/R@" in key or key.endswith(("/mAP", "/MRR"))):
-            out[f"retrieval/{key}"] = value
-    return out
-
-
 def run_interpolation(
     source: str | Path, target: str | Path, alphas: Sequence[float], configs: Sequence[str | Path], out: str | Path
 ) -> dict[str, Any]:
@@ -53,6 +39,7 @@ def run_interpolation(
     import torch
     from safetensors.torch import load_file
 
+    from align.eval.control import headline, load_eval_section
     from align.eval.runner import evaluate
     from align.io.atomic import write_atomic
     from align.model.checkpoint import load_model, resolve_checkpoint, save_checkpoint, verify_files
@@ -69,7 +56,7 @@ def run_interpolation(
     except ArchitectureMismatch as e:
         raise InterpolationError(str(e)) from None
     model, cfg = load_model(ckpts[1])
-    sections = {str(c): _eval_section(c) for c in configs}
+    sections = {str(c): load_eval_section(c) for c in configs}
     out = Path(out)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in sections}
     written = []
@@ -79,7 +66,7 @@ def run_interpolation(
             model.load_state_dict(state)
         written.append(str(save_checkpoint(out, 0, model, cfg, name=f"alpha-{alpha:.2f}", update_latest=False)))
         for name, ecfg in sections.items():
-            results[name].append(scalar_metrics(evaluate(model, ecfg)))
+            results[name].append(headline(evaluate(model, ecfg)))
     table = _table(alphas, results)
     record = {
         "from": str(ckpts[0]),
@@ -93,27 +80,6 @@ def run_interpolation(
     record["table"] = table
     record["plot"] = str(_plot(alphas, results, out / "interpolation.png"))
     return record
-
-
-def _eval_section(path: str | Path):
-    """The eval section of a YAML file, zero-shot and retrieval both kept (an ``EvalConfig``)."""
-    from pydantic import ValidationError
-
-    from align.config.safe_yaml import load_yaml_file
-    from align.config.schema import EvalConfig, _format_validation_error
-    from align.errors import ConfigError
-
-    data = load_yaml_file(path) or {}
-    section = data.get("eval") if isinstance(data, dict) else None
-    if section is None:
-        raise ConfigError(f"config key 'eval': {path} has no eval section")
-    try:
-        ecfg = EvalConfig.model_validate(section)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: " + _format_validation_error(err, "eval.")) from None
-    if ecfg.zeroshot is None and ecfg.retrieval is None:
-        raise ConfigError(f"config key 'eval': {path} asks for neither zeroshot nor retrieval")
-    return ecfg
 
 
 def _table(alphas: Sequence[float], results: dict[str, list[dict[str, float]]]) -> str:

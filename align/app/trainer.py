@@ -11,6 +11,7 @@ from pathlib import Path
 
 from align.config.schema import Config
 from align.data.summary import describe_source
+from align.eval.control import run_control
 from align.eval.report import build_report, write_report
 from align.eval.runner import evaluate
 from align.model.align_model import AlignModel
@@ -38,7 +39,7 @@ def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: Train
     accelerator.print(f"eval ({describe_source(metrics['dataset'])}, {metrics['dataset']['rows']} rows): {line}")
 
 
-EVAL_HOOKS = EvalHooks(evaluate=evaluate, write_reports=write_eval_reports)
+EVAL_HOOKS = EvalHooks(evaluate=evaluate, write_reports=write_eval_reports, control=run_control)
 
 
 def train(cfg: Config, resume: bool = False, stop_at: int | None = None) -> TrainResult:

@@ -292,6 +292,14 @@ class EvalConfig(Strict):
     zeroshot: ZeroShotSpec | None = None
     retrieval: RetrievalSpec | None = None
     batch_size: int = Field(256, gt=0)
+    control: list[str] | None = Field(
+        None,
+        description="forgetting: eval configs (YAML files with an eval section) of sets the run does not train "
+        "on, evaluated before the first step and after the last, side by side (align/eval/control.py)",
+    )
+    control_max_drop: float = Field(
+        0.02, ge=0, description="warn when a control metric falls by more than this (absolute) during the run"
+    )
 
     @model_validator(mode="after")
     def _default_query(self) -> "EvalConfig":

@@ -61,6 +61,8 @@ class EvalHooks:
 
     evaluate: Callable[..., dict[str, Any]]
     write_reports: Callable[..., None] | None = None
+    # control(cfg, model, accelerator, phase): eval.control's sets, "before" the first step and "after" the last
+    control: Callable[..., None] | None = None
 
 
 def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -194,6 +196,8 @@ def _run(cfg: Config, accelerator, resume: bool, stop_at: int | None, hooks: Eva
         desc="train",
         dynamic_ncols=True,
     )
+    if hooks is not None and hooks.control is not None and not run.resuming:  # forgetting: the sets before
+        hooks.control(cfg, run.core, accelerator, "before")
     _begin_training(run, stop_at)  # train mode, the seed again for a fresh run, the clocks
     on_nonfinite = partial(_stop_on_nonfinite, run, result)
     governor = ThreadGovernor()  # one thread while other processes want the cores (align/cpu.py)
@@ -388,6 +392,8 @@ def _finish(run: RunState, result: TrainResult, hooks: EvalHooks | None) -> None
     result.final_checkpoint = run.last_ckpt
     if cfg.eval is not None and tc.eval_at_end and step == tc.steps and hooks is not None:
         final_evaluation(cfg, run.core, run.accelerator, result, step, hooks)
+    if hooks is not None and hooks.control is not None and step == tc.steps:  # and after: before / after
+        hooks.control(cfg, run.core, run.accelerator, "after")
     run.accelerator.end_training()
 
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from align.app.cli import main
 from align.app.trainer import train
-from align.eval.interpolate import InterpolationError, parse_alphas, run_interpolation, scalar_metrics
+from align.eval.control import headline, load_eval_section
+from align.eval.interpolate import InterpolationError, parse_alphas, run_interpolation
 from align.eval.runner import evaluate
 from align.model.checkpoint import load_model, resolve_checkpoint
 from tests.model.test_init_from import config
@@ -77,9 +78,7 @@ def test_interpolations_are_the_weight_mix_and_are_scored(two_runs, tmp_path, ca
     record = json.loads((out / "interpolation.json").read_text())
     rows = record["sets"][str(eval_yaml)]
     model, _ = load_model(out / "alpha-1.00")
-    from align.eval.interpolate import _eval_section  # the same section, scored directly
-
-    direct = scalar_metrics(evaluate(load_model(fine)[0], _eval_section(eval_yaml)))
+    direct = headline(evaluate(load_model(fine)[0], load_eval_section(eval_yaml)))  # scored directly
     assert rows[-1] == pytest.approx(direct)  # alpha 1 is the fine-tuned checkpoint itself
     assert set(rows[0]) >= {"zeroshot/top1", "retrieval/image_to_text/R@1"}
     assert (out / "interpolation.png").stat().st_size > 1000
