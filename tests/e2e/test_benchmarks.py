@@ -149,6 +149,16 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"target recall@10 >= 0\.90 at <= 1/10 of Flat's memory \(RAM\): (MET|NOT MET)",
         ],
     ),
+    "wise_ft": (
+        DATA / "image" / "mnist5k" / "mnist_5k.csv.gz",
+        [
+            r"# wise_ft: \d+ CPUs, load average before",
+            r"\| alpha \| MNIST test zero-shot top-1 \| digits test zero-shot top-1 \|",
+            r"\| 0\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| 0\.50 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| 1\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+        ],
+    ),
     "faiss_index": (
         None,
         [
