@@ -67,9 +67,9 @@ class ClsTransformer(nn.Module):
         """Tokens [B, T, width] -> the pooled trunk output [B, width]: ``cls`` = the CLS token,
         ``mean`` / ``max`` over the other tokens."""
         if hasattr(self, "cls_pos"):
-            x = torch.cat([(self.cls + self.cls_pos).expand(len(tokens), -1, -1), tokens], dim=1)
+            x = torch.cat([(self.cls + self.cls_pos).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         else:
-            x = torch.cat([self.cls.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos
+            x = torch.cat([self.cls.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos
         h = self.norm(self.blocks(self.drop(x)))
         if self.pooling == "cls":
             return h[:, 0]

@@ -93,6 +93,12 @@ COMMANDS: tuple[Command, ...] = (
         tune_commands.merge_arguments,
         tune_commands.merge_cli,
     ),
+    Command(
+        "export",
+        "export a checkpoint: an align folder with a model card, open_clip files, or ONNX graphs per tower",
+        tune_commands.export_arguments,
+        tune_commands.export_cli,
+    ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(
         "serve",

@@ -12,13 +12,9 @@ from align.model.checkpoint import checkpoint_step, load_model, resolve_checkpoi
 from align.model.lora import lora_modalities, merge_lora
 
 
-def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the merged checkpoint under ``out`` (``out/step-N``, ``out/latest``); returns its folder."""
-    ckpt = resolve_checkpoint(checkpoint)
-    model, cfg = load_model(ckpt)
+def merged_model(model, cfg) -> tuple[AlignModel, object]:
+    """``model`` with its LoRA adapters folded in, as a plain model, and its config without ``lora``."""
     mods = lora_modalities(cfg.model)
-    if not mods:
-        raise ConfigError(f"checkpoint {ckpt}: no tower has model.modalities.<m>.lora; there is nothing to merge")
     state = merge_lora(model)
     plain = cfg.model_copy(deep=True)
     for mod in mods:
@@ -26,4 +22,14 @@ def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     plain.model.init_from = None  # its weights are all here now
     merged = AlignModel(plain.model)
     merged.load_state_dict(state, strict=True)
+    return merged.eval(), plain
+
+
+def merge_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the merged checkpoint under ``out`` (``out/step-N``, ``out/latest``); returns its folder."""
+    ckpt = resolve_checkpoint(checkpoint)
+    model, cfg = load_model(ckpt)
+    if not lora_modalities(cfg.model):
+        raise ConfigError(f"checkpoint {ckpt}: no tower has model.modalities.<m>.lora; there is nothing to merge")
+    merged, plain = merged_model(model, cfg)
     return save_checkpoint(out, checkpoint_step(ckpt) or 0, merged, plain)
