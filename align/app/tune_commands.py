@@ -39,7 +39,7 @@ def merge_cli(args: argparse.Namespace) -> int:
 
 def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a checkpoint, its checkpoints/ root or a run folder")
-    p.add_argument("--format", choices=["align", "open_clip", "onnx"], default="align")
+    p.add_argument("--format", choices=["align", "open_clip", "onnx", "hf"], default="align")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--name", default="align-export", help="open_clip: the model config's name")
     p.add_argument(
@@ -57,6 +57,12 @@ def export_cli(args: argparse.Namespace) -> int:
         print(f"exported: {export_align(ckpt, args.out)} (align.load_model loads it; README.md is its card)")
         return 0
     model, _ = _plain_model(ckpt, load_model)
+    if args.format == "hf":
+        from align.model.export import export_hf
+
+        for mod, folder in export_hf(model, args.out).items():
+            print(f"{mod}: {folder} (transformers' from_pretrained loads it; head.safetensors is align's head)")
+        return 0
     if args.format == "open_clip":
         paths = export_open_clip(model, args.out, args.name)
         print(

@@ -10,6 +10,7 @@
 - ``onnx``: each tower + head as one ONNX graph (``torch.onnx.export``) from a collated batch of real
   inputs, checked against torch by onnxruntime on those inputs (cosine >= 0.9999 per row). Towers
   whose batches are not tensors (a graph's PyG batch) are refused, naming the modality.
+- ``hf``: every Hugging Face tower by ``save_pretrained`` (with its tokenizer), its head beside it.
 - ``align``: the checkpoint's verified files copied with a model card (README.md: config, data,
   eval reports), loadable with ``align.load_model``.
 
@@ -180,6 +181,34 @@ def _export_checked(encoder, args, names, inputs, path, modality: str) -> dict[s
     if float(cos.min()) < 0.9999:
         raise ExportError(f"{modality}: onnxruntime's embeddings differ from torch's (min cosine {cos.min():.6f})")
     return {"path": str(path), "min_cosine": float(cos.min()), "rows": int(len(cos))}
+
+
+def export_hf(model, out: str | Path) -> dict[str, str]:
+    """Every Hugging Face tower (``options.hf_model``) with its tokenizer or processor, by
+    ``save_pretrained`` into ``out/<modality>/``; align's head after it goes to ``head.safetensors``
+    there (features -> the shared space: ``F.normalize(features @ weight.T)`` for a linear head)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    written = {}
+    for mod, adapter in model.adapters.items():
+        tower = getattr(adapter, "tower", None)
+        if not hasattr(tower, "save_pretrained"):
+            continue
+        folder = out / mod
+        tower.save_pretrained(folder, safe_serialization=True)
+        for attr in ("tokenizer", "processor", "feature_extractor"):
+            part = getattr(adapter, attr, None)
+            if hasattr(part, "save_pretrained"):
+                part.save_pretrained(folder)
+        head = {k: v.detach().contiguous().cpu() for k, v in model.heads[mod].state_dict().items()}
+        if head:
+            save_file(head, str(folder / "head.safetensors"))
+        written[mod] = str(folder)
+    if not written:
+        names = {m: type(getattr(a, "tower", a)).__name__ for m, a in model.adapters.items()}
+        raise ExportError(f"no tower is a Hugging Face model (save_pretrained): {names}")
+    return written
 
 
 def export_align(ckpt: Path, out: str | Path) -> Path:

