@@ -116,7 +116,7 @@ def build_index(
     if index_spec is None:  # chosen for the budget, then scored on held-out cross-modal queries
         chosen, why = choose(spill.count, width, max_memory, max_query_ms)
         index_spec = chosen.spec
-        storage = storage or getattr(chosen, "storage", "ram")
+        storage = storage or chosen.storage
         report = as_record(chosen, why, {"max_memory": max_memory, "max_query_ms": max_query_ms})
     start = time.perf_counter()
     try:
@@ -133,10 +133,11 @@ def build_index(
         queries = {f"{modality} (indexed items)": spill.rows(np.arange(n))}
         other = next((m for m in spec.columns if m != modality and m in model.adapters), None)
         if other is not None:
-            if table is None:  # a stream: its head, read again
+            head = table
+            if head is None:  # a stream: its head, read again
                 from align.data.streaming import head_table
 
-            head = table if table is not None else head_table(spec, "--data", rows=n)
+                head = head_table(spec, "--data", rows=n)
             raws = [head[i][spec.columns[other]] for i in range(min(n, len(head)))]
             queries = {f"{other} -> {modality} (cross-modal)": raw_encoder(model, other)(raws).numpy(), **queries}
         report = {**(report or {"chosen": {"spec": index_spec}}), "build_s": build_s, "storage": storage or "ram"}

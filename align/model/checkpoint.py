@@ -262,7 +262,8 @@ def lora_base(cfg) -> dict[str, str] | None:
     if cfg.model.init_from is None or not lora_modalities(cfg.model):
         return None
     base = resolve_checkpoint(cfg.model.init_from.path)
-    verify_files(base, ["model.safetensors"])
+    # the manifest's digest: what model.init_from verified and loaded at the start (re-hashing the base
+    # at every checkpoint would read all of it again each time)
     entry = ((read_manifest(base) or {}).get("files") or {}).get("model.safetensors")
     digest = entry["sha256"] if entry else sha256_file(base / "model.safetensors")
     return {"path": str(base.resolve()), "sha256": digest}
