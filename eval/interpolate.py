@@ -1,9 +1,9 @@
 """``align interpolate --from A --to B --alphas 0,0.1,...,1 --config E1 [--config E2]``: WiSE-FT's
-curve for the user. Each interpolation of the two checkpoints' weights (``align/model/interpolate.py``)
-is written as a checkpoint folder ``<out>/alpha-<a>/`` (loadable by every align command) and
-evaluated on every eval config given (each one's eval section: zero-shot, retrieval, or both); the
-results go to ``<out>/interpolation.json``, a markdown table and one plot of each set's metrics
-against alpha, alpha 0 and 1 being the two checkpoints themselves.
+curve for the user. Each interpolation of the two checkpoints' weights (``align/model/interpolate.py``;
+a LoRA run's adapters merged into its base first) is written as a checkpoint folder ``<out>/alpha-<a>/``
+(loadable by every align command) and evaluated on every eval config given (each one's eval
+section: zero-shot, retrieval, or both); the results go to ``<out>/interpolation.json``, a markdown
+table and one plot of each set's metrics against alpha, alpha 0 and 1 being the two checkpoints themselves.
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ def run_interpolation(
     import json
 
     import torch
-    from safetensors.torch import load_file
 
     from align.eval.control import headline, load_eval_section
     from align.eval.runner import evaluate
     from align.io.atomic import write_atomic
-    from align.model.checkpoint import load_model, resolve_checkpoint, save_checkpoint, verify_files
+    from align.model.checkpoint import resolve_checkpoint, save_checkpoint, verify_files
     from align.model.interpolate import ArchitectureMismatch, check_same_architecture, interpolate
 
     if not configs:
@@ -50,12 +49,12 @@ def run_interpolation(
     ckpts = [resolve_checkpoint(source), resolve_checkpoint(target)]
     for c in ckpts:
         verify_files(c, ["model.safetensors", "config.yaml"])
-    weights = [load_file(str(c / "model.safetensors")) for c in ckpts]
+    (_, _, from_weights), (model, cfg, to_weights) = (_plain_weights(c) for c in ckpts)
     try:
-        check_same_architecture(*weights, names=(f"--from {ckpts[0]}", f"--to {ckpts[1]}"))
+        check_same_architecture(from_weights, to_weights, names=(f"--from {ckpts[0]}", f"--to {ckpts[1]}"))
     except ArchitectureMismatch as e:
         raise InterpolationError(str(e)) from None
-    model, cfg = load_model(ckpts[1])
+    weights = [from_weights, to_weights]
     sections = {str(c): load_eval_section(c) for c in configs}
     out = Path(out)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in sections}
@@ -80,6 +79,19 @@ def run_interpolation(
     record["table"] = table
     record["plot"] = str(_plot(alphas, results, out / "interpolation.png"))
     return record
+
+
+def _plain_weights(ckpt: Path):
+    """The checkpoint as a plain model (a LoRA run's adapters merged into its verified base first,
+    as ``align lora merge`` does), its config, and its weights by name."""
+    from align.model.checkpoint import load_model
+    from align.model.lora import lora_modalities
+    from align.model.lora_merge import merged_model
+
+    model, cfg = load_model(ckpt)
+    if lora_modalities(cfg.model):
+        model, cfg = merged_model(model, cfg)
+    return model, cfg, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # not the live tensors
 
 
 def _table(alphas: Sequence[float], results: dict[str, list[dict[str, float]]]) -> str:

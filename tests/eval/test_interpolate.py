@@ -93,3 +93,23 @@ def test_other_architectures_and_bad_alphas_are_refused(two_runs, tmp_path):
         run_interpolation(pre, other, [0.5], [eval_yaml], tmp_path / "out")
     with pytest.raises(InterpolationError, match=r"--alphas: give numbers in \[0, 1\]"):
         parse_alphas("0,1.5")
+
+
+def test_a_lora_run_is_merged_before_mixing(two_runs, tmp_path):
+    """WiSE-FT towards a LoRA run: its adapters are folded into its base first, so the mix equals the
+    mix towards the merged checkpoint (``align lora merge``)."""
+    from tests.model.test_lora import lora_spec
+
+    pre, _, eval_yaml = two_runs
+    lora = resolve_checkpoint(train(config(tmp_path, "lora", lora_spec(pre), steps=10)).output_dir)
+    assert main(["lora", "merge", str(lora), "--out", str(tmp_path / "merged")]) == 0
+    run_interpolation(pre, lora, [0.5], [eval_yaml], tmp_path / "via-lora")
+    run_interpolation(pre, tmp_path / "merged", [0.5], [eval_yaml], tmp_path / "via-merged")
+    a, b = (load_file(str(tmp_path / d / "alpha-0.50" / "model.safetensors")) for d in ("via-lora", "via-merged"))
+    assert set(a) == set(b) and not any(".lora_" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    moved = [
+        k for k in a if a[k].is_floating_point() and not torch.equal(a[k], load_file(str(pre / "model.safetensors"))[k])
+    ]
+    assert any(k.startswith("adapters.") for k in moved)  # the merged adapters moved the towers
