@@ -4,12 +4,14 @@ interpolation gives back.
 A tiny image<->text model (open_clip towers from config, 28 px ViT) is pretrained on MNIST 5k's train
 split (../shared/data/image/mnist5k: 4,000 real handwritten digits, captions from three templates),
 then fine-tuned from it (``model.init_from``) on scikit-learn's digits (1,437 train images, another
-scanner and resolution). ``align interpolate`` (``align.eval.interpolate.run_interpolation``) writes
+scanner and resolution) three ways: full fine-tuning, LiT (the image tower and head locked, text
+trains) and LoRA r 8 on both towers' attention and MLP layers (peft). For each, ``align
+interpolate`` (``align.eval.interpolate.run_interpolation``; LoRA merged first) writes
 ``(1 - alpha) * pretrained + alpha * fine-tuned`` for each alpha and scores zero-shot classification
 on both test splits (MNIST's 1,000 and digits' 360). Fixed splits, one seed, no tuning on test.
 Accuracy does not depend on the machine's load; the seconds do.
 
-    python benchmarks/wise_ft.py                         # 300 + 150 steps, 7 alphas: ~40 s on 2 cores
+    python benchmarks/wise_ft.py                         # 300 + 3 x 150 steps, 7 alphas: ~2 min on 2 cores
     python benchmarks/wise_ft.py --pretrain-steps 600 --finetune-steps 300
     python benchmarks/wise_ft.py --smoke                 # 20 + 10 steps, 3 alphas (CI)
 """
@@ -62,7 +64,16 @@ SETS = {
 }
 
 
-def run(out: Path, name: str, data: dict, steps: int, init: Path | None = None) -> Path:
+LORA = {"target_modules": r".*(attn|mlp\.c_fc|mlp\.c_proj)$", "r": 8, "alpha": 16}
+# how each method fine-tunes from the pretrained towers: model.modalities.<m> additions
+METHODS = {
+    "full": {},
+    "LiT (image locked)": {"image": {"lock": {"all": True, "head": True}}},
+    "LoRA r8 (both towers)": {"image": {"lora": LORA}, "text": {"lora": LORA}},
+}
+
+
+def run(out: Path, name: str, data: dict, steps: int, init: Path | None = None, towers: dict | None = None) -> Path:
     import align
     from align.config.schema import config_from_dict
     from align.model.checkpoint import resolve_checkpoint
@@ -70,6 +81,8 @@ def run(out: Path, name: str, data: dict, steps: int, init: Path | None = None) 
     model = json.loads(json.dumps(MODEL))
     if init is not None:
         model["init_from"] = str(init)
+    for mod, extra in (towers or {}).items():
+        model["modalities"][mod].update(extra)
     train = {"batch_size": 64, "steps": steps, "lr": 1e-3, "warmup_steps": min(30, steps // 4)}
     cfg = config_from_dict(
         {
@@ -101,21 +114,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wise-ft-") as tmp_name:
         tmp = Path(tmp_name)
         pre = run(tmp, "pretrain-mnist", SETS["mnist"], args.pretrain_steps)
-        fine = run(tmp, "finetune-digits", SETS["digits"], args.finetune_steps, init=pre)
         zs = {"query": "image", "prompt_modality": "text", "classnames": NAMES, "templates": TEMPLATES}
         configs = []
         for name, data in SETS.items():
             path = tmp / f"{name}.yaml"
             path.write_text(yaml.safe_dump({"eval": {"data": {**data, "split": "test"}, "zeroshot": zs}}))
             configs.append(path)
-        record = run_interpolation(pre, fine, parse_alphas(args.alphas), configs, tmp / "interpolation")
+        records = {}
+        for i, (method, towers) in enumerate(METHODS.items()):
+            fine = run(tmp, f"finetune-{i}", SETS["digits"], args.finetune_steps, init=pre, towers=towers)
+            records[method] = run_interpolation(pre, fine, parse_alphas(args.alphas), configs, tmp / f"wise-{i}")
     steps = f"pretrained {args.pretrain_steps} steps on MNIST 5k train, fine-tuned {args.finetune_steps}"
-    print(f"\n{steps} on digits train")
-    print("| alpha | MNIST test zero-shot top-1 | digits test zero-shot top-1 |")
-    print("|---|---|---|")
-    rows = [record["sets"][str(c)] for c in configs]
-    for i, alpha in enumerate(record["alphas"]):
-        print(f"| {alpha:.2f} | {rows[0][i]['zeroshot/top1']:.4f} | {rows[1][i]['zeroshot/top1']:.4f} |")
+    print(f"\n{steps} on digits train; WiSE-FT of each fine-tuned model (LoRA merged first)")
+    print("| method | alpha | MNIST test zero-shot top-1 | digits test zero-shot top-1 |")
+    print("|---|---|---|---|")
+    for method, record in records.items():
+        rows = [record["sets"][str(c)] for c in configs]
+        for i, alpha in enumerate(record["alphas"]):
+            mnist, digits = rows[0][i]["zeroshot/top1"], rows[1][i]["zeroshot/top1"]
+            print(f"| {method} | {alpha:.2f} | {mnist:.4f} | {digits:.4f} |")
     print(f"total {time.perf_counter() - t0:.0f} s; load average after {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -66,7 +66,7 @@ def merge_lora(model) -> dict:
 
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, LoraLayer):
+            if isinstance(module, LoraLayer) and not module.merged:  # an MHA's merge merges its out_proj too
                 module.merge()
     return {base_key(k): v for k, v in model.state_dict().items() if not is_lora_key(k)}
 

@@ -153,10 +153,10 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
         DATA / "image" / "mnist5k" / "mnist_5k.csv.gz",
         [
             r"# wise_ft: \d+ CPUs, load average before",
-            r"\| alpha \| MNIST test zero-shot top-1 \| digits test zero-shot top-1 \|",
-            r"\| 0\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
-            r"\| 0\.50 \| [01]\.\d{4} \| [01]\.\d{4} \|",
-            r"\| 1\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| method \| alpha \| MNIST test zero-shot top-1 \| digits test zero-shot top-1 \|",
+            r"\| full \| 0\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| LiT \(image locked\) \| 0\.50 \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| LoRA r8 \(both towers\) \| 1\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
         ],
     ),
     "faiss_index": (
