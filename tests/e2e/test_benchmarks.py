@@ -159,6 +159,15 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"\| LoRA r8 \(both towers\) \| 1\.00 \| [01]\.\d{4} \| [01]\.\d{4} \|",
         ],
     ),
+    "prompt_wording": (
+        None,
+        [
+            r"# prompt_wording: \d+ CPUs, load average before",
+            r"\| prompt set \| example \| from scratch \(open_clip text tower\) \| MiniLM frozen \(LiT\) \|",
+            r"\| training wording \| a photo of the number five\. \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|",
+            r"\| German \| die Zahl fünf\. \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|",
+        ],
+    ),
     "faiss_index": (
         None,
         [
