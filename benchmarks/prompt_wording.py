@@ -10,7 +10,7 @@ prompt set below: the training wording, English templates never seen, numerals, 
 in French, Spanish and German inside a template of the same language. Fixed split, one seed, no
 tuning on test; accuracy does not depend on the machine's load, the seconds do.
 
-    python benchmarks/prompt_wording.py                  # 400 steps each: ~5 min on 2 cores
+    python benchmarks/prompt_wording.py                  # 400 steps each: ~7 min on 2 cores
     python benchmarks/prompt_wording.py --steps 800
     python benchmarks/prompt_wording.py --smoke          # 8 steps each (CI)
 """

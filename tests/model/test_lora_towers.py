@@ -48,11 +48,12 @@ def test_lora_inside_transformer_layers_is_used_in_eval_and_merges(mod):
                 p.normal_(0, 0.5)  # as if trained: B starts at zero
         model.eval()
         inferred = model.encode(mod, x)
+        fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)  # every module's own forward: the reference
         try:
             reference = model.encode(mod, x)
         finally:
-            torch.backends.mha.set_fastpath_enabled(True)
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     torch.testing.assert_close(inferred, reference, rtol=0, atol=1e-5)
     plain_spec = copy.deepcopy(spec)
     plain_spec["modalities"][mod].pop("lora")
