@@ -22,7 +22,7 @@ class EvalError(AlignError, ValueError):
 
 
 def eval_config(
-    task: Literal["zeroshot", "retrieval", "pairs"],
+    task: Literal["zeroshot", "retrieval", "pairs", "probe"],
     ckpt_cfg,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -41,6 +41,8 @@ def eval_config(
         section = ckpt_cfg.eval.model_dump(mode="json", by_alias=True)
     else:
         raise ConfigError("config key 'eval': the checkpoint's config has none; pass --config FILE")
+    if task == "probe" and not section.get("probe"):
+        section = {**section, "probe": {}}  # the defaults: the zero-shot query, fitted on data.train
     root = {"eval": section}
     for key, value in parse_overrides(list(overrides)):
         set_dotted(root, key if key.startswith("eval.") else f"eval.{key}", value)
@@ -58,6 +60,14 @@ def eval_config(
         raise ConfigError("config key 'eval.zeroshot': missing (classnames, templates)")
     if task == "retrieval" and ecfg.retrieval is None:
         raise ConfigError("config key 'eval.retrieval': missing (a, b modalities)")
+    if task == "probe":
+        if ecfg.probe.data is None:
+            if ckpt_cfg.data.train is None:
+                raise ConfigError("config key 'eval.probe.data': the checkpoint's run has no data.train to fit on")
+            ecfg.probe.data = ckpt_cfg.data.train.model_copy(deep=True)
+        ecfg.zeroshot = ecfg.retrieval = None
+        return ecfg
+    ecfg.probe = None
     if task == "zeroshot":
         ecfg.retrieval = None
     else:
@@ -65,25 +75,46 @@ def eval_config(
     return ecfg
 
 
+def resolve_adapter(ckpt: Path, adapter: str | Path) -> Path:
+    """A file, or the name of one saved beside the checkpoint (``<checkpoint>/adapted/<name>.safetensors``)."""
+    from align.model.adapted import adapted_files
+
+    if Path(adapter).is_file():
+        return Path(adapter)
+    saved = adapted_files(ckpt)
+    if str(adapter) in saved:
+        return saved[str(adapter)]
+    raise EvalError(f"--adapter {adapter}: no such file, and {ckpt}/adapted holds {sorted(saved) or 'nothing'}")
+
+
 def run_eval(
-    task: Literal["zeroshot", "retrieval"],
+    task: Literal["zeroshot", "retrieval", "probe"],
     checkpoint: str | Path,
     *,
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
     templates: str | Path | None = None,
     out: str | Path | None = None,
+    adapter: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (a checkpoint, its checkpoints/ root or a run folder) and write the
-    report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots."""
+    report (``<out>/<task>.json``, default out: ``<checkpoint>/eval``) with its plots. ``adapter``
+    (zero-shot only): a few-shot head ``align adapt`` saved (a file, or its name in
+    ``<checkpoint>/adapted/``) classifies instead of the prompt templates."""
     ckpt = resolve_checkpoint(checkpoint)
     model, cfg = load_model(ckpt)
     ecfg = eval_config(task, cfg, config, overrides, templates)
-    for mod in (
-        [ecfg.zeroshot.query, ecfg.zeroshot.prompt_modality] if ecfg.zeroshot else [ecfg.retrieval.a, ecfg.retrieval.b]
-    ):
+    if task == "probe":
+        mods = [ecfg.probe.query]
+    elif task == "zeroshot":
+        mods = [ecfg.zeroshot.query] + ([] if adapter else [ecfg.zeroshot.prompt_modality])
+    else:
+        mods = [ecfg.retrieval.a, ecfg.retrieval.b]
+    for mod in mods:
         if mod not in model.adapters:
-            raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' (it has {model.modalities})")
+            raise EvalError(f"checkpoint {ckpt} has no modality '{mod}' to {task} (it has {model.modalities})")
+    if adapter:
+        ecfg.zeroshot.adapter = str(resolve_adapter(ckpt, adapter))
     keep: dict = {}
 
     with hf_progress(cfg.train.progress):  # the run's own setting
@@ -99,11 +130,11 @@ def run_eval(
     report = build_report(task, metrics, info)
     out = Path(out or ckpt / "eval")
     path = write_report(report, out / f"{task}.json")
-    if task == "zeroshot":
+    if task in ("zeroshot", "probe"):
         zs = report["metrics"]
-        plot_confusion_matrix(
-            zs["confusion_matrix"], zs["classnames"], out / "confusion.png", f"zero-shot top-1 {zs['top1']:.3f}"
-        )
+        what = "linear probe" if task == "probe" else "zero-shot"
+        name = "probe_confusion.png" if task == "probe" else "confusion.png"
+        plot_confusion_matrix(zs["confusion_matrix"], zs["classnames"], out / name, f"{what} top-1 {zs['top1']:.3f}")
     else:
         plot_recall_curve(report["metrics"], out / "recall_at_k.png")
         if "image" in (ecfg.retrieval.a, ecfg.retrieval.b):

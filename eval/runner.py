@@ -133,6 +133,67 @@ def index_retrieval(
     return out
 
 
+def adapted_scores(model, path: str, query: str, names: list[str], x: torch.Tensor) -> torch.Tensor:
+    """Logits of a saved few-shot head (``eval.zeroshot.adapter``) for the eval classes."""
+    from align.model.adapted import PromptHead, load_adapted
+
+    head = load_adapted(path, getattr(model, "module", model))
+    if head.query != query:
+        raise ConfigError(f"config key 'eval.zeroshot.adapter': {path} classifies '{head.query}', not '{query}'")
+    if isinstance(head, PromptHead) and not head.class_specific:
+        return head.logits(x, names=names)  # shared context: any class names
+    if head.classnames != list(names):
+        raise ConfigError(
+            f"config key 'eval.zeroshot.adapter': {path} was fitted on classes {head.classnames}, the eval data "
+            f"has {list(names)}"
+        )
+    return head.logits(x)
+
+
+def probe_metrics(model, ecfg: EvalConfig, embs: dict, labels: np.ndarray, table, accelerator=None) -> dict[str, Any]:
+    """``eval.probe``: logistic regression fitted on ``eval.probe.data`` (every row, or ``shots`` seeded
+    rows per class), scored on the eval rows (``align.eval.linear_probe``)."""
+    pr = ecfg.probe
+    spec = pr.data
+    if spec is None:
+        raise ConfigError("config key 'eval.probe.data': no rows to fit the probe on")
+    if not spec.label_column:
+        raise ConfigError("config key 'eval.probe.data.label_column': the probe is fitted on labelled rows")
+    fit = load_table(spec, "eval.probe.data")
+    names = class_names(table, ecfg.data.label_column)
+    fit_names = class_names(fit, spec.label_column)
+    if names is not None and fit_names is not None and names != fit_names:
+        raise ConfigError(
+            f"config key 'eval.probe.data.label_column': its classes {fit_names} are not the eval data's {names}"
+        )
+    fit_labels = np.asarray(fit[spec.label_column], dtype=np.int64)
+    if pr.shots is not None:
+        rng = np.random.default_rng(pr.seed)
+        rows = []
+        for c in np.unique(fit_labels):
+            pool = np.flatnonzero(fit_labels == c)
+            if len(pool) < pr.shots:
+                name = names[c] if names else int(c)
+                raise ConfigError(
+                    f"config key 'eval.probe.shots': {pr.shots} rows per class asked, class {name!r} has {len(pool)}"
+                )
+            rows.extend(np.sort(rng.permutation(pool)[: pr.shots]).tolist())
+        fit = fit.select(rows)
+    fit_emb, fit_y, _ = encode_table(
+        model, fit, {pr.query: spec.columns[pr.query]}, spec.label_column, ecfg.batch_size,
+        name=f"eval.probe.data ({spec.source})", accelerator=accelerator, on_error=spec.on_error,
+    )  # fmt: skip
+    n_classes = len(names) if names else int(max(fit_y.max(), labels.max()) + 1)
+    from align.eval.linear_probe import linear_probe_metrics
+
+    out = linear_probe_metrics(
+        fit_emb[pr.query].numpy(), fit_y, embs[pr.query].numpy(), labels,
+        classnames=names or [str(i) for i in range(n_classes)], seed=pr.seed, folds=pr.folds,
+    )  # fmt: skip
+    out.update(query=pr.query, fit_data=describe_spec(spec, fit))
+    return out
+
+
 def evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = None) -> dict[str, Any]:
     """Run the configured evaluations. Under Accelerate pass the accelerator: every process must
     call this; encoding is shared and every process returns the same metrics. A ``keep`` dict
@@ -158,6 +219,8 @@ def _evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = Non
         prompt_names = zeroshot_classes(
             ecfg.zeroshot.classnames, class_names(table, spec.label_column), np.asarray(table[spec.label_column])
         )
+    if ecfg.probe is not None and not spec.label_column:
+        raise ConfigError("config key 'eval.data.label_column': the linear probe is scored on labelled rows")
     embs, labels, kept = encode_table(
         model,
         table,
@@ -181,9 +244,16 @@ def _evaluate(model, ecfg: EvalConfig, accelerator=None, keep: dict | None = Non
         templates = zs.templates
         if isinstance(templates, dict) and isinstance(zs.classnames, dict):  # CuPL prompts keyed by data name
             templates = {zs.classnames.get(c, c): t for c, t in templates.items()}
-        classifier = build_classifier(model, prompt_names, templates, zs.prompt_modality)
-        scores = classify(embs[zs.query], classifier)
+        if zs.adapter is not None:
+            scores = adapted_scores(model, zs.adapter, zs.query, prompt_names, embs[zs.query])
+        else:
+            classifier = build_classifier(model, prompt_names, templates, zs.prompt_modality)
+            scores = classify(embs[zs.query], classifier)
         metrics["zeroshot"] = zeroshot_classification_metrics(scores, labels, classnames=prompt_names)
+        if zs.adapter is not None:
+            metrics["zeroshot"]["adapter"] = zs.adapter
+    if ecfg.probe is not None:
+        metrics["probe"] = probe_metrics(model, ecfg, embs, labels, table, accelerator)
     if ecfg.retrieval is not None:
         r = ecfg.retrieval
         if r.positives == "label" and labels is None:

@@ -24,7 +24,7 @@ Templates = Sequence[str] | Mapping[str, Sequence[str]]
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
-    return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(x))
 
 
 def topk_correct(

@@ -13,7 +13,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Callable
 
-from align.app import commands, crossval, index_commands, serve_command, train_commands, tune_commands
+from align.app import adapt_command, commands, crossval, index_commands, serve_command, train_commands, tune_commands
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Command:
 
 
 GROUPS: dict[str, str] = {
-    "eval": "evaluate a checkpoint (zero-shot, retrieval, every pair of modalities) or a baseline",
+    "eval": "evaluate a checkpoint (zero-shot, retrieval, linear probe, every pair of modalities) or a baseline",
     "index": "build a FAISS index of a dataset's embeddings",
     "lora": "LoRA adapters of a fine-tuned run",
 }
@@ -56,6 +56,12 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "eval pairs",
         "retrieval between every pair of a checkpoint's modalities, as one table",
+        commands.eval_arguments,
+        commands.eval_cli,
+    ),
+    Command(
+        "eval probe",
+        "linear probe on a checkpoint's frozen embeddings (logistic regression, C by cross-validation)",
         commands.eval_arguments,
         commands.eval_cli,
     ),
@@ -98,6 +104,12 @@ COMMANDS: tuple[Command, ...] = (
         "export a checkpoint: an align folder with a model card, open_clip files, or ONNX graphs per tower",
         tune_commands.export_arguments,
         tune_commands.export_cli,
+    ),
+    Command(
+        "adapt",
+        "few-shot adaptation: linear probes, Tip-Adapter(-F), CoOp, CoCoOp over shots and seeds",
+        adapt_command.adapt_arguments,
+        adapt_command.adapt_cli,
     ),
     Command("query", "search an index with a text / image / ... query", commands.query_arguments, commands.query_cli),
     Command(

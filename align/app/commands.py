@@ -19,6 +19,9 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
         "pairs takes it more than once: one table per file, merged into one report",
     )
     p.add_argument("--templates", help="prompt templates file (.json list / CuPL dict, or one per line)")
+    p.add_argument(
+        "--adapter", help="zeroshot: a few-shot head from `align adapt` (file, or its name in <checkpoint>/adapted)"
+    )
     p.add_argument("--out", help="report folder (default: <checkpoint>/eval)")
     p.add_argument("overrides", nargs="*", help="eval.* dotted overrides, e.g. eval.data.split=test")
 
@@ -32,11 +35,24 @@ def eval_cli(args: argparse.Namespace) -> int:
     if args.config and len(args.config) > 1:
         raise SystemExit(f"align eval {task}: --config once (only `align eval pairs` merges several tables)")
     config = args.config[0] if args.config else None
+    if args.adapter and task != "zeroshot":
+        raise SystemExit(f"align eval {task}: --adapter is for `align eval zeroshot`")
     report = run_eval(
-        task, args.checkpoint, config=config, overrides=args.overrides, templates=args.templates, out=args.out
+        task,
+        args.checkpoint,
+        config=config,
+        overrides=args.overrides,
+        templates=args.templates,
+        out=args.out,
+        adapter=args.adapter,
     )
     m = report["metrics"]
-    if task == "zeroshot":
+    if task == "probe":
+        print(
+            f"linear probe ({m['query']}, C={m['probe']['C']}, {m['n_train']} rows): top-1 {m['top1']:.4f}  "
+            f"mean per-class recall {m['mean_per_class_recall']:.4f}  (n={m['n']})"
+        )
+    elif task == "zeroshot":
         top5 = "n/a" if m["top5"] is None else f"{m['top5']:.4f}"
         print(
             f"zero-shot: top-1 {m['top1']:.4f}  top-5 {top5}  mean per-class recall "

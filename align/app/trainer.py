@@ -30,9 +30,9 @@ def write_eval_reports(cfg: Config, core: AlignModel, accelerator, result: Train
         "loss": cfg.model.loss,
         "modalities": core.modalities,
     }
-    for task in ("zeroshot", "retrieval"):
+    for task in ("zeroshot", "retrieval", "probe"):
         if metrics.get(task) is not None:
-            others = {k: v for k, v in metrics.items() if k not in ("zeroshot", "retrieval") or k == task}
+            others = {k: v for k, v in metrics.items() if k not in ("zeroshot", "retrieval", "probe") or k == task}
             path = write_report(build_report(task, others, info), Path(cfg.output_dir) / "eval" / f"{task}.json")
             result.eval_reports.append(path)
     line = "  ".join(f"{k} {v:.4f}" for k, v in flat_eval_metrics(metrics).items() if k.count("/") <= 2)

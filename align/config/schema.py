@@ -244,6 +244,11 @@ class ZeroShotSpec(Strict):
     templates: list[str] | dict[str, list[str]] = Field(
         min_length=1, description="shared '{}' / '{c}' templates, or class -> its own prompts (CuPL)"
     )
+    adapter: str | None = Field(
+        None,
+        description="a few-shot head file `align adapt` wrote (<checkpoint>/adapted/*.safetensors) that "
+        "classifies instead of the templates; shared learned context (coop, cocoop) takes any class names",
+    )
 
     @field_validator("classnames")
     @classmethod
@@ -281,6 +286,22 @@ class RetrievalSpec(Strict):
     )
 
 
+class ProbeSpec(Strict):
+    """``eval.probe``: a linear probe on frozen embeddings (CLIP_benchmark's ``linear_probe``)."""
+
+    query: str | None = Field(
+        None, description="modality to classify; default: eval.zeroshot.query, else the eval data's one modality"
+    )
+    data: DatasetSpec | None = Field(
+        None, description="the labelled rows the probe is fitted on; default: the run's data.train"
+    )
+    shots: int | None = Field(
+        None, gt=0, description="fit on this many seeded rows per class (few-shot probe); None = every row"
+    )
+    seed: int = Field(0, description="the seed of the per-class draw and of the cross-validation folds")
+    folds: int = Field(5, ge=2, description="at most this many cross-validation folds choose the regularisation C")
+
+
 class EvalConfig(Strict):
     data: DatasetSpec
     dim: int | None = Field(
@@ -291,6 +312,7 @@ class EvalConfig(Strict):
     )
     zeroshot: ZeroShotSpec | None = None
     retrieval: RetrievalSpec | None = None
+    probe: ProbeSpec | None = None
     batch_size: int = Field(256, gt=0)
     control: list[str] | None = Field(
         None,
@@ -312,6 +334,15 @@ class EvalConfig(Strict):
                     f"{others or list(self.data.columns)}"
                 )
             zs.query = others[0]
+        pr = self.probe
+        if pr is not None and pr.query is None:
+            others = [m for m in self.data.columns if zs is None or m != zs.prompt_modality]
+            if zs is not None:
+                pr.query = zs.query
+            elif len(others) == 1:
+                pr.query = others[0]
+            else:
+                raise ValueError(f"config key 'eval.probe.query': give the modality to classify, one of {others}")
         return self
 
 
@@ -378,9 +409,24 @@ class Config(Strict):
                     ("eval.retrieval.a", self.eval.retrieval.a, cols),
                     ("eval.retrieval.b", self.eval.retrieval.b, cols),
                 ]
+            if self.eval.probe is not None:
+                probe = self.eval.probe
+                if probe.data is None:  # the probe is fitted on the run's training rows
+                    if self.data.train is None:
+                        raise ValueError("config key 'eval.probe.data': give the probe's rows (no data.train)")
+                    probe.data = self.data.train.model_copy(deep=True)
+                if probe.data.streaming:
+                    raise ValueError(
+                        "config key 'eval.probe.data.streaming': the probe is fitted on a finite table "
+                        "(give eval.probe.data with streaming: false)"
+                    )
+                uses.append(("eval.probe.query", probe.query, cols))
+                uses.append(("eval.probe.data.columns", probe.query, probe.data.columns))
             for key, mod, allowed in uses:
                 if mod not in allowed:
-                    where = "eval.data.columns" if allowed is cols else "model.modalities"
+                    where = {id(cols): "eval.data.columns", id(known): "model.modalities"}.get(
+                        id(allowed), key.rsplit(".", 1)[0] + " columns"
+                    )
                     raise ValueError(f"config key '{key}': modality '{mod}' is not in {where} {sorted(allowed)}")
         return self
 

@@ -66,10 +66,10 @@ class EvalHooks:
 
 
 def flat_eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar eval metrics as 'zeroshot/top1', 'retrieval/image_to_text/R@1', ... (for logs and
-    ``train.best_metric``)."""
+    """Scalar eval metrics as 'zeroshot/top1', 'retrieval/image_to_text/R@1', 'probe/top1', ... (for
+    logs and ``train.best_metric``)."""
     out = {}
-    for section in ("zeroshot", "retrieval"):
+    for section in ("zeroshot", "retrieval", "probe"):
         for key, value in (metrics.get(section) or {}).items():
             if (
                 isinstance(value, (int, float))

@@ -1,0 +1,1 @@
+from tests.support.adapting import adapt_run  # noqa: F401  (pytest fixture)
