@@ -27,6 +27,13 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--index", action="append", default=[], metavar="NAME=DIR", help="an index folder to serve (repeatable)"
     )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a few-shot head from `align adapt` to serve besides those in <checkpoint>/adapted (repeatable)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help=f"bearer token clients must send (default: ${TOKEN_ENV})")
@@ -56,18 +63,21 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def parse_indexes(pairs: list[str]) -> dict[str, str]:
+def parse_indexes(pairs: list[str], flag: str = "--index") -> dict[str, str]:
     from align.errors import ConfigError
 
-    if not pairs:
+    if not pairs and flag == "--index":
         raise ConfigError("align serve needs at least one --index NAME=DIR")
     out: dict[str, str] = {}
+    example = "--index digits=runs/digits-index" if flag == "--index" else "--adapter coop=runs/x/coop.safetensors"
     for pair in pairs:
         name, sep, folder = pair.partition("=")
         if not sep or not name or not folder:
-            raise ConfigError(f"--index {pair!r}: expected NAME=DIR, e.g. --index digits=runs/digits-index")
+            raise ConfigError(
+                f"{flag} {pair!r}: expected NAME={'DIR' if flag == '--index' else 'FILE'}, e.g. {example}"
+            )
         if name in out:
-            raise ConfigError(f"--index {name!r} is given twice")
+            raise ConfigError(f"{flag} {name!r} is given twice")
         out[name] = folder
     return out
 
@@ -103,7 +113,8 @@ def serve_cli(args: argparse.Namespace) -> int:
 
     from align.serve.searcher import Searcher
 
-    searcher = Searcher(args.checkpoint, indexes)  # every file verified before the port is bound
+    adapters = parse_indexes(args.adapter, "--adapter")
+    searcher = Searcher(args.checkpoint, indexes, adapters=adapters)  # every file verified before the port is bound
 
     from align.serve.server import run_server
     from align.serve.service import create_app
@@ -121,7 +132,9 @@ def serve_cli(args: argparse.Namespace) -> int:
     log_to_stderr()  # each reload and each refused folder: one "align serve: ..." line
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"align serve: {searcher.checkpoint} with {', '.join(indexes)} on http://{host}:{args.port}/ "
+        f"align serve: {searcher.checkpoint} with {', '.join(indexes)}"
+        + (f", adapters {', '.join(searcher.adapted)}" if searcher.adapted else "")
+        + f" on http://{host}:{args.port}/ "
         f"({'token required' if token else 'no token'}); API docs at /docs",
         file=sys.stderr,
         flush=True,

@@ -50,7 +50,7 @@ class Job:
     index: str | None = None
     k: int = 10
     filters: dict[str, Any] | None = None
-    classify: tuple[Any, ...] = ()  # (class_names, templates, prompt_modality)
+    classify: tuple[Any, ...] = ()  # (class_names, templates, prompt_modality, adapter)
     future: Future = field(default_factory=Future)
 
     def group_key(self) -> tuple:
@@ -203,9 +203,14 @@ class Batcher:
         first, searcher = jobs[0], self.searcher
         items = [item for job in jobs for item in job.items]
         if first.kind == "classify":
-            names, templates, prompt_modality = first.classify
+            names, templates, prompt_modality, *adapter = first.classify
             result = searcher.classify(
-                first.items[0], names, templates, modality=first.modality, prompt_modality=prompt_modality
+                first.items[0],
+                names,
+                templates,
+                modality=first.modality,
+                prompt_modality=prompt_modality,
+                adapter=adapter[0] if adapter else None,
             )
             self._observe(1, 1)
             return [result]

@@ -64,12 +64,17 @@ class EncodeResponse(Strict):
 class ClassifyRequest(Strict):
     modality: str = "text"
     item: str
-    class_names: list[str] = Field(..., min_length=2)
+    class_names: list[str] | None = Field(
+        None, min_length=2, description="required unless an adapter is named (its own classes are the default)"
+    )
     templates: Templates = Field(
         default_factory=lambda: ["{}"],
         description="prompt templates with '{}', a dict class -> prompts, or a shipped template set's name",
     )
     prompt_modality: str = "text"
+    adapter: str | None = Field(
+        None, description="a few-shot head saved by `align adapt` (GET /v1/health lists them) instead of the templates"
+    )
 
 
 class ClassScore(Strict):
@@ -93,11 +98,19 @@ class IndexSummary(Strict):
     )
 
 
+class AdapterSummary(Strict):
+    method: str = Field(..., description="linear-probe, zs-probe, tip-adapter(-f), coop, coop-csc or cocoop")
+    query: str = Field(..., description="the modality it classifies")
+    classes: list[str]
+    any_classes: bool = Field(..., description="shared learned context: class_names may name other classes")
+
+
 class HealthResponse(Strict):
     status: Literal["ok"]
     checkpoint: str
     modalities: list[str]
     indexes: dict[str, IndexSummary]
+    adapters: dict[str, AdapterSummary] = Field(default_factory=dict)
 
 
 class ReloadResponse(Strict):

@@ -44,7 +44,7 @@ from align.model.checkpoint import load_model, resolve_checkpoint
 from align.serve.errors import SearchError
 from align.serve.indexes import IndexInfo, LoadedIndex
 from align.serve.inputs import check_batch, readable_items
-from align.serve.zeroshot import ClassifierCache
+from align.serve.zeroshot import ClassifierCache, check_class_names
 
 MAX_K = 1000  # hits one query may ask for: more is a listing, not a search
 MAX_BATCH = 256  # items per call: one forward must fit in memory
@@ -75,6 +75,21 @@ def recorded_checkpoint(indexes: Mapping[str, str | Path]) -> tuple[str, dict[st
     return emb.model.split(" ", 1)[-1], {name: emb}
 
 
+def load_heads(checkpoint: Path, model: Any, extra: Mapping[str, str | Path] | None) -> dict[str, Any]:
+    """The few-shot heads saved beside the checkpoint (``<checkpoint>/adapted/``) and any given by
+    name; one that does not load or does not fit the model stops the start, naming its file."""
+    from align.model.adapted import AdaptedError, adapted_files, load_adapted
+
+    files = {**adapted_files(checkpoint), **{str(k): Path(v) for k, v in (extra or {}).items()}}
+    heads = {}
+    for name, path in files.items():
+        try:
+            heads[name] = load_adapted(path, model)
+        except AdaptedError as err:
+            raise SearchError(f"adapter {name!r}: {err}") from err
+    return heads
+
+
 class Searcher:
     """A checkpoint and its index folders, loaded once; ``search``, ``encode`` and ``classify``."""
 
@@ -88,6 +103,7 @@ class Searcher:
         max_batch: int = MAX_BATCH,
         max_text_chars: int = MAX_TEXT_CHARS,
         classifier_cache: int = 32,
+        adapters: Mapping[str, str | Path] | None = None,
     ) -> None:
         preloaded: dict[str, EmbeddingIndex] = {}
         if checkpoint is None:  # the model the index records: the index is read first, so a folder that
@@ -109,6 +125,7 @@ class Searcher:
                 name, folder, self.identity, cfg.model.embed_dim, loaded=preloaded.get(name)
             )
         self._classifiers = ClassifierCache(self.model, classifier_cache)
+        self.adapted = load_heads(self.checkpoint, self.model, adapters)
         self.generation = 0  # index swaps so far: what an HTTP layer compares to know its snapshot is stale
 
     # ------------------------------------------------------------------ what is loaded
@@ -181,19 +198,30 @@ class Searcher:
     def classify(
         self,
         item: Any,
-        class_names: Sequence[str],
-        templates: Sequence[str] | Mapping[str, Sequence[str]] | str,
+        class_names: Sequence[str] | None,
+        templates: Sequence[str] | Mapping[str, Sequence[str]] | str | None,
         *,
         modality: str,
         prompt_modality: str = "text",
+        adapter: str | None = None,
     ) -> list[tuple[str, float]]:
         """Zero-shot: ``(class, probability)`` for one item, most probable first. Class embeddings
         come from ``align.eval.zeroshot.build_classifier`` (prompt ensembles; ``templates`` a list of
         ``{}`` / ``{c}`` templates, a dict class -> prompts, or a shipped template set's name) and
         are cached per (class names, templates). Probabilities are a softmax over the classes of the
         model's logits for the pair (``exp(logit_scale) * cosine``): which of these classes, summing
-        to 1, also for a SigLIP model (whose bias cancels in a softmax)."""
+        to 1, also for a SigLIP model (whose bias cancels in a softmax).
+
+        ``adapter``: the name of a few-shot head ``align adapt`` saved beside the checkpoint (or
+        given to the constructor): it classifies instead of the templates, over its own classes
+        (``class_names`` may be left out; shared learned context also takes other names)."""
         import torch
+
+        if adapter is not None:
+            return self._classify_adapted(item, class_names, modality, adapter)
+        if class_names is None:
+            raise SearchError("class_names is required (or name an adapter whose classes to use)")
+        templates = ["{}"] if templates is None else templates
 
         from align.eval.zeroshot import classify as cosine_scores
 
@@ -207,6 +235,30 @@ class Searcher:
                     query, classifier
                 )
                 probs = logits.softmax(dim=-1)[0].tolist()
+            return sorted(zip(names, probs), key=lambda pair: -pair[1])
+
+    def _classify_adapted(self, item: Any, class_names, modality: str, name: str) -> list[tuple[str, float]]:
+        import torch
+
+        from align.model.adapted import AdaptedError, PromptHead
+
+        with self._lock:
+            if name not in self.adapted:
+                raise SearchError(f"no adapter named {name!r} is loaded; loaded: {sorted(self.adapted)}")
+            head = self.adapted[name]
+            if modality != head.query:
+                raise SearchError(f"adapter {name!r} classifies {head.query!r} items, not {modality!r}")
+            names = head.classnames if class_names is None else check_class_names(class_names, self.max_text_chars)
+            shared = isinstance(head, PromptHead) and not head.class_specific
+            if not shared and list(names) != head.classnames:
+                raise SearchError(f"adapter {name!r} ({head.method}) classifies into its own classes {head.classnames}")
+            query = torch.from_numpy(self._embed(modality, [item], None))
+            try:
+                with torch.inference_mode():
+                    logits = head.logits(query, names=names) if shared else head.logits(query)
+            except AdaptedError as err:
+                raise SearchError(str(err)) from err
+            probs = logits.float().softmax(dim=-1)[0].tolist()
             return sorted(zip(names, probs), key=lambda pair: -pair[1])
 
     # ------------------------------------------------------------------ checks and helpers

@@ -234,7 +234,7 @@ def _v1_routes(router: APIRouter) -> None:
     @router.post("/classify", response_model=m.ClassifyResponse, dependencies=[json_body], summary="zero-shot")
     async def classify(request: Request, body: m.ClassifyRequest) -> dict[str, Any]:
         start = time.perf_counter()
-        options = (body.class_names, body.templates, body.prompt_modality)
+        options = (body.class_names, body.templates, body.prompt_modality, body.adapter)
         result = await _run(request, Job("classify", body.modality, [body.item], classify=options))
         return {"classes": [{"name": n, "probability": p} for n, p in result], "took_ms": _ms(start)}
 
@@ -243,7 +243,7 @@ def _v1_routes(router: APIRouter) -> None:
         response_model=m.ClassifyResponse,
         dependencies=[
             multipart,
-            Depends(form_fields("file", "modality", "class_names", "templates", "prompt_modality")),
+            Depends(form_fields("file", "modality", "class_names", "templates", "prompt_modality", "adapter")),
         ],
         summary="zero-shot classification of an uploaded file",
     )
@@ -251,15 +251,16 @@ def _v1_routes(router: APIRouter) -> None:
         request: Request,
         file: UploadFile = File(...),
         modality: str = Form(...),
-        class_names: str = Form(..., description='JSON list, e.g. ["cat", "dog"]'),
+        class_names: str | None = Form(None, description='JSON list, e.g. ["cat", "dog"]; optional with an adapter'),
         templates: str = Form('["{}"]', description="JSON list of templates, or a shipped template set's name"),
         prompt_modality: str = Form("text"),
+        adapter: str | None = Form(None, description="a few-shot head saved by `align adapt`"),
     ) -> dict[str, Any]:
         start = time.perf_counter()
-        names = _json_form("class_names", class_names, TypeAdapter(list[str]))
+        names = None if class_names is None else _json_form("class_names", class_names, TypeAdapter(list[str]))
         prompts = _json_form("templates", templates, TypeAdapter(m.Templates), name_ok=True)
         (upload,) = await _uploads([file])
-        job = Job("classify", modality, [upload], classify=(names, prompts, prompt_modality))
+        job = Job("classify", modality, [upload], classify=(names, prompts, prompt_modality, adapter))
         result = await _run(request, job)
         return {"classes": [{"name": n, "probability": p} for n, p in result], "took_ms": _ms(start)}
 
@@ -332,6 +333,15 @@ def _snapshot(app: FastAPI, searcher: Any, errors: dict[str, str] | None = None)
             name: {"modality": i.modality, "size": i.size, "dim": i.dim, "spec": i.spec, "fields": list(i.fields)}
             | ({"reload_error": errors[name]} if name in errors else {})
             for name, i in infos.items()
+        },
+        "adapters": {
+            name: {
+                "method": h.method,
+                "query": h.query,
+                "classes": h.classnames,
+                "any_classes": getattr(h, "kind", "") == "prompt" and not h.class_specific,
+            }
+            for name, h in getattr(searcher, "adapted", {}).items()
         },
     }
     # the loaded indexes' metadata, and their ids as a set

@@ -44,7 +44,7 @@ def _templates_key(templates: Any) -> tuple[Any, Any]:
     )
 
 
-def _class_names(class_names: Any, max_chars: int) -> list[str]:
+def check_class_names(class_names: Any, max_chars: int) -> list[str]:
     if isinstance(class_names, str) or not isinstance(class_names, Sequence):
         raise SearchError(f"class_names must be a list of strings, got {type(class_names).__name__}")
     names = list(class_names)
@@ -72,7 +72,7 @@ class ClassifierCache:
 
         from align.eval.zeroshot import build_classifier
 
-        names = _class_names(class_names, max_chars)
+        names = check_class_names(class_names, max_chars)
         prompts, key = _templates_key(templates)
         key = (prompt_modality, tuple(names), key)
         if key in self._cache:

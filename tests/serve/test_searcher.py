@@ -239,3 +239,53 @@ def test_loads_once_reports_what_it_holds_and_refuses_another_models_index(serve
     write_manifest(other, 150)
     with pytest.raises(IndexBuildError, match=r"index 'digits' .* was built with a different model"):
         Searcher(other, {"digits": served["folders"]["digits"]})
+
+
+@pytest.fixture(scope="module")
+def heads(adapt_run, tmp_path_factory):
+    from tests.support.adapting import fit_heads
+
+    return fit_heads(adapt_run, ["linear-probe", "coop"], tmp_path_factory.mktemp("heads"))
+
+
+def test_classify_with_a_saved_few_shot_head(adapt_run, heads):
+    """A served head's probabilities are the softmax of its own logits for the encoded item; shared
+    context takes other class names, a probe keeps its classes; bad names and modalities are refused."""
+    from align.model.adapted import load_adapted
+
+    searcher = Searcher(adapt_run, {}, adapters=heads)
+    from tests.support.serving import digit_png as digit_bytes
+
+    item = Upload(digit_bytes(3), "d.png")
+    query = torch.from_numpy(searcher.encode("image", [item]))
+    for name in ("linear-probe", "coop"):
+        got = searcher.classify(item, None, None, modality="image", adapter=name)
+        head = load_adapted(heads[name], searcher.model)
+        with torch.no_grad():
+            want = head.logits(query).softmax(-1)[0]
+        assert [n for n, _ in got] == [DIGIT_NAMES[i] for i in want.argsort(descending=True)]
+        np.testing.assert_allclose([p for _, p in got], want.sort(descending=True).values.numpy(), atol=1e-6)
+    assert len(searcher.classify(item, ["three", "eight"], None, modality="image", adapter="coop")) == 2
+    with pytest.raises(SearchError, match="into its own classes"):
+        searcher.classify(item, ["three", "eight"], None, modality="image", adapter="linear-probe")
+    with pytest.raises(SearchError, match="no adapter named 'tip'"):
+        searcher.classify(item, None, None, modality="image", adapter="tip")
+    with pytest.raises(SearchError, match="classifies 'image' items, not 'text'"):
+        searcher.classify("seven", None, None, modality="text", adapter="coop")
+    with pytest.raises(SearchError, match="class_names is required"):
+        searcher.classify(item, None, None, modality="image")
+
+
+def test_heads_beside_the_checkpoint_load_with_it_and_a_damaged_one_stops_the_start(adapt_run, heads, tmp_path):
+    import shutil
+
+    from align.model.checkpoint import resolve_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve_checkpoint(adapt_run), ckpt, ignore=shutil.ignore_patterns("adapted", "adapt*", "eval*"))
+    (ckpt / "adapted").mkdir()
+    shutil.copy(heads["coop"], ckpt / "adapted" / "coop.safetensors")
+    assert sorted(Searcher(ckpt, {}).adapted) == ["coop"]
+    (ckpt / "adapted" / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SearchError, match=r"adapter 'bad': .*bad.safetensors: cannot be read"):
+        Searcher(ckpt, {})

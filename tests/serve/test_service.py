@@ -351,3 +351,30 @@ def test_a_body_over_the_limit_is_cut_off_while_streaming(served):
         good_query_answered(url, served.searcher)
         metrics = httpx.get(f"{url}/metrics").text
         assert 'align_requests_total{endpoint="/v1/search/upload",status="413"} 1.0' in metrics
+
+
+def test_classify_with_an_adapter_over_http(adapt_run, tmp_path):
+    """POST /v1/classify(/upload) with ``adapter`` answers as the searcher does; health lists the heads."""
+    import httpx
+
+    from align.serve import Searcher
+    from align.serve.service import create_app
+    from tests.support.adapting import fit_heads
+    from tests.support.serving import serve_in_thread
+
+    searcher = Searcher(adapt_run, {}, adapters=fit_heads(adapt_run, ["coop-csc"], tmp_path))
+    with serve_in_thread(create_app(searcher)) as url, httpx.Client(base_url=url, timeout=60) as http:
+        health = http.get("/v1/health").json()
+        assert health["adapters"]["coop-csc"] == {
+            "method": "coop-csc", "query": "image", "classes": DIGIT_NAMES, "any_classes": False,
+        }  # fmt: skip
+        got = http.post(
+            "/v1/classify/upload",
+            files={"file": ("d.png", digit_png(5), "image/png")},
+            data={"modality": "image", "adapter": "coop-csc"},
+        )
+        assert got.status_code == 200, got.text
+        want = searcher.classify(Upload(digit_png(5), "d.png"), None, None, modality="image", adapter="coop-csc")
+        assert [(c["name"], pytest.approx(c["probability"], abs=1e-6)) for c in got.json()["classes"]] == want
+        bad = http.post("/v1/classify", json={"modality": "image", "item": "x", "adapter": "nope"})
+        assert bad.status_code == 400 and "no adapter named 'nope'" in bad.text

@@ -60,3 +60,20 @@ def adapt_run(tmp_path_factory) -> Path:
     finally:
         torch.set_num_threads(before)
     return out
+
+
+def fit_heads(run: Path, methods: list[str], folder: Path, k: int = 4) -> dict[str, Path]:
+    """Fit ``methods`` on seed 0's ``k``-shot draw of ``run`` (quick steps) and save each head in
+    ``folder`` (not beside the checkpoint, so tests sharing the run do not see each other's files)."""
+    from align.adapt.protocol import run_protocol
+    from align.adapt.run import build_task, embed_draws
+    from align.eval.commands import eval_config
+    from align.model.adapted import save_adapted
+    from align.model.checkpoint import load_model
+
+    model, cfg = load_model(run)
+    ecfg = eval_config("zeroshot", cfg)
+    task, pool, _ = build_task(model, cfg, ecfg, QUICK_STEPS)
+    embed_draws(task, pool, cfg, ecfg, list(range(10)), k, 1)
+    heads = run_protocol(task, pool, [k], 1, methods, keep_heads=True, log=lambda *_: None)["heads"]
+    return {name: save_adapted(head, folder / f"{name}.safetensors") for name, head in heads.items()}
