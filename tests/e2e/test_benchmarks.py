@@ -168,6 +168,18 @@ BENCHMARKS: dict[str, tuple[Path | None, list[str]]] = {
             r"\| German \| die Zahl fünf\. \| [01]\.\d{4} \| [01]\.\d{4} \| [01]\.\d{4} \|",
         ],
     ),
+    "few_shot": (
+        None,
+        [
+            r"### digits: image -> 10 classes, zero-shot [01]\.\d{3}",
+            r"\| method \| 1-shot \| 2-shot \|",
+            r"\| linear-probe \| [01]\.\d{3} ± \d\.\d{3} \| [01]\.\d{3} ± \d\.\d{3} \|",
+            r"\| cocoop \| [01]\.\d{3} ± \d\.\d{3} \|",
+            r"### digits base-to-novel, 2 shots",
+            r"\| coop \| [01]\.\d{3} ± \d\.\d{3} \| [01]\.\d{3} ± \d\.\d{3} \| [01]\.\d{3} ± \d\.\d{3} \|",
+            r"\| coop-csc \| [01]\.\d{3} ± \d\.\d{3} \| n/a \| n/a \|",
+        ],
+    ),
     "faiss_index": (
         None,
         [

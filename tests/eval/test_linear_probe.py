@@ -52,3 +52,27 @@ def test_two_classes_and_one_shot(digits):
     assert c == 1.0 and record["cv"] is None and "no fold" in record["reason"]
     with pytest.raises(ValueError, match=r"no training examples for class\(es\) \[9\]"):
         fit_linear_probe(xtr[ytr < 9], ytr[ytr < 9], 10)
+
+
+def test_probe_in_the_train_time_eval_section(tmp_path):
+    """``eval.probe`` runs during training (``train.eval_every``, ``best_metric: probe/top1``) and at
+    the end, fitted on the run's own data.train by default, with its report beside the others."""
+    from align.app.trainer import train
+    from align.config.schema import config_from_dict
+    from tests.support.adapting import adapt_config
+
+    raw = adapt_config(tmp_path / "run", steps=20)
+    raw["eval"]["probe"] = {"shots": 4}
+    raw["train"].update(eval_every=10, best_metric="probe/top1", eval_at_end=True)
+    cfg = config_from_dict(raw)
+    assert cfg.eval.probe.query == "image" and cfg.eval.probe.data == cfg.data.train
+    torch.set_num_threads(1)
+    result = train(cfg)
+    probe = result.eval_metrics["probe"]
+    assert probe["n_train"] == 40 and 0.0 <= probe["top1"] <= 1.0 and probe["probe"]["cv"]["folds"] == 4
+    assert result.best is not None and result.best[1] == pytest.approx(max(result.best[1], probe["top1"]))
+    assert (tmp_path / "run" / "eval" / "probe.json").is_file()
+    bad = adapt_config(tmp_path / "bad")
+    bad["eval"]["probe"] = {"query": "text", "data": {**bad["data"]["train"], "columns": {"image": "image"}}}
+    with pytest.raises(ValueError, match=r"config key 'eval.probe.data.columns': modality 'text' is not in"):
+        config_from_dict(bad)
