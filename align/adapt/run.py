@@ -115,10 +115,12 @@ def run_adapt(
     ``<out>/adapt.json``, ``adapt.md``, ``adapt.png`` (default out: ``<checkpoint>/adapt``, or
     ``adapt-base-to-novel`` with ``base_classes``) and, unless ``save`` is off, each method's head
     fitted on the largest shot count with seed 0 into ``<checkpoint>/adapted/``."""
+    from align.adapt.methods import check_methods
     from align.adapt.shots import check_shots
     from align.eval.commands import eval_config
     from align.model.checkpoint import load_model
 
+    methods = check_methods(list(methods)) if methods else None  # before anything loads
     ckpt, run_config = resolve_run(target)
     model, cfg = load_model(ckpt)
     ecfg = eval_config("zeroshot", cfg, config or run_config)

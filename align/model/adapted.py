@@ -130,6 +130,10 @@ class PromptHead(AdaptedClassifier):
     def class_specific(self) -> bool:
         return self.ctx.shape[0] > 1
 
+    def train(self, mode: bool = True) -> "PromptHead":
+        self._cached = None  # class embeddings of the context as it was: stale once it trains
+        return super().train(mode)
+
     def bind(self, model: nn.Module) -> "PromptHead":
         from align.model.prompt_context import context_encoder
 

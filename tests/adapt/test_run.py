@@ -93,3 +93,21 @@ def test_bad_input(adapt_run, tmp_path):
     task.prompt_modality = "image"
     with pytest.raises(PromptContextError, match=r"prompt modality 'image' \(adapter 'image'\)"):
         coop(task, torch.zeros(10, 32), torch.arange(10), 0)
+
+
+def test_cli_takes_the_runs_config(adapt_run, tmp_path, capsys):
+    """``align adapt CONFIG.yaml`` finds the checkpoint its output_dir trained; prints the table."""
+    import yaml
+
+    from align.app.cli import main
+    from tests.support.adapting import adapt_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(adapt_config(adapt_run)))
+    args = ["adapt", str(config), "--shots", "1,2", "--seeds", "1", "--methods", "tip-adapter,zs-probe"]
+    assert main([*args, "--no-save", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "| tip-adapter |" in out and "| zs-probe |" in out and "Zero-shot top-1" in out
+    assert json.loads((tmp_path / "out" / "adapt.json").read_text())["saved"] == {}
+    assert main(["adapt", str(config), "--methods", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method(s) ['nope']" in capsys.readouterr().err
