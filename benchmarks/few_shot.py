@@ -143,6 +143,7 @@ def main() -> int:
     p.add_argument("--only", help=f"comma-separated subset of {list(RUNS)}")
     p.add_argument("--shots", default="1,2,4,8,16")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", help="comma-separated subset of align adapt's methods (default: all)")
     p.add_argument("--work", help="folder for the trained runs (reused when present); default: a temporary one")
     p.add_argument("--out", help="write few_shot.json and few_shot.md here")
     p.add_argument("--smoke", action="store_true")
@@ -162,7 +163,8 @@ def main() -> int:
         ckpt, config, train_s = train_if_missing(name, work_dir, train_steps)
         t0 = time.perf_counter()
         out = work_dir / "adapt" / name
-        methods = [m for m in METHODS if m not in RUNS[name][2].get("skip", [])]
+        wanted = args.methods.split(",") if args.methods else list(METHODS)
+        methods = [m for m in wanted if m not in RUNS[name][2].get("skip", [])]
         kw = {
             "methods": methods,
             "config": config,

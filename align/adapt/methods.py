@@ -11,7 +11,8 @@ leave-one-out), as CLAP (Silva-Rodriguez et al., CVPR 2024) argues a fair compar
                        lambda by the same CV; L-BFGS on the convex objective, so the fit is the optimum.
 * ``tip-adapter``      the k-shot cache (Zhang et al., ECCV 2022), alpha and beta by leave-one-out
                        accuracy on the k-shot set (each shot classified by the others' cache).
-* ``tip-adapter-f``    its keys fine-tuned: AdamW lr 1e-3, eps 1e-4, cosine, 100 full-batch steps.
+* ``tip-adapter-f``    its keys fine-tuned, each shot against the others' keys: AdamW lr 1e-3, eps 1e-4,
+                       cosine, 100 full-batch steps.
 * ``coop``             shared context (Zhou et al., IJCV 2022), started at the first template's own
                        words ("a photo of the number" -> 5 vectors; 4 random N(0, 0.02) vectors if the
                        template starts with the class): Adam lr 2e-3, cosine, 200 full-batch steps.
@@ -144,7 +145,18 @@ def _cosine(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
+def loo_logits(head: TipAdapterHead, x: torch.Tensor) -> torch.Tensor:
+    """Tip-Adapter logits of the cached shots themselves, each against the other shots' keys."""
+    affinity = torch.exp(-head.beta * (1 - x @ F.normalize(head.keys, dim=-1).T))
+    affinity = affinity * (1 - torch.eye(len(x), dtype=affinity.dtype))
+    return head.scale * x @ head.zeroshot.T + head.alpha * affinity @ head.values
+
+
 def tip_adapter_f(task: Task, x: torch.Tensor, y: torch.Tensor, seed: int) -> AdaptedClassifier:
+    """Tip-Adapter-F's keys trained by cross-entropy on the shots, each shot scored against the
+    others' keys (``loo_logits``): the paper trains on augmented views of the shots, which differ
+    from the cached keys; on one fixed embedding per shot a shot's own key answers it (affinity 1),
+    the loss is ~0 from the start and the keys would not move (measured: identical accuracy)."""
     alpha, beta, record = choose_alpha_beta(task, x, y)
     head = _tip(task, x, y, alpha, beta, "tip-adapter-f", record)
     steps = task.steps.get("tip-adapter-f", 100)
@@ -153,7 +165,7 @@ def tip_adapter_f(task: Task, x: torch.Tensor, y: torch.Tensor, seed: int) -> Ad
     torch.manual_seed(seed)
     head.train()
     for _ in range(steps):
-        loss = F.cross_entropy(head.logits(x), y)
+        loss = F.cross_entropy(loo_logits(head, x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
