@@ -16,14 +16,22 @@ def _cell(s: dict[str, Any] | None) -> str:
     return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
+def _where(d: dict[str, Any]) -> str:
+    """'files train where take < 5': the split and the filter that made it (a 'train' split filtered
+    to held-out takes must not read as the training rows)."""
+    text = f"{d['source']} {d['split']}"
+    for col, tests in (d.get("where") or {}).items():
+        text += f" where {col} {tests}"
+    return text
+
+
 def markdown(report: dict[str, Any]) -> str:
     shots = report["shots"]
     b2n = "base_to_novel" in report
     lines = [
         f"# Few-shot: {report['query']} -> {len(report['classnames'])} classes ({report['checkpoint']})",
         "",
-        f"Shots from {report['data']['train']['source']} {report['data']['train']['split']}, test "
-        f"{report['data']['test']['source']} {report['data']['test']['split']} "
+        f"Shots from {_where(report['data']['train'])}, test {_where(report['data']['test'])} "
         f"({report['data']['test']['rows']} rows); "
         f"mean ± sample std over {report['seeds']} seed(s), the same draws for every method.",
         "",

@@ -44,7 +44,7 @@ def resolve_run(target: str | Path) -> tuple[Path, Path | None]:
 def build_task(model, cfg, ecfg, steps: dict[str, int] | None = None) -> tuple[Task, Pool, dict[str, Any]]:
     """The ``Task`` (classes, prompts, zero-shot classifier) and the embedded ``Pool``."""
     from align.data.labels import class_names, zeroshot_classes
-    from align.data.tables import load_table
+    from align.data.tables import describe_spec, load_table
     from align.eval.runner import encode_table
     from align.eval.zeroshot import build_classifier
 
@@ -71,10 +71,7 @@ def build_task(model, cfg, ecfg, steps: dict[str, int] | None = None) -> tuple[T
     scale = float(model.logit_scale.detach().exp().clamp(max=100.0))
     task = Task(model, zs.query, zs.prompt_modality, names, templates, zeroshot, scale, dict(steps or {}))
     train_labels = np.asarray(train[train_spec.label_column], dtype=np.int64)
-    info = {
-        "train": {"source": train_spec.source, "split": train_spec.split, "rows": len(train)},
-        "test": {"source": test_spec.source, "split": test_spec.split, "rows": len(test)},
-    }
+    info = {"train": describe_spec(train_spec, train), "test": describe_spec(test_spec, test)}
     test_emb, test_y, _ = encode_table(
         model, test, {zs.query: test_spec.columns[zs.query]}, test_spec.label_column, ecfg.batch_size,
         name=f"eval.data ({test_spec.source})",
