@@ -1,6 +1,8 @@
 """Linear probe on frozen embeddings: logistic regression, its regularisation chosen by
-cross-validation on the training embeddings only (CLIP's protocol, as CLIP_benchmark's
-``linear_probe`` task reports it: ``lp_acc1``-style top-k and mean per-class recall on the test split).
+cross-validation on the training embeddings only (the CLIP paper's protocol; reported with the
+zero-shot metrics' keys: top-k and mean per-class recall on the test split). CLIP_benchmark's
+``linear_probe`` task fits a torch linear layer by AdamW for a fixed number of epochs instead, with
+weight decay chosen on a validation split carved from the training set; its numbers are not these.
 
 Why sklearn's L-BFGS ``LogisticRegression`` (multinomial, L2) and not a torch layer: the objective
 is convex, so the fit is the unique optimum, the same on every machine and seed; CLIP fitted its

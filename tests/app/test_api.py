@@ -27,6 +27,8 @@ HOMES = {
     "encode": "align.model.encode:encode",
     "evaluate": "align.eval.commands:run_eval",
     "evaluate_pairs": "align.eval.pairs:run_pairs",
+    "adapt": "align.adapt.run:run_adapt",
+    "load_adapted": "align.model.adapted:load_adapted",
     "build_index": "align.index.build:build_index",
     "query_index": "align.index.build:query_index",
     "EmbeddingIndex": "align.index.embedding_index:EmbeddingIndex",
