@@ -10,7 +10,7 @@ first use (module ``__getattr__``), so ``import align`` and ``align --help`` loa
     model, cfg = align.load_model("runs/api")              # align.model.checkpoint.load_model
     emb = align.encode(model, "text", ["a handwritten seven."])
     report = align.evaluate("zeroshot", "runs/api")        # align.eval.commands.run_eval
-    fewshot = align.adapt("runs/api", shots=[1, 4, 16])    # align.adapt.run.run_adapt
+    fewshot = align.few_shot("runs/api", shots=[1, 4])     # align.adapt.run.run_adapt
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _API: dict[str, str] = {
     "encode": "align.model.encode:encode",
     "evaluate": "align.eval.commands:run_eval",
     "evaluate_pairs": "align.eval.pairs:run_pairs",
-    "adapt": "align.adapt.run:run_adapt",
+    "few_shot": "align.adapt.run:run_adapt",  # not "adapt": the subpackage align.adapt owns that attribute
     "load_adapted": "align.model.adapted:load_adapted",
     "build_index": "align.index.build:build_index",
     "query_index": "align.index.build:query_index",

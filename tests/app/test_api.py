@@ -27,7 +27,7 @@ HOMES = {
     "encode": "align.model.encode:encode",
     "evaluate": "align.eval.commands:run_eval",
     "evaluate_pairs": "align.eval.pairs:run_pairs",
-    "adapt": "align.adapt.run:run_adapt",
+    "few_shot": "align.adapt.run:run_adapt",
     "load_adapted": "align.model.adapted:load_adapted",
     "build_index": "align.index.build:build_index",
     "query_index": "align.index.build:query_index",
@@ -99,3 +99,12 @@ def test_readme_example_runs(tmp_path):
     assert (tmp_path / "runs" / "api" / "checkpoints" / "latest").exists()
     assert (tmp_path / "runs" / "api" / "eval" / "zeroshot.json").is_file()
     assert (tmp_path / "runs" / "api-index").is_dir()
+
+
+def test_facade_names_survive_their_subpackages_being_imported():
+    """A façade name equal to a sub-package's (``align.adapt``) would be shadowed by the module once
+    anything imports it; none is."""
+    import pkgutil
+
+    subpackages = {m.name for m in pkgutil.iter_modules(align.__path__)}
+    assert not set(HOMES) & subpackages
