@@ -11,6 +11,7 @@ from accelerate.utils import send_to_device as to_device  # tensors, dicts, Batc
 
 from align.config.schema import EvalConfig
 from align.data.labels import class_names, zeroshot_classes
+from align.data.splits import per_class_draw
 from align.data.tables import Collator, PairedDataset, describe_spec, load_table
 from align.errors import ConfigError
 from align.eval.retrieval import ranked_retrieval_metrics, retrieval_metrics
@@ -168,17 +169,15 @@ def probe_metrics(model, ecfg: EvalConfig, embs: dict, labels: np.ndarray, table
         )
     fit_labels = np.asarray(fit[spec.label_column], dtype=np.int64)
     if pr.shots is not None:
-        rng = np.random.default_rng(pr.seed)
-        rows = []
-        for c in np.unique(fit_labels):
-            pool = np.flatnonzero(fit_labels == c)
-            if len(pool) < pr.shots:
-                name = names[c] if names else int(c)
-                raise ConfigError(
-                    f"config key 'eval.probe.shots': {pr.shots} rows per class asked, class {name!r} has {len(pool)}"
-                )
-            rows.extend(np.sort(rng.permutation(pool)[: pr.shots]).tolist())
-        fit = fit.select(rows)
+        classes = np.unique(fit_labels)
+        counts = {int(c): int((fit_labels == c).sum()) for c in classes}
+        short = next((c for c, n in counts.items() if n < pr.shots), None)
+        if short is not None:
+            name = names[short] if names else short
+            raise ConfigError(
+                f"config key 'eval.probe.shots': {pr.shots} rows per class asked, class {name!r} has {counts[short]}"
+            )
+        fit = fit.select(per_class_draw(fit_labels, classes, pr.shots, pr.seed).tolist())
     fit_emb, fit_y, _ = encode_table(
         model, fit, {pr.query: spec.columns[pr.query]}, spec.label_column, ecfg.batch_size,
         name=f"eval.probe.data ({spec.source})", accelerator=accelerator, on_error=spec.on_error,

@@ -42,6 +42,7 @@ class Pool:
     train_emb: dict[int, torch.Tensor]  # training row -> embedding, for the rows any draw takes
     test_x: torch.Tensor
     test_y: torch.Tensor
+    train_table: Any = None  # the loaded training table (the draws' rows are embedded from it)
 
     def shots(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([self.train_emb[int(r)] for r in rows])

@@ -76,18 +76,17 @@ def build_task(model, cfg, ecfg, steps: dict[str, int] | None = None) -> tuple[T
         model, test, {zs.query: test_spec.columns[zs.query]}, test_spec.label_column, ecfg.batch_size,
         name=f"eval.data ({test_spec.source})",
     )  # fmt: skip
-    pool = Pool(train_labels, {}, test_emb[zs.query], torch.as_tensor(test_y, dtype=torch.long))
+    pool = Pool(train_labels, {}, test_emb[zs.query], torch.as_tensor(test_y, dtype=torch.long), train)
     return task, pool, info
 
 
 def embed_draws(task: Task, pool: Pool, cfg, ecfg, classes: Sequence[int], k: int, seeds: int) -> None:
     """Embed the training rows any draw takes (each seed's largest draw holds its smaller ones)."""
-    from align.data.tables import load_table
     from align.eval.runner import encode_table
 
     rows = sorted({int(r) for s in range(seeds) for r in draw_shots(pool.train_labels, classes, k, s)})
     spec = cfg.data.train
-    table = load_table(spec, "data.train").select(rows)
+    table = pool.train_table.select(rows)
     emb, _, kept = encode_table(
         task.model, table, {task.query: spec.columns[task.query]}, None, ecfg.batch_size,
         name=f"data.train ({spec.source})",

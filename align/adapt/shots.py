@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from align.data.splits import per_class_draw
 from align.errors import AlignError
 
 
@@ -42,15 +43,10 @@ def check_shots(shots: Sequence[int], labels: np.ndarray, classnames: Sequence[s
 
 def draw_shots(labels: np.ndarray, classes: Sequence[int], k: int, seed: int) -> np.ndarray:
     """Row indices: ``k`` rows of each class in ``classes``, drawn with ``seed`` (sorted per class)."""
-    labels = np.asarray(labels, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in classes:
-        pool = np.flatnonzero(labels == c)
-        if len(pool) < k:
-            raise ShotError(f"class {c}: {k} shots asked, {len(pool)} example(s)")
-        rows.append(np.sort(rng.permutation(pool)[:k]))
-    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    try:
+        return per_class_draw(labels, classes, k, seed)
+    except ValueError as err:
+        raise ShotError(str(err)) from None
 
 
 def parse_ints(text: str, name: str) -> list[int]:

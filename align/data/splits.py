@@ -78,3 +78,19 @@ def split_rows(
     except ValueError as err:
         raise SplitError(str(err)) from None
     return np.sort(train if take == "train" else test)
+
+
+def per_class_draw(labels: np.ndarray, classes: Sequence[int], k: int, seed: int) -> np.ndarray:
+    """Row indices: the first ``k`` rows of a ``default_rng(seed)`` permutation of each class's rows,
+    classes in the given order, sorted within a class. Draws are nested over ``k`` (the 2-row draw
+    of a seed is inside its 4-row draw); a class with fewer than ``k`` rows raises ``ValueError``
+    naming it. Shared by ``align adapt``'s k-shot draws and ``eval.probe.shots``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in classes:
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < k:
+            raise ValueError(f"class {c}: {k} rows asked, {len(pool)} there")
+        rows.append(np.sort(rng.permutation(pool)[:k]))
+    return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)

@@ -339,7 +339,7 @@ def _snapshot(app: FastAPI, searcher: Any, errors: dict[str, str] | None = None)
                 "method": h.method,
                 "query": h.query,
                 "classes": h.classnames,
-                "any_classes": getattr(h, "kind", "") == "prompt" and not h.class_specific,
+                "any_classes": h.kind == "prompt" and not h.class_specific,
             }
             for name, h in getattr(searcher, "adapted", {}).items()
         },
